@@ -1,0 +1,37 @@
+"""unite-search: vector search over text, images and videos with the UNITE multimodal encoder.
+
+Importing the package is cheap: torch and transformers load when an encoder is first created.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import InputError, MissingDependencyError, ModelLoadError, UniteError
+from .modality import Item, Modality
+from .settings import EncoderSettings
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
+
+__all__ = [
+    "Encoder",
+    "EncoderSettings",
+    "InputError",
+    "Item",
+    "MissingDependencyError",
+    "Modality",
+    "ModelLoadError",
+    "UniteError",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    if name == "Encoder":
+        from .encoder import Encoder
+
+        return Encoder
+    raise AttributeError(f"module 'unite_search' has no attribute {name!r}")

@@ -1,0 +1,307 @@
+"""The UNITE encoder: items in, L2-normalised float32 vectors out.
+
+The forward is UNITE's: vision tower, its outputs scattered into the pad positions, the text
+decoder run with 1-D positions (0..L-1 on all three M-RoPE axes), the final hidden state of the
+last token (a literal ``<|endoftext|>``), L2-normalised. Rows are right-padded so that no vector
+depends on the other items in its batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .batching import bounded_map, plan_batches
+from .errors import InputError
+from .image import Visual, preprocess_image
+from .modality import Item, Modality, as_item
+from .models import resolve
+from .prompts import IMAGE_PAD, POOL_TOKEN, VIDEO_PAD, render
+from .settings import EncoderSettings
+from .video import preprocess_video
+
+ItemLike = Item | Mapping[str, Any] | str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One item turned into model inputs (CPU work, no model needed)."""
+
+    input_ids: np.ndarray  # (L,) int64, visual pads already expanded
+    image: Visual | None = None
+    video: Visual | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype, device):
+    import torch
+
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, str):
+        try:
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
+        except KeyError:
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
+    return dtype
+
+
+def _resolve_attn(attn: str, device, dtype) -> str:
+    import torch
+
+    if attn != "auto":
+        return attn
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return "sdpa"
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class Encoder:
+    """Embeds texts, images, videos and their combinations with a UNITE checkpoint.
+
+    >>> enc = Encoder.load("unite-base-2b")                      # doctest: +SKIP
+    >>> vecs = enc.encode([{"text": "a dog"}, {"image": "dog.jpg"}])  # doctest: +SKIP
+    >>> float(vecs[0] @ vecs[1])                                  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        model_id: str,
+        revision: str,
+        settings: EncoderSettings,
+        device,
+        token_budget: int,
+        workers: int,
+    ):
+        self._model = model  # Qwen2VLModel: .visual and .language_model
+        self._tokenizer = tokenizer
+        self.model_id = model_id
+        self.revision = revision
+        self.preprocessing = settings
+        self.device = device
+        self.token_budget = token_budget
+        self.workers = workers
+        cfg = model.config
+        self.dim = int(cfg.text_config.hidden_size)
+        self._image_id = int(cfg.image_token_id)
+        self._video_id = int(cfg.video_token_id)
+        self._pad_id = tokenizer.convert_tokens_to_ids(POOL_TOKEN)
+        for token, expected in ((IMAGE_PAD, self._image_id), (VIDEO_PAD, self._video_id)):
+            if tokenizer.convert_tokens_to_ids(token) != expected:
+                raise ValueError(f"tokenizer maps {token} to another id than the model config ({expected})")
+        self._prompt_cache: dict[frozenset[Modality], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        device: str = "auto",
+        dtype: Any = "auto",
+        attn: str = "auto",
+        settings: EncoderSettings | None = None,
+        token_budget: int | None = None,
+        workers: int | None = None,
+    ) -> Encoder:
+        """Load a UNITE checkpoint: an alias (``unite-base-2b``...), a hub id or a local folder.
+
+        ``device``/``dtype``/``attn`` default to the best available (CUDA, bf16, flash-attention 2
+        when installed; else CPU, float32, sdpa). ``settings`` overrides preprocessing (frames,
+        pixels); ``token_budget`` bounds the padded tokens of one forward batch.
+        """
+        from transformers import AutoTokenizer
+
+        from .models import load_model
+
+        resolved = resolve(model)
+        dev = _resolve_device(device)
+        torch_dtype = _resolve_dtype(dtype, dev)
+        full = load_model(resolved.path, dtype=torch_dtype, attn=_resolve_attn(attn, dev, torch_dtype))
+        inner = full.model.to(dev).eval()  # lm_head is never used; dropping it frees memory when untied
+        del full
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+        budget = token_budget or (32768 if dev.type == "cuda" else 4096)
+        return cls(
+            inner,
+            tokenizer,
+            model_id=resolved.model_id,
+            revision=resolved.revision,
+            settings=settings or EncoderSettings(),
+            device=dev,
+            token_budget=budget,
+            workers=workers or min(8, os.cpu_count() or 1),
+        )
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines a vector besides the inputs; indexes record it."""
+        return {"model_id": self.model_id, "revision": self.revision, "dim": self.dim, **self.preprocessing.to_dict()}
+
+    # ------------------------------------------------------------ preparation
+    def _prompt_ids(self, modalities: frozenset[Modality], text: str | None) -> np.ndarray:
+        if text is None and modalities in self._prompt_cache:
+            return self._prompt_cache[modalities]
+        ids = np.asarray(
+            self._tokenizer(render(modalities, text), add_special_tokens=False)["input_ids"], dtype=np.int64
+        )
+        if text is None:
+            self._prompt_cache[modalities] = ids
+        return ids
+
+    def prepare(self, item: ItemLike, index: int | None = None) -> Prepared:
+        """Read, decode and preprocess one item; raises :class:`InputError` naming the input."""
+        item = as_item(item, index)
+        try:
+            image = preprocess_image(item.image, self.preprocessing) if item.image is not None else None
+            video = preprocess_video(item.video, self.preprocessing) if item.video is not None else None
+        except InputError as exc:
+            raise (exc.at(index) if index is not None else exc) from exc.__cause__
+        ids = self._prompt_ids(item.modalities, item.full_text)
+        counts = np.ones_like(ids)
+        for visual, token in ((image, self._image_id), (video, self._video_id)):
+            if visual is not None:
+                counts[ids == token] = visual.tokens
+        ids = np.repeat(ids, counts)
+        limit = self._model.config.text_config.max_position_embeddings
+        if ids.shape[0] > limit:
+            raise InputError(
+                f"item is {ids.shape[0]} tokens long, above the model's {limit}", index=index, source=item.describe()
+            )
+        return Prepared(ids, image, video)
+
+    # ---------------------------------------------------------------- forward
+    def _visual_features(self, visuals: list[Visual]):
+        import torch
+
+        pv = torch.from_numpy(np.concatenate([v.pixel_values for v in visuals]))
+        grid = torch.tensor([v.grid_thw for v in visuals], dtype=torch.long)
+        visual = self._model.visual
+        out = visual(pv.to(self.device, visual.dtype), grid_thw=grid.to(self.device))
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def forward(self, batch: Sequence[Prepared]) -> np.ndarray:
+        """One padded forward pass over prepared items: (len(batch), dim) float32, L2-normalised."""
+        import torch
+
+        n, width = len(batch), max(p.length for p in batch)
+        ids = torch.full((n, width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, p in enumerate(batch):  # right padding: real tokens keep positions 0..len-1
+            ids[row, : p.length] = torch.from_numpy(p.input_ids)
+            mask[row, : p.length] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        lengths = mask.sum(dim=1)
+        with torch.inference_mode():
+            embeds = self._model.get_input_embeddings()(ids)
+            for key, token in (("image", self._image_id), ("video", self._video_id)):
+                visuals = [getattr(p, key) for p in batch if getattr(p, key) is not None]
+                if visuals:
+                    embeds[ids == token] = self._visual_features(visuals).to(embeds.dtype)
+            positions = torch.arange(width, device=self.device).expand(3, n, width)  # 1-D on all 3 axes
+            hidden = self._model.language_model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
+            last = hidden[torch.arange(n, device=self.device), lengths - 1].float()
+            vecs = torch.nn.functional.normalize(last, dim=-1)
+        return np.ascontiguousarray(vecs.cpu().numpy(), dtype=np.float32)
+
+    # ----------------------------------------------------------------- encode
+    def encode_prepared(
+        self,
+        prepared: Sequence[Prepared],
+        *,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        progress=None,
+    ) -> np.ndarray:
+        """Vectors for already prepared items, batched by token budget, in input order."""
+        out = np.empty((len(prepared), self.dim), dtype=np.float32)
+        lengths = [p.length for p in prepared]
+        for group in plan_batches(lengths, token_budget or self.token_budget, batch_size):
+            out[group] = self.forward([prepared[i] for i in group])
+            if progress is not None:
+                progress.update(len(group))
+        return out
+
+    def encode(
+        self,
+        items: Iterable[ItemLike],
+        *,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embed items: ``(n, dim)`` float32, L2-normalised, in input order.
+
+        An item is a dict with any of ``text``, ``image``, ``video`` (and optional ``instruction``),
+        an :class:`Item`, or a plain string (a text). ``batch_size`` caps items per forward batch;
+        batches are otherwise formed by ``token_budget`` (padded tokens). Preprocessing runs on a
+        thread pool, a bounded window ahead of the model.
+        """
+        from tqdm.auto import tqdm
+
+        items = list(items)
+        budget = token_budget or self.token_budget
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(items), unit="item", desc="encode", disable=not progress)
+        window: list[tuple[int, Prepared]] = []
+        window_tokens = 0
+
+        def flush():
+            nonlocal window, window_tokens
+            if window:
+                idx = [i for i, _ in window]
+                out[idx] = self.encode_prepared(
+                    [p for _, p in window], batch_size=batch_size, token_budget=budget, progress=bar
+                )
+            window, window_tokens = [], 0
+
+        def prep(pair):
+            return pair[0], self.prepare(pair[1], index=pair[0])
+
+        try:
+            for i, p in bounded_map(prep, enumerate(items), self.workers, lookahead=4 * self.workers):
+                window.append((i, p))
+                window_tokens += p.length
+                # a window of several batches lets sorting by length keep padding small
+                if window_tokens >= 8 * budget or len(window) >= 1024:
+                    flush()
+            flush()
+        finally:
+            bar.close()
+        return out
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.model_id!r}, dim={self.dim}, device={self.device})"

@@ -1,0 +1,58 @@
+"""Preprocessing settings: everything besides the weights that changes a vector.
+
+Indexes record ``EncoderSettings.to_dict()`` and refuse to mix vectors made under other settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from .prompts import PROMPT_VERSION
+
+PATCH = 14
+MERGE = 2
+FACTOR = PATCH * MERGE  # 28: one merged visual token covers 28x28 pixels
+TEMPORAL_PATCH = 2
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    # Stage 1, images (the qwen-vl-utils fetch step every upstream path runs).
+    fetch_min_pixels: int = 4 * FACTOR * FACTOR
+    fetch_max_pixels: int = 16384 * FACTOR * FACTOR
+    # Stage 2, images and each video frame (UNITE's processor budget: 256 to 1280 visual tokens).
+    min_pixels: int = 256 * FACTOR * FACTOR
+    max_pixels: int = 1280 * FACTOR * FACTOR
+    # Video sampling. ``frames`` set: fixed count (benchmarks); else by fps within [min, max] frames.
+    fps: float = 1.0
+    min_frames: int = 4
+    max_frames: int = 32
+    frames: int | None = None
+    sampler: Literal["linspace", "segment-middle"] = "linspace"
+    # Stage 1, video frames: bounds on each frame's pixels before the processor.
+    video_min_pixels: int = 128 * FACTOR * FACTOR
+    video_max_pixels: int = 360 * 420
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("linspace", "segment-middle"):
+            raise ValueError(f"sampler must be 'linspace' or 'segment-middle', not {self.sampler!r}")
+        if self.frames is not None and self.frames < 1:
+            raise ValueError("frames must be a positive count")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError("need 1 <= min_frames <= max_frames")
+        if self.fps <= 0:
+            raise ValueError("fps must be positive")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError("need 0 < min_pixels <= max_pixels")
+
+    @classmethod
+    def training(cls) -> EncoderSettings:
+        """UNITE's training-time video settings (fps 1, 4-12 frames, 240x320 per frame)."""
+        return cls(min_frames=4, max_frames=12, video_max_pixels=240 * 320)
+
+    def replace(self, **changes: Any) -> EncoderSettings:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt_version": PROMPT_VERSION, "positions": "1d", "pooling": "last-token", **asdict(self)}

@@ -1,0 +1,233 @@
+"""A deterministic tiny random Qwen2-VL, saved as a normal model folder, for tests and benchmarks.
+
+``tiny_model(path)`` writes config, safetensors weights, a byte-level tokenizer that carries the
+Qwen2 special tokens, and a preprocessor config; ``Encoder.load(path)`` reads it like a release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# Qwen2's added tokens in their release order (ids 151643.. there; 256.. here, after the bytes).
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+TOKEN_ID = {tok: 256 + i for i, tok in enumerate(SPECIAL_TOKENS)}
+
+TINY_TEXT = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+    hidden_act="silu",
+    rope_theta=1_000_000.0,
+)
+TINY_MROPE = [2, 3, 3]  # head_dim 16 -> 8 rotary frequencies over (t, h, w)
+TINY_VISION = dict(
+    depth=2,
+    embed_dim=32,
+    hidden_size=64,
+    mlp_ratio=2,
+    num_heads=2,
+    in_chans=3,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+# Std of the random init: large enough that vectors depend visibly on content and position.
+TINY_INIT_STD = 0.3
+
+# Qwen2-VL-2B shapes, for throughput runs with random weights (see benchmarks/).
+QWEN2VL_2B_TEXT = dict(
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+    hidden_act="silu",
+    rope_theta=1_000_000.0,
+)
+QWEN2VL_2B_VISION = dict(
+    depth=32,
+    embed_dim=1280,
+    hidden_size=1536,
+    mlp_ratio=4,
+    num_heads=16,
+    in_chans=3,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+
+
+def _tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(path)
+
+
+def _config_dict(text: dict, vision: dict, mrope: list[int], token_ids: dict[str, int], legacy: bool) -> dict:
+    ids = dict(
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        bos_token_id=token_ids["<|endoftext|>"],
+        eos_token_id=token_ids["<|im_end|>"],
+    )
+    if legacy:  # the flat layout transformers 4.x wrote, as in the UNITE releases
+        return dict(
+            architectures=["UniteQwen2VL"],
+            model_type="unite_qwen2_vl",
+            **text,
+            **ids,
+            rope_scaling={"type": "mrope", "mrope_section": mrope},
+            tie_word_embeddings=True,
+            vision_config=vision,
+            torch_dtype="float32",
+        )
+    return dict(
+        architectures=["Qwen2VLForConditionalGeneration"],
+        model_type="qwen2_vl",
+        **ids,
+        text_config=dict(
+            text,
+            bos_token_id=ids["bos_token_id"],
+            eos_token_id=ids["eos_token_id"],
+            rope_parameters={"rope_type": "default", "rope_theta": text["rope_theta"], "mrope_section": mrope},
+        ),
+        vision_config=vision,
+        tie_word_embeddings=True,
+    )
+
+
+def build_model(
+    text: dict, vision: dict, mrope: list[int], token_ids: dict[str, int], seed: int, init_std: float | None = None
+):
+    """A random Qwen2VLForConditionalGeneration (not saved)."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    cfg = _config_dict(text, vision, mrope, token_ids, legacy=False)
+    cfg.pop("architectures")
+    cfg.pop("model_type")
+    config = Qwen2VLConfig(**cfg)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    if init_std is not None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in sorted(model.named_parameters()):
+                if "norm" in name:  # keep RMSNorm/LayerNorm gains around one
+                    param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
+                else:
+                    param.copy_(init_std * torch.randn(param.shape, generator=gen))
+    return model
+
+
+def save_model(model, path: Path, token_ids: dict[str, int], *, legacy: bool) -> None:
+    """Write weights + config; ``legacy`` uses transformers 4.x tensor names and config layout."""
+    from safetensors.torch import save_file
+
+    text = {k: getattr(model.config.text_config, k) for k in TINY_TEXT if hasattr(model.config.text_config, k)}
+    text["rope_theta"] = model.config.text_config.rope_parameters["rope_theta"]
+    vcfg = model.config.vision_config
+    vision = {k: getattr(vcfg, k) for k in TINY_VISION}
+    mrope = list(model.config.text_config.rope_parameters["mrope_section"])
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if legacy:
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("model.visual."):
+                key = key.removeprefix("model.")
+            elif key.startswith("model.language_model."):
+                key = "model." + key.removeprefix("model.language_model.")
+            renamed[key] = value
+        state = renamed
+    else:
+        state.pop("lm_head.weight", None)  # tied to the token embeddings
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = _config_dict(text, vision, mrope, token_ids, legacy)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _preprocessor_config(path: Path) -> None:
+    from .settings import EncoderSettings
+
+    s = EncoderSettings()
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "do_resize": True,
+                "do_rescale": True,
+                "do_normalize": True,
+                "do_convert_rgb": True,
+                "resample": 3,
+                "rescale_factor": 1 / 255,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "min_pixels": s.min_pixels,
+                "max_pixels": s.max_pixels,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "merge_size": 2,
+            },
+            indent=2,
+        )
+    )
+
+
+def tiny_model(path: str | os.PathLike, seed: int = 0, *, legacy: bool = False) -> Path:
+    """Write a deterministic tiny random Qwen2-VL model folder at ``path`` and return it.
+
+    ``legacy=True`` saves the same weights the way the UNITE releases were saved (transformers 4.x
+    tensor names, flat config with ``model_type: unite_qwen2_vl``).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = build_model(TINY_TEXT, TINY_VISION, TINY_MROPE, TOKEN_ID, seed, init_std=TINY_INIT_STD)
+    save_model(model, path, TOKEN_ID, legacy=legacy)
+    _tokenizer(path)
+    _preprocessor_config(path)
+    return path
+
+
+def random_2b_model(path: str | os.PathLike, seed: int = 0) -> Path:
+    """A model folder with Qwen2-VL-2B shapes and random weights (tiny tokenizer): for throughput only."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = build_model(QWEN2VL_2B_TEXT, QWEN2VL_2B_VISION, [16, 24, 24], TOKEN_ID, seed)
+    save_model(model, path, TOKEN_ID, legacy=False)
+    _tokenizer(path)
+    _preprocessor_config(path)
+    return path
