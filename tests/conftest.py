@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny random Qwen2-VL, generated images and index-coded videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BITS = 8  # a frame's index is written as 8 black/white vertical bars
+BAR = 16
+
+
+def write_index_video(path: Path, n_frames: int, fps: int = 10, height: int = 64, width: int = BITS * BAR) -> Path:
+    """An H.264 clip whose frame i shows i in binary, so decoded frames reveal their index."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "12", "g": "4"}
+        for i in range(n_frames):
+            frame = np.zeros((height, width, 3), np.uint8)
+            for b in range(BITS):
+                if (i >> b) & 1:
+                    frame[:, b * BAR : (b + 1) * BAR] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """Read back the index drawn by :func:`write_index_video` (centre of each bar)."""
+    return sum(1 << b for b in range(BITS) if frame[:, b * BAR + 4 : (b + 1) * BAR - 4].mean() > 128)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    from unite_search.testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_dir):
+    from unite_search import Encoder
+
+    return Encoder.load(tiny_dir, device="cpu", workers=2)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """A photo-like image and two videos on disk."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:240, 0:320]
+    img = np.stack([(xx * 0.8) % 256, (yy * 1.1) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(root / "photo.png")
+    Image.fromarray(img[::-1, ::2].copy()).save(root / "other.jpg", quality=95)
+    return {
+        "image": root / "photo.png",
+        "image2": root / "other.jpg",
+        "video": write_index_video(root / "clip.mp4", 40, fps=10),
+        "video2": write_index_video(root / "short.mp4", 6, fps=2, height=96),
+    }

@@ -1,0 +1,176 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from unite_search import Encoder, EncoderSettings, InputError, Item, ModelLoadError
+from unite_search.batching import plan_batches
+from unite_search.testing import tiny_model
+
+
+def test_output_contract(encoder, media):
+    items = [{"text": "one"}, Item(image=media["image"]), "a bare string is a text", {"video": media["video2"]}]
+    vecs = encoder.encode(items)
+    assert vecs.shape == (4, encoder.dim) and vecs.dtype == np.float32 and vecs.flags["C_CONTIGUOUS"]
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    # input order preserved even though batches are sorted by length
+    assert np.abs(vecs[0] - encoder.encode(["one"])[0]).max() <= 1e-5
+    assert np.abs(vecs[3] - encoder.encode([{"video": media["video2"]}])[0]).max() <= 1e-5
+    assert encoder.encode([]).shape == (0, encoder.dim)
+
+
+def test_image_forms_are_equivalent(encoder, media):
+    from PIL import Image
+
+    pil = Image.open(media["image"])
+    arr = np.asarray(pil.convert("RGB"))
+    vecs = encoder.encode([{"image": media["image"]}, {"image": str(media["image"])}, {"image": pil}, {"image": arr}])
+    assert np.abs(vecs - vecs[0]).max() <= 1e-6
+
+
+def test_video_as_frame_sequence(encoder, media):
+    from unite_search.video import read_frames
+
+    frames, _ = read_frames(media["video"], encoder.preprocessing)
+    a, b = encoder.encode([{"video": media["video"]}, {"video": list(frames)}])
+    assert np.abs(a - b).max() <= 1e-5
+
+
+def test_instruction_is_part_of_the_text(encoder, media):
+    a, b, c = encoder.encode(
+        [
+            {"video": media["video"], "text": "make it night", "instruction": "Find a video that matches this change:"},
+            {"video": media["video"], "text": "Find a video that matches this change: make it night"},
+            {"video": media["video"], "text": "make it night"},
+        ]
+    )
+    assert np.abs(a - b).max() <= 1e-6 and np.abs(a - c).max() > 1e-3
+
+
+def test_settings_record_what_changes_vectors(encoder):
+    s = encoder.settings
+    assert s["prompt_version"] == "unite-v1" and s["positions"] == "1d" and s["pooling"] == "last-token"
+    assert (s["min_pixels"], s["max_pixels"]) == (256 * 784, 1280 * 784)
+    assert (s["fps"], s["max_frames"], s["video_max_pixels"], s["sampler"]) == (1.0, 32, 360 * 420, "linspace")
+    assert s["dim"] == encoder.dim == 64 and s["revision"].startswith("local-")
+    json.dumps(s)  # indexes store it as JSON
+
+
+def test_token_budget_batches(encoder, media, monkeypatch):
+    sizes = []
+    real = encoder.forward
+
+    def spy(batch):
+        sizes.append([p.length for p in batch])
+        return real(batch)
+
+    monkeypatch.setattr(encoder, "forward", spy)
+    items = [{"text": "x" * n} for n in (5, 80, 10, 40, 3, 60)] + [{"image": media["image"]}]
+    vecs = encoder.encode(items, token_budget=200)
+    assert sum(len(b) for b in sizes) == len(items)
+    for batch in sizes:
+        assert batch == sorted(batch, reverse=True)
+        assert len(batch) == 1 or len(batch) * batch[0] <= 200
+    assert max(max(b) for b in sizes) > 200  # the image alone exceeds the budget and still ran
+    sizes.clear()
+    encoder.encode(items, token_budget=10**6, batch_size=2)
+    assert max(len(b) for b in sizes) == 2
+    monkeypatch.undo()
+    assert np.abs(vecs - encoder.encode(items)).max() <= 1e-5
+
+
+def test_plan_batches_properties():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 500, 300).tolist()
+    batches = plan_batches(lengths, 1000)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 1000 or len(b) == 1
+    assert plan_batches([5000, 1], 100) == [[0], [1]]
+    with pytest.raises(ValueError):
+        plan_batches([1], 0)
+
+
+def test_released_checkpoint_layout_loads_every_tensor(tmp_path, encoder, media):
+    legacy = tiny_model(tmp_path / "legacy", seed=0, legacy=True)
+    config = json.loads((legacy / "config.json").read_text())
+    assert config["model_type"] == "unite_qwen2_vl" and config["architectures"] == ["UniteQwen2VL"]
+    with safe_open(str(legacy / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert any(n.startswith("model.layers.") for n in names) and any(n.startswith("visual.") for n in names)
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" in names
+    old = Encoder.load(legacy, device="cpu")  # raises on any missing or unexpected tensor
+    items = [{"text": "a text"}, {"image": media["image"]}, {"video": media["video2"], "text": "edit"}]
+    assert np.abs(old.encode(items) - encoder.encode(items)).max() <= 1e-6
+    params = dict(old._model.named_parameters())
+    visual_loaded = load_file(str(legacy / "model.safetensors"))["visual.blocks.0.attn.qkv.weight"]
+    assert np.array_equal(params["visual.blocks.0.attn.qkv.weight"].detach().numpy(), visual_loaded.numpy())
+
+
+@pytest.mark.parametrize("damage", ["drop", "extra"])
+def test_checkpoint_that_does_not_fit_is_refused(tmp_path, damage):
+    folder = tiny_model(tmp_path / "broken", seed=1, legacy=True)
+    state = load_file(str(folder / "model.safetensors"))
+    if damage == "drop":
+        del state["model.layers.1.mlp.down_proj.weight"]
+    else:
+        state["model.layers.9.mlp.down_proj.weight"] = state["model.layers.1.mlp.down_proj.weight"].clone()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="down_proj"):
+        Encoder.load(folder, device="cpu")
+
+
+def test_unknown_model_names(tmp_path):
+    with pytest.raises(ModelLoadError, match="unite-base-2b"):
+        Encoder.load("unite-huge-99b")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Encoder.load(str(tmp_path / "no" / "such" / "folder"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
+        Encoder.load(tmp_path / "empty")
+
+
+def test_offline_error_names_the_model_and_the_fix(tmp_path):
+    code = (
+        "from unite_search import Encoder, ModelLoadError\n"
+        "try:\n    Encoder.load('unite-instruct-7b')\nexcept ModelLoadError as e:\n    print(e)\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "friedrichor/Unite-Instruct-Qwen2-VL-7B" in out.stdout
+    assert "--local-dir" in out.stdout and "Encoder.load('DIR')" in out.stdout
+
+
+def test_bad_inputs_name_the_input(encoder, tmp_path, media):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    import av
+
+    zero = tmp_path / "zero.mp4"
+    with av.open(str(zero), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height = 64, 64
+    cases = [
+        ({"image": tmp_path / "missing.jpg"}, "missing.jpg.*not found"),
+        ({"image": tmp_path / "broken.png"}, "broken.png.*cannot read image"),
+        ({"video": zero}, "zero.mp4"),
+        ({"video": tmp_path / "gone.mp4"}, "gone.mp4.*not found"),
+        ({"text": ""}, "text is empty"),
+        ({"text": "ok", "image": np.zeros((3, 3), np.float64)}, "uint8"),
+    ]
+    for bad, pattern in cases:
+        with pytest.raises(InputError, match=pattern) as info:
+            encoder.encode([{"text": "fine"}, bad])
+        assert "item 1" in str(info.value)
+
+
+def test_settings_change_video_vectors(tiny_dir, media, encoder):
+    fixed = Encoder.load(tiny_dir, device="cpu", settings=EncoderSettings(frames=8))
+    assert fixed.settings["frames"] == 8
+    a = fixed.encode([{"video": media["video"]}])[0]
+    b = encoder.encode([{"video": media["video"]}])[0]
+    assert np.abs(a - b).max() > 1e-4

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+from conftest import frame_index, write_index_video
+
+from unite_search.errors import InputError
+from unite_search.settings import EncoderSettings
+from unite_search.video import frame_count, preprocess_video, read_frames, resize_frames, sample_indices
+
+
+def _has_decord() -> bool:
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_decord = pytest.mark.skipif(not _has_decord(), reason="decord is not installed")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    # 9.5 s at 10 fps: frame i shows i in binary
+    return write_index_video(tmp_path_factory.mktemp("v") / "index.mp4", 95, fps=10)
+
+
+@pytest.mark.parametrize(
+    ("total", "fps", "settings", "expected"),
+    [
+        (95, 10, EncoderSettings(), 10),  # 9.5 s at 1 fps -> 9.5 -> round to even
+        (300, 30, EncoderSettings(), 10),
+        (20, 10, EncoderSettings(), 4),  # 2 s -> raised to min_frames
+        (3000, 25, EncoderSettings(), 32),  # 120 s -> capped at max_frames
+        (3000, 25, EncoderSettings(max_frames=31), 30),  # max rounded down to even
+        (3000, 25, EncoderSettings(min_frames=3, fps=0.01), 4),  # min rounded up to even
+        (95, 10, EncoderSettings(frames=16), 16),
+        (95, 10, EncoderSettings(frames=7), 8),  # fixed counts are rounded to even
+        (95, 10, EncoderSettings(fps=2.0), 20),
+    ],
+)
+def test_frame_count(total, fps, settings, expected):
+    assert frame_count(total, fps, settings) == expected
+
+
+def test_linspace_rule():
+    assert sample_indices(95, 10).tolist() == np.linspace(0, 94, 10).round().astype(int).tolist()
+    assert sample_indices(5, 8).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]  # short clip: last frame repeats
+    assert sample_indices(100, 4, "segment-middle").tolist() == [12, 37, 62, 87]
+
+
+@pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])
+@pytest.mark.parametrize(
+    ("settings", "count"),
+    [(EncoderSettings(), 10), (EncoderSettings(frames=16), 16), (EncoderSettings(fps=3.0), 28)],
+)
+def test_right_frames_are_decoded(clip, backend, settings, count):
+    frames, info = read_frames(clip, settings, backend=backend)
+    expected = np.linspace(0, 94, count).round().astype(int).tolist()
+    assert info.total_frames == 95 and info.fps == pytest.approx(10)
+    assert list(info.indices) == expected
+    assert [frame_index(f) for f in frames] == expected
+
+
+@needs_decord
+def test_decord_and_pyav_agree(clip):
+    settings = EncoderSettings(frames=12)
+    a, info_a = read_frames(clip, settings, backend="decord")
+    b, info_b = read_frames(clip, settings, backend="av")
+    assert info_a.indices == info_b.indices
+    assert a.shape == b.shape
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_short_clip_repeats_last_frame(tmp_path):
+    path = write_index_video(tmp_path / "short.mp4", 3, fps=10)
+    frames, _ = read_frames(path, EncoderSettings(frames=6), backend="av")
+    assert [frame_index(f) for f in frames] == [0, 1, 2, 2, 2, 2]
+
+
+def test_frame_sequence_input():
+    seq = [np.full((60, 80, 3), i * 10, np.uint8) for i in range(7)]
+    frames, info = read_frames(seq, EncoderSettings())
+    assert info.indices == (0, 1, 2, 3, 4, 5, 6, 6)  # 7 rounds to 8 frames: the last repeats
+    assert [int(f[0, 0, 0]) for f in frames] == [0, 10, 20, 30, 40, 50, 60, 60]
+    capped, _ = read_frames(seq * 10, EncoderSettings(max_frames=8))
+    assert capped.shape[0] == 8
+
+
+def test_video_frames_get_both_resizes():
+    # 360x420 stays under the 151,200 px per-frame cap, then is raised to >= 200,704 px
+    frames = np.zeros((4, 360, 420, 3), np.uint8)
+    out = resize_frames(frames, EncoderSettings())
+    assert out.shape[1] % 28 == 0 and out.shape[2] % 28 == 0
+    assert out.shape[1] * out.shape[2] >= 256 * 28 * 28
+    visual = preprocess_video(list(frames), EncoderSettings())
+    t, h, w = visual.grid_thw
+    assert t == 2 and visual.tokens == 2 * (h // 2) * (w // 2)
+
+
+def test_bad_videos(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_frames(tmp_path / "nope.mp4", EncoderSettings())
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_frames(tmp_path / "empty.mp4", EncoderSettings())
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    for backend in ["av"] + (["decord"] if _has_decord() else []):
+        with pytest.raises(InputError, match=r"junk\.mp4"):
+            read_frames(tmp_path / "junk.mp4", EncoderSettings(), backend=backend)
+    with pytest.raises(InputError, match="no frames"):
+        read_frames([], EncoderSettings())
+
+
+def test_zero_frame_video(tmp_path):
+    import av
+
+    path = tmp_path / "zero.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+    for backend in ["av"] + (["decord"] if _has_decord() else []):
+        with pytest.raises(InputError, match=r"zero\.mp4"):
+            read_frames(path, EncoderSettings(), backend=backend)
