@@ -36,6 +36,15 @@ def frame_index(frame: np.ndarray) -> int:
     return sum(1 << b for b in range(BITS) if frame[:, b * BAR + 4 : (b + 1) * BAR - 4].mean() > 128)
 
 
+def reference_image_processor(min_pixels: int, max_pixels: int):
+    """transformers' numpy/PIL Qwen2-VL image processor (the PIL class from 5.x on; the slow class before)."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as cls
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as cls
+    return cls(min_pixels=min_pixels, max_pixels=max_pixels)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     from unite_search.testing import tiny_model

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import reference_image_processor
 
 from unite_search.image import fetch_resize, load_image
 from unite_search.settings import EncoderSettings
@@ -26,9 +27,7 @@ def reference(tiny_dir):
 
 
 def _image_inputs(path):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    proc = Qwen2VLImageProcessorPil(min_pixels=SETTINGS.min_pixels, max_pixels=SETTINGS.max_pixels)
+    proc = reference_image_processor(SETTINGS.min_pixels, SETTINGS.max_pixels)
     out = proc(images=[fetch_resize(load_image(path), SETTINGS)], return_tensors="pt")
     return out["pixel_values"], out["image_grid_thw"]
 

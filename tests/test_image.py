@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import reference_image_processor
 from PIL import Image
 
 from unite_search.errors import InputError
@@ -50,10 +51,8 @@ KINDS = ["28x28", "37x1000", "4000x3000", "grayscale", "palette", "rgba", "16bit
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_preprocessing_matches_transformers_reference(tmp_path, kind):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     path = _save_awkward(tmp_path, kind)
-    reference = Qwen2VLImageProcessorPil(min_pixels=SETTINGS.min_pixels, max_pixels=SETTINGS.max_pixels)
+    reference = reference_image_processor(SETTINGS.min_pixels, SETTINGS.max_pixels)
     stage1 = fetch_resize(load_image(path), SETTINGS)
     expected = reference(images=[stage1], return_tensors="np")
     ours = preprocess_image(path, SETTINGS)
