@@ -174,3 +174,58 @@ def test_settings_change_video_vectors(tiny_dir, media, encoder):
     a = fixed.encode([{"video": media["video"]}])[0]
     b = encoder.encode([{"video": media["video"]}])[0]
     assert np.abs(a - b).max() > 1e-4
+
+
+def test_device_dtype_attn_auto_rules(monkeypatch):
+    import types
+
+    import torch
+
+    from unite_search.encoder import _resolve_attn, _resolve_device, _resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert _resolve_dtype("auto", cpu) == torch.float32
+    assert _resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        _resolve_dtype("int3", cpu)
+    assert _resolve_attn("auto", cpu, torch.float32) == "sdpa"
+    assert _resolve_attn("eager", cpu, torch.float32) == "eager"
+    cuda = torch.device("cuda")
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
+    assert _resolve_attn("auto", cuda, torch.bfloat16) == "sdpa"
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    assert _resolve_attn("auto", cuda, torch.bfloat16) == "flash_attention_2"
+    assert _resolve_attn("auto", cuda, torch.float32) == "sdpa"  # flash-attention needs half precision
+    assert _resolve_device("cpu") == cpu
+    if not torch.cuda.is_available():
+        assert _resolve_device("auto") == cpu
+
+
+def test_bounded_map_keeps_order_and_stays_ahead_by_at_most_lookahead():
+    import threading
+    import time
+
+    from unite_search.batching import bounded_map
+
+    started, lock = [], threading.Lock()
+
+    def work(x):
+        with lock:
+            started.append(x)
+        time.sleep(0.001 * (x % 3))
+        return x * x
+
+    consumed = []
+    for i, value in enumerate(bounded_map(work, range(40), workers=3, lookahead=5)):
+        consumed.append(value)
+        with lock:
+            assert len(started) <= i + 1 + 5
+    assert consumed == [x * x for x in range(40)]
+    assert list(bounded_map(work, range(5), workers=1, lookahead=1)) == [0, 1, 4, 9, 16]
+
+
+def test_encode_with_progress_and_one_worker(tiny_dir, media, capsys):
+    enc = Encoder.load(tiny_dir, device="cpu", workers=1)
+    vecs = enc.encode([{"text": "a"}, {"image": media["image"]}], progress=True)
+    assert vecs.shape == (2, 64)
+    assert "2/2" in capsys.readouterr().err

@@ -9,6 +9,7 @@ depends on the other items in its batch.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,8 @@ class Encoder:
             if tokenizer.convert_tokens_to_ids(token) != expected:
                 raise ValueError(f"tokenizer maps {token} to another id than the model config ({expected})")
         self._prompt_cache: dict[frozenset[Modality], np.ndarray] = {}
+        # fast tokenizers are not safe to call from several threads at once ("Already borrowed")
+        self._tokenizer_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -171,13 +174,13 @@ class Encoder:
 
     # ------------------------------------------------------------ preparation
     def _prompt_ids(self, modalities: frozenset[Modality], text: str | None) -> np.ndarray:
-        if text is None and modalities in self._prompt_cache:
-            return self._prompt_cache[modalities]
-        ids = np.asarray(
-            self._tokenizer(render(modalities, text), add_special_tokens=False)["input_ids"], dtype=np.int64
-        )
-        if text is None:
-            self._prompt_cache[modalities] = ids
+        with self._tokenizer_lock:
+            if text is None and modalities in self._prompt_cache:
+                return self._prompt_cache[modalities]
+            encoded = self._tokenizer(render(modalities, text), add_special_tokens=False)["input_ids"]
+            ids = np.asarray(encoded, dtype=np.int64)
+            if text is None:
+                self._prompt_cache[modalities] = ids
         return ids
 
     def prepare(self, item: ItemLike, index: int | None = None) -> Prepared:
