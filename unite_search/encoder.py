@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .batching import bounded_map, plan_batches
-from .errors import InputError
+from .errors import InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .modality import Item, Modality, as_item
 from .models import resolve
@@ -120,7 +120,7 @@ class Encoder:
         self._pad_id = tokenizer.convert_tokens_to_ids(POOL_TOKEN)
         for token, expected in ((IMAGE_PAD, self._image_id), (VIDEO_PAD, self._video_id)):
             if tokenizer.convert_tokens_to_ids(token) != expected:
-                raise ValueError(f"tokenizer maps {token} to another id than the model config ({expected})")
+                raise ModelLoadError(f"tokenizer maps {token} to another id than the model config ({expected})")
         self._prompt_cache: dict[frozenset[Modality], np.ndarray] = {}
         # fast tokenizers are not safe to call from several threads at once ("Already borrowed")
         self._tokenizer_lock = threading.Lock()
