@@ -30,12 +30,13 @@ from unite_search.encoder import Encoder
 from unite_search.prompts import render
 from unite_search.settings import EncoderSettings
 from unite_search.testing import (
+    QWEN2VL_2B_MROPE,
     QWEN2VL_2B_TEXT,
     QWEN2VL_2B_VISION,
     TOKEN_ID,
-    _tokenizer,
     build_model,
     tiny_model,
+    write_tokenizer,
 )
 from unite_search.video import preprocess_video
 
@@ -58,12 +59,12 @@ def load_encoder(args):
 
         tok_dir = Path(tempfile.mkdtemp()) / "tok"
         tok_dir.mkdir()
-        _tokenizer(tok_dir)
+        write_tokenizer(tok_dir)
         from transformers import AutoTokenizer
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        full = build_model(QWEN2VL_2B_TEXT, QWEN2VL_2B_VISION, [16, 24, 24], TOKEN_ID, seed=0)
+        full = build_model(QWEN2VL_2B_TEXT, QWEN2VL_2B_VISION, QWEN2VL_2B_MROPE, TOKEN_ID, seed=0)
         full.config._attn_implementation = "sdpa"
         inner = full.model.to(device=device, dtype=dtype).eval()
         return Encoder(

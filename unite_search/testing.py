@@ -29,60 +29,40 @@ SPECIAL_TOKENS = (
 )
 TOKEN_ID = {tok: 256 + i for i, tok in enumerate(SPECIAL_TOKENS)}
 
+# Shared by every shape below: Qwen2-VL's fixed choices.
+_TEXT_COMMON = dict(rms_norm_eps=1e-6, max_position_embeddings=32768, hidden_act="silu", rope_theta=1_000_000.0)
+_VISION_COMMON = dict(in_chans=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+
 TINY_TEXT = dict(
+    _TEXT_COMMON,
     vocab_size=320,
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    rms_norm_eps=1e-6,
-    max_position_embeddings=32768,
-    hidden_act="silu",
-    rope_theta=1_000_000.0,
 )
 TINY_MROPE = [2, 3, 3]  # head_dim 16 -> 8 rotary frequencies over (t, h, w)
-TINY_VISION = dict(
-    depth=2,
-    embed_dim=32,
-    hidden_size=64,
-    mlp_ratio=2,
-    num_heads=2,
-    in_chans=3,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-)
+TINY_VISION = dict(_VISION_COMMON, depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2)
 # Std of the random init: large enough that vectors depend visibly on content and position.
 TINY_INIT_STD = 0.3
 
 # Qwen2-VL-2B shapes, for throughput runs with random weights (see benchmarks/).
 QWEN2VL_2B_TEXT = dict(
+    _TEXT_COMMON,
     vocab_size=151936,
     hidden_size=1536,
     intermediate_size=8960,
     num_hidden_layers=28,
     num_attention_heads=12,
     num_key_value_heads=2,
-    rms_norm_eps=1e-6,
-    max_position_embeddings=32768,
-    hidden_act="silu",
-    rope_theta=1_000_000.0,
 )
-QWEN2VL_2B_VISION = dict(
-    depth=32,
-    embed_dim=1280,
-    hidden_size=1536,
-    mlp_ratio=4,
-    num_heads=16,
-    in_chans=3,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-)
+QWEN2VL_2B_MROPE = [16, 24, 24]
+QWEN2VL_2B_VISION = dict(_VISION_COMMON, depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4, num_heads=16)
 
 
-def _tokenizer(path: Path) -> None:
+def write_tokenizer(path: Path) -> None:
+    """A byte-level BPE tokenizer (no merges) carrying Qwen2's special tokens, saved at ``path``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -217,17 +197,6 @@ def tiny_model(path: str | os.PathLike, seed: int = 0, *, legacy: bool = False) 
     path.mkdir(parents=True, exist_ok=True)
     model = build_model(TINY_TEXT, TINY_VISION, TINY_MROPE, TOKEN_ID, seed, init_std=TINY_INIT_STD)
     save_model(model, path, TOKEN_ID, legacy=legacy)
-    _tokenizer(path)
-    _preprocessor_config(path)
-    return path
-
-
-def random_2b_model(path: str | os.PathLike, seed: int = 0) -> Path:
-    """A model folder with Qwen2-VL-2B shapes and random weights (tiny tokenizer): for throughput only."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model = build_model(QWEN2VL_2B_TEXT, QWEN2VL_2B_VISION, [16, 24, 24], TOKEN_ID, seed)
-    save_model(model, path, TOKEN_ID, legacy=False)
-    _tokenizer(path)
+    write_tokenizer(path)
     _preprocessor_config(path)
     return path
