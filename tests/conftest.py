@@ -31,6 +31,18 @@ def write_index_video(path: Path, n_frames: int, fps: int = 10, height: int = 64
     return path
 
 
+def write_empty_video(path: Path) -> Path:
+    """A valid MP4 header with a video track declared and no frame in it."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()
+    assert path.stat().st_size > 0
+    return path
+
+
 def frame_index(frame: np.ndarray) -> int:
     """Read back the index drawn by :func:`write_index_video` (centre of each bar)."""
     return sum(1 << b for b in range(BITS) if frame[:, b * BAR + 4 : (b + 1) * BAR - 4].mean() > 128)
