@@ -225,3 +225,23 @@ def test_encode_with_progress_and_one_worker(tiny_dir, media, capsys):
     vecs = enc.encode([{"text": "a"}, {"image": media["image"]}], progress=True)
     assert vecs.shape == (2, 64)
     assert "2/2" in capsys.readouterr().err
+
+
+def test_encode_windows_bound_memory(encoder, media, monkeypatch):
+    import unite_search.encoder as encoder_module
+
+    windows = []
+    real = encoder.encode_prepared
+
+    def spy(prepared, **kwargs):
+        windows.append(sum(p.nbytes for p in prepared))
+        return real(prepared, **kwargs)
+
+    one_image = encoder.prepare({"image": media["image"]}).nbytes
+    monkeypatch.setattr(encoder_module, "WINDOW_BYTES", 2 * one_image)
+    monkeypatch.setattr(encoder, "encode_prepared", spy)
+    items = [{"image": media["image"], "text": f"caption {i}"} for i in range(5)]
+    vecs = encoder.encode(items)
+    assert len(windows) == 3 and max(windows) < 3 * one_image
+    monkeypatch.undo()
+    assert np.abs(vecs - encoder.encode(items)).max() <= 1e-5

@@ -26,6 +26,7 @@ from .settings import EncoderSettings
 from .video import preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
+WINDOW_BYTES = 1 << 30  # prepared inputs held before they are encoded
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Prepared:
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.input_ids.nbytes + sum(v.pixel_values.nbytes for v in (self.image, self.video) if v is not None)
 
 
 def _resolve_device(device: str):
@@ -280,16 +285,16 @@ class Encoder:
         out = np.empty((len(items), self.dim), dtype=np.float32)
         bar = tqdm(total=len(items), unit="item", desc="encode", disable=not progress)
         window: list[tuple[int, Prepared]] = []
-        window_tokens = 0
+        window_tokens = window_bytes = 0
 
         def flush():
-            nonlocal window, window_tokens
+            nonlocal window, window_tokens, window_bytes
             if window:
                 idx = [i for i, _ in window]
                 out[idx] = self.encode_prepared(
                     [p for _, p in window], batch_size=batch_size, token_budget=budget, progress=bar
                 )
-            window, window_tokens = [], 0
+            window, window_tokens, window_bytes = [], 0, 0
 
         def prep(pair):
             return pair[0], self.prepare(pair[1], index=pair[0])
@@ -298,8 +303,10 @@ class Encoder:
             for i, p in bounded_map(prep, enumerate(items), self.workers, lookahead=4 * self.workers):
                 window.append((i, p))
                 window_tokens += p.length
-                # a window of several batches lets sorting by length keep padding small
-                if window_tokens >= 8 * budget or len(window) >= 1024:
+                window_bytes += p.nbytes
+                # several batches per window let sorting by length keep padding small; the byte cap
+                # bounds host memory when the window is all pixels (about 19 KB per visual token)
+                if window_tokens >= 8 * budget or window_bytes >= WINDOW_BYTES or len(window) >= 1024:
                     flush()
             flush()
         finally:
