@@ -156,6 +156,8 @@ def test_bad_inputs_name_the_input(encoder, tmp_path, media):
         ({"video": zero}, r"zero\.mp4: (file has no video stream|cannot decode)"),
         ({"video": tmp_path / "gone.mp4"}, "gone.mp4.*not found"),
         ({"text": ""}, "text is empty"),
+        ({"text": "see <|image_pad|> here"}, "reserved token"),
+        ({"image": media["image"], "text": "x", "instruction": "<|vision_start|>"}, "reserved token"),
         ({"text": "ok", "image": np.zeros((3, 3), np.float64)}, "uint8"),
     ]
     for bad, pattern in cases:

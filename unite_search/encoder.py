@@ -21,7 +21,7 @@ from .errors import InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .modality import Item, Modality, as_item
 from .models import resolve
-from .prompts import IMAGE_PAD, POOL_TOKEN, VIDEO_PAD, render
+from .prompts import IMAGE_PAD, POOL_TOKEN, RESERVED_TOKENS, VIDEO_PAD, render
 from .settings import EncoderSettings
 from .video import preprocess_video
 
@@ -191,12 +191,16 @@ class Encoder:
     def prepare(self, item: ItemLike, index: int | None = None) -> Prepared:
         """Read, decode and preprocess one item; raises :class:`InputError` naming the input."""
         item = as_item(item, index)
+        text = item.full_text
+        reserved = [t for t in RESERVED_TOKENS if text is not None and t in text]
+        if reserved:
+            raise InputError(f"text contains the model's reserved token(s) {reserved}; remove them", index=index)
         try:
             image = preprocess_image(item.image, self.preprocessing) if item.image is not None else None
             video = preprocess_video(item.video, self.preprocessing) if item.video is not None else None
         except InputError as exc:
             raise (exc.at(index) if index is not None else exc) from exc.__cause__
-        ids = self._prompt_ids(item.modalities, item.full_text)
+        ids = self._prompt_ids(item.modalities, text)
         counts = np.ones_like(ids)
         for visual, token in ((image, self._image_id), (video, self._video_id)):
             if visual is not None:

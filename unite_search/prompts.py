@@ -28,6 +28,8 @@ VISION_BLOCKS = {
     Modality.IMAGE: f"<|vision_start|>{IMAGE_PAD}<|vision_end|>",
     Modality.VIDEO: f"<|vision_start|>{VIDEO_PAD}<|vision_end|>",
 }
+# Vision markers in user text would be read as placeholders for pixels that are not there.
+RESERVED_TOKENS = ("<|vision_start|>", "<|vision_end|>", IMAGE_PAD, VIDEO_PAD, "<|vision_pad|>")
 # The token whose final hidden state is the embedding: the template's last token.
 POOL_TOKEN = "<|endoftext|>"
 
