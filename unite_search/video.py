@@ -75,7 +75,7 @@ def _read_decord(path: str, settings: EncoderSettings):
 
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except Exception as exc:
+    except Exception as exc:  # decord raises its own DECORDError (or RuntimeError) for any bad input
         raise InputError(f"cannot decode video: {exc}", source=path) from exc
     total, fps = len(vr), float(vr.get_avg_fps())
     idx = sample_indices(total, frame_count(total, fps, settings), settings.sampler)
@@ -98,7 +98,7 @@ def _read_av(path: str, settings: EncoderSettings):
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             total = stream.frames
-            if total <= 0:  # container does not store a count: count packets-decoded frames
+            if total <= 0:  # the container stores no frame count: decode once to count
                 total = sum(1 for _ in container.decode(stream))
                 container.seek(0)
             idx = sample_indices(total, frame_count(total, fps, settings), settings.sampler)
@@ -112,7 +112,7 @@ def _read_av(path: str, settings: EncoderSettings):
                     break
     except InputError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # PyAV raises one class per FFmpeg error code
         raise InputError(f"cannot decode video: {exc}", source=path) from exc
     if not got:
         raise InputError("no decodable frame in video", source=path)
