@@ -33,14 +33,3 @@ class ModelLoadError(UniteError, RuntimeError):
 
 class MissingDependencyError(UniteError, ImportError):
     """An optional dependency is not installed."""
-
-
-def require(module: str, pip_name: str | None = None, extra: str | None = None):
-    """Import ``module`` or raise an error naming what to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        hint = f"pip install 'unite-search[{extra}]'" if extra else f"pip install {pip_name or module}"
-        raise MissingDependencyError(f"{module} is needed here but not installed: {hint}") from exc

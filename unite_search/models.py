@@ -11,22 +11,13 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 
-
-@dataclass(frozen=True)
-class ModelCard:
-    alias: str
-    hub_id: str
-    dim: int
-    use: str
-
-
-MODELS = (
-    ModelCard("unite-base-2b", "friedrichor/Unite-Base-Qwen2-VL-2B", 1536, "fine-grained retrieval (default)"),
-    ModelCard("unite-base-7b", "friedrichor/Unite-Base-Qwen2-VL-7B", 3584, "fine-grained retrieval"),
-    ModelCard("unite-instruct-2b", "friedrichor/Unite-Instruct-Qwen2-VL-2B", 1536, "instruction / composed retrieval"),
-    ModelCard("unite-instruct-7b", "friedrichor/Unite-Instruct-Qwen2-VL-7B", 3584, "instruction / composed retrieval"),
-)
-ALIASES = {card.alias: card.hub_id for card in MODELS}
+# Short names of the released checkpoints (their dims and uses: README, "Models").
+ALIASES = {
+    "unite-base-2b": "friedrichor/Unite-Base-Qwen2-VL-2B",
+    "unite-base-7b": "friedrichor/Unite-Base-Qwen2-VL-7B",
+    "unite-instruct-2b": "friedrichor/Unite-Instruct-Qwen2-VL-2B",
+    "unite-instruct-7b": "friedrichor/Unite-Instruct-Qwen2-VL-7B",
+}
 DEFAULT_MODEL = "unite-base-2b"
 # Files an encoder needs; the hub repos also hold README and images we never read.
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]

@@ -5,7 +5,7 @@ Indexes record ``EncoderSettings.to_dict()`` and refuse to mix vectors made unde
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from .prompts import PROMPT_VERSION
@@ -50,9 +50,6 @@ class EncoderSettings:
     def training(cls) -> EncoderSettings:
         """UNITE's training-time video settings (fps 1, 4-12 frames, 240x320 per frame)."""
         return cls(min_frames=4, max_frames=12, video_max_pixels=240 * 320)
-
-    def replace(self, **changes: Any) -> EncoderSettings:
-        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompt_version": PROMPT_VERSION, "positions": "1d", "pooling": "last-token", **asdict(self)}

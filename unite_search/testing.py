@@ -134,15 +134,10 @@ def build_model(
     return model
 
 
-def save_model(model, path: Path, token_ids: dict[str, int], *, legacy: bool) -> None:
-    """Write weights + config; ``legacy`` uses transformers 4.x tensor names and config layout."""
+def save_weights(model, path: Path, *, legacy: bool) -> None:
+    """Write ``model.safetensors``; ``legacy`` uses the transformers 4.x tensor names."""
     from safetensors.torch import save_file
 
-    text = {k: getattr(model.config.text_config, k) for k in TINY_TEXT if hasattr(model.config.text_config, k)}
-    text["rope_theta"] = model.config.text_config.rope_parameters["rope_theta"]
-    vcfg = model.config.vision_config
-    vision = {k: getattr(vcfg, k) for k in TINY_VISION}
-    mrope = list(model.config.text_config.rope_parameters["mrope_section"])
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     if legacy:
         renamed = {}
@@ -156,12 +151,11 @@ def save_model(model, path: Path, token_ids: dict[str, int], *, legacy: bool) ->
     else:
         state.pop("lm_head.weight", None)  # tied to the token embeddings
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config = _config_dict(text, vision, mrope, token_ids, legacy)
-    (path / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _preprocessor_config(path: Path) -> None:
-    from .settings import EncoderSettings
+    from .image import CLIP_MEAN, CLIP_STD
+    from .settings import MERGE, PATCH, TEMPORAL_PATCH, EncoderSettings
 
     s = EncoderSettings()
     (path / "preprocessor_config.json").write_text(
@@ -174,13 +168,13 @@ def _preprocessor_config(path: Path) -> None:
                 "do_convert_rgb": True,
                 "resample": 3,
                 "rescale_factor": 1 / 255,
-                "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "image_mean": list(CLIP_MEAN),
+                "image_std": list(CLIP_STD),
                 "min_pixels": s.min_pixels,
                 "max_pixels": s.max_pixels,
-                "patch_size": 14,
-                "temporal_patch_size": 2,
-                "merge_size": 2,
+                "patch_size": PATCH,
+                "temporal_patch_size": TEMPORAL_PATCH,
+                "merge_size": MERGE,
             },
             indent=2,
         )
@@ -196,7 +190,9 @@ def tiny_model(path: str | os.PathLike, seed: int = 0, *, legacy: bool = False) 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = build_model(TINY_TEXT, TINY_VISION, TINY_MROPE, TOKEN_ID, seed, init_std=TINY_INIT_STD)
-    save_model(model, path, TOKEN_ID, legacy=legacy)
+    save_weights(model, path, legacy=legacy)
+    config = _config_dict(TINY_TEXT, TINY_VISION, TINY_MROPE, TOKEN_ID, legacy)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer(path)
     _preprocessor_config(path)
     return path
