@@ -15,10 +15,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .encoder import Encoder
+    from .ingestion import IngestReport, ingest
 
 __all__ = [
     "Encoder",
     "EncoderSettings",
+    "IngestReport",
     "InputError",
     "Item",
     "MissingDependencyError",
@@ -26,6 +28,7 @@ __all__ = [
     "ModelLoadError",
     "UniteError",
     "__version__",
+    "ingest",
 ]
 
 
@@ -34,4 +37,8 @@ def __getattr__(name: str):
         from .encoder import Encoder
 
         return Encoder
+    if name in ("ingest", "IngestReport"):
+        from . import ingestion as module
+
+        return getattr(module, name)
     raise AttributeError(f"module 'unite_search' has no attribute {name!r}")

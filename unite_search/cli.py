@@ -9,11 +9,9 @@ from pathlib import Path
 
 import click
 
+from .corpus import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .errors import UniteError
 from .modality import Item
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
 
 def _encoder_options(fn):
@@ -30,15 +28,24 @@ def _encoder_options(fn):
     return fn
 
 
-def _load(model, device, dtype, fps, max_frames, frames):
-    from .encoder import Encoder
+def _settings(fps, max_frames, frames):
     from .settings import EncoderSettings
 
     changes = {k: v for k, v in (("fps", fps), ("max_frames", max_frames), ("frames", frames)) if v is not None}
     if max_frames is not None and max_frames < EncoderSettings.min_frames:
         changes["min_frames"] = max_frames
     try:
-        return Encoder.load(model, device=device, dtype=dtype, settings=EncoderSettings(**changes))
+        return EncoderSettings(**changes)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _load(model, device, dtype, fps, max_frames, frames, workers=None):
+    from .encoder import Encoder
+
+    settings = _settings(fps, max_frames, frames)
+    try:
+        return Encoder.load(model, device=device, dtype=dtype, settings=settings, workers=workers)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -70,6 +77,8 @@ def parse_input(arg: str, text: str | None = None) -> Item:
 @click.version_option(package_name="unite-search")
 def main() -> None:
     """Vector search over text, images and videos with the UNITE encoder."""
+    # LanceDB logs a warning each time it creates a table; a command line has no use for it
+    os.environ.setdefault("LANCEDB_LOG", "error")
 
 
 @main.command()
@@ -136,6 +145,149 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
         )
     else:
         click.echo(f"{score:.4f}")
+
+
+@main.command()
+@click.argument("corpus", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--index",
+    "index_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Index folder (default: indexes/<corpus folder name>).",
+)
+@_encoder_options
+@click.option(
+    "--workers", type=click.IntRange(1), default=None, help="Read/decode threads (default: cores, at most 8)."
+)
+@click.option(
+    "--segment-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Videos longer than this are indexed as overlapping segments of this length.",
+)
+@click.option("--segment-overlap", type=float, default=None, help="Seconds two segments share (default: a sixth).")
+@click.option(
+    "--passage-chars",
+    type=click.IntRange(16),
+    default=2000,
+    show_default=True,
+    help="Text files are split into passages of at most this many characters.",
+)
+@click.option(
+    "--pairs",
+    type=click.Choice(["none", "composed"]),
+    default="none",
+    show_default=True,
+    help="composed: also index each image/video with its sidecar caption as one composed item.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["skip", "raise"]),
+    default="skip",
+    show_default=True,
+    help="skip: record bad inputs and go on; raise: stop at the first, publishing nothing.",
+)
+@click.option(
+    "--flat-max",
+    type=click.IntRange(1),
+    default=None,
+    help="Shards above this many rows get an IVF index (default 100000).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, workers, segment_seconds,
+           segment_overlap, passage_chars, pairs, on_error, flat_max, as_json, quiet):  # fmt: skip
+    """Index a folder of texts, images, videos and *.jsonl manifests.
+
+    \b
+    Rerun it at will: it finishes an interrupted run, encodes only new or changed files and
+    removes what left the folder. Exit status: 0 all indexed; 3 finished, some inputs failed
+    (listed); 1 failed; 2 bad usage.
+    """
+    from . import ann
+    from .ingestion import ingest as run_ingest
+
+    settings = _settings(fps, max_frames, frames)
+
+    def log(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    try:
+        report = run_ingest(
+            corpus, index_dir, model=model, device=device, dtype=dtype, settings=settings, workers=workers,
+            segment_seconds=segment_seconds, segment_overlap=segment_overlap, passage_chars=passage_chars, pairs=pairs,
+            on_error=on_error, flat_max=flat_max or ann.FLAT_MAX, progress=not quiet, log=log,
+        )  # fmt: skip
+    except ValueError as exc:
+        if isinstance(exc, UniteError):
+            raise click.ClickException(str(exc)) from exc
+        raise click.UsageError(str(exc)) from exc
+    except UniteError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(index_dir, as_json):
+    """Shards, counts, model, settings, index types, size on disk and the last run's failures."""
+    from .store import IndexStore
+
+    store = IndexStore(index_dir)
+    manifest = _run(store.require_manifest)
+    last = store.last_run()
+    payload = {
+        "index": os.path.abspath(index_dir),
+        "corpus": manifest.get("corpus"),
+        "model": manifest["encoder"].get("model_id"),
+        "revision": manifest["encoder"].get("revision"),
+        "dim": manifest["encoder"].get("dim"),
+        "metric": manifest.get("metric"),
+        "shards": manifest.get("shards", {}),
+        "encoder": manifest["encoder"],
+        "ingest": manifest.get("ingest"),
+        "versions": manifest.get("versions"),
+        "disk_bytes": store.disk_bytes(),
+        "updated": manifest.get("updated"),
+        "last_run": last,
+    }
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"index   {payload['index']}")
+    click.echo(f"corpus  {payload['corpus']}")
+    click.echo(f"model   {payload['model']} (revision {payload['revision']}, dim {payload['dim']})")
+    enc = manifest["encoder"]
+    frames = enc.get("frames") or f"{enc.get('min_frames')}-{enc.get('max_frames')}"
+    segments = manifest["ingest"].get("segment_seconds")
+    click.echo(
+        f"video   fps {enc.get('fps')}, frames {frames}, segments {segments} s; prompt {enc.get('prompt_version')}"
+    )
+    click.echo(f"size    {payload['disk_bytes'] / 1e6:.1f} MB, updated {payload['updated']}")
+    if not payload["shards"]:
+        click.echo("shards  none published yet")
+    for name, entry in sorted(payload["shards"].items()):
+        idx = entry["index"]
+        kind = (
+            idx["type"]
+            if idx["type"] == "flat"
+            else f"ivf nlist {idx['nlist']} nprobe {idx['nprobe']} (recall@10 {idx['recall_at_10']})"
+        )
+        click.echo(f"shard   {name:<12} {entry['rows']:>9} rows  {kind}")
+    if last:
+        click.echo(
+            f"last run {last['status']}: encoded {last['encoded_items']}, removed {last['removed_items']}, "
+            f"failed {len(last['failures'])}" + (f" ({last['error']})" if last.get("error") else "")
+        )
+        for p in last["failures"][:20]:
+            click.echo(f"  {p['path']} [{p['stage']}] {p['reason']}")
+        if len(last["failures"]) > 20:
+            click.echo(f"  ... {len(last['failures']) - 20} more (--json)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,20 @@ class VideoInfo:
     backend: str
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What a video's header says: frame count, rate and size (no frame decoded)."""
+
+    total_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.total_frames / self.fps if self.fps > 0 else 0.0
+
+
 def _backend(name: str | None) -> str:
     if name in (None, "auto"):
         try:
@@ -70,60 +84,160 @@ def _backend(name: str | None) -> str:
     return name
 
 
-def _read_decord(path: str, settings: EncoderSettings):
+def _frame_range(probe: Probe, start: float | None, end: float | None) -> tuple[int, int]:
+    """Frame indices [first, stop) of the time range [start, end) seconds (whole clip when None)."""
+    first = 0 if start is None else max(0, round(start * probe.fps))
+    stop = probe.total_frames if end is None else min(probe.total_frames, round(end * probe.fps))
+    if stop <= first:
+        raise InputError(f"time range {start}-{end} s holds no frame (clip is {probe.duration:.2f} s)")
+    return first, stop
+
+
+def _wanted(probe: Probe, settings: EncoderSettings, start, end) -> np.ndarray:
+    first, stop = _frame_range(probe, start, end)
+    count = stop - first
+    return first + sample_indices(count, frame_count(count, probe.fps, settings), settings.sampler)
+
+
+def _open_decord(path: str):
     import decord
 
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:  # decord raises its own DECORDError (or RuntimeError) for any bad input
         raise InputError(f"cannot decode video: {exc}", source=path) from exc
-    total, fps = len(vr), float(vr.get_avg_fps())
-    idx = sample_indices(total, frame_count(total, fps, settings), settings.sampler)
+    if len(vr) < 1:
+        raise InputError("video has no frames", source=path)
+    return vr, Probe(len(vr), float(vr.get_avg_fps()), 0, 0)  # size: probe() decodes a frame for it
+
+
+def _read_decord(path: str, settings: EncoderSettings, start=None, end=None):
+    vr, probe = _open_decord(path)
+    idx = _wanted(probe, settings, start, end)
     try:
         frames = vr.get_batch(idx.tolist()).asnumpy()
     except Exception as exc:
         raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
-    return frames, VideoInfo(total, fps, tuple(idx.tolist()), "decord")
+    return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "decord")
 
 
-def _read_av(path: str, settings: EncoderSettings):
+def _av_probe(container, count: bool) -> Probe:
+    if not container.streams.video:
+        raise InputError("file has no video stream")
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate or 0)
+    total = stream.frames
+    if total <= 0:
+        if count:  # the container stores no frame count (mkv, webm): decode once to count
+            total = sum(1 for _ in container.decode(stream))
+            container.seek(0)
+        elif stream.duration is not None and stream.time_base is not None:
+            total = round(float(stream.duration * stream.time_base) * fps)
+        elif container.duration:
+            total = round(container.duration / 1e6 * fps)
+    return Probe(int(total), fps, int(stream.codec_context.width or 0), int(stream.codec_context.height or 0))
+
+
+def _read_av(path: str, settings: EncoderSettings, start=None, end=None):
     try:
         import av
     except ImportError as exc:
         raise MissingDependencyError("decoding video needs PyAV or decord: pip install av") from exc
     try:
         with av.open(path) as container:
-            if not container.streams.video:
-                raise InputError("file has no video stream", source=path)
+            probe = _av_probe(container, count=True)
+            if probe.total_frames < 1:
+                raise InputError("video has no frames")
+            idx = _wanted(probe, settings, start, end)
             stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-            total = stream.frames
-            if total <= 0:  # the container stores no frame count: decode once to count
-                total = sum(1 for _ in container.decode(stream))
-                container.seek(0)
-            idx = sample_indices(total, frame_count(total, fps, settings), settings.sampler)
             wanted = set(idx.tolist())
             last = int(idx.max())
             got: dict[int, np.ndarray] = {}
-            for i, frame in enumerate(container.decode(stream)):
+            first = int(idx.min())
+            if first > 0 and stream.time_base is not None:
+                # Seek to the keyframe before the range, then number frames by their timestamps:
+                # decoding from frame 0 for every segment of a long clip would be quadratic.
+                origin = stream.start_time or 0
+                container.seek(origin + int(first / probe.fps / stream.time_base), stream=stream, backward=True)
+                numbered = (
+                    (round(float((f.pts - origin) * stream.time_base) * probe.fps), f)
+                    for f in container.decode(stream)
+                    if f.pts is not None
+                )
+            else:
+                numbered = enumerate(container.decode(stream))
+            for i, frame in numbered:
                 if i in wanted:
                     got[i] = frame.to_ndarray(format="rgb24")
                 if i >= last:
                     break
-    except InputError:
-        raise
+    except InputError as exc:
+        raise InputError(exc.reason, source=path) from exc
     except Exception as exc:  # PyAV raises one class per FFmpeg error code
         raise InputError(f"cannot decode video: {exc}", source=path) from exc
     if not got:
         raise InputError("no decodable frame in video", source=path)
-    # Containers can over-report their frame count; reuse the last decoded frame past the real end.
-    last_ok = max(got)
-    frames = np.stack([got[i] if i in got else got[last_ok] for i in idx.tolist()])
-    return frames, VideoInfo(total, fps, tuple(idx.tolist()), "av")
+    # Containers can over-report their frame count: a missing index reuses the closest earlier frame.
+    keys = sorted(got)
+
+    def nearest(i: int) -> np.ndarray:
+        earlier = [k for k in keys if k <= i]
+        return got[earlier[-1] if earlier else keys[0]]
+
+    frames = np.stack([got.get(i) if i in got else nearest(i) for i in idx.tolist()])
+    return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "av")
 
 
-def read_frames(source, settings: EncoderSettings, backend: str | None = None):
-    """Sampled frames of a video file or frame sequence: ((n, H, W, 3) uint8, VideoInfo)."""
+def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
+    """Frame count, fps and size of a video file; raises :class:`InputError` when it cannot be read."""
+    path = os.fspath(source)
+    if _backend(backend) == "decord":
+        vr, found = _open_decord(path)
+        try:
+            height, width = vr[0].shape[:2]
+        except Exception as exc:  # decord's own error class for an undecodable first frame
+            raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
+        return Probe(found.total_frames, found.fps, int(width), int(height))
+    try:
+        import av
+    except ImportError as exc:
+        raise MissingDependencyError("decoding video needs PyAV or decord: pip install av") from exc
+    try:
+        with av.open(path) as container:
+            found = _av_probe(container, count=False)
+    except InputError as exc:
+        raise InputError(exc.reason, source=path) from exc
+    except Exception as exc:  # PyAV raises one class per FFmpeg error code
+        raise InputError(f"cannot read video: {exc}", source=path) from exc
+    if found.total_frames < 1 or found.fps <= 0:
+        raise InputError("video has no frames", source=path)
+    return found
+
+
+def segment_spans(duration: float, seconds: float, overlap: float) -> list[tuple[float, float]]:
+    """Overlapping [start, end) windows covering a clip; one window when it is short enough.
+
+    >>> segment_spans(70, 30, 5)
+    [(0.0, 30.0), (25.0, 55.0), (50.0, 70.0)]
+    """
+    if seconds <= 0 or not 0 <= overlap < seconds:
+        raise ValueError("need segment seconds > 0 and 0 <= overlap < seconds")
+    if duration <= seconds:
+        return [(0.0, float(duration))]
+    stride, spans, start = seconds - overlap, [], 0.0
+    while True:
+        end = min(start + seconds, float(duration))
+        spans.append((round(start, 3), round(end, 3)))
+        if end >= duration:
+            return spans
+        start += stride
+
+
+def read_frames(source, settings: EncoderSettings, backend: str | None = None, start=None, end=None):
+    """Sampled frames of a video file or frame sequence: ((n, H, W, 3) uint8, VideoInfo).
+
+    ``start``/``end`` (seconds) restrict a file to a time range, sampled by the same rule.
+    """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -132,7 +246,7 @@ def read_frames(source, settings: EncoderSettings, backend: str | None = None):
             raise InputError("video file is empty or not a regular file", source=path)
         reader = _read_decord if _backend(backend) == "decord" else _read_av
         try:
-            return reader(path, settings)
+            return reader(path, settings, start, end)
         except InputError as exc:
             if exc.source is None:
                 raise InputError(exc.reason, source=path) from exc
@@ -172,6 +286,6 @@ def resize_frames(frames: np.ndarray, settings: EncoderSettings) -> np.ndarray:
     return out
 
 
-def preprocess_video(source, settings: EncoderSettings, backend: str | None = None) -> Visual:
-    frames, _ = read_frames(source, settings, backend)
+def preprocess_video(source, settings: EncoderSettings, backend: str | None = None, start=None, end=None) -> Visual:
+    frames, _ = read_frames(source, settings, backend, start, end)
     return patchify(resize_frames(frames, settings))

@@ -1,0 +1,487 @@
+"""Ingest end to end with the tiny model: every kind, bad input, crash and resume, updates, safety."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpora import make_bad_corpus, make_good_corpus, write_clip, write_photo
+
+from unite_search.ingestion import IngestError, ingest
+from unite_search.store import IndexLockedError, IndexMismatchError, IndexStore
+
+OPTS = {"segment_seconds": 4.0, "segment_overlap": 1.0, "passage_chars": 200}
+
+
+def rows_by_id(index: Path) -> dict[str, dict]:
+    """Every published row of every shard: id -> row (vector as an array)."""
+    store = IndexStore(index)
+    out: dict[str, dict] = {}
+    for shard in store.require_manifest()["shards"]:
+        for row in store.read_rows(shard).to_pylist():
+            key = f"{shard}:{row['id']}"
+            assert key not in out, f"duplicate row {key}"
+            row["vector"] = np.asarray(row["vector"], dtype=np.float32)
+            out[key] = row
+    return out
+
+
+def assert_same_rows(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_allclose(a[key]["vector"], b[key]["vector"], atol=1e-5, err_msg=key)
+        assert a[key]["paths"] == b[key]["paths"], key
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, encoder):
+    root = tmp_path_factory.mktemp("good") / "corpus"
+    root.mkdir()
+    make_good_corpus(root)
+    index = root.parent / "index"
+    report = ingest(root, index, encoder=encoder, pairs="composed", **OPTS)
+    return root, index, report
+
+
+def test_every_kind_is_indexed(good):
+    _, index, report = good
+    assert report.status == "ok", report.summary()
+    assert report.failures == []
+    rows = rows_by_id(index)
+    by_path: dict[str, list[dict]] = {}
+    for row in rows.values():
+        for p in row["paths"]:
+            by_path.setdefault(p, []).append(row)
+    for rel in ["photos/a.jpg", "photos/b.png", "photos/nested/deep/c.webp", "d.bmp", "e.gif", "f.tiff", "g.jpeg"]:
+        assert any(r["modality"] == "image" for r in by_path[rel]), rel
+    assert any(r["modality"] == "image" for r in by_path["photos/really_png.jpg"])
+    for ext in (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"):
+        assert any(r["modality"] == "video" for r in by_path[f"clips/clip{ext}"]), ext
+    # hidden folder skipped and reported; README.rst ignored
+    assert [p.path for p in report.skipped] == [".hidden"]
+    assert report.ignored_files == 1
+    assert not any(".hidden" in p for p in by_path)
+    # sidecar captions are stored, not indexed as text items
+    assert "photos/a.txt" not in by_path and "clips/clip.txt" not in by_path
+    a_image = next(r for r in by_path["photos/a.jpg"] if r["modality"] == "image")
+    assert a_image["caption"] == "a gradient photo of stripes"
+
+
+def test_duplicate_bytes_are_one_row_with_both_paths(good):
+    _, index, _ = good
+    rows = rows_by_id(index)
+    dup = [r for r in rows.values() if r["modality"] == "image" and "dups/a_copy.jpg" in r["paths"]]
+    assert len(dup) == 1
+    assert dup[0]["paths"] == ["dups/a_copy.jpg", "photos/a.jpg"]
+    assert dup[0]["path"] == "dups/a_copy.jpg"
+
+
+def test_long_video_is_segmented_with_time_ranges(good):
+    _, index, _ = good
+    segs = sorted(
+        (r for r in rows_by_id(index).values() if r["modality"] == "video" and r["path"] == "clips/long/long.mp4"),
+        key=lambda r: r["start"],
+    )
+    assert [(r["start"], r["end"]) for r in segs] == [(0.0, 4.0), (3.0, 7.0), (6.0, 10.0)]
+    assert all(r["duration"] == pytest.approx(10.0) for r in segs)
+    assert all(r["frames"] == 4 for r in segs)  # 4 s at 1 fps
+    assert len({r["id"] for r in segs}) == 3 and all("@" in r["id"] for r in segs)
+    # segments see different frames, so their vectors differ
+    assert float(segs[0]["vector"] @ segs[2]["vector"]) < 0.99999
+
+
+def test_text_files_become_passages_with_offsets(good):
+    root, index, _ = good
+    text = (root / "notes/long.md").read_text()
+    rows = sorted(
+        (r for r in rows_by_id(index).values() if r["path"] == "notes/long.md"), key=lambda r: r["char_start"]
+    )
+    assert len(rows) > 3
+    assert rows[0]["char_start"] == 0 and rows[-1]["char_end"] == len(text)
+    for r in rows:
+        assert r["text"] == text[r["char_start"] : r["char_end"]]
+        assert len(r["text"]) <= 200
+
+
+def test_manifest_items_and_composed_pairs(good):
+    _, index, _ = good
+    rows = rows_by_id(index)
+    edit = rows["image+text:edit-1"]
+    assert edit["text"] == "the same picture at night" and edit["path"] == "photos/b.png"
+    assert json.loads(edit["metadata"]) == {"split": "test"}
+    assert edit["source"] == "items.jsonl:1"
+    assert rows["text:plain-1"]["text"] == "a declared text item"
+    assert rows["video+text:vt-1"]["frames"] == 4
+    # --pairs composed: image + sidecar caption as one item
+    pair = [r for r in rows.values() if r["modality"] == "image+text" and r["source"] == "pair"]
+    assert [r["path"] for r in pair] == ["dups/a_copy.jpg"]
+    assert pair[0]["text"] == "a gradient photo of stripes"
+    assert len([r for r in rows.values() if r["modality"] == "video+text" and r["source"] == "pair"]) == 6
+
+
+def test_vectors_equal_the_encoders(good, encoder):
+    """Ingest goes through the same forward as Encoder.encode: the stored vectors are UNITE's."""
+    root, index, _ = good
+    rows = rows_by_id(index)
+    long_text = (root / "notes/long.md").read_text()
+    first_passage = next(r for r in rows.values() if r["path"] == "notes/long.md" and r["char_start"] == 0)
+    cases = [
+        (next(r for r in rows.values() if r["modality"] == "image" and r["path"] == "photos/b.png"),
+         {"image": root / "photos/b.png"}),
+        (next(r for r in rows.values() if r["modality"] == "video" and r["path"] == "clips/clip.webm"),
+         {"video": root / "clips/clip.webm"}),
+        (first_passage, {"text": long_text[: first_passage["char_end"]]}),
+        (rows["image+text:edit-1"], {"image": root / "photos/b.png", "text": "the same picture at night"}),
+    ]  # fmt: skip
+    want = encoder.encode([item for _, item in cases])
+    for (row, _), vec in zip(cases, want, strict=True):
+        np.testing.assert_allclose(row["vector"], vec, atol=1e-5)
+
+
+def test_faiss_matches_the_table(good):
+    _, index, _ = good
+    store = IndexStore(index)
+    manifest = store.require_manifest()
+    for shard, entry in manifest["shards"].items():
+        table = store.read_rows(shard, ["key", "vector"])
+        faiss_index = store.load_faiss(shard)
+        assert faiss_index.ntotal == table.num_rows == entry["rows"]
+        assert entry["index"]["type"] == "flat"
+        vecs = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+        scores, found = faiss_index.search(vecs, 1)
+        np.testing.assert_array_equal(found[:, 0], table.column("key").to_numpy())
+        np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_manifest_records_model_settings_and_versions(good, encoder):
+    root, index, _ = good
+    manifest = IndexStore(index).require_manifest()
+    assert manifest["encoder"] == json.loads(json.dumps(encoder.settings))
+    assert manifest["encoder"]["prompt_version"] == "unite-v1" and manifest["encoder"]["dim"] == encoder.dim
+    assert manifest["ingest"] == {
+        "segment_seconds": 4.0,
+        "segment_overlap": 1.0,
+        "passage_chars": 200,
+        "pairs": "composed",
+    }
+    assert manifest["corpus"] == str(root)
+    assert {"lancedb", "pyarrow", "torch", "transformers"} <= set(manifest["versions"])
+    assert not list(index.rglob("*.pkl")) and not list(index.rglob("*.pickle"))
+
+
+def test_rerun_on_unchanged_corpus_encodes_nothing(good, encoder):
+    root, index, _ = good
+    before = rows_by_id(index)
+    published = IndexStore(index).require_manifest()["shards"]
+    report = ingest(root, index, encoder=encoder, pairs="composed", **OPTS)
+    assert (report.encoded_items, report.encoded_rows, report.removed_items) == (0, 0, 0)
+    assert report.unchanged_items == report.items
+    assert not report.published
+    assert IndexStore(index).require_manifest()["shards"] == published
+    assert_same_rows(before, rows_by_id(index))
+
+
+# --------------------------------------------------------------------------------------- bad input
+def _deny(monkeypatch, path: Path) -> None:
+    """Make one file unreadable. Tests run as root here, where chmod 000 does not stop a read."""
+    path.chmod(0)
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if os.fspath(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("unite_search.corpus.open", guarded, raising=False)
+
+
+def test_every_bad_input_is_reported_and_the_rest_indexed(tmp_path, encoder, monkeypatch):
+    import unite_search.ingestion as ingestion
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    bad = make_bad_corpus(root)
+    _deny(monkeypatch, root / "locked.png")
+    real_plan = ingestion.plan_units
+
+    def plan_then_delete(*args, **kwargs):  # the file goes away between the read and decode stages
+        units = real_plan(*args, **kwargs)
+        (root / "vanishing.png").unlink()
+        return units
+
+    monkeypatch.setattr(ingestion, "plan_units", plan_then_delete)
+    report = ingest(root, tmp_path / "index", encoder=encoder)
+    assert report.status == "skipped" and report.exit_code == 3
+    got = {p.path: p for p in report.failures}
+    assert set(got) == set(bad), report.summary()
+    for rel, stage in bad.items():
+        assert got[rel].stage == stage, (rel, got[rel])
+    assert "UTF-8" in got["latin1.txt"].reason
+    assert "too large" in got["bomb.png"].reason
+    assert "empty" in got["empty.jpg"].reason
+    assert "disappeared" in got["vanishing.png"].reason
+    assert "Permission denied" in got["locked.png"].reason
+    assert "extension says image" in got["text_named.jpg"].reason
+    rows = rows_by_id(tmp_path / "index")
+    assert sorted(r["path"] for r in rows.values()) == ["good.png", "note.txt"]
+    # the run report on disk lists them too
+    last = IndexStore(tmp_path / "index").last_run()
+    assert {p["path"] for p in last["failures"]} == set(bad)
+
+
+def test_broken_symlink_loop_and_fifo(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    write_photo(root / "sub/ok.png", seed=1)
+    (root / "sub/loop").symlink_to(root)  # a folder link back to the root
+    (root / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    os.mkfifo(root / "pipe.mp4")
+    report = ingest(root, tmp_path / "index", encoder=encoder)
+    assert [(p.path, p.reason) for p in report.failures] == [("dangling.jpg", "broken symlink")]
+    skipped = {p.path: p.reason for p in report.skipped}
+    assert skipped == {"pipe.mp4": "not a regular file", "sub/loop": "symlink loop (folder already visited)"}
+    assert [r["path"] for r in rows_by_id(tmp_path / "index").values()] == ["sub/ok.png"]
+
+
+def test_bad_manifest_lines_are_reported_with_line_numbers(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "p.png", seed=1)
+    lines = [
+        json.dumps({"id": "ok", "text": "fine", "image": "p.png"}),
+        "{not json",
+        json.dumps({"text": "no id"}),
+        json.dumps({"id": "m", "image": "missing.png"}),
+        json.dumps({"id": "ok", "text": "duplicate id"}),
+        json.dumps({"id": "x", "text": "t", "colour": "red"}),
+        json.dumps({"id": "e", "text": "   "}),
+    ]
+    (root / "m.jsonl").write_text("\n".join(lines) + "\n")
+    report = ingest(root, tmp_path / "index", encoder=encoder)
+    got = {p.path: p.reason for p in report.failures}
+    assert sorted(got) == ["m.jsonl:2", "m.jsonl:3", "m.jsonl:4", "m.jsonl:5", "m.jsonl:6", "m.jsonl:7"]
+    assert "JSON" in got["m.jsonl:2"] and "'id'" in got["m.jsonl:3"] and "not found" in got["m.jsonl:4"]
+    assert "already declared at m.jsonl:1" in got["m.jsonl:5"] and "colour" in got["m.jsonl:6"]
+    assert "image+text:ok" in rows_by_id(tmp_path / "index")
+
+
+def test_raise_policy_stops_and_publishes_nothing(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "a.png", seed=1)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    before = rows_by_id(index)
+    versions = IndexStore(index).versions()
+    # new good files, and one that fails only at decode time (so rows were already being written)
+    for i in range(3):
+        write_photo(root / f"new{i}.png", seed=10 + i)
+    whole = write_photo(tmp_path / "whole.jpg", seed=5, size=(300, 200))
+    (root / "zz_truncated.jpg").write_bytes(whole.read_bytes()[:2000])
+    with pytest.raises(IngestError, match=r"zz_truncated\.jpg") as info:
+        ingest(root, index, encoder=encoder, on_error="raise", commit_rows=1)
+    assert info.value.problem.stage == "decode"
+    assert_same_rows(before, rows_by_id(index))
+    store = IndexStore(index)
+    for shard, version in versions.items():  # tables rolled back: latest rows equal the published ones
+        assert store.table(shard).count_rows() == store.table(shard, version=version).count_rows()
+    assert store.last_run()["status"] == "failed"
+    # a read-stage failure stops before anything is written
+    (root / "zz_truncated.jpg").write_bytes(b"")
+    with pytest.raises(IngestError, match="empty"):
+        ingest(root, index, encoder=encoder, on_error="raise")
+    assert_same_rows(before, rows_by_id(index))
+
+
+# ------------------------------------------------------------------------------------ crash, resume
+KILL_SCRIPT = """
+import sys
+from unite_search import Encoder
+from unite_search.ingestion import ingest
+enc = Encoder.load(sys.argv[1], device="cpu", workers=1)
+ingest(sys.argv[2], sys.argv[3], encoder=enc, commit_rows=1, segment_seconds=4.0, segment_overlap=1.0,
+       passage_chars=200)
+"""
+
+
+def _committed_versions(index: Path) -> int:
+    return sum(
+        len(list(t.glob("_versions/*.manifest"))) for t in (index / "tables").glob("*.lance") if t.name != "files.lance"
+    )
+
+
+def test_sigkill_mid_ingest_then_resume(tmp_path, tiny_dir, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "first.png", seed=1)
+    (root / "first.txt").write_text("the first text")
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder, **OPTS)
+    published = rows_by_id(index)
+    # a bigger second batch, killed while it is being written
+    for i in range(6):
+        write_photo(root / f"img/{i}.png", seed=20 + i)
+        (root / f"txt/{i}.txt").parent.mkdir(exist_ok=True)
+        (root / f"txt/{i}.txt").write_text(f"text number {i} " * (5 + i))
+    write_clip(root / "long.mp4", 96, fps=8, seed=3)  # 12 s: 4 segments
+    start = _committed_versions(index)
+    env = {**os.environ, "LANCEDB_LOG": "error"}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tiny_dir), str(root), str(index)], env=env)
+    deadline = time.time() + 120
+    while _committed_versions(index) < start + 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "ingest finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = _committed_versions(index) - start
+    assert written >= 4
+    # readers still see the last published state
+    assert_same_rows(published, rows_by_id(index))
+    # rerun finishes the job: same rows and vectors as a clean run, each exactly once
+    report = ingest(root, index, encoder=encoder, **OPTS)
+    assert report.status == "ok", report.summary()
+    assert 0 < report.encoded_items < report.items
+    clean = tmp_path / "clean"
+    ingest(root, clean, encoder=encoder, **OPTS)
+    assert_same_rows(rows_by_id(clean), rows_by_id(index))
+    again = ingest(root, index, encoder=encoder, **OPTS)
+    assert again.encoded_items == 0 and not again.published
+
+
+def test_unit_cut_short_is_redone(tmp_path, encoder):
+    """A segmented video whose rows were only partly written (a crash between commits) is redone whole."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_clip(root / "long.mp4", 96, fps=8, seed=3)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder, **OPTS)
+    full = rows_by_id(index)
+    store = IndexStore(index)
+    victim = next(r["id"] for r in full.values() if r["start"] == 3.0)
+    store.table("video").delete(f"id = '{victim}'")
+    report = ingest(root, index, encoder=encoder, **OPTS)
+    assert report.redone_items == 1 and report.encoded_rows == 4
+    assert_same_rows(full, rows_by_id(index))
+
+
+# ------------------------------------------------------------------------------ updates, removals
+def test_changed_moved_and_removed_files(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "keep.png", seed=1)
+    write_photo(root / "change.png", seed=2)
+    write_photo(root / "move.png", seed=3)
+    write_photo(root / "gone.png", seed=4)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    before = {r["path"]: r for r in rows_by_id(index).values()}
+
+    write_photo(root / "change.png", seed=99)
+    os.utime(root / "change.png", ns=(1, 1))  # a new mtime, so the read cache cannot hide the change
+    (root / "sub").mkdir()
+    shutil.move(root / "move.png", root / "sub/moved.png")
+    (root / "gone.png").unlink()
+    report = ingest(root, index, encoder=encoder)
+    assert report.encoded_items == 1  # only the changed file
+    assert report.removed_items == 2  # the old content of change.png, and gone.png
+    assert report.relabeled_items == 1
+    assert "removed 2" in report.summary()
+    after = {r["path"]: r for r in rows_by_id(index).values()}
+    assert sorted(after) == ["change.png", "keep.png", "sub/moved.png"]
+    np.testing.assert_array_equal(after["keep.png"]["vector"], before["keep.png"]["vector"])
+    np.testing.assert_array_equal(after["sub/moved.png"]["vector"], before["move.png"]["vector"])
+    assert after["sub/moved.png"]["paths"] == ["sub/moved.png"]
+    assert float(after["change.png"]["vector"] @ before["change.png"]["vector"]) < 0.99999
+    faiss_index = IndexStore(index).load_faiss("image")
+    assert faiss_index.ntotal == 3
+
+
+# -------------------------------------------------------------------------------------- safety
+def test_second_ingest_is_refused_while_one_holds_the_lock(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "a.png", seed=1)
+    store = IndexStore(tmp_path / "index")
+    with store.lock(), pytest.raises(IndexLockedError, match="being written by another ingest \\(pid"):
+        ingest(root, tmp_path / "index", encoder=encoder)
+    assert ingest(root, tmp_path / "index", encoder=encoder).status == "ok"  # released afterwards
+
+
+def test_lock_held_by_another_process(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "a.png", seed=1)
+    index = tmp_path / "index"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom unite_search.store import IndexStore\n"
+         "with IndexStore(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(60)\n", str(index)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(IndexLockedError, match=f"pid {holder.pid}"):
+            ingest(root, index, encoder=encoder)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ingest(root, index, encoder=encoder).status == "ok"  # the kernel dropped the dead holder's lock
+
+
+def test_mismatched_model_settings_or_corpus_are_refused(tmp_path, tiny_dir, encoder):
+    from unite_search import Encoder, EncoderSettings
+    from unite_search.testing import tiny_model
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "a.png", seed=1)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    other_settings = Encoder.load(tiny_dir, device="cpu", settings=EncoderSettings(frames=8))
+    with pytest.raises(IndexMismatchError, match=r"encoder.frames: index has None, this run 8(.|\n)*rm -r"):
+        ingest(root, index, encoder=other_settings)
+    other_model = Encoder.load(tiny_model(tmp_path / "other", seed=1), device="cpu")
+    with pytest.raises(IndexMismatchError, match=r"encoder\.revision"):
+        ingest(root, index, encoder=other_model)
+    with pytest.raises(IndexMismatchError, match=r"ingest\.segment_seconds"):
+        ingest(root, index, encoder=encoder, segment_seconds=10)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(IndexMismatchError, match="indexes the corpus"):
+        ingest(elsewhere, index, encoder=encoder)
+    assert IndexStore(index).last_run() is not None  # the refused runs wrote nothing over it
+
+
+def test_default_index_dir_and_bad_arguments(tmp_path, encoder, monkeypatch):
+    root = tmp_path / "photos"
+    root.mkdir()
+    write_photo(root / "a.png", seed=1)
+    monkeypatch.chdir(tmp_path)
+    report = ingest(root, encoder=encoder)
+    assert Path(report.index) == Path("indexes/photos")
+    assert (tmp_path / "indexes/photos/manifest.json").exists()
+    with pytest.raises(ValueError, match="on_error"):
+        ingest(root, encoder=encoder, on_error="ignore")
+    with pytest.raises(ValueError, match="pairs"):
+        ingest(root, encoder=encoder, pairs="all")
+    with pytest.raises(Exception, match="not a folder"):
+        ingest(tmp_path / "missing", encoder=encoder)
+
+
+def test_index_inside_the_corpus_is_not_walked(tmp_path, encoder, monkeypatch):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "a.png", seed=1)
+    monkeypatch.chdir(root)
+    ingest(".", encoder=encoder)  # index lands in ./indexes/corpus, inside the corpus
+    report = ingest(".", encoder=encoder)
+    assert report.encoded_items == 0 and report.failures == []
+    assert [r["path"] for r in rows_by_id(root / "indexes/corpus").values()] == ["a.png"]

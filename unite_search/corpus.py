@@ -1,0 +1,364 @@
+"""The corpus side of ingest: which files a folder holds, what each one is, and what it declares.
+
+``walk`` lists candidate files (hidden entries, symlink loops and special files are skipped and
+reported); ``read_file`` hashes one file and checks its content against its extension (a PNG named
+``.jpg`` is fine, text named ``.jpg`` is not), probing image size, video duration and text
+passages on the way; ``parse_manifest`` reads the items a ``*.jsonl`` file declares.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .modality import Modality
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+TEXT_EXTENSIONS = frozenset({".txt", ".md"})
+MANIFEST_EXTENSIONS = frozenset({".jsonl"})
+SIDECAR_EXTENSION = ".txt"  # x.txt beside x.jpg / x.mp4 is that item's caption
+CHUNK = 1 << 20
+_BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
+
+
+def claimed_kind(path: str | os.PathLike) -> str | None:
+    """What a file's extension says it is: a modality value, ``"manifest"``, or None (ignored)."""
+    ext = Path(path).suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        return Modality.IMAGE.value
+    if ext in VIDEO_EXTENSIONS:
+        return Modality.VIDEO.value
+    if ext in TEXT_EXTENSIONS:
+        return Modality.TEXT.value
+    if ext in MANIFEST_EXTENSIONS:
+        return "manifest"
+    return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that was not indexed: where, at which stage, and why."""
+
+    path: str
+    stage: str  # discover | read | decode | manifest
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "stage": self.stage, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A regular file found by the walk."""
+
+    rel: str  # corpus-relative, '/'-separated
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+    kind: str  # claimed_kind()
+
+
+@dataclass
+class Walk:
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)  # hidden, special files, symlink loops
+    failures: list[Problem] = field(default_factory=list)  # broken links, unreadable folders
+    ignored: int = 0  # files whose extension is not indexed
+
+
+def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -> Walk:
+    """Every candidate file under ``root`` in sorted order, following symlinks without looping."""
+    root = os.path.abspath(root)
+    excluded = {os.path.realpath(p) for p in exclude}
+    out = Walk()
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, root).replace(os.sep, "/")
+
+    def visit(folder: str) -> None:
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            out.failures.append(Problem(rel(folder), "discover", f"cannot read folder: {exc.strerror}"))
+            return
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            out.skipped.append(Problem(rel(folder), "discover", "symlink loop (folder already visited)"))
+            return
+        seen_dirs.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(folder) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            out.failures.append(Problem(rel(folder), "discover", f"cannot list folder: {exc.strerror}"))
+            return
+        for child in children:
+            path = child.path
+            if child.name.startswith("."):
+                out.skipped.append(Problem(rel(path), "discover", "hidden"))
+                continue
+            if os.path.realpath(path) in excluded:
+                continue
+            try:
+                st = os.stat(path)  # follows symlinks
+            except OSError as exc:
+                reason = "broken symlink" if child.is_symlink() else f"cannot stat: {exc.strerror}"
+                out.failures.append(Problem(rel(path), "discover", reason))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                visit(path)
+            elif not stat.S_ISREG(st.st_mode):
+                out.skipped.append(Problem(rel(path), "discover", "not a regular file"))
+            elif (kind := claimed_kind(path)) is None:
+                out.ignored += 1
+            else:
+                out.entries.append(Entry(rel(path), path, st.st_size, st.st_mtime_ns, kind))
+
+    visit(root)
+    return out
+
+
+def sniff(head: bytes) -> str | None:
+    """The media kind a file's first bytes announce: ``"image"``, ``"video"`` or None."""
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")):
+        return Modality.IMAGE.value
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return Modality.IMAGE.value
+    # BMP: "BM", then a DIB header whose size is one of the known ones
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
+        return Modality.IMAGE.value
+    if head[4:8] == b"ftyp":
+        # ISO-BMFF also carries still images (HEIC, AVIF), which we do not decode
+        return None if head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis") else Modality.VIDEO.value
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):  # QuickTime without ftyp
+        return Modality.VIDEO.value
+    if head.startswith(b"\x1a\x45\xdf\xa3"):  # Matroska / WebM
+        return Modality.VIDEO.value
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return Modality.VIDEO.value
+    return None
+
+
+def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
+    """Character spans [start, end) covering ``text`` in passages of at most ``max_chars``.
+
+    Cuts prefer a blank line, then a line end or sentence end, then any space, in the second half
+    of the window; whitespace-only spans are dropped.
+
+    >>> split_passages("one two. three four", 10)
+    [(0, 9), (9, 19)]
+    """
+    if max_chars < 1:
+        raise ValueError("max_chars must be positive")
+    spans, start, n = [], 0, len(text)
+    while start < n:
+        end = min(start + max_chars, n)
+        if end < n:
+            window = text[start + max_chars // 2 : end]
+            for sep in ("\n\n", "\n", ". ", " "):
+                cut = window.rfind(sep)
+                if cut >= 0:
+                    end = start + max_chars // 2 + cut + len(sep)
+                    break
+        if text[start:end].strip():
+            spans.append((start, end))
+        start = end
+    return spans
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """Strict UTF-8 (a BOM is dropped); binary data and invalid bytes are an :class:`InputError`."""
+    if b"\x00" in data:
+        raise InputError("text file holds binary data (NUL bytes)", source=source)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"text is not valid UTF-8 (byte {exc.start}); convert it to UTF-8", source=source) from exc
+    if not text.strip():
+        raise InputError("text file holds no text", source=source)
+    return text
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """One file after the read stage: its content hash and what a header read tells."""
+
+    rel: str
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    modality: str
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+    fps: float | None = None
+    total_frames: int | None = None
+    passages: tuple[tuple[int, int], ...] = ()
+
+    def to_row(self) -> dict[str, Any]:
+        """The file-cache row (no absolute path: the corpus may move)."""
+        row = {k: getattr(self, k) for k in ("rel", "size", "mtime_ns", "sha256", "modality")}
+        row.update(width=self.width, height=self.height, duration=self.duration, fps=self.fps)
+        row.update(total_frames=self.total_frames, passages=[x for span in self.passages for x in span])
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], path: str) -> FileFacts:
+        flat = row.get("passages") or []
+        spans = tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+        keep = ("rel", "size", "mtime_ns", "sha256", "modality", "width", "height", "duration", "fps", "total_frames")
+        return cls(path=path, passages=spans, **{k: row[k] for k in keep})
+
+
+def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = None) -> FileFacts:
+    """Hash a file and check its content; raises :class:`InputError` (the read stage's failures)."""
+    if entry.size == 0:
+        raise InputError("file is empty (0 bytes)", source=entry.rel)
+    digest = hashlib.sha256()
+    text_bytes = bytearray() if entry.kind == Modality.TEXT.value else None
+    try:
+        with open(entry.path, "rb") as fh:
+            head = fh.read(64)
+            digest.update(head)
+            if text_bytes is not None:
+                text_bytes += head
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                if text_bytes is not None:
+                    text_bytes += chunk
+            st = os.fstat(fh.fileno())
+    except FileNotFoundError as exc:
+        raise InputError("file disappeared during ingest", source=entry.rel) from exc
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", source=entry.rel) from exc
+    facts = {"rel": entry.rel, "path": entry.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    facts["sha256"] = digest.hexdigest()
+    found = sniff(head)
+    if entry.kind == Modality.TEXT.value:
+        if found is not None:
+            raise InputError(f"content is {found} data but the extension says text", source=entry.rel)
+        text = decode_text(bytes(text_bytes), entry.rel)
+        spans = split_passages(text, passage_chars)
+        return FileFacts(modality=entry.kind, passages=tuple(spans), **facts)
+    if found is None:
+        if _looks_like_text(head):
+            raise InputError(f"content is text but the extension says {entry.kind}", source=entry.rel)
+        raise InputError(f"content is not a recognised {entry.kind} format (by its first bytes)", source=entry.rel)
+    if found != entry.kind:
+        raise InputError(f"content is {found} data but the extension says {entry.kind}", source=entry.rel)
+    if found == Modality.IMAGE.value:
+        width, height = _image_size(entry)
+        return FileFacts(modality=found, width=width, height=height, **facts)
+    from .video import probe
+
+    try:
+        info = probe(entry.path, video_backend)
+    except InputError as exc:
+        raise InputError(exc.reason, source=entry.rel) from exc
+    return FileFacts(
+        modality=found,
+        width=info.width or None,
+        height=info.height or None,
+        duration=info.duration,
+        fps=info.fps,
+        total_frames=info.total_frames,
+        **facts,
+    )
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:  # incremental: a multibyte character cut at the end of the sample is not an error
+        sample = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return bool(sample) and all(c.isprintable() or c in "\t\r\n" for c in sample)
+
+
+def _image_size(entry: Entry) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(entry.path) as img:
+            size = img.size
+            orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swaps width and height
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image too large to decode safely ({exc})", source=entry.rel) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot read image header: {exc}", source=entry.rel) from exc
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One item a JSONL manifest declares; media paths are absolute."""
+
+    id: str
+    source: str  # "manifest.jsonl:3"
+    text: str | None
+    image: str | None
+    video: str | None
+    metadata: dict[str, Any] | None
+
+
+_MANIFEST_KEYS = {"id", "text", "image", "video", "metadata"}
+
+
+def parse_manifest(entry: Entry) -> tuple[list[Declared], list[Problem]]:
+    """Items of a ``*.jsonl`` manifest; each bad line is a :class:`Problem` naming ``file:line``."""
+    items: list[Declared] = []
+    problems: list[Problem] = []
+    base = os.path.dirname(entry.path)
+    try:
+        with open(entry.path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+    except OSError as exc:
+        return [], [Problem(entry.rel, "manifest", f"cannot read manifest: {exc.strerror or exc}")]
+    for number, raw in enumerate(lines, start=1):
+        where = f"{entry.rel}:{number}"
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append(Problem(where, "manifest", f"not a JSON object: {exc}"))
+            continue
+        try:
+            items.append(_declared(record, where, base))
+        except InputError as exc:
+            problems.append(Problem(where, "manifest", exc.reason))
+    return items, problems
+
+
+def _declared(record: Any, where: str, base: str) -> Declared:
+    if not isinstance(record, dict):
+        raise InputError("each line must be a JSON object")
+    unknown = set(record) - _MANIFEST_KEYS
+    if unknown:
+        raise InputError(f"unknown key(s) {sorted(unknown)}; a line takes {sorted(_MANIFEST_KEYS)}")
+    item_id = record.get("id")
+    if not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or not str(item_id).strip():
+        raise InputError("each line needs an 'id' (a non-empty string or integer)")
+    text = record.get("text")
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        raise InputError("'text' must be a non-empty string")
+    media = {}
+    for key in ("image", "video"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InputError(f"'{key}' must be a file path")
+        media[key] = os.path.normpath(os.path.join(base, value)) if value else None
+    if text is None and media["image"] is None and media["video"] is None:
+        raise InputError("item has none of text, image or video")
+    metadata = record.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError("'metadata' must be a JSON object")
+    return Declared(str(item_id), where, text, media["image"], media["video"], metadata)
