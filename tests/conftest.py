@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# PyAV before decord: once decord's bundled FFmpeg is loaded first, PyAV binds to it and cannot open
+# the libvpx encoder that the WebM fixtures need (decoding is unaffected either way).
+import av
 import numpy as np
 import pytest
 
@@ -13,7 +16,6 @@ BAR = 16
 
 def write_index_video(path: Path, n_frames: int, fps: int = 10, height: int = 64, width: int = BITS * BAR) -> Path:
     """An H.264 clip whose frame i shows i in binary, so decoded frames reveal their index."""
-    import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -33,7 +35,6 @@ def write_index_video(path: Path, n_frames: int, fps: int = 10, height: int = 64
 
 def write_empty_video(path: Path) -> Path:
     """A valid MP4 header with a video track declared and no frame in it."""
-    import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=10)

@@ -78,3 +78,83 @@ def test_cli_errors_are_clean(runner, tiny_dir, tmp_path):
     assert nothing.exit_code == 2 and "at least one" in nothing.output
     unknown = runner.invoke(main, ["embed", "--text", "x", "--model", "no-such-model"])
     assert unknown.exit_code == 1 and "unknown model" in unknown.output
+
+
+def _corpus(root, bad=False):
+    from corpora import write_photo
+
+    root.mkdir()
+    write_photo(root / "a.png", seed=1)
+    (root / "note.md").write_text("a short note")
+    if bad:
+        (root / "broken.jpg").write_text("not an image")
+    return root
+
+
+def test_ingest_then_info(runner, tiny_dir, tmp_path):
+    root = _corpus(tmp_path / "corpus")
+    index = tmp_path / "index"
+    args = ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "-q"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "2 rows in 2 shard(s) image 1, text 1" in result.stdout
+    assert "encoded 2" in result.stdout
+    info = runner.invoke(main, ["info", str(index)])
+    assert info.exit_code == 0, info.output
+    assert "shard   image" in info.stdout and "1 rows  flat" in info.stdout
+    assert "last run ok: encoded 2, removed 0, failed 0" in info.stdout
+    payload = json.loads(runner.invoke(main, ["info", str(index), "--json"]).stdout)
+    assert payload["shards"]["text"]["rows"] == 1 and payload["dim"] == 64
+    assert payload["last_run"]["status"] == "ok" and payload["disk_bytes"] > 0
+    again = runner.invoke(main, [*args, "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["encoded_items"] == 0
+
+
+def test_ingest_exit_status_tells_skipped_from_failed(runner, tiny_dir, tmp_path):
+    root = _corpus(tmp_path / "corpus", bad=True)
+    base = ["ingest", str(root), "--model", str(tiny_dir), "--device", "cpu", "-q"]
+    skipped = runner.invoke(main, [*base, "--index", str(tmp_path / "i1"), "--json"])
+    assert skipped.exit_code == 3, skipped.output
+    report = json.loads(skipped.stdout)
+    assert report["status"] == "skipped" and report["failures"][0]["path"] == "broken.jpg"
+    info = runner.invoke(main, ["info", str(tmp_path / "i1")])
+    assert "broken.jpg [read] content is text but the extension says image" in info.stdout
+    failed = runner.invoke(main, [*base, "--index", str(tmp_path / "i2"), "--on-error", "raise"])
+    assert failed.exit_code == 1 and "broken.jpg" in failed.output and "nothing was published" in failed.output
+    usage = runner.invoke(main, [*base, "--pairs", "everything"])
+    assert usage.exit_code == 2
+    overlap = runner.invoke(main, [*base, "--index", str(tmp_path / "i3"), "--segment-seconds", "5",
+                                   "--segment-overlap", "5"])  # fmt: skip
+    assert overlap.exit_code == 2 and "overlap" in overlap.output
+
+
+def test_ingest_refusals_are_one_line_errors(runner, tiny_dir, tmp_path):
+    from unite_search.store import IndexStore
+
+    root = _corpus(tmp_path / "corpus")
+    index = tmp_path / "index"
+    base = ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "-q"]
+    assert runner.invoke(main, base).exit_code == 0
+    with IndexStore(index).lock():
+        locked = runner.invoke(main, base)
+    assert locked.exit_code == 1 and "being written by another ingest" in locked.output
+    mismatch = runner.invoke(main, [*base, "--frames", "8"])
+    assert mismatch.exit_code == 1 and "encoder.frames" in mismatch.output and "rm -r" in mismatch.output
+    not_index = runner.invoke(main, ["info", str(root)])
+    assert not_index.exit_code == 1 and "holds no unite-search index" in not_index.output
+
+
+def test_readme_example_corpus_ingests_cleanly(runner, tiny_dir, tmp_path):
+    """The corpus the README's first command indexes: every kind, a caption, a composed item."""
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus"
+    index = tmp_path / "index"
+    result = runner.invoke(
+        main,
+        ["ingest", str(corpus), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "-q", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["shards"] == {"image": 3, "video": 1, "text": 2, "image+text": 1}
+    assert report["failures"] == [] and report["skipped"] == []

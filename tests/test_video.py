@@ -4,7 +4,15 @@ from conftest import frame_index, write_empty_video, write_index_video
 
 from unite_search.errors import InputError
 from unite_search.settings import EncoderSettings
-from unite_search.video import frame_count, preprocess_video, read_frames, resize_frames, sample_indices
+from unite_search.video import (
+    frame_count,
+    preprocess_video,
+    probe,
+    read_frames,
+    resize_frames,
+    sample_indices,
+    segment_spans,
+)
 
 
 def _has_decord() -> bool:
@@ -116,3 +124,42 @@ def test_zero_frame_video(tmp_path):
     for backend in ["av"] + (["decord"] if _has_decord() else []):
         with pytest.raises(InputError, match=r"zero\.mp4: (file has no video stream|cannot decode)"):
             read_frames(path, EncoderSettings(), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["decord", "av"])
+@pytest.mark.parametrize(("start", "end"), [(0.0, 3.0), (2.5, 5.5), (9.0, 12.0)])
+def test_time_range_reads_the_frames_of_that_range(tmp_path_factory, backend, start, end):
+    """Segments sample within their own range (PyAV seeks, then numbers frames by timestamp)."""
+    clip = tmp_path_factory.getbasetemp() / "range120.mp4"
+    if not clip.exists():
+        write_index_video(clip, 120, fps=10)
+    frames, info = read_frames(clip, EncoderSettings(fps=2), backend, start, end)
+    first, stop = round(start * 10), round(end * 10)
+    want = first + sample_indices(stop - first, 6)  # 3 s at 2 fps
+    assert list(info.indices) == want.tolist()
+    assert [frame_index(f) for f in frames] == want.tolist()
+
+
+def test_probe_reads_header_facts(clip):
+    for backend in ("decord", "av"):
+        found = probe(clip, backend)
+        assert (found.total_frames, found.fps, found.width, found.height) == (95, 10.0, 128, 64)
+        assert found.duration == pytest.approx(9.5)
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds", "overlap", "spans"),
+    [
+        (20.0, 30.0, 5.0, [(0.0, 20.0)]),
+        (30.0, 30.0, 5.0, [(0.0, 30.0)]),
+        (70.0, 30.0, 5.0, [(0.0, 30.0), (25.0, 55.0), (50.0, 70.0)]),
+        (10.0, 4.0, 0.0, [(0.0, 4.0), (4.0, 8.0), (8.0, 10.0)]),
+    ],
+)
+def test_segment_spans(duration, seconds, overlap, spans):
+    assert segment_spans(duration, seconds, overlap) == spans
+
+
+def test_segment_spans_rejects_overlap_not_below_length():
+    with pytest.raises(ValueError, match="overlap"):
+        segment_spans(100, 10, 10)

@@ -6,7 +6,8 @@ The rule (recorded in each shard's manifest entry):
 - above: ``IVF{nlist},Flat`` with inner product, ``nlist = min(4 * sqrt(n), n / 39)``, trained on a
   seeded sample of at most ``64 * nlist`` rows. ``nprobe`` is the smallest power of two whose
   recall@10 against exact search, measured on up to 1,000 of the shard's own vectors, reaches
-  ``target`` (0.95). Exact search here is the same IVF index with every list probed.
+  ``target`` (0.95). Exact search here is the same IVF index with every list probed; each query's
+  own vector is left out of both result lists, so a vector finding itself does not count.
 
 Vectors are L2-normalised, so inner product is cosine similarity. Indexes are written with
 ``faiss.write_index`` (FAISS's own binary format), never pickled. FAISS GPU, when installed and a
@@ -71,7 +72,7 @@ def build(
     rng = np.random.default_rng(seed)
     n_train = min(n, 64 * nlist)
     train_at = np.sort(rng.choice(n, size=n_train, replace=False))
-    train = _gather(batches, train_at, dim)  # (n_train, dim)
+    train, train_keys = _gather(batches, train_at, dim)  # (n_train, dim), (n_train,)
     index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     on_gpu = gpu is True or (gpu == "auto" and gpu_count() > 0)
     if on_gpu:  # k-means assignment on the GPU; the index itself stays on the CPU
@@ -82,8 +83,8 @@ def build(
     for keys, vecs in batches():
         index.add_with_ids(vecs, keys)
 
-    queries = train[rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)]
-    nprobe, recall, curve = tune_nprobe(index, queries, target)
+    pick = rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)
+    nprobe, recall, curve = tune_nprobe(index, train[pick], target, exclude=train_keys[pick])
     index.nprobe = nprobe
     info = {
         "type": "ivf",
@@ -95,25 +96,28 @@ def build(
         "nprobe": nprobe,
         "recall_at_10": round(recall, 4),
         "recall_target": target,
-        "recall_queries": len(queries),
+        "recall_queries": len(pick),
+        "recall_method": "leave-one-out on the shard's own vectors, against every list probed",
         "recall_curve": curve,
         "gpu_trained": bool(on_gpu),
     }
     return index, info
 
 
-def _gather(batches: Batches, positions: np.ndarray, dim: int) -> np.ndarray:
+def _gather(batches: Batches, positions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.empty((len(positions), dim), dtype=np.float32)
+    out_keys = np.empty(len(positions), dtype=np.int64)
     filled, offset = 0, 0
-    for _, vecs in batches():
+    for keys, vecs in batches():
         stop = offset + len(vecs)
         lo, hi = np.searchsorted(positions, [offset, stop])
         out[filled : filled + hi - lo] = vecs[positions[lo:hi] - offset]
+        out_keys[filled : filled + hi - lo] = keys[positions[lo:hi] - offset]
         filled += hi - lo
         offset = stop
     if filled != len(positions):
         raise RuntimeError(f"shard yielded {offset} vectors, fewer than the {positions[-1] + 1} counted")
-    return out
+    return out, out_keys
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -125,16 +129,34 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
-def tune_nprobe(index, queries: np.ndarray, target: float) -> tuple[int, float, dict[str, float]]:
-    """Smallest power-of-two nprobe whose recall@10 against exhaustive probing reaches ``target``."""
+def _without(found: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
+    """Each row's first ``k`` ids other than that row's own query id (-1 pads)."""
+    if exclude is None:
+        return found[:, :k]
+    out = np.full((len(found), k), -1, dtype=found.dtype)
+    for i, row in enumerate(found):
+        kept = row[row != exclude[i]][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
+def tune_nprobe(
+    index, queries: np.ndarray, target: float, exclude: np.ndarray | None = None
+) -> tuple[int, float, dict[str, float]]:
+    """Smallest power-of-two nprobe whose recall@10 against exhaustive probing reaches ``target``.
+
+    ``exclude`` holds each query's own id when queries are the shard's vectors: a vector always
+    finds itself, which would flatter the recall, so it is left out of both lists (leave-one-out).
+    """
     k = min(RECALL_K, index.ntotal)
+    extra = 0 if exclude is None else 1
     index.nprobe = index.nlist
-    _, truth = index.search(queries, k)
+    truth = _without(index.search(queries, k + extra)[1], exclude, k)
     curve: dict[str, float] = {}
     nprobe = 1
     while True:
         index.nprobe = nprobe
-        _, found = index.search(queries, k)
+        found = _without(index.search(queries, k + extra)[1], exclude, k)
         recall = recall_at_k(found, truth)
         curve[str(nprobe)] = round(recall, 4)
         if recall >= target or nprobe >= index.nlist:

@@ -1,0 +1,92 @@
+"""FAISS rule: flat below the threshold, IVF above with nprobe tuned to recall@10 >= 0.95."""
+
+import numpy as np
+import pytest
+
+from unite_search import ann
+from unite_search.store import IndexStore, row_key
+
+
+def clustered(n, dim=32, seed=0, noise_seed=None):
+    """Unit vectors around 40 centres (fixed by ``seed``), like embeddings of a varied corpus."""
+    centers = np.random.default_rng(seed).normal(size=(40, dim))
+    rng = np.random.default_rng(seed if noise_seed is None else noise_seed + 1000)
+    v = centers[rng.integers(0, 40, n)] + 0.6 * rng.normal(size=(n, dim))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def stream(keys, vecs, size=700):
+    def gen():
+        for i in range(0, len(vecs), size):
+            yield keys[i : i + size], vecs[i : i + size]
+
+    return gen
+
+
+def exact_top(vecs, queries, k):
+    return np.argsort(-(queries @ vecs.T), axis=1, kind="stable")[:, :k]
+
+
+def test_recall_at_k_by_hand():
+    found = np.array([[1, 2, 3], [4, 5, 6]])
+    truth = np.array([[3, 2, 9], [7, 8, -1]])
+    assert ann.recall_at_k(found, truth) == pytest.approx((2 / 3 + 0 / 2) / 2)
+
+
+def test_nlist_rule():
+    assert ann.nlist_for(100_000) == 1264
+    assert ann.nlist_for(1_000_000) == 4000
+    assert ann.nlist_for(2000) == 51  # n / 39: at least 39 training points per list
+
+
+def test_small_shard_is_exact():
+    vecs = clustered(500)
+    keys = np.arange(500, dtype=np.int64) * 3 + 11
+    index, info = ann.build(stream(keys, vecs), 500, 32, flat_max=500)
+    assert info["type"] == "flat" and index.ntotal == 500
+    _, found = index.search(vecs[:50], 10)
+    np.testing.assert_array_equal(found, keys[exact_top(vecs, vecs[:50], 10)])
+
+
+def test_large_shard_gets_ivf_with_measured_recall():
+    n = 6000
+    vecs = clustered(n)
+    keys = np.arange(n, dtype=np.int64) + 1000
+    index, info = ann.build(stream(keys, vecs), n, 32, flat_max=1000)
+    assert info["type"] == "ivf" and info["nlist"] == ann.nlist_for(n) and index.ntotal == n
+    assert info["recall_at_10"] >= 0.95 and index.nprobe == info["nprobe"]
+    # nprobe is the smallest power of two that reaches the target
+    curve = {int(k): v for k, v in info["recall_curve"].items()}
+    assert curve[info["nprobe"]] >= 0.95
+    assert all(v < 0.95 for p, v in curve.items() if p < info["nprobe"])
+    # the stored figure holds for held-out queries from the same distribution, against exact search
+    queries = clustered(500, noise_seed=5)
+    _, found = index.search(queries, 10)
+    truth = keys[exact_top(vecs, queries, 10)]
+    held_out = ann.recall_at_k(found, truth)
+    assert held_out >= 0.93, (held_out, info)
+
+
+def test_publish_writes_faiss_per_version_and_drops_old_files(tmp_path):
+    store = IndexStore(tmp_path / "index")
+    manifest = store.init({"dim": 32, "model_id": "m", "revision": "r"}, {}, "/corpus")
+    vecs = clustered(2500)
+    rows = [{"id": f"r{i}", "key": row_key(f"r{i}"), "unit": f"u{i}", "unit_rows": 1, "modality": "text"}
+            for i in range(2500)]  # fmt: skip
+    store.add_rows("text", rows[:1500], vecs[:1500])
+    store.add_rows("text", rows[1500:], vecs[1500:])
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    entry = manifest["shards"]["text"]
+    assert entry["rows"] == 2500 and entry["index"]["type"] == "ivf"
+    assert entry["index"]["recall_at_10"] >= 0.95
+    first = entry["faiss"]
+    assert (store.path / first).exists()
+    loaded = store.load_faiss("text")
+    assert loaded.ntotal == 2500 and loaded.nprobe == entry["index"]["nprobe"]
+    _, found = loaded.search(vecs[:5], 1)
+    assert found[:, 0].tolist() == [row_key(f"r{i}") for i in range(5)]
+    store.delete_units("text", [f"u{i}" for i in range(2000, 2500)])
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    assert manifest["shards"]["text"]["rows"] == 2000 and manifest["shards"]["text"]["index"]["type"] == "ivf"
+    assert not (store.path / first).exists() and (store.path / manifest["shards"]["text"]["faiss"]).exists()
+    assert store.require_manifest() == manifest

@@ -1,0 +1,90 @@
+"""Corpus helpers: content sniffing, passages, the walk, manifests, text decoding."""
+
+import json
+import os
+
+import pytest
+from corpora import write_photo
+
+from unite_search.corpus import decode_text, parse_manifest, sniff, split_passages, walk
+from unite_search.errors import InputError
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "image"),
+        (b"GIF89a\x01\x00", "image"),
+        (b"II*\x00\x08\x00", "image"),
+        (b"MM\x00*\x00\x00", "image"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image"),
+        (b"BM" + bytes(12) + (40).to_bytes(4, "little"), "image"),
+        (b"BMW drivers are " + bytes(4), None),  # "BM" alone is not a bitmap
+        (b"\x00\x00\x00\x20ftypisom\x00\x00", "video"),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00", "video"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00", None),  # HEIC stills are not decoded
+        (b"\x1a\x45\xdf\xa3\x01\x00", "video"),
+        (b"RIFF\x00\x00\x00\x00AVI LIST", "video"),
+        (b"hello, this is text", None),
+        (b"", None),
+    ],
+)
+def test_sniff(head, kind):
+    assert sniff(head) == kind
+
+
+def test_passages_cover_the_text_within_the_limit():
+    text = "\n\n".join(f"Paragraph {i}. " + "Some words here. " * (3 + i) for i in range(8))
+    spans = split_passages(text, 120)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a < b and b - a <= 120 for a, b in spans)
+    assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))  # contiguous: nothing lost
+    assert sum(text[a:b].endswith((" ", "\n")) for a, b in spans[:-1]) == len(spans) - 1  # cut at boundaries
+
+
+def test_passages_prefer_paragraphs_and_cut_words_only_when_forced():
+    assert split_passages("aaaa bbbb\n\ncccc dddd", 14) == [(0, 11), (11, 20)]
+    assert split_passages("x" * 25, 10) == [(0, 10), (10, 20), (20, 25)]
+    assert split_passages("   \n\n   ", 4) == []
+    with pytest.raises(ValueError):
+        split_passages("x", 0)
+
+
+def test_decode_text():
+    assert decode_text("\ufeffcaf\u00e9".encode(), "t.txt") == "caf\u00e9"  # BOM dropped
+    with pytest.raises(InputError, match="UTF-8"):
+        decode_text(b"caf\xe9", "t.txt")
+    with pytest.raises(InputError, match="binary"):
+        decode_text(b"ab\x00cd", "t.txt")
+    with pytest.raises(InputError, match="no text"):
+        decode_text(b" \n\t ", "t.txt")
+
+
+def test_walk_sorts_excludes_and_counts(tmp_path):
+    write_photo(tmp_path / "b/z.png", seed=1)
+    write_photo(tmp_path / "a.jpg", seed=2)
+    (tmp_path / "doc.md").write_text("hello")
+    (tmp_path / "data.csv").write_text("1,2")
+    (tmp_path / "m.jsonl").write_text("")
+    write_photo(tmp_path / "idx/inside.png", seed=3)
+    found = walk(tmp_path, exclude=(tmp_path / "idx",))
+    assert [(e.rel, e.kind) for e in found.entries] == [
+        ("a.jpg", "image"),
+        ("b/z.png", "image"),
+        ("doc.md", "text"),
+        ("m.jsonl", "manifest"),
+    ]
+    assert found.ignored == 1 and found.skipped == [] and found.failures == []
+    assert all(os.path.isabs(e.path) and e.size > 0 for e in found.entries if e.kind != "manifest")
+
+
+def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
+    (tmp_path / "sets").mkdir()
+    path = tmp_path / "sets/m.jsonl"
+    path.write_text(json.dumps({"id": 7, "image": "../pics/a.png", "text": "t", "metadata": {"x": 1}}) + "\n\n")
+    found = walk(tmp_path)
+    items, problems = parse_manifest(found.entries[0])
+    assert problems == []
+    assert items[0].id == "7" and items[0].source == "sets/m.jsonl:1"
+    assert items[0].image == str(tmp_path / "pics/a.png") and items[0].metadata == {"x": 1}
