@@ -247,3 +247,38 @@ def test_encode_windows_bound_memory(encoder, media, monkeypatch):
     assert len(windows) == 3 and max(windows) < 3 * one_image
     monkeypatch.undo()
     assert np.abs(vecs - encoder.encode(items)).max() <= 1e-5
+
+
+def test_prefetch_keeps_order_bounds_memory_and_propagates_errors():
+    import threading
+    import time
+
+    from unite_search.batching import prefetch
+
+    produced = []
+
+    def source():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    out, ahead = [], []
+    for i in prefetch(source(), max_bytes=10, size=lambda _: 3):  # at most 3 items of 3 bytes held
+        time.sleep(0.002)
+        ahead.append(len(produced) - len(out) - 1)
+        out.append(i)
+    assert out == list(range(50))
+    assert max(ahead) <= 4  # 3 held, plus the one the producer has in hand
+    assert max(ahead) >= 2  # and it did run ahead of the consumer
+
+    def failing():
+        yield 1
+        raise RuntimeError("decoder broke")
+
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        list(prefetch(failing(), max_bytes=100, size=lambda _: 1))
+    gen = prefetch(iter(range(10**6)), max_bytes=5, size=lambda _: 1)
+    assert next(gen) == 0
+    gen.close()  # stopping early ends the producer thread
+    assert not [t for t in threading.enumerate() if t.name == "unite-prefetch"]
+    assert list(prefetch(range(5), max_bytes=0, size=lambda _: 1)) == [0, 1, 2, 3, 4]

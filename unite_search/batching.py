@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,3 +55,65 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, lookahea
         finally:
             for fut in pending:
                 fut.cancel()
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], max_bytes: int, size: Callable[[T], int]) -> Iterator[T]:
+    """Iterate ``items`` on a background thread, keeping up to ``max_bytes`` of results ready ahead.
+
+    The consumer (the encoder, busy on the GPU) and the producer (decoding workers) then run at the
+    same time instead of taking turns. One result larger than ``max_bytes`` still passes, alone.
+    ``max_bytes <= 0`` iterates in the caller's thread.
+    """
+    if max_bytes <= 0:
+        yield from items
+        return
+    ready: deque = deque()
+    held = [0]
+    cond = threading.Condition()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                n = size(item)
+                with cond:
+                    cond.wait_for(lambda n=n: stop.is_set() or not ready or held[0] + n <= max_bytes)
+                    if stop.is_set():
+                        return
+                    ready.append((item, n))
+                    held[0] += n
+                    cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001  re-raised in the consumer's thread
+            failure.append(exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # shuts a bounded_map's thread pool down
+            with cond:
+                ready.append((_DONE, 0))
+                cond.notify_all()
+
+    thread = threading.Thread(target=produce, name="unite-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            with cond:
+                cond.wait_for(lambda: bool(ready))
+                item, n = ready.popleft()
+                held[0] -= n
+                cond.notify_all()
+            if item is _DONE:
+                if failure:
+                    raise failure[0]
+                return
+            yield item
+    finally:
+        stop.set()
+        with cond:
+            cond.notify_all()
+        thread.join()

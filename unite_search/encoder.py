@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .batching import bounded_map, plan_batches
+from .batching import bounded_map, plan_batches, prefetch
 from .errors import InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .modality import Item, Modality, as_item
@@ -27,6 +27,7 @@ from .video import preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
 WINDOW_BYTES = 1 << 30  # prepared inputs held before they are encoded
+PREFETCH_BYTES = 1 << 30  # prepared inputs made ready while the model runs (about one window)
 
 
 @dataclass(frozen=True)
@@ -303,8 +304,9 @@ class Encoder:
         def prep(pair):
             return pair[0], self.prepare(pair[1], index=pair[0])
 
+        prepared = bounded_map(prep, enumerate(items), self.workers, lookahead=4 * self.workers)
         try:
-            for i, p in bounded_map(prep, enumerate(items), self.workers, lookahead=4 * self.workers):
+            for i, p in prefetch(prepared, PREFETCH_BYTES, lambda pair: pair[1].nbytes):
                 window.append((i, p))
                 window_tokens += p.length
                 window_bytes += p.nbytes

@@ -462,11 +462,14 @@ class _Writer:
             raise self.error
 
 
-def _encode_all(encoder, store, tasks, units_by_key, *, workers, on_error, commit_rows, progress, timings, failed):
+def _encode_all(
+    encoder, store, tasks, units_by_key, *, workers, on_error, commit_rows, progress, timings, failed, prefetch_bytes
+):
     """Decode -> encode -> write, overlapped. Returns rows written; fills ``failed`` (unit -> Problem)."""
     import numpy as np
     from tqdm.auto import tqdm
 
+    from .batching import prefetch
     from .encoder import WINDOW_BYTES
 
     writer = _Writer(store)
@@ -510,9 +513,14 @@ def _encode_all(encoder, store, tasks, units_by_key, *, workers, on_error, commi
             written += len(live)
         window, tokens, nbytes = [], 0, 0
 
+    def size_of(pair) -> int:
+        return pair[1][1].nbytes if isinstance(pair[1], tuple) else 1024
+
     t0 = time.perf_counter()
+    decoded = bounded_map(work, tasks, workers, lookahead=4 * max(1, workers))
     try:
-        for task, out in bounded_map(work, tasks, workers, lookahead=4 * max(1, workers)):
+        # decoding runs on while the encoder works: up to one window of inputs is made ready ahead
+        for task, out in prefetch(decoded, prefetch_bytes, size_of):
             bar.update(1)
             if isinstance(out, InputError):
                 if task.unit not in failed:
@@ -559,6 +567,7 @@ def ingest(
     flat_max: int = ann.FLAT_MAX,
     gpu: bool | str = "auto",
     commit_rows: int = COMMIT_ROWS,
+    prefetch_bytes: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> IngestReport:
@@ -570,6 +579,8 @@ def ingest(
     encodes only new or changed content and removes what left the corpus. ``on_error="skip"``
     records each bad input in the report and goes on; ``"raise"`` stops at the first one and
     publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`.
+    ``prefetch_bytes`` bounds the decoded inputs made ready while the encoder runs (default 1 GiB;
+    0 decodes and encodes in turn).
 
     >>> report = ingest("photos/", model="unite-base-2b")   # doctest: +SKIP
     >>> print(report.summary())                              # doctest: +SKIP
@@ -596,7 +607,7 @@ def ingest(
         report = IngestReport(str(index_dir), root, encoder.model_id)
         try:
             _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-                 commit_rows, progress, say)  # fmt: skip
+                 commit_rows, prefetch_bytes, progress, say)  # fmt: skip
         except BaseException as exc:
             report.status = "failed"
             report.error = str(exc) if isinstance(exc, UniteError) else f"{type(exc).__name__}: {exc}"
@@ -614,7 +625,11 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
 
 
 def _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-         commit_rows, progress, say) -> None:  # fmt: skip
+         commit_rows, prefetch_bytes, progress, say) -> None:  # fmt: skip
+    if prefetch_bytes is None:
+        from .encoder import PREFETCH_BYTES
+
+        prefetch_bytes = PREFETCH_BYTES
     timings = report.timings
     t = time.perf_counter()
     found = walk(root, exclude=(index_dir,))
@@ -676,7 +691,7 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
         tasks = [task for unit in todo for task in unit.tasks]
         report.encoded_rows = _encode_all(
             encoder, store, tasks, by_key, workers=workers, on_error=on_error,
-            commit_rows=commit_rows, progress=progress, timings=timings, failed=failed,
+            commit_rows=commit_rows, progress=progress, timings=timings, failed=failed, prefetch_bytes=prefetch_bytes,
         )  # fmt: skip
         _fail_fast(on_error, list(failed.values()))
         t = time.perf_counter()
