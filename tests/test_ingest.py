@@ -465,8 +465,9 @@ def test_default_index_dir_and_bad_arguments(tmp_path, encoder, monkeypatch):
     root.mkdir()
     write_photo(root / "a.png", seed=1)
     monkeypatch.chdir(tmp_path)
-    report = ingest(root, encoder=encoder)
-    assert Path(report.index) == Path("indexes/photos")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    report = ingest("~/photos", encoder=encoder)  # ~ is expanded, as a shell would
+    assert Path(report.index) == Path("indexes/photos") and report.corpus == str(root)
     assert (tmp_path / "indexes/photos/manifest.json").exists()
     with pytest.raises(ValueError, match="on_error"):
         ingest(root, encoder=encoder, on_error="ignore")

@@ -589,10 +589,10 @@ def ingest(
         raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
     options = IngestOptions(segment_seconds, overlap, passage_chars, pairs)
-    root = os.path.abspath(corpus)
+    root = os.path.abspath(os.path.expanduser(corpus))
     if not os.path.isdir(root):
         raise InputError("corpus is not a folder", source=os.fspath(corpus))
-    index_dir = Path(index) if index is not None else default_index_dir(root)
+    index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
     store = IndexStore(index_dir)
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()

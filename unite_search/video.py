@@ -121,6 +121,14 @@ def _read_decord(path: str, settings: EncoderSettings, start=None, end=None):
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "decord")
 
 
+def _pyav():
+    try:
+        import av
+    except ImportError as exc:
+        raise MissingDependencyError("decoding video needs PyAV or decord: pip install av") from exc
+    return av
+
+
 def _av_probe(container, count: bool) -> Probe:
     if not container.streams.video:
         raise InputError("file has no video stream")
@@ -139,10 +147,7 @@ def _av_probe(container, count: bool) -> Probe:
 
 
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None):
-    try:
-        import av
-    except ImportError as exc:
-        raise MissingDependencyError("decoding video needs PyAV or decord: pip install av") from exc
+    av = _pyav()
     try:
         with av.open(path) as container:
             probe = _av_probe(container, count=True)
@@ -198,10 +203,7 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
         except Exception as exc:  # decord's own error class for an undecodable first frame
             raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
         return Probe(found.total_frames, found.fps, int(width), int(height))
-    try:
-        import av
-    except ImportError as exc:
-        raise MissingDependencyError("decoding video needs PyAV or decord: pip install av") from exc
+    av = _pyav()
     try:
         with av.open(path) as container:
             found = _av_probe(container, count=False)
