@@ -40,7 +40,8 @@ from encode_throughput import load_encoder  # noqa: E402
 
 from unite_search.batching import bounded_map  # noqa: E402
 from unite_search.corpus import walk  # noqa: E402
-from unite_search.ingestion import IngestOptions, _captions, _decode, _read_all, ingest, plan_units  # noqa: E402
+from unite_search.ingestion import ingest  # noqa: E402
+from unite_search.units import IngestOptions, find_captions, plan_units, prepare_task, read_files  # noqa: E402
 
 WORDS = [
     "river",
@@ -103,10 +104,10 @@ def make_corpus(root: Path, images: int, videos: int, texts: int, seed: int = 0)
 
 def plan_tasks(root: Path, encoder, options: IngestOptions, workers: int):
     found = walk(root)
-    facts, problems = _read_all(found.entries, {}, options, workers, progress=False)
+    facts, problems = read_files(found.entries, {}, options, workers, progress=False)
     if problems:
         raise SystemExit(f"generated corpus has unreadable files: {problems[:3]}")
-    captions, sidecars, _ = _captions(found.entries, facts)
+    captions, sidecars, _ = find_captions(found.entries, facts)
     units = plan_units(facts, captions, sidecars, [], options, encoder.preprocessing)
     return [task for unit in units for task in unit.tasks]
 
@@ -155,12 +156,12 @@ def main() -> None:
         tasks = plan_tasks(root, encoder, options, workers)
         rows = len(tasks)
 
-        warm = [_decode(encoder, task)[1] for task in tasks[:: max(1, rows // 16)]]
+        warm = [prepare_task(encoder, task)[1] for task in tasks[:: max(1, rows // 16)]]
         encoder.encode_prepared(warm)  # kernels, allocator and caches warm before any timing
         sync()
 
         t = time.perf_counter()
-        prepared = [p for _, p in bounded_map(lambda task: _decode(encoder, task), tasks, workers, 4 * workers)]
+        prepared = [p for _, p in bounded_map(lambda task: prepare_task(encoder, task), tasks, workers, 4 * workers)]
         decode_s = time.perf_counter() - t
         print(f"decode  {rows / decode_s:9.1f} rows/s  ({decode_s:.1f}s)", flush=True)
 

@@ -5,17 +5,11 @@ Stages: discover (walk the folder) -> read (hash, sniff, probe; cached by size a
 -> encode (token-budget batches) -> write (a writer thread appends to LanceDB in batches) ->
 publish (compact, build FAISS, replace the manifest).
 
-A unit is one piece of content that becomes rows of one shard: an image, a video (one row per
-segment when it is long), a text file (one row per passage), an image or video with its sidecar
-caption (``pairs="composed"``), or an item declared in a ``*.jsonl`` manifest. Units are keyed by
-content, so identical bytes at two paths are encoded once; each row records how many rows its unit
-makes, so a unit cut short by a crash is found and redone on the next run.
+Units (what becomes rows, and how each row's inputs are read) are in ``units.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import queue
 import threading
@@ -28,20 +22,10 @@ from typing import Any
 
 from . import ann
 from .batching import bounded_map
-from .corpus import (
-    SIDECAR_EXTENSION,
-    Declared,
-    Entry,
-    FileFacts,
-    Problem,
-    decode_text,
-    parse_manifest,
-    read_file,
-    walk,
-)
+from .corpus import Problem, walk
 from .errors import InputError, UniteError
-from .modality import Item, Modality
-from .store import IndexStore, row_key, shard_name
+from .store import IndexStore
+from .units import IngestOptions, Task, Unit, declared_items, find_captions, plan_units, prepare_task, read_files
 
 DEFAULT_HOME = "indexes"
 COMMIT_ROWS = 1024
@@ -54,51 +38,6 @@ class IngestError(UniteError):
     def __init__(self, message: str, problem: Problem | None = None):
         super().__init__(message)
         self.problem = problem
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    """How a corpus becomes rows. Recorded in the manifest; changing them needs a rebuild."""
-
-    segment_seconds: float = 30.0
-    segment_overlap: float = 5.0
-    passage_chars: int = 2000
-    pairs: str = "none"  # "composed": also index each image/video with its sidecar caption as one item
-
-    def __post_init__(self) -> None:
-        if self.segment_seconds <= 0 or not 0 <= self.segment_overlap < self.segment_seconds:
-            raise ValueError("need segment_seconds > 0 and 0 <= segment_overlap < segment_seconds")
-        if self.passage_chars < 16:
-            raise ValueError("passage_chars must be at least 16")
-        if self.pairs not in ("none", "composed"):
-            raise ValueError(f"pairs must be 'none' or 'composed', not {self.pairs!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One row to encode."""
-
-    unit: str
-    shard: str
-    row: dict[str, Any]  # every stored column but the vector (and text, filled at decode time)
-    item: dict[str, Any]  # text / image / video (absolute paths) for the encoder
-    checks: tuple[tuple[str, int, int], ...] = ()  # (path, size, mtime_ns) that must not have changed
-    span: tuple[float, float] | None = None  # video time range, seconds
-    chars: tuple[int, int] | None = None  # text passage, characters
-    sha256: str | None = None  # text file content, re-checked when the passage is read
-
-
-@dataclass
-class Unit:
-    key: str
-    shard: str
-    tasks: list[Task]
-    paths: tuple[str, ...]
-    caption: str | None
-    label: str  # path or manifest line, for failure reports
 
 
 @dataclass
@@ -162,271 +101,6 @@ def default_index_dir(corpus: str | os.PathLike) -> Path:
     return Path(DEFAULT_HOME) / Path(os.path.abspath(corpus)).name
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------- read
-def _read_all(
-    entries: list[Entry], cache: dict[str, dict], options: IngestOptions, workers: int, progress: bool
-) -> tuple[dict[str, FileFacts], list[Problem]]:
-    """The read stage: cached facts for unchanged files, a fresh hash and probe for the rest."""
-    from tqdm.auto import tqdm
-
-    facts: dict[str, FileFacts] = {}
-    todo: list[Entry] = []
-    for entry in entries:
-        row = cache.get(entry.rel)
-        if row is not None and row["size"] == entry.size and row["mtime_ns"] == entry.mtime_ns:
-            facts[entry.rel] = FileFacts.from_row(row, entry.path)
-        else:
-            todo.append(entry)
-
-    def one(entry: Entry):
-        try:
-            return entry, read_file(entry, passage_chars=options.passage_chars)
-        except InputError as exc:
-            return entry, Problem(entry.rel, "read", exc.reason)
-        except Exception as exc:  # noqa: BLE001  probing malformed media can raise anything; one file must not end the run
-            return entry, Problem(entry.rel, "read", f"{type(exc).__name__}: {exc}")
-
-    problems = []
-    with tqdm(total=len(todo), unit="file", desc="read", disable=not progress or not todo) as bar:
-        for entry, got in bounded_map(one, todo, workers, lookahead=4 * workers):
-            if isinstance(got, Problem):
-                problems.append(got)
-            else:
-                facts[entry.rel] = got
-            bar.update(1)
-    return facts, problems
-
-
-def _entry_for(path: str, root: str) -> Entry | None:
-    from .corpus import claimed_kind
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    rel = os.path.relpath(path, root).replace(os.sep, "/")
-    if rel.startswith("../"):
-        rel = path  # outside the corpus: keyed by absolute path
-    kind = claimed_kind(path)
-    return Entry(rel, path, st.st_size, st.st_mtime_ns, kind) if kind in ("image", "video") else None
-
-
-def _captions(media: list[Entry], facts: dict[str, FileFacts]):
-    """Sidecar captions (``x.txt`` beside ``x.jpg``/``x.mp4``): (media rel -> caption, sidecar rels, problems)."""
-    stems: dict[str, list[str]] = defaultdict(list)  # clip.txt captions clip.mp4 and clip.webm alike
-    for e in media:
-        if e.kind in ("image", "video"):
-            stems[os.path.splitext(e.rel)[0]].append(e.rel)
-    captions: dict[str, str] = {}
-    sidecars: set[str] = set()
-    problems: list[Problem] = []
-    for e in media:
-        stem, ext = os.path.splitext(e.rel)
-        if ext.lower() != SIDECAR_EXTENSION or stem not in stems:
-            continue
-        sidecars.add(e.rel)
-        if e.rel not in facts:  # its read failure is already reported
-            continue
-        try:
-            with open(e.path, "rb") as fh:
-                caption = decode_text(fh.read(), e.rel).strip()
-        except OSError as exc:
-            problems.append(Problem(e.rel, "read", f"cannot read caption: {exc.strerror or exc}"))
-            continue
-        except InputError as exc:
-            problems.append(Problem(e.rel, "read", exc.reason))
-            continue
-        for rel in stems[stem]:
-            captions[rel] = caption
-    return captions, sidecars, problems
-
-
-def _declared_items(manifests: list[Entry], facts, cache, root: str, options, workers: int):
-    """Items of every ``*.jsonl`` manifest with the facts of the media they name."""
-    failures: list[Problem] = []
-    items: list[Declared] = []
-    seen: dict[str, str] = {}
-    for m in manifests:
-        got, problems = parse_manifest(m)
-        failures += problems
-        for d in got:
-            if d.id in seen:
-                failures.append(Problem(d.source, "manifest", f"id {d.id!r} is already declared at {seen[d.id]}"))
-            else:
-                seen[d.id] = d.source
-                items.append(d)
-    by_path = {f.path: f for f in facts.values()}
-    named = sorted({p for d in items for p in (d.image, d.video) if p is not None} - set(by_path))
-    extra = [e for e in (_entry_for(p, root) for p in named) if e is not None]
-    more, problems = _read_all(extra, cache, options, workers, progress=False)
-    facts.update(more)
-    by_path.update({f.path: f for f in more.values()})
-    why_not = {os.path.join(root, p.path) if not os.path.isabs(p.path) else p.path: p.reason for p in problems}
-    kept: list[tuple[Declared, dict[str, FileFacts]]] = []
-    for d in items:
-        media: dict[str, FileFacts] = {}
-        for kind in ("image", "video"):
-            path = getattr(d, kind)
-            if path is None:
-                continue
-            f = by_path.get(path)
-            if f is None or f.modality != kind:
-                shown = os.path.relpath(path, root)
-                reason = why_not.get(path) or ("not found" if not os.path.exists(path) else f"not a readable {kind}")
-                failures.append(Problem(d.source, "manifest", f"{kind} {shown}: {reason}"))
-                break
-            media[kind] = f
-        else:
-            kept.append((d, media))
-    return kept, failures
-
-
-# ---------------------------------------------------------------------------------------- plan
-def _base_row(unit: str, unit_rows: int, modality: str, source: str, row_id: str, **cols) -> dict[str, Any]:
-    row = {"id": row_id, "key": row_key(row_id), "unit": unit, "unit_rows": unit_rows, "modality": modality}
-    row["source"] = source
-    row.update(cols)
-    return row
-
-
-def _media_tasks(
-    unit: str, shard: str, f: FileFacts, paths: tuple[str, ...], caption, options, settings, text=None
-) -> list[Task]:
-    from .video import Probe, segment_spans
-
-    common = {"path": paths[0], "paths": list(paths), "content_hash": f.sha256, "size": f.size}
-    common.update(mtime=f.mtime_ns / 1e9, width=f.width, height=f.height, caption=caption, text=text)
-    checks = ((f.path, f.size, f.mtime_ns),)
-    item_text = {"text": text} if text is not None else {}
-    source = "pair" if text is not None else "file"
-    suffix = f"+{_sha(text)[:8]}" if text is not None else ""
-    if f.modality == Modality.IMAGE.value:
-        row = _base_row(unit, 1, shard, source, f.sha256[:16] + suffix, **common)
-        return [Task(unit, shard, row, {"image": f.path, **item_text}, checks)]
-    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0)
-    spans = [(0.0, probe.duration)] if text is not None else segment_spans(probe.duration, *_seg(options))
-    tasks = []
-    for start, end in spans:
-        whole = len(spans) == 1
-        row_id = f.sha256[:16] + suffix + ("" if whole else f"@{start:g}-{end:g}")
-        frames = _frames_used(probe, settings, None if whole else start, None if whole else end)
-        row = _base_row(unit, len(spans), shard, source, row_id, duration=probe.duration, frames=frames, **common)
-        row.update(start=start, end=end)
-        tasks.append(Task(unit, shard, row, {"video": f.path, **item_text}, checks, None if whole else (start, end)))
-    return tasks
-
-
-def _seg(options: IngestOptions) -> tuple[float, float]:
-    return options.segment_seconds, options.segment_overlap
-
-
-def _frames_used(probe, settings, start, end) -> int:
-    from .video import _wanted
-
-    try:
-        return len(_wanted(probe, settings, start, end))
-    except InputError:
-        return 0
-
-
-def plan_units(
-    facts: dict[str, FileFacts],
-    captions: dict[str, str],
-    sidecars: set[str],
-    declared: list[tuple[Declared, dict[str, FileFacts]]],
-    options: IngestOptions,
-    settings,
-) -> list[Unit]:
-    """Work units for the corpus: file content grouped by hash, pairs, declared items."""
-    by_content: dict[tuple[str, str], list[FileFacts]] = defaultdict(list)
-    for f in facts.values():
-        if f.rel in sidecars:  # captions are not items of their own
-            continue
-        if os.path.isabs(f.rel):  # outside the corpus: only there because a manifest names it
-            continue
-        by_content[(f.modality, f.sha256)].append(f)
-    units: list[Unit] = []
-    for (modality, sha), group in sorted(by_content.items()):
-        group.sort(key=lambda g: g.rel)
-        first, paths = group[0], tuple(g.rel for g in group)
-        caption = next((captions[p] for p in paths if p in captions), None)
-        key = f"{modality}/{sha}"
-        if modality == Modality.TEXT.value:
-            tasks = []
-            for i, (a, b) in enumerate(first.passages):
-                row_id = sha[:16] if len(first.passages) == 1 else f"{sha[:16]}#{i}"
-                common = {"path": paths[0], "paths": list(paths), "content_hash": sha, "size": first.size}
-                common.update(mtime=first.mtime_ns / 1e9, char_start=a, char_end=b, caption=caption)
-                row = _base_row(key, len(first.passages), modality, "file", row_id, **common)
-                checks = ((first.path, first.size, first.mtime_ns),)
-                tasks.append(Task(key, modality, row, {}, checks, chars=(a, b), sha256=sha))
-        else:
-            tasks = _media_tasks(key, modality, first, paths, caption, options, settings)
-        units.append(Unit(key, modality, tasks, paths, caption, paths[0]))
-        if options.pairs == "composed" and caption is not None:
-            shard = shard_name({Modality(modality), Modality.TEXT})
-            pair_key = f"{shard}/{sha}/{_sha(caption)}"
-            tasks = _media_tasks(pair_key, shard, first, paths, caption, options, settings, text=caption)
-            units.append(Unit(pair_key, shard, tasks, paths, caption, paths[0]))
-    for d, media in declared:
-        modalities = {Modality.TEXT} if d.text is not None else set()
-        parts: dict[str, Any] = {"text": d.text, "metadata": d.metadata}
-        checks, row_cols = [], {}
-        for kind in ("image", "video"):
-            f = media.get(kind)
-            if f is not None:
-                modalities.add(Modality(kind))
-                parts[kind] = f.sha256
-                checks.append((f.path, f.size, f.mtime_ns))
-                row_cols.update(width=f.width, height=f.height)
-                if kind == "video":
-                    from .video import Probe
-
-                    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0)
-                    row_cols.update(duration=probe.duration, frames=_frames_used(probe, settings, None, None))
-                    row_cols.update(start=0.0, end=probe.duration)
-        shard = shard_name(modalities)
-        content = _sha(json.dumps(parts, sort_keys=True))
-        key = f"{shard}/id:{d.id}/{content}"
-        media_paths = [m.rel for m in media.values()]
-        meta = json.dumps(d.metadata, sort_keys=True) if d.metadata is not None else None
-        row = _base_row(key, 1, shard, d.source, d.id, path=media_paths[0] if media_paths else None)
-        row.update(paths=media_paths, content_hash=content, text=d.text, metadata=meta, **row_cols)
-        item = {"text": d.text, "image": d.image, "video": d.video}
-        units.append(Unit(key, shard, [Task(key, shard, row, item, tuple(checks))], tuple(media_paths), None, d.source))
-    return units
-
-
-# -------------------------------------------------------------------------------------- decode
-def _decode(encoder, task: Task):
-    """Read, decode and preprocess one row's inputs (a worker thread): (text column, Prepared)."""
-    for path, size, mtime_ns in task.checks:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise InputError("file disappeared during ingest", source=path) from None
-        if st.st_size != size or st.st_mtime_ns != mtime_ns:
-            raise InputError("file changed during ingest; run ingest again to pick up the new content", source=path)
-    if task.chars is not None:
-        path = task.checks[0][0]
-        with open(path, "rb") as fh:
-            data = fh.read()
-        if hashlib.sha256(data).hexdigest() != task.sha256:
-            raise InputError("file changed during ingest; run ingest again", source=path)
-        text = decode_text(data, path)[task.chars[0] : task.chars[1]]
-        return text, encoder.prepare(Item(text=text))
-    if task.span is not None:
-        from .video import read_frames
-
-        frames, _ = read_frames(task.item["video"], encoder.preprocessing, None, *task.span)
-        return None, encoder.prepare(Item(video=frames, text=task.item.get("text")))
-    return task.row.get("text"), encoder.prepare(Item(**{k: v for k, v in task.item.items() if v is not None}))
-
-
 class _Writer:
     """Appends encoded rows on its own thread so that encoding does not wait on disk."""
 
@@ -479,7 +153,7 @@ def _encode_all(
     def work(task: Task):
         t = time.perf_counter()
         try:
-            out: Any = _decode(encoder, task)
+            out: Any = prepare_task(encoder, task)
         except InputError as exc:
             out = exc
         except Exception as exc:  # noqa: BLE001  decoders raise many classes on malformed media; one file must not end the run
@@ -642,11 +316,11 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     t = time.perf_counter()
     media = [e for e in found.entries if e.kind != "manifest"]
     cache = store.file_cache()
-    facts, problems = _read_all(media, cache, options, workers, progress)
+    facts, problems = read_files(media, cache, options, workers, progress)
     failures += problems
-    captions, sidecars, problems = _captions(media, facts)
+    captions, sidecars, problems = find_captions(media, facts)
     failures += problems
-    declared, problems = _declared_items([e for e in found.entries if e.kind == "manifest"], facts, cache, root,
+    declared, problems = declared_items([e for e in found.entries if e.kind == "manifest"], facts, cache, root,
                                          options, workers)  # fmt: skip
     failures += problems
     timings["read"] = round(time.perf_counter() - t, 3)
