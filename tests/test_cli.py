@@ -158,3 +158,32 @@ def test_readme_example_corpus_ingests_cleanly(runner, tiny_dir, tmp_path):
     report = json.loads(result.stdout)
     assert report["shards"] == {"image": 3, "video": 1, "text": 2, "image+text": 1}
     assert report["failures"] == [] and report["skipped"] == []
+
+
+def test_query_table_json_and_explain(runner, tiny_dir, tmp_path):
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus"
+    index = tmp_path / "index"
+    base = ["--model", str(tiny_dir), "--device", "cpu"]
+    assert runner.invoke(main, ["ingest", str(corpus), "--index", str(index), "-q", *base]).exit_code == 0
+    day = str(corpus / "photos/beach_day.png")
+    result = runner.invoke(main, ["query", str(index), "--image", day, "-k", "2", "--explain", *base])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "route     image (default)" in result.stdout
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("rank"))
+    first = lines[header + 1].split()
+    assert first[:4] == ["1", "1.000", "image", "photos/beach_day.png"]
+    assert "A sunny beach under a blue sky." in lines[header + 1]  # the sidecar caption
+    clip = runner.invoke(main, ["query", str(index), "--text", "bars", "--target", "video", *base])
+    assert "0:00.0-0:03.0" in clip.stdout  # a 3 s clip shows its time range
+    payload = json.loads(
+        runner.invoke(main, ["query", str(index), "--image", day, "--text", "at night", "--json", *base]).stdout
+    )
+    assert payload["shards"] == ["image"] and "photos/beach_day.png" not in [h["path"] for h in payload["hits"]]
+    like = runner.invoke(main, ["query", str(index), "--like", payload["hits"][0]["id"], "--json"])
+    assert like.exit_code == 0 and json.loads(like.stdout)["shards"] == ["image"]
+    bad = runner.invoke(main, ["query", str(index), "--text", "x", "--target", "audio", *base])
+    assert bad.exit_code == 1 and "unknown target 'audio'" in bad.output
+    assert runner.invoke(main, ["query", str(index), *base]).exit_code == 2

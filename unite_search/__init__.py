@@ -15,17 +15,22 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .encoder import Encoder
+    from .index import Hit, Index
     from .ingestion import IngestReport, ingest
+    from .planner import QueryPlan
 
 __all__ = [
     "Encoder",
     "EncoderSettings",
+    "Hit",
+    "Index",
     "IngestReport",
     "InputError",
     "Item",
     "MissingDependencyError",
     "Modality",
     "ModelLoadError",
+    "QueryPlan",
     "UniteError",
     "__version__",
     "ingest",
@@ -41,4 +46,12 @@ def __getattr__(name: str):
         from . import ingestion as module
 
         return getattr(module, name)
+    if name in ("Index", "Hit"):
+        from . import index as module
+
+        return getattr(module, name)
+    if name == "QueryPlan":
+        from .planner import QueryPlan
+
+        return QueryPlan
     raise AttributeError(f"module 'unite_search' has no attribute {name!r}")

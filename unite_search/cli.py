@@ -231,6 +231,70 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
     sys.exit(report.exit_code)
 
 
+def _time_range(hit) -> str:
+    if hit.start is None or hit.end is None:
+        return ""
+
+    def clock(t: float) -> str:
+        return f"{int(t // 60)}:{t % 60:04.1f}"
+
+    return f"{clock(hit.start)}-{clock(hit.end)}"
+
+
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+@click.option("--text", "-t", default=None, help="Query text (alone, or composed with --image/--video).")
+@click.option("--image", "-i", type=click.Path(exists=True, dir_okay=False), default=None, help="Query image.")
+@click.option("--video", "-v", type=click.Path(exists=True, dir_okay=False), default=None, help="Query video.")
+@click.option("--instruction", default=None, help="Task instruction prepended to the text.")
+@click.option("--like", default=None, help="Search with a stored row's vector (more like this row id).")
+@click.option("--target", multiple=True, help="Shard(s) to search: text, image, video, image+text..., all.")
+@click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True, help="Results to return.")
+@click.option("--where", default=None, help='SQL filter on stored columns, e.g. "width >= 1000".')
+@click.option("--exclude", multiple=True, help="Row id to leave out (repeatable).")
+@click.option("--explain", is_flag=True, help="Print the query plan first (without --json).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (plan and hits).")
+@click.option("--model", "-m", default=None, help="Model to encode with (default: the index's own).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
+def query(index_dir, text, image, video, instruction, like, target, k, where, exclude, explain, as_json, model, device):
+    """Search an index with text, an image, a video, a combination, or --like ROW_ID.
+
+    \b
+    unite-search query indexes/media --text "a red fox in the snow"
+    unite-search query indexes/media --video clip.mp4 --text "same scene at night" -k 5
+    unite-search query indexes/media --image cat.jpg --where "width >= 1000" --explain
+    """
+    from .index import Index
+
+    args = {"text": text, "image": image, "video": video, "like": like, "k": k, "instruction": instruction}
+    args.update(target=list(target) or None, where=where, exclude=list(exclude) or None)
+    if text is None and image is None and video is None and like is None:
+        raise click.UsageError("give --text, --image, --video (or a combination), or --like ROW_ID")
+
+    def work():
+        index = Index.open(index_dir, device=device, model=model)
+        plan = index.plan(**args)
+        return plan, index.query(**args)
+
+    plan, hits = _run(work)
+    if as_json:
+        payload = {"plan": plan.explain(), "shards": list(plan.shards), "hits": [h.to_dict() for h in hits]}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    if explain:
+        click.echo(plan.explain() + "\n")
+    if not hits:
+        click.echo("no results")
+        return
+    click.echo(f"{'rank':>4}  {'score':>6}  {'shard':<10}  {'path':<40}  {'time':<13}  caption / text")
+    for h in hits:
+        label = h.caption or h.text or ""
+        label = label.replace("\n", " ")
+        click.echo(
+            f"{h.rank:>4}  {h.score:>6.3f}  {h.shard:<10}  {h.path or h.id!s:<40}  {_time_range(h):<13}  {label[:60]}"
+        )
+
+
 @main.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -222,8 +222,15 @@ class IndexStore:
         self.check(manifest, encoder, ingest, corpus)
         return manifest
 
-    def check(self, manifest: dict[str, Any], encoder: dict[str, Any], ingest: dict[str, Any], corpus: str) -> None:
-        rebuild = f"To rebuild, remove the index (rm -r {self.path}) or pass another --index."
+    def check(
+        self,
+        manifest: dict[str, Any],
+        encoder: dict[str, Any],
+        ingest: dict[str, Any],
+        corpus: str,
+        hint: str | None = None,
+    ) -> None:
+        rebuild = hint or f"To rebuild, remove the index (rm -r {self.path}) or pass another --index."
         if manifest.get("format") != FORMAT:
             raise IndexMismatchError(
                 f"{self.path}: index format {manifest.get('format')}, this version writes {FORMAT}"

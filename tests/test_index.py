@@ -1,0 +1,199 @@
+"""Index.query with the tiny model: self-retrieval, composed queries, filters, like=, edge cases."""
+
+import json
+
+import numpy as np
+import pytest
+from corpora import write_clip, write_photo
+
+from unite_search import Index
+from unite_search.ingestion import ingest
+from unite_search.planner import PlanError
+from unite_search.store import IndexMismatchError
+
+OPTS = {"segment_seconds": 4.0, "segment_overlap": 1.0}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, encoder):
+    root = tmp_path_factory.mktemp("q") / "corpus"
+    write_photo(root / "photos/big/wide.png", seed=1, size=(320, 200))
+    write_photo(root / "photos/big/tall.png", seed=2, size=(200, 320))
+    write_photo(root / "photos/small/a.png", seed=3, size=(64, 48))
+    write_photo(root / "photos/small/b.jpg", seed=4, size=(80, 60))
+    (root / "photos/small/a.txt").write_text("a small striped picture")
+    write_clip(root / "clips/short.mp4", 16, fps=8, seed=1)
+    write_clip(root / "clips/long.mp4", 80, fps=8, seed=2)  # 10 s: 3 segments
+    (root / "notes").mkdir()
+    (root / "notes/fox.txt").write_text("A red fox crossed the snowy road at dawn.")
+    (root / "notes/sea.md").write_text("The sea was calm and grey all afternoon.")
+    items = [{"id": "night", "image": "photos/big/wide.png", "text": "the same view at night"}]
+    (root / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    index = root.parent / "index"
+    report = ingest(root, index, encoder=encoder, **OPTS)
+    assert report.status == "ok", report.summary()
+    return root, index
+
+
+@pytest.fixture
+def idx(built, encoder):
+    return Index.open(built[1], encoder=encoder)
+
+
+def test_self_retrieval_text_image_video(built, idx):
+    root, _ = built
+    hits = idx.query(text="A red fox crossed the snowy road at dawn.", target="text")
+    assert hits[0].path == "notes/fox.txt" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    hits = idx.query(image=root / "photos/small/b.jpg")
+    assert hits[0].path == "photos/small/b.jpg" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.rank for h in hits] == [1, 2, 3, 4] and all(h.shard == "image" for h in hits)
+    hits = idx.query(video=root / "clips/short.mp4")
+    assert hits[0].path == "clips/short.mp4" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert (hits[0].start, hits[0].end) == (0.0, 2.0)
+
+
+def test_hits_carry_segment_times_caption_and_metadata(built, idx):
+    root, _ = built
+    segs = [h for h in idx.query(text="moving colours", target="video") if h.path == "clips/long.mp4"]
+    assert sorted((h.start, h.end) for h in segs) == [(0.0, 4.0), (3.0, 7.0), (6.0, 10.0)]
+    a = next(h for h in idx.query(image=root / "photos/small/a.png") if h.path == "photos/small/a.png")
+    assert a.caption == "a small striped picture"
+    night = idx.query(text="x", target="image+text")[0]
+    assert night.id == "night" and night.metadata is None and night.text == "the same view at night"
+
+
+def test_composed_query_excludes_its_reference(built, idx):
+    root, _ = built
+    ref = root / "photos/big/wide.png"
+    plain = idx.query(image=ref)
+    assert plain[0].path == "photos/big/wide.png"
+    composed = idx.query(image=ref, text="the same view at night")
+    assert composed and "photos/big/wide.png" not in [h.path for h in composed]
+    assert len(composed) == 3  # every other image still comes back
+    video = idx.query(video=root / "clips/long.mp4", text="at night")  # all three segments share the hash
+    assert [h.path for h in video] == ["clips/short.mp4"]
+
+
+def test_where_filters_before_the_k_cut(built, idx):
+    root, _ = built
+    unfiltered = idx.query(image=root / "photos/small/a.png", k=2)
+    assert any(h.row["width"] < 200 for h in unfiltered)  # so the filter has something to remove
+    hits = idx.query(image=root / "photos/small/a.png", k=2, where="width >= 200")
+    assert len(hits) == 2 and {h.path for h in hits} == {"photos/big/wide.png", "photos/big/tall.png"}
+    hits = idx.query(text="x", target="image", where="path LIKE 'photos/small/%'", k=10)
+    assert {h.path for h in hits} == {"photos/small/a.png", "photos/small/b.jpg"}
+    assert idx.query(text="x", target="image", where="width > 100000") == []
+    with pytest.raises(PlanError, match="invalid where filter"):
+        idx.query(text="x", target="image", where="no_such_column = 3")
+
+
+def test_like_reuses_the_stored_vector_without_the_model(built, encoder):
+    root, index = built
+    lazy = Index.open(index)
+    image_id = lazy.query(like=_id_of(lazy, "photos/big/tall.png"), k=10)
+    assert lazy._encoder is None  # no model was loaded
+    assert "photos/big/tall.png" not in [h.path for h in image_id]
+    by_query = Index.open(index, encoder=encoder).query(image=root / "photos/big/tall.png")[1:]
+    assert [h.id for h in image_id] == [h.id for h in by_query]
+    np.testing.assert_allclose([h.score for h in image_id], [h.score for h in by_query], atol=1e-5)
+    seg = lazy.query(like=next(h.id for h in lazy.query(like=_id_of(lazy, "clips/short.mp4"))), k=5)
+    assert all(h.shard == "video" for h in seg)
+
+
+def _id_of(index: Index, path: str) -> str:
+    """A row id read from the published table (no query, so no model)."""
+    table = index._table("image" if path.endswith((".png", ".jpg")) else "video")
+    return table.search().where(f"path = '{path}'").select(["id"]).limit(1).to_arrow().column("id")[0].as_py()
+
+
+def test_text_query_fuses_media_shards(idx):
+    hits = idx.query(text="a red fox in the snow", k=20)
+    assert {h.shard for h in hits} == {"image", "video"}
+    fused = [h.fused for h in hits]
+    assert fused == sorted(fused, reverse=True)
+    for shard in ("image", "video"):  # each shard keeps its own cosine order
+        scores = [h.score for h in hits if h.shard == shard]
+        assert scores == sorted(scores, reverse=True)
+    assert len(hits) == 4 + 4  # every image and every video row (1 short + 3 segments)
+
+
+def test_k_larger_than_the_shard_and_exclude(idx, built):
+    root, _ = built
+    hits = idx.query(image=root / "photos/small/a.png", k=50)
+    assert len(hits) == 4 and [h.rank for h in hits] == [1, 2, 3, 4]
+    hits = idx.query(image=root / "photos/small/a.png", k=50, exclude=[hits[0].id, hits[1].id])
+    assert len(hits) == 2
+
+
+def test_query_batch_shares_one_encoder_call(idx, built, monkeypatch):
+    root, _ = built
+    queries = [
+        {"text": "a red fox", "target": "text"},
+        {"image": root / "photos/small/b.jpg", "k": 2},
+        {"video": root / "clips/short.mp4", "text": "at night"},
+    ]
+    single = [idx.query(**q) for q in queries]
+    calls = []
+    real = idx.encoder.encode
+    monkeypatch.setattr(idx.encoder, "encode", lambda items, **kw: calls.append(len(items)) or real(items, **kw))
+    batched = idx.query_batch(queries)
+    assert calls == [3]
+    for a, b in zip(single, batched, strict=True):
+        assert [h.id for h in a] == [h.id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+    with pytest.raises(PlanError, match="unknown key"):
+        idx.query_batch([{"txt": "typo"}])
+
+
+def test_unknown_target_and_missing_shard(idx):
+    with pytest.raises(PlanError, match="unknown target 'audio'"):
+        idx.query(text="x", target="audio")
+    with pytest.raises(PlanError, match="no video\\+text shard"):
+        idx.query(text="x", target="video+text")
+
+
+def test_mismatched_model_is_refused(built, tiny_dir, tmp_path):
+    from unite_search import Encoder, EncoderSettings
+    from unite_search.testing import tiny_model
+
+    _, index = built
+    other = Encoder.load(tiny_model(tmp_path / "other", seed=1), device="cpu")
+    with pytest.raises(IndexMismatchError, match=r"encoder\.revision(.|\n)*Index\.open without model="):
+        Index.open(index, encoder=other)
+    lazy = Index.open(index, model=tmp_path / "other", device="cpu")
+    with pytest.raises(IndexMismatchError, match=r"encoder\.revision"):
+        lazy.query(text="x")
+    settings = Encoder.load(tiny_dir, device="cpu", settings=EncoderSettings(fps=2.0))
+    with pytest.raises(IndexMismatchError, match=r"encoder\.fps"):
+        Index.open(index, encoder=settings)
+
+
+def test_index_loads_its_own_model_lazily(built):
+    _, index = built
+    lazy = Index.open(index, device="cpu")
+    assert lazy._encoder is None
+    assert lazy.plan(text="x").shards == ("image", "video")  # planning needs no model
+    assert lazy.query(text="A red fox crossed the snowy road at dawn.", target="text")[0].path == "notes/fox.txt"
+    assert lazy._encoder is not None and lazy.encoder.settings["revision"] == lazy.manifest["encoder"]["revision"]
+
+
+def test_empty_shards_and_refresh(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    opened = Index.open(index, encoder=encoder)
+    assert len(opened.query(image=root / "a.png")) == 1
+    (root / "a.png").unlink()
+    write_photo(root / "b.png", seed=2)
+    write_photo(root / "c.png", seed=3)
+    ingest(root, index, encoder=encoder)
+    assert [h.path for h in opened.query(text="x", target="image")] == ["a.png"]  # the state it opened
+    opened.refresh()
+    assert sorted(h.path for h in opened.query(text="x", target="image")) == ["b.png", "c.png"]
+    for p in ("b.png", "c.png"):
+        (root / p).unlink()
+    ingest(root, index, encoder=encoder)
+    opened.refresh()
+    assert opened.shards == {"image": 0}
+    assert opened.query(text="x", target="image") == []
