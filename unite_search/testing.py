@@ -181,17 +181,27 @@ def _preprocessor_config(path: Path) -> None:
     )
 
 
-def tiny_model(path: str | os.PathLike, seed: int = 0, *, legacy: bool = False) -> Path:
+def tiny_model(
+    path: str | os.PathLike,
+    seed: int = 0,
+    *,
+    legacy: bool = False,
+    text: dict | None = None,
+    vision: dict | None = None,
+    mrope: list[int] | None = None,
+) -> Path:
     """Write a deterministic tiny random Qwen2-VL model folder at ``path`` and return it.
 
     ``legacy=True`` saves the same weights the way the UNITE releases were saved (transformers 4.x
-    tensor names, flat config with ``model_type: unite_qwen2_vl``).
+    tensor names, flat config with ``model_type: unite_qwen2_vl``). ``text``/``vision``/``mrope``
+    replace the tiny shapes (benchmarks use a one-layer model with 2B's 1536-wide vectors).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model = build_model(TINY_TEXT, TINY_VISION, TINY_MROPE, TOKEN_ID, seed, init_std=TINY_INIT_STD)
+    text, vision, mrope = text or TINY_TEXT, vision or TINY_VISION, mrope or TINY_MROPE
+    model = build_model(text, vision, mrope, TOKEN_ID, seed, init_std=TINY_INIT_STD)
     save_weights(model, path, legacy=legacy)
-    config = _config_dict(TINY_TEXT, TINY_VISION, TINY_MROPE, TOKEN_ID, legacy)
+    config = _config_dict(text, vision, mrope, TOKEN_ID, legacy)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer(path)
     _preprocessor_config(path)
