@@ -197,3 +197,33 @@ def test_empty_shards_and_refresh(tmp_path, encoder):
     opened.refresh()
     assert opened.shards == {"image": 0}
     assert opened.query(text="x", target="image") == []
+
+
+def test_ivf_shard_with_a_selective_filter_still_returns_k(tmp_path):
+    """IVF probes few lists; a filter that keeps 3% of the rows must still give k exact results."""
+    from unite_search.store import IndexStore, row_key
+
+    dim, n = 32, 3000
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(30, dim))
+    vecs = (centers[rng.integers(0, 30, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    widths = rng.integers(0, 1000, n)
+    store = IndexStore(tmp_path / "index")
+    manifest = store.init({"dim": dim, "model_id": "m", "revision": "r"}, {}, "/corpus")
+    rows = [{"id": f"r{i}", "key": row_key(f"r{i}"), "unit": f"r{i}", "unit_rows": 1, "modality": "image",
+             "path": f"p/{i}.jpg", "width": int(widths[i])} for i in range(n)]  # fmt: skip
+    store.add_rows("image", rows, vecs)
+    manifest = store.publish(manifest, ["image"], flat_max=1000)
+    assert manifest["shards"]["image"]["index"]["type"] == "ivf"
+    idx = Index.open(tmp_path / "index")
+    allowed = np.flatnonzero(widths < 30)
+    assert 40 < allowed.size < 150
+    for q in (0, 1, 2, 3):
+        hits = idx.query(like=f"r{q}", where="width < 30", k=25)
+        assert len(hits) == 25 and all(h.row["width"] < 30 for h in hits)
+        candidates = allowed[allowed != q]
+        exact = candidates[np.argsort(-(vecs[candidates] @ vecs[q]), kind="stable")][:25]
+        assert [h.id for h in hits] == [f"r{i}" for i in exact]
+    plain = idx.query(like="r0", k=10)
+    assert len(plain) == 10 and "r0" not in [h.id for h in plain]

@@ -177,22 +177,27 @@ class Index:
             return []
         if ref_hash is not None:
             excluded = excluded | self._keys_with_hash(s.shard, ref_hash)
-        selector = None
+        selector, matching = None, index.ntotal
         if where:
             allowed = np.setdiff1d(self._keys_where(s.shard, where), np.fromiter(excluded, np.int64))
             if allowed.size == 0:
                 return []
-            selector = faiss.IDSelectorBatch(allowed)
+            selector, matching = faiss.IDSelectorBatch(allowed), allowed.size
         elif excluded:
             inner = faiss.IDSelectorBatch(np.fromiter(excluded, np.int64))
             selector = faiss.IDSelectorNot(inner)
             selector.inner = inner  # keep the wrapped selector alive as long as the outer one
-        if s.index == "ivf":
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=int(s.nprobe or 1))
-        else:
+            matching = index.ntotal - len(excluded)
+        k = min(s.k, index.ntotal)
+        if s.index != "ivf":
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
-        scores, keys = index.search(vec[None, :], min(s.k, index.ntotal), params=params)
-        return [(int(key), float(score)) for key, score in zip(keys[0], scores[0], strict=True) if key >= 0]
+            return _pairs(*index.search(vec[None, :], k, params=params))
+        found = _pairs(*index.search(vec[None, :], k, params=faiss.SearchParametersIVF(sel=selector, nprobe=s.nprobe)))
+        if len(found) < min(k, matching):
+            # a selective filter can leave the probed lists short of k matches: probe them all
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nlist)
+            found = _pairs(*index.search(vec[None, :], k, params=params))
+        return found
 
     def _metadata(self, shard: str):
         """(rows without vectors, their keys sorted, the row of each sorted key), loaded once."""
@@ -322,6 +327,11 @@ class Index:
             ranked = sorted(fused.values(), key=lambda h: (-h[3], -h[2]))
         return [_hit(shard, row, score, fused_score, rank) for rank, (shard, row, score, fused_score) in
                 enumerate(ranked[: plan.k], start=1)]  # fmt: skip
+
+
+def _pairs(scores: np.ndarray, keys: np.ndarray) -> list[tuple[int, float]]:
+    """(key, score) of one query's results, FAISS's -1 padding dropped."""
+    return [(int(key), float(score)) for key, score in zip(keys[0], scores[0], strict=True) if key >= 0]
 
 
 def _hit(shard: str, row: dict[str, Any], score: float, fused: float | None, rank: int) -> Hit:
