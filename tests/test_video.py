@@ -54,6 +54,9 @@ def test_linspace_rule():
     assert sample_indices(95, 10).tolist() == np.linspace(0, 94, 10).round().astype(int).tolist()
     assert sample_indices(5, 8).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]  # short clip: last frame repeats
     assert sample_indices(100, 4, "segment-middle").tolist() == [12, 37, 62, 87]
+    # CaReBench's integer rule, not a rounded midpoint: 450 frames into 32 segments starts 6, 20, 34
+    assert sample_indices(450, 32, "segment-middle")[:4].tolist() == [6, 20, 34, 48]
+    assert sample_indices(20, 32, "segment-middle").tolist() == [*range(20), *[19] * 12]  # short: pad last
 
 
 @pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])

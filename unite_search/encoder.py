@@ -173,6 +173,21 @@ class Encoder:
             workers=workers or min(8, os.cpu_count() or 1),
         )
 
+    def with_settings(self, settings: EncoderSettings) -> Encoder:
+        """The same weights with other preprocessing (benchmarks fix their own frame counts)."""
+        if settings == self.preprocessing:
+            return self
+        return Encoder(
+            self._model,
+            self._tokenizer,
+            model_id=self.model_id,
+            revision=self.revision,
+            settings=settings,
+            device=self.device,
+            token_budget=self.token_budget,
+            workers=self.workers,
+        )
+
     @property
     def settings(self) -> dict[str, Any]:
         """Everything that determines a vector besides the inputs; indexes record it."""

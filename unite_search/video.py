@@ -44,8 +44,9 @@ def sample_indices(total: int, n: int, sampler: str = "linspace") -> np.ndarray:
         raise InputError("video has no frames")
     if n > total:
         return np.concatenate([np.arange(total), np.full(n - total, total - 1)]).astype(np.int64)
-    if sampler == "segment-middle":
-        return np.floor((np.arange(n) + 0.5) * total / n).astype(np.int64)
+    if sampler == "segment-middle":  # CaReBench's rule: the middle frame of n equal segments
+        starts = np.linspace(0, total, n + 1).astype(np.int64)
+        return (starts[:-1] + starts[1:] - 1) // 2
     return np.linspace(0, total - 1, n).round().astype(np.int64)
 
 
