@@ -36,6 +36,14 @@ class Retrieval:
     frames: int | None = None  # fixed frame count for videos (None: the encoder's fps mode)
     sampler: str = "linspace"
 
+    def add(self, item_id: str, item: dict[str, Any], *texts: str) -> None:
+        """One item and the text(s) describing it."""
+        for text in texts:
+            self.text_item.append(len(self.items))
+            self.texts.append(text)
+        self.items.append(item)
+        self.item_ids.append(item_id)
+
 
 @dataclass
 class Composed:
@@ -93,10 +101,7 @@ def urban1k(data, *, limit: int | None = None) -> Retrieval:
         if not image.is_file():
             out.missing.append(path.stem)
             continue
-        out.text_item.append(len(out.items))
-        out.texts.append(_first_line(path))
-        out.items.append({"image": str(image)})
-        out.item_ids.append(path.stem)
+        out.add(path.stem, {"image": str(image)}, _first_line(path))
     return out
 
 
@@ -123,11 +128,7 @@ def carebench(data, *, variant: str = "general", limit: int | None = None) -> Re
         if not texts:
             out.missing.append(f"{entry['video']} (no {key})")
             continue
-        for text in texts:
-            out.text_item.append(len(out.items))
-            out.texts.append(text)
-        out.items.append({"video": str(video)})
-        out.item_ids.append(entry["video"])
+        out.add(entry["video"], {"video": str(video)}, *texts)
     return out
 
 
@@ -145,10 +146,8 @@ def sharegpt4v(data, *, limit: int | None = 1000) -> Retrieval:
         if not image.is_file():
             out.missing.append(record["image"])
             continue
-        out.text_item.append(len(out.items))
-        out.texts.append(record["conversations"][1]["value"].replace("\n", " "))
-        out.items.append({"image": str(image)})
-        out.item_ids.append(str(record.get("id", record["image"])))
+        caption = record["conversations"][1]["value"].replace("\n", " ")
+        out.add(str(record.get("id", record["image"])), {"image": str(image)}, caption)
     return out
 
 
@@ -163,10 +162,7 @@ def docci(data, *, limit: int | None = None) -> Retrieval:
         if not image.is_file():
             out.missing.append(record["image_file"])
             continue
-        out.text_item.append(len(out.items))
-        out.texts.append(record["description"])
-        out.items.append({"image": str(image)})
-        out.item_ids.append(record["example_id"])
+        out.add(record["example_id"], {"image": str(image)}, record["description"])
     return out
 
 
@@ -183,10 +179,7 @@ def msrvtt(data, *, limit: int | None = None) -> Retrieval:
         if not video.is_file():
             out.missing.append(row["video_id"])
             continue
-        out.text_item.append(len(out.items))
-        out.texts.append(row["sentence"])
-        out.items.append({"video": str(video)})
-        out.item_ids.append(row["video_id"])
+        out.add(row["video_id"], {"video": str(video)}, row["sentence"])
     return out
 
 
