@@ -231,6 +231,122 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
     sys.exit(report.exit_code)
 
 
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Training pairs (JSONL).")
+@click.option("--model", "-m", default=None, help="Base model: alias, hub id or folder.")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and the adapter."
+)
+@click.option(
+    "--stage",
+    type=click.IntRange(1, 2),
+    default=2,
+    show_default=True,
+    help="1: symmetric InfoNCE (retrieval adaptation); 2: MAMCL (instruction tuning).",
+)
+@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--lr", type=float, default=None, help="Peak learning rate (stage default: 1e-4 / 2e-5).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Pairs per step across all processes (the contrastive batch).",
+)
+@click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lora-alpha", type=click.IntRange(1), default=None, help="Stage default: 16 / 64.")
+@click.option("--dual", is_flag=True, help="Add the (unmasked) candidate-to-query loss term.")
+@click.option("--max-steps", type=click.IntRange(1), default=None)
+@click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out pairs.")
+@click.option("--eval-every", type=click.IntRange(0), default=0, help="Held-out R@1 every N steps.")
+@click.option("--save-every", type=click.IntRange(0), default=0, help="Checkpoint every N steps.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None, help="A checkpoint folder.")
+@click.option("--no-grad-cache", is_flag=True, help="Backpropagate the whole batch at once (more memory).")
+@click.option(
+    "--on-error",
+    type=click.Choice(["skip", "raise"]),
+    default="raise",
+    show_default=True,
+    help="Bad training lines: stop at the first, or skip and report them.",
+)
+@click.option("--device", default="auto", show_default=True)
+def finetune(
+    data,
+    model,
+    output,
+    stage,
+    epochs,
+    lr,
+    batch_size,
+    lora_r,
+    lora_alpha,
+    dual,
+    max_steps,
+    eval_data,
+    eval_every,
+    save_every,
+    resume,
+    no_grad_cache,
+    on_error,
+    device,
+):
+    """Fine-tune UNITE with LoRA on JSONL pairs; writes OUTPUT/adapter. Multi-GPU: launch with torchrun.
+
+    \b
+    unite-search finetune --data pairs.jsonl --model unite-base-2b --output runs/shop --epochs 2
+    torchrun --nproc-per-node 8 -m unite_search.cli finetune --data pairs.jsonl --output runs/shop
+    """
+    import torch
+
+    from .encoder import Encoder
+    from .train.data import load_pairs
+    from .train.trainer import TrainConfig, Trainer
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+
+    def work():
+        pairs, problems = load_pairs(data, on_error=on_error)
+        for problem in problems:
+            click.echo(f"skipped {problem}", err=True)
+        held = load_pairs(eval_data, on_error=on_error)[0] if eval_data else None
+        dtype = "bfloat16" if device != "cpu" and torch.cuda.is_available() else "float32"
+        encoder = Encoder.load(model, device=device, dtype=dtype)
+        config = TrainConfig(stage=stage, epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r,
+                             lora_alpha=lora_alpha, dual=dual, max_steps=max_steps, eval_every=eval_every,
+                             save_every=save_every, grad_cache=not no_grad_cache)  # fmt: skip
+        trainer = Trainer(encoder, pairs, config, output, eval_pairs=held)
+        if resume:
+            trainer.resume(resume)
+        return trainer, trainer.train(progress=True)
+
+    try:
+        trainer, log = _run(work)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if trainer.rank == 0:
+        last = log[-1] if log else {}
+        click.echo(f"trained {trainer.step} steps, last loss {last.get('loss', float('nan')):.4f}; "
+                   f"adapter in {Path(output) / 'adapter'}")  # fmt: skip
+
+
+@main.command()
+@click.option("--model", "-m", default=None, help="Base model the adapter was trained on.")
+@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="New model folder.")
+def merge(model, adapter, output):
+    """Fold a LoRA adapter into a full model folder that any unite-search command can load."""
+    from .train.merge import merge_adapter
+
+    path = _run(lambda: merge_adapter(model, adapter, output))
+    click.echo(f"wrote {path}")
+
+
 BENCH_NAMES = ["carebench", "docci", "mmeb", "msrvtt", "sharegpt4v", "urban1k", "webvid-covr"]
 
 

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,30 +144,41 @@ class Encoder:
         settings: EncoderSettings | None = None,
         token_budget: int | None = None,
         workers: int | None = None,
+        adapter: str | os.PathLike | None = None,
     ) -> Encoder:
         """Load a UNITE checkpoint: an alias (``unite-base-2b``...), a hub id or a local folder.
 
         ``device``/``dtype``/``attn`` default to the best available (CUDA, bf16, flash-attention 2
         when installed; else CPU, float32, sdpa). ``settings`` overrides preprocessing (frames,
-        pixels); ``token_budget`` bounds the padded tokens of one forward batch.
+        pixels); ``token_budget`` bounds the padded tokens of one forward batch. ``adapter`` is a LoRA
+        folder from ``unite-search finetune``, merged into the weights; the encoder's revision then
+        names the adapter too, so indexes never mix its vectors with the base model's.
         """
         from transformers import AutoTokenizer
 
-        from .models import load_model
+        from .models import fingerprint, load_model
 
         resolved = resolve(model)
         dev = _resolve_device(device)
         torch_dtype = _resolve_dtype(dtype, dev)
         full = load_model(resolved.path, dtype=torch_dtype, attn=_resolve_attn(attn, dev, torch_dtype))
-        inner = full.model.to(dev).eval()  # lm_head is never used; dropping it frees memory when untied
+        inner = full.model
+        model_id, revision = resolved.model_id, resolved.revision
+        if adapter is not None:
+            from .train.merge import apply_adapter
+
+            inner = apply_adapter(inner, adapter)
+            model_id = f"{model_id}+{os.path.abspath(adapter)}"
+            revision = f"{revision}+lora-{fingerprint(Path(adapter))}"
+        inner = inner.to(dev).eval()  # lm_head is never used; dropping it frees memory when untied
         del full
         tokenizer = AutoTokenizer.from_pretrained(resolved.path)
         budget = token_budget or (32768 if dev.type == "cuda" else 4096)
         return cls(
             inner,
             tokenizer,
-            model_id=resolved.model_id,
-            revision=resolved.revision,
+            model_id=model_id,
+            revision=revision,
             settings=settings or EncoderSettings(),
             device=dev,
             token_budget=budget,
@@ -239,8 +251,11 @@ class Encoder:
         out = visual(pv.to(self.device, visual.dtype), grid_thw=grid.to(self.device))
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
-    def forward(self, batch: Sequence[Prepared]) -> np.ndarray:
-        """One padded forward pass over prepared items: (len(batch), dim) float32, L2-normalised."""
+    def embed(self, batch: Sequence[Prepared]):
+        """The forward as a torch tensor, (len(batch), dim) float32, L2-normalised; keeps gradients.
+
+        Training calls this directly; :meth:`forward` wraps it for inference.
+        """
         import torch
 
         n, width = len(batch), max(p.length for p in batch)
@@ -251,18 +266,26 @@ class Encoder:
             mask[row, : p.length] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         lengths = mask.sum(dim=1)
+        embeds = self._model.get_input_embeddings()(ids)
+        for key, token in (("image", self._image_id), ("video", self._video_id)):
+            visuals = [getattr(p, key) for p in batch if getattr(p, key) is not None]
+            if visuals:
+                embeds = embeds.masked_scatter(
+                    (ids == token)[..., None].expand_as(embeds), self._visual_features(visuals).to(embeds.dtype)
+                )
+        positions = torch.arange(width, device=self.device).expand(3, n, width)  # 1-D on all 3 axes
+        hidden = self._model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
+        last = hidden[torch.arange(n, device=self.device), lengths - 1].float()
+        return torch.nn.functional.normalize(last, dim=-1)
+
+    def forward(self, batch: Sequence[Prepared]) -> np.ndarray:
+        """One padded forward pass over prepared items: (len(batch), dim) float32, L2-normalised."""
+        import torch
+
         with torch.inference_mode():
-            embeds = self._model.get_input_embeddings()(ids)
-            for key, token in (("image", self._image_id), ("video", self._video_id)):
-                visuals = [getattr(p, key) for p in batch if getattr(p, key) is not None]
-                if visuals:
-                    embeds[ids == token] = self._visual_features(visuals).to(embeds.dtype)
-            positions = torch.arange(width, device=self.device).expand(3, n, width)  # 1-D on all 3 axes
-            hidden = self._model.language_model(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-            ).last_hidden_state
-            last = hidden[torch.arange(n, device=self.device), lengths - 1].float()
-            vecs = torch.nn.functional.normalize(last, dim=-1)
+            vecs = self.embed(batch)
         return np.ascontiguousarray(vecs.cpu().numpy(), dtype=np.float32)
 
     # ----------------------------------------------------------------- encode

@@ -1,0 +1,284 @@
+"""MAMCL fine-tuning with LoRA, on one device or several (``torchrun``, negatives all-gathered).
+
+LoRA goes on every linear layer of the language model (q/k/v/o, gate/up/down); the vision tower and
+merger stay frozen. Large contrastive batches fit in little memory with the gradient cache: the
+batch's embeddings are computed without gradients, the loss is backpropagated to them, then each
+token-budget chunk is recomputed with gradients and given its cached embedding gradient, so the
+number of negatives is not bounded by device memory. With ``dropout=0`` (the default) this gives
+the same gradients as one big batch.
+
+Checkpoints hold the LoRA weights, the optimizer state and the step in safetensors and JSON (no
+pickle); resuming replays the same data order and continues the same curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..batching import plan_batches
+from .data import Pair
+from .loss import TAU, infonce_loss, mamcl_loss
+
+LM_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+STAGE_DEFAULTS = {1: {"lr": 1e-4, "lora_alpha": 16}, 2: {"lr": 2e-5, "lora_alpha": 64}}
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 2  # 1: symmetric InfoNCE (retrieval adaptation); 2: MAMCL (instruction tuning)
+    epochs: int = 1
+    batch_size: int = 64  # pairs per step, across all processes (the contrastive batch)
+    lr: float | None = None  # stage default: 1e-4 / 2e-5
+    lora_r: int = 8
+    lora_alpha: int | None = None  # stage default: 16 / 64
+    lora_dropout: float = 0.0
+    warmup: float = 0.03
+    weight_decay: float = 0.0
+    tau: float = TAU
+    dual: bool = False
+    grad_cache: bool = True
+    gradient_checkpointing: bool = True
+    chunk_tokens: int | None = None  # tokens per forward chunk (default: the encoder's token budget)
+    max_steps: int | None = None
+    eval_every: int = 0
+    save_every: int = 0
+    seed: int = 0
+
+    def resolved(self) -> TrainConfig:
+        if self.stage not in STAGE_DEFAULTS:
+            raise ValueError("stage is 1 or 2")
+        defaults = STAGE_DEFAULTS[self.stage]
+        out = TrainConfig(**asdict(self))
+        out.lr = self.lr if self.lr is not None else defaults["lr"]
+        out.lora_alpha = self.lora_alpha if self.lora_alpha is not None else defaults["lora_alpha"]
+        return out
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def add_lora(encoder, config: TrainConfig):
+    """Wrap the encoder's model with fresh LoRA adapters (language model linears only)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=LM_LINEARS
+    )
+    peft_model = get_peft_model(encoder._model, cfg)
+    return peft_model
+
+
+class Trainer:
+    """Fine-tunes ``encoder`` in place on ``pairs``; writes checkpoints and the adapter under ``output``."""
+
+    def __init__(self, encoder, pairs: list[Pair], config: TrainConfig, output: str | os.PathLike,
+                 eval_pairs: list[Pair] | None = None):  # fmt: skip
+        import torch
+
+        self.encoder = encoder
+        self.pairs = pairs
+        self.config = config.resolved()
+        self.output = Path(output)
+        self.eval_pairs = eval_pairs or []
+        self.dist = _dist()
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.world = self.dist.get_world_size() if self.dist else 1
+        if self.config.batch_size % self.world:
+            raise ValueError(f"batch_size {self.config.batch_size} must divide by the {self.world} processes")
+        self.peft = add_lora(encoder, self.config)
+        if self.config.gradient_checkpointing:
+            lm = encoder._model.language_model
+            if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.24 renamed it
+                lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.params = [p for p in self.peft.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        per_epoch = len(pairs) // self.config.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"{len(pairs)} pairs are fewer than one batch of {self.config.batch_size}")
+        self.total = min(self.config.max_steps or per_epoch * self.config.epochs, per_epoch * self.config.epochs)
+        self.per_epoch = per_epoch
+        self.step = 0
+        self.log: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- schedule
+    def lr_at(self, step: int) -> float:
+        warm = max(1, round(self.config.warmup * self.total))
+        if step < warm:
+            return self.config.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, self.total - warm)
+        return self.config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def batch_at(self, step: int) -> list[Pair]:
+        """The global batch of a step: a seeded permutation per epoch, so resuming replays it."""
+        epoch, within = divmod(step, self.per_epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.pairs))
+        size = self.config.batch_size
+        return [self.pairs[i] for i in order[within * size : (within + 1) * size]]
+
+    # ----------------------------------------------------------------- forward
+    def _embed(self, prepared, grad: bool):
+        import torch
+
+        chunks = plan_batches([p.length for p in prepared], self.config.chunk_tokens or self.encoder.token_budget)
+        out = [None] * len(prepared)
+        with torch.set_grad_enabled(grad):
+            for group in chunks:
+                vecs = self.encoder.embed([prepared[i] for i in group])
+                for row, i in enumerate(group):
+                    out[i] = vecs[row]
+        return torch.stack(out), chunks
+
+    def _gather(self, local):
+        """Every process's rows, this process's slice keeping its gradient."""
+        import torch
+
+        if not self.dist:
+            return local
+        parts = [torch.zeros_like(local) for _ in range(self.world)]
+        self.dist.all_gather(parts, local.detach())
+        parts[self.rank] = local
+        return torch.cat(parts)
+
+    def _loss(self, q, c, batch: list[Pair]):
+        if self.config.stage == 1:
+            return infonce_loss(q, c, tau=self.config.tau)
+        return mamcl_loss(q, c, [p.target for p in batch], [p.candidate_code for p in batch], tau=self.config.tau,
+                          dual=self.config.dual)  # fmt: skip
+
+    def compute_gradients(self, batch: list[Pair]) -> float:
+        """Loss of the global ``batch`` and its gradients on the LoRA weights (summed over processes)."""
+        share = len(batch) // self.world
+        local = batch[self.rank * share : (self.rank + 1) * share]
+        prep_q = [self.encoder.prepare(p.query) for p in local]
+        prep_c = [self.encoder.prepare(p.candidate) for p in local]
+        self.peft.train()
+        if not self.config.grad_cache:
+            q, _ = self._embed(prep_q, grad=True)
+            c, _ = self._embed(prep_c, grad=True)
+            loss = self._loss(self._gather(q), self._gather(c), batch)
+            loss.backward()
+        else:
+            q, q_chunks = self._embed(prep_q, grad=False)
+            c, c_chunks = self._embed(prep_c, grad=False)
+            q, c = q.detach().requires_grad_(), c.detach().requires_grad_()
+            loss = self._loss(self._gather(q), self._gather(c), batch)
+            loss.backward()  # gradients on the cached embeddings only
+            for prepared, chunks, cached in ((prep_q, q_chunks, q.grad), (prep_c, c_chunks, c.grad)):
+                for group in chunks:
+                    vecs = self.encoder.embed([prepared[i] for i in group])
+                    vecs.backward(gradient=cached[group])
+        if self.dist:
+            for p in self.params:
+                if p.grad is not None:
+                    self.dist.all_reduce(p.grad)  # each process holds its slice's share of the gradient
+        return float(loss.detach())
+
+    # --------------------------------------------------------------- training
+    def train(self, progress: bool = False) -> list[dict[str, Any]]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total, initial=self.step, desc="finetune", disable=not progress or self.rank != 0)
+        while self.step < self.total:
+            t = time.perf_counter()
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.compute_gradients(self.batch_at(self.step))
+            self.optimizer.step()
+            self.step += 1
+            entry = {"step": self.step, "loss": loss, "lr": self.lr_at(self.step - 1),
+                     "samples_s": self.config.batch_size / (time.perf_counter() - t)}  # fmt: skip
+            if self.config.eval_every and self.eval_pairs and self.step % self.config.eval_every == 0:
+                entry["eval_r1"] = self.evaluate()
+            self.log.append(entry)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{entry['lr']:.2e}", samples_s=f"{entry['samples_s']:.1f}")
+            bar.update(1)
+            if self.config.save_every and self.step % self.config.save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        self.save_adapter()
+        return self.log
+
+    def evaluate(self, pairs: list[Pair] | None = None) -> float:
+        """Held-out R@1 (query -> candidate among the held-out candidates), as a percentage."""
+        pairs = pairs or self.eval_pairs
+        self.peft.eval()
+        q = self.encoder.encode([p.query for p in pairs])
+        c = self.encoder.encode([p.candidate for p in pairs])
+        return float(100.0 * np.mean(np.argmax(q @ c.T, axis=1) == np.arange(len(pairs))))
+
+    # ------------------------------------------------------------ persistence
+    def save_adapter(self, path: str | os.PathLike | None = None) -> Path:
+        """The LoRA adapter folder (peft format), loadable with ``Encoder.load(base, adapter=...)``."""
+        path = Path(path or self.output / "adapter")
+        if self.rank == 0:
+            self.peft.save_pretrained(path)
+            info = {"config": asdict(self.config), "steps": self.step, "base": self.encoder.model_id,
+                    "base_revision": self.encoder.revision}  # fmt: skip
+            (path / "unite_train.json").write_text(json.dumps(info, indent=2))
+        return path
+
+    def _trainable(self) -> dict[str, Any]:
+        return {n: p for n, p in self.peft.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        path = self.output / f"checkpoint-{self.step}"
+        if self.rank != 0:
+            return path
+        path.mkdir(parents=True, exist_ok=True)
+        names = list(self._trainable())
+        save_file(
+            {n: p.detach().cpu().contiguous() for n, p in self._trainable().items()}, str(path / "lora.safetensors")
+        )
+        state = self.optimizer.state_dict()
+        tensors, meta = {}, {"step": self.step, "param_groups": state["param_groups"], "names": names, "slots": {}}
+        for index, slot in state["state"].items():
+            keys = []
+            for key, value in slot.items():
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous().reshape(value.shape or (1,))
+                keys.append(key)
+            meta["slots"][str(index)] = keys
+        save_file(tensors, str(path / "optimizer.safetensors"))
+        (path / "trainer.json").write_text(json.dumps({**meta, "config": asdict(self.config), "log": self.log}))
+        return path
+
+    def resume(self, checkpoint: str | os.PathLike) -> None:
+        """Continue from a checkpoint folder: LoRA weights, optimizer state, step and log."""
+        import torch
+        from safetensors.torch import load_file
+
+        path = Path(checkpoint)
+        meta = json.loads((path / "trainer.json").read_text())
+        weights = load_file(str(path / "lora.safetensors"))
+        trainable = self._trainable()
+        if set(weights) != set(trainable):
+            raise ValueError(f"{path}: its LoRA weights do not match this model's adapters")
+        with torch.no_grad():
+            for name, param in trainable.items():
+                param.copy_(weights[name].to(param.device, param.dtype))
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        state = {}
+        for index, keys in meta["slots"].items():
+            slot = {}
+            for key in keys:
+                value = tensors[f"{index}.{key}"]
+                slot[key] = value.reshape(()) if key == "step" else value.to(self.params[int(index)].device)
+            state[int(index)] = slot
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.step = int(meta["step"])
+        self.log = list(meta["log"])
