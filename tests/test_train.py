@@ -289,3 +289,18 @@ def test_finetune_cli_with_held_out_evaluation(tiny_dir, tmp_path):
     assert resumed.exit_code == 0 and "trained 2 steps" in resumed.stdout  # nothing left to do
     bad = CliRunner().invoke(main, [*args[:2], str(tmp_path / "missing.jsonl"), *args[3:]])
     assert bad.exit_code == 2
+
+
+def test_pairs_from_an_index_and_only_language_model_adapters(tiny_dir, encoder, tmp_path):
+    from unite_search.ingestion import ingest
+    from unite_search.train.data import pairs_from_index
+
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus"
+    ingest(corpus, tmp_path / "index", encoder=encoder)
+    pairs = pairs_from_index(tmp_path / "index")
+    assert sorted((p.query.text, p.target) for p in pairs) == [
+        ("A sunny beach under a blue sky.", 2), ("Coloured bars sliding to the right.", 4)]  # fmt: skip
+    trainer = Trainer(Encoder.load(tiny_dir, device="cpu"), pairs, TrainConfig(batch_size=2), tmp_path / "run")
+    names = [n for n, p in trainer.peft.named_parameters() if p.requires_grad]
+    assert len(names) == 2 * 7 * 2  # 2 layers x 7 linears x (A, B)
+    assert all("language_model" in n and "lora_" in n for n in names)  # vision tower and merger frozen

@@ -130,3 +130,26 @@ def pairs_from_folder(folder: str | os.PathLike) -> list[Pair]:
             candidate = Item(**{kind: str(media)})
             pairs.append(Pair(Item(text=text), candidate, modality_code(kind), modality_code(kind), 0))
     return pairs
+
+
+def pairs_from_index(index: str | os.PathLike) -> list[Pair]:
+    """Caption -> media pairs from a built index: every image or video row with a sidecar caption."""
+    from ..store import IndexStore
+
+    store = IndexStore(index)
+    manifest = store.require_manifest()
+    corpus = Path(manifest["corpus"])
+    pairs: list[Pair] = []
+    seen: set[tuple[str, str]] = set()
+    for shard in ("image", "video"):
+        if shard not in manifest["shards"]:
+            continue
+        for row in store.read_rows(shard, ["path", "caption"]).to_pylist():
+            if not row["caption"] or (row["path"], row["caption"]) in seen:
+                continue  # segments of one video share a caption: one pair for the clip
+            seen.add((row["path"], row["caption"]))
+            media = corpus / row["path"]
+            if media.is_file():
+                code = modality_code(shard)
+                pairs.append(Pair(Item(text=row["caption"]), Item(**{shard: str(media)}), code, code, 0))
+    return pairs
