@@ -227,3 +227,17 @@ def test_ivf_shard_with_a_selective_filter_still_returns_k(tmp_path):
         assert [h.id for h in hits] == [f"r{i}" for i in exact]
     plain = idx.query(like="r0", k=10)
     assert len(plain) == 10 and "r0" not in [h.id for h in plain]
+
+
+def test_concurrent_queries_on_a_fresh_index(built, encoder):
+    """Lazy loads (tables, FAISS, metadata) happen once however many threads query first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, index = built
+    queries = [{"image": root / "photos/small/a.png"}, {"video": root / "clips/short.mp4"},
+               {"text": "a red fox", "target": "text"}, {"text": "bars", "target": ["image", "video"]}] * 3  # fmt: skip
+    expected = [[h.id for h in Index.open(index, encoder=encoder).query(**q)] for q in queries]
+    fresh = Index.open(index, encoder=encoder)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda q: [h.id for h in fresh.query(**q)], queries))
+    assert got == expected

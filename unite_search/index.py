@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -85,6 +86,7 @@ class Index:
         self._tables: dict[str, Any] = {}
         self._faiss: dict[str, Any] = {}
         self._meta: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
+        self._lock = threading.RLock()  # lazy loads happen once, whichever thread queries first
         if encoder is not None:
             self._check(encoder)
 
@@ -105,6 +107,10 @@ class Index:
 
     def refresh(self) -> None:
         """Re-read the manifest: see what an ingest published since the index was opened."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         self.manifest = self.store.require_manifest()
         self._tables.clear()
         self._faiss.clear()
@@ -129,6 +135,10 @@ class Index:
     @property
     def encoder(self):
         """The encoder, loaded on first use: the index's own model and preprocessing settings."""
+        with self._lock:
+            return self._load_encoder()
+
+    def _load_encoder(self):
         if self._encoder is None:
             from .encoder import Encoder
             from .settings import EncoderSettings
@@ -145,14 +155,16 @@ class Index:
 
     # ------------------------------------------------------------------- shards
     def _table(self, shard: str):
-        if shard not in self._tables:
-            self._tables[shard] = self.store.table(shard, version=self.manifest["shards"][shard]["version"])
-        return self._tables[shard]
+        with self._lock:
+            if shard not in self._tables:
+                self._tables[shard] = self.store.table(shard, version=self.manifest["shards"][shard]["version"])
+            return self._tables[shard]
 
     def _index(self, shard: str):
-        if shard not in self._faiss:
-            self._faiss[shard] = self.store.load_faiss(shard)
-        return self._faiss[shard]
+        with self._lock:
+            if shard not in self._faiss:
+                self._faiss[shard] = self.store.load_faiss(shard)
+            return self._faiss[shard]
 
     def _find(self, row_id: str) -> tuple[str, np.ndarray] | None:
         for shard in self.manifest["shards"]:
@@ -201,12 +213,13 @@ class Index:
 
     def _metadata(self, shard: str):
         """(rows without vectors, their keys sorted, the row of each sorted key), loaded once."""
-        if shard not in self._meta:
-            table = self._table(shard).search().select(ROW_COLUMNS).limit(None).to_arrow().combine_chunks()
-            keys = table.column("key").to_numpy()
-            order = np.argsort(keys, kind="stable")
-            self._meta[shard] = (table, keys[order], order)
-        return self._meta[shard]
+        with self._lock:
+            if shard not in self._meta:
+                table = self._table(shard).search().select(ROW_COLUMNS).limit(None).to_arrow().combine_chunks()
+                keys = table.column("key").to_numpy()
+                order = np.argsort(keys, kind="stable")
+                self._meta[shard] = (table, keys[order], order)
+            return self._meta[shard]
 
     def _rows(self, shard: str, keys: Sequence[int]) -> dict[int, dict[str, Any]]:
         if not keys:
