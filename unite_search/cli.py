@@ -304,9 +304,9 @@ def finetune(
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
+        on_gpu = torch.cuda.is_available() and device != "cpu"
+        torch.distributed.init_process_group("nccl" if on_gpu else "gloo")
+        if on_gpu:
             torch.cuda.set_device(local)
             device = f"cuda:{local}"
 
