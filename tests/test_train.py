@@ -150,6 +150,15 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 SHAPES = ("circle", "square", "triangle")
 
 
+def _draw(draw, shape: str, x: int, y: int, size: int, fill) -> None:
+    if shape == "circle":
+        draw.ellipse([x, y, x + size, y + size], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x, y, x + size, y + size], fill=fill)
+    else:
+        draw.polygon([(x, y + size), (x + size, y + size), (x + size // 2, y)], fill=fill)
+
+
 def _shape(root: Path, colour: str, shape: str, seed: int) -> str:
     from PIL import Image, ImageDraw
 
@@ -158,12 +167,7 @@ def _shape(root: Path, colour: str, shape: str, seed: int) -> str:
     draw = ImageDraw.Draw(img)
     size = int(rng.integers(30, 50))
     x, y = (int(v) for v in rng.integers(5, 112 - size - 5, 2))
-    if shape == "circle":
-        draw.ellipse([x, y, x + size, y + size], fill=COLOURS[colour])
-    elif shape == "square":
-        draw.rectangle([x, y, x + size, y + size], fill=COLOURS[colour])
-    else:
-        draw.polygon([(x, y + size), (x + size, y + size), (x + size // 2, y)], fill=COLOURS[colour])
+    _draw(draw, shape, x, y, size, COLOURS[colour])
     path = root / f"{colour}_{shape}_{seed}.png"
     img.save(path)
     return str(path)
@@ -183,13 +187,7 @@ def _clip(colour: str, shape: str, seed: int, frames: int = 4) -> np.ndarray:
     for f in range(frames):
         img = Image.new("RGB", (112, 112), (235, 235, 235))
         draw = ImageDraw.Draw(img)
-        x = 5 + 18 * f
-        if shape == "circle":
-            draw.ellipse([x, y, x + size, y + size], fill=COLOURS[colour])
-        elif shape == "square":
-            draw.rectangle([x, y, x + size, y + size], fill=COLOURS[colour])
-        else:
-            draw.polygon([(x, y + size), (x + size, y + size), (x + size // 2, y)], fill=COLOURS[colour])
+        _draw(draw, shape, 5 + 18 * f, y, size, COLOURS[colour])
         out.append(np.asarray(img))
     return np.stack(out)
 
