@@ -219,6 +219,15 @@ class FileFacts:
         return cls(path=path, passages=spans, **{k: row[k] for k in keep})
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = None) -> FileFacts:
     """Hash a file and check its content; raises :class:`InputError` (the read stage's failures)."""
     if entry.size == 0:

@@ -15,7 +15,6 @@ search, so a query costs no database round trip beyond an optional ``where`` fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .corpus import file_sha256
 from .modality import Item
 from .planner import RRF_K, PlanError, QueryPlan, ShardSearch, plan_query
 from .store import IndexStore, _sql_list, row_key
@@ -66,11 +66,7 @@ def _file_sha256(value) -> str | None:
     """Content hash of a query's reference file, to exclude it from its own results."""
     if not isinstance(value, (str, os.PathLike)) or not os.path.isfile(value):
         return None  # in-memory images and frame lists have no file to match
-    digest = hashlib.sha256()
-    with open(value, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(value)
 
 
 class Index:

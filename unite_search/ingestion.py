@@ -389,9 +389,9 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     # publish: FAISS over every changed shard, then the manifest (the commit point for readers)
     t = time.perf_counter()
     store.save_file_cache([f.to_row() for f in facts.values()])
-    changed = {s for s in shards if remove.get(s) or relabel.get(s)} | {u.shard for u in todo}
-    changed |= {s for s in store.shards_on_disk() if s not in manifest.get("shards", {})}
-    changed |= {s for s, e in manifest.get("shards", {}).items() if store.versions().get(s) != e.get("version")}
+    # every write (rows added, deleted or relabelled, here or by a killed run) moves a table's version
+    published = manifest.get("shards", {})
+    changed = {s for s, v in store.versions().items() if published.get(s, {}).get("version") != v}
     if changed:
         say(f"indexing shard(s): {', '.join(sorted(changed))}")
         manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, gpu=gpu)

@@ -93,17 +93,6 @@ class QueryPlan:
         return self.explain()
 
 
-def _modalities(text, image, video) -> frozenset[Modality]:
-    found = set()
-    if text is not None:
-        found.add(Modality.TEXT)
-    if image is not None:
-        found.add(Modality.IMAGE)
-    if video is not None:
-        found.add(Modality.VIDEO)
-    return frozenset(found)
-
-
 def default_targets(query: str, available: Iterable[str]) -> tuple[str, ...]:
     """Shards a query of modalities ``query`` (a shard-style name) searches when no target is given."""
     available = set(available)
@@ -173,8 +162,8 @@ def plan_query(
         raise PlanError(f"k must be a positive integer, not {k!r}")
     if text is not None and (not isinstance(text, str) or not text.strip()):
         raise PlanError("text must be a non-empty string")
-    full_text = Item(text=text, instruction=instruction).full_text
-    modalities = _modalities(full_text, image, video)
+    item = Item(text=text, image=image, video=video, instruction=instruction)
+    full_text, modalities = item.full_text, item.modalities
     if like is not None:
         if modalities:
             raise PlanError("like= reuses a stored vector: give it alone, without text, image or video")

@@ -9,6 +9,7 @@ makes, so a unit cut short by a crash can be found and redone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -64,7 +65,6 @@ class Task:
     checks: tuple[tuple[str, int, int], ...] = ()  # (path, size, mtime_ns) that must not have changed
     span: tuple[float, float] | None = None  # video time range, seconds
     chars: tuple[int, int] | None = None  # text passage, characters
-    sha256: str | None = None  # text file content, re-checked when the passage is read
 
 
 @dataclass
@@ -240,10 +240,10 @@ def _seg(options: IngestOptions) -> tuple[float, float]:
 
 
 def _frames_used(probe, settings, start, end) -> int:
-    from .video import _wanted
+    from .video import sampled_indices
 
     try:
-        return len(_wanted(probe, settings, start, end))
+        return len(sampled_indices(probe, settings, start, end))
     except InputError:
         return 0
 
@@ -278,7 +278,7 @@ def plan_units(
                 common.update(mtime=first.mtime_ns / 1e9, char_start=a, char_end=b, caption=caption)
                 row = _base_row(key, len(first.passages), modality, "file", row_id, **common)
                 checks = ((first.path, first.size, first.mtime_ns),)
-                tasks.append(Task(key, modality, row, {}, checks, chars=(a, b), sha256=sha))
+                tasks.append(Task(key, modality, row, {}, checks, chars=(a, b)))
         else:
             tasks = _media_tasks(key, modality, first, paths, caption, options, settings)
         units.append(Unit(key, modality, tasks, paths, caption, paths[0]))
@@ -317,6 +317,13 @@ def plan_units(
 
 
 # -------------------------------------------------------------------------------------- decode
+@functools.lru_cache(maxsize=8)
+def _text_of(path: str, size: int, mtime_ns: int) -> str:
+    """A text file, read and decoded once for all its passages (they arrive one after another)."""
+    with open(path, "rb") as fh:
+        return decode_text(fh.read(), path)
+
+
 def prepare_task(encoder, task: Task):
     """Read, decode and preprocess one row's inputs (a worker thread): (text column, Prepared)."""
     for path, size, mtime_ns in task.checks:
@@ -327,12 +334,7 @@ def prepare_task(encoder, task: Task):
         if st.st_size != size or st.st_mtime_ns != mtime_ns:
             raise InputError("file changed during ingest; run ingest again to pick up the new content", source=path)
     if task.chars is not None:
-        path = task.checks[0][0]
-        with open(path, "rb") as fh:
-            data = fh.read()
-        if hashlib.sha256(data).hexdigest() != task.sha256:
-            raise InputError("file changed during ingest; run ingest again", source=path)
-        text = decode_text(data, path)[task.chars[0] : task.chars[1]]
+        text = _text_of(*task.checks[0])[task.chars[0] : task.chars[1]]
         return text, encoder.prepare(Item(text=text))
     if task.span is not None:
         from .video import read_frames

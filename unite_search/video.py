@@ -94,7 +94,8 @@ def _frame_range(probe: Probe, start: float | None, end: float | None) -> tuple[
     return first, stop
 
 
-def _wanted(probe: Probe, settings: EncoderSettings, start, end) -> np.ndarray:
+def sampled_indices(probe: Probe, settings: EncoderSettings, start, end) -> np.ndarray:
+    """Frame indices the encoder reads for the time range [start, end) (whole clip when None)."""
     first, stop = _frame_range(probe, start, end)
     count = stop - first
     return first + sample_indices(count, frame_count(count, probe.fps, settings), settings.sampler)
@@ -114,7 +115,7 @@ def _open_decord(path: str):
 
 def _read_decord(path: str, settings: EncoderSettings, start=None, end=None):
     vr, probe = _open_decord(path)
-    idx = _wanted(probe, settings, start, end)
+    idx = sampled_indices(probe, settings, start, end)
     try:
         frames = vr.get_batch(idx.tolist()).asnumpy()
     except Exception as exc:
@@ -154,7 +155,7 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None):
             probe = _av_probe(container, count=True)
             if probe.total_frames < 1:
                 raise InputError("video has no frames")
-            idx = _wanted(probe, settings, start, end)
+            idx = sampled_indices(probe, settings, start, end)
             stream = container.streams.video[0]
             wanted = set(idx.tolist())
             last = int(idx.max())

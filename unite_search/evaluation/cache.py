@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..corpus import file_sha256
+
 DEFAULT_DIR = Path("~/.cache/unite-search/embeddings")
 CHUNK = 256
 
@@ -24,11 +26,7 @@ def _file_sha(path: str, memo: dict[tuple[str, int, int], str]) -> str:
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns)
     if key not in memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        memo[key] = digest.hexdigest()
+        memo[key] = file_sha256(path)
     return memo[key]
 
 
