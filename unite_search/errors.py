@@ -27,6 +27,10 @@ class InputError(UniteError, ValueError):
         return InputError(self.reason, source=self.source, index=index)
 
 
+class PlanError(UniteError, ValueError):
+    """The query cannot be planned against this index (no input, unknown or absent target, bad filter...)."""
+
+
 class ModelLoadError(UniteError, RuntimeError):
     """The encoder weights could not be found or do not match the expected architecture."""
 

@@ -22,17 +22,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UniteError
+from .errors import PlanError
 from .modality import Item, Modality
 from .prompts import render
 from .store import shard_name
 
+__all__ = ["RRF_K", "PlanError", "QueryPlan", "ShardSearch", "default_targets", "plan_query"]
+
 RRF_K = 60
 MEDIA = ("image", "video")
-
-
-class PlanError(UniteError, ValueError):
-    """The query cannot be planned against this index (no input, unknown or absent target...)."""
 
 
 @dataclass(frozen=True)
