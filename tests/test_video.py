@@ -1,10 +1,14 @@
+from pathlib import Path
+
+import av
 import numpy as np
 import pytest
-from conftest import frame_index, write_empty_video, write_index_video
+from conftest import BAR, BITS, frame_index, write_empty_video, write_index_video
 
 from unite_search.errors import InputError
 from unite_search.settings import EncoderSettings
 from unite_search.video import (
+    Probe,
     frame_count,
     preprocess_video,
     probe,
@@ -166,3 +170,99 @@ def test_segment_spans(duration, seconds, overlap, spans):
 def test_segment_spans_rejects_overlap_not_below_length():
     with pytest.raises(ValueError, match="overlap"):
         segment_spans(100, 10, 10)
+
+
+GOP = 4  # write_index_video puts a keyframe every 4 frames
+
+
+def write_paused_clip(path: Path, n_frames: int, fps: int, pause: int) -> Path:
+    """An index-coded mkv (H.264) or webm (VP8) whose timestamps jump ``pause`` frames halfway, as a
+    recording paused and resumed: its duration then promises more frames than it holds."""
+    codec = {".mkv": "libx264", ".webm": "libvpx"}[path.suffix]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = BITS * BAR, 64, "yuv420p"
+        for i in range(n_frames):
+            image = np.zeros((64, BITS * BAR, 3), np.uint8)
+            for b in range(BITS):
+                if (i >> b) & 1:
+                    image[:, b * BAR : (b + 1) * BAR] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i + (pause if i >= n_frames // 2 else 0)  # in 1/fps units
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def decodable_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+@pytest.fixture(scope="module")
+def long_mkv(tmp_path_factory):
+    # 20 s at 10 fps; mkv stores no frame count, so PyAV must decode to count
+    path = write_index_video(tmp_path_factory.mktemp("mkv") / "long.mkv", 200, fps=10)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 0
+    return path
+
+
+def test_segment_reads_with_the_probe_decode_only_their_span(long_mkv):
+    """Ingest reads a long clip as overlapping segments: with the read-stage probe each read decodes
+    its own span (from the keyframe before it), not the whole file to count frames first."""
+    found = probe(long_mkv, "av")
+    settings = EncoderSettings(fps=2)
+    spans = segment_spans(found.duration, 4.0, 1.0)
+    assert len(spans) == 7
+    with_probe, without = [], []
+    for start, end in spans:
+        frames, info = read_frames(long_mkv, settings, "av", start, end, probe=found)
+        ref_frames, ref = read_frames(long_mkv, settings, "av", start, end)
+        assert info.indices == ref.indices
+        assert [frame_index(f) for f in frames] == list(info.indices)
+        np.testing.assert_array_equal(frames, ref_frames)
+        assert info.indices[-1] - info.indices[0] + 1 <= info.decoded <= round((end - start) * 10) + GOP
+        assert ref.decoded >= 200
+        with_probe.append(info.decoded)
+        without.append(ref.decoded)
+    # Linear: every frame about once, plus the overlaps and a GOP per segment; without: once per segment.
+    assert sum(with_probe) <= 200 + len(spans) * (10 + GOP)
+    assert sum(without) >= 200 * len(spans)
+
+
+@pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])
+def test_reader_samples_from_the_given_probe(long_mkv, backend):
+    settings = EncoderSettings(fps=0.4)
+    short = Probe(total_frames=100, fps=10.0, width=0, height=0)  # as if the clip ended at 10 s
+    frames, info = read_frames(long_mkv, settings, backend, probe=short)
+    assert info.indices == (0, 33, 66, 99) and info.total_frames == 100
+    assert [frame_index(f) for f in frames] == [0, 33, 66, 99]
+    assert preprocess_video(long_mkv, settings, backend, probe=short).grid_thw[0] == 2
+    assert preprocess_video(long_mkv, settings, backend).grid_thw[0] == 4  # 20 s: 8 frames
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+@pytest.mark.parametrize("pause", [0, 20])
+def test_probe_counts_what_the_reader_reads(tmp_path, suffix, pause):
+    """The read-stage probe and a reader without one see the same count, so ingest and encode
+    sample the same frames (a duration-based estimate would say 80 for the paused clip)."""
+    path = write_paused_clip(tmp_path / f"clip{suffix}", 60, fps=10, pause=pause)
+    found = probe(path, "av")
+    assert found.total_frames == decodable_frames(path) == 60
+    settings = EncoderSettings(frames=16)
+    frames, info = read_frames(path, settings, "av")
+    with_probe, info_probe = read_frames(path, settings, "av", probe=found)
+    assert info.indices == info_probe.indices == tuple(sample_indices(60, 16).tolist())
+    assert [frame_index(f) for f in frames] == list(info.indices)
+    np.testing.assert_array_equal(frames, with_probe)
+
+
+@needs_decord
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+@pytest.mark.parametrize("pause", [0, 20])
+def test_decord_and_pyav_probes_count_alike(tmp_path, suffix, pause):
+    path = write_paused_clip(tmp_path / f"clip{suffix}", 60, fps=10, pause=pause)
+    assert probe(path, "decord").total_frames == probe(path, "av").total_frames == 60

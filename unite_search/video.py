@@ -56,11 +56,12 @@ class VideoInfo:
     fps: float
     indices: tuple[int, ...]
     backend: str
+    decoded: int | None = None  # frames PyAV decoded for this call, counting pass included (None: not measured)
 
 
 @dataclass(frozen=True)
 class Probe:
-    """What a video's header says: frame count, rate and size (no frame decoded)."""
+    """A video's frame count, rate and size, as the reader will use them (see :func:`probe`)."""
 
     total_frames: int
     fps: float
@@ -113,11 +114,12 @@ def _open_decord(path: str):
     return vr, Probe(len(vr), float(vr.get_avg_fps()), 0, 0)  # size: probe() decodes a frame for it
 
 
-def _read_decord(path: str, settings: EncoderSettings, start=None, end=None):
-    vr, probe = _open_decord(path)
+def _read_decord(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
+    vr, found = _open_decord(path)
+    probe = found if probe is None else probe
     idx = sampled_indices(probe, settings, start, end)
-    try:
-        frames = vr.get_batch(idx.tolist()).asnumpy()
+    try:  # a probe that over-counts reuses the last frame, as the PyAV reader does
+        frames = vr.get_batch(np.minimum(idx, len(vr) - 1).tolist()).asnumpy()
     except Exception as exc:
         raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "decord")
@@ -131,28 +133,30 @@ def _pyav():
     return av
 
 
-def _av_probe(container, count: bool) -> Probe:
+def _av_probe(container) -> tuple[Probe, int]:
+    """The stream's facts and how many frames were decoded to get them."""
     if not container.streams.video:
         raise InputError("file has no video stream")
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 0)
-    total = stream.frames
+    total, decoded = stream.frames, 0
     if total <= 0:
-        if count:  # the container stores no frame count (mkv, webm): decode once to count
-            total = sum(1 for _ in container.decode(stream))
-            container.seek(0)
-        elif stream.duration is not None and stream.time_base is not None:
-            total = round(float(stream.duration * stream.time_base) * fps)
-        elif container.duration:
-            total = round(container.duration / 1e6 * fps)
-    return Probe(int(total), fps, int(stream.codec_context.width or 0), int(stream.codec_context.height or 0))
+        # mkv/webm store no count; their duration overestimates it after a pause or a dropped frame,
+        # and the reader numbers frames as decoded, so count them the same way.
+        total = decoded = sum(1 for _ in container.decode(stream))
+        container.seek(0)
+    return Probe(int(total), fps, int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)), decoded
 
 
-def _read_av(path: str, settings: EncoderSettings, start=None, end=None):
+def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
     av = _pyav()
+    decoded = 0
     try:
         with av.open(path) as container:
-            probe = _av_probe(container, count=True)
+            if probe is None:
+                probe, decoded = _av_probe(container)
+            elif not container.streams.video:
+                raise InputError("file has no video stream")
             if probe.total_frames < 1:
                 raise InputError("video has no frames")
             idx = sampled_indices(probe, settings, start, end)
@@ -167,13 +171,13 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None):
                 origin = stream.start_time or 0
                 container.seek(origin + int(first / probe.fps / stream.time_base), stream=stream, backward=True)
                 numbered = (
-                    (round(float((f.pts - origin) * stream.time_base) * probe.fps), f)
+                    (-1 if f.pts is None else round(float((f.pts - origin) * stream.time_base) * probe.fps), f)
                     for f in container.decode(stream)
-                    if f.pts is not None
                 )
             else:
                 numbered = enumerate(container.decode(stream))
             for i, frame in numbered:
+                decoded += 1
                 if i in wanted:
                     got[i] = frame.to_ndarray(format="rgb24")
                 if i >= last:
@@ -192,11 +196,16 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None):
         return got[earlier[-1] if earlier else keys[0]]
 
     frames = np.stack([got.get(i) if i in got else nearest(i) for i in idx.tolist()])
-    return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "av")
+    return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "av", decoded)
 
 
 def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
-    """Frame count, fps and size of a video file; raises :class:`InputError` when it cannot be read."""
+    """Frame count, fps and size of a video file; raises :class:`InputError` when it cannot be read.
+
+    The count is the one :func:`read_frames` samples from, so passing this probe to it reads the same
+    frames. With PyAV, a container that stores no count (mkv, webm) is decoded once to count (linear in
+    its length); mp4 and decord read it from the header or index.
+    """
     path = os.fspath(source)
     if _backend(backend) == "decord":
         vr, found = _open_decord(path)
@@ -208,7 +217,7 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     av = _pyav()
     try:
         with av.open(path) as container:
-            found = _av_probe(container, count=False)
+            found, _ = _av_probe(container)
     except InputError as exc:
         raise InputError(exc.reason, source=path) from exc
     except Exception as exc:  # PyAV raises one class per FFmpeg error code
@@ -237,10 +246,19 @@ def segment_spans(duration: float, seconds: float, overlap: float) -> list[tuple
         start += stride
 
 
-def read_frames(source, settings: EncoderSettings, backend: str | None = None, start=None, end=None):
+def read_frames(
+    source,
+    settings: EncoderSettings,
+    backend: str | None = None,
+    start=None,
+    end=None,
+    probe: Probe | None = None,
+):
     """Sampled frames of a video file or frame sequence: ((n, H, W, 3) uint8, VideoInfo).
 
     ``start``/``end`` (seconds) restrict a file to a time range, sampled by the same rule.
+    ``probe``, this file's :func:`probe`, saves recounting its frames on every call: without it, PyAV
+    decodes a whole mkv/webm to count them, so reading a long clip segment by segment is quadratic.
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -250,7 +268,7 @@ def read_frames(source, settings: EncoderSettings, backend: str | None = None, s
             raise InputError("video file is empty or not a regular file", source=path)
         reader = _read_decord if _backend(backend) == "decord" else _read_av
         try:
-            return reader(path, settings, start, end)
+            return reader(path, settings, start, end, probe)
         except InputError as exc:
             if exc.source is None:
                 raise InputError(exc.reason, source=path) from exc
@@ -290,6 +308,13 @@ def resize_frames(frames: np.ndarray, settings: EncoderSettings) -> np.ndarray:
     return out
 
 
-def preprocess_video(source, settings: EncoderSettings, backend: str | None = None, start=None, end=None) -> Visual:
-    frames, _ = read_frames(source, settings, backend, start, end)
+def preprocess_video(
+    source,
+    settings: EncoderSettings,
+    backend: str | None = None,
+    start=None,
+    end=None,
+    probe: Probe | None = None,
+) -> Visual:
+    frames, _ = read_frames(source, settings, backend, start, end, probe)
     return patchify(resize_frames(frames, settings))
