@@ -1,8 +1,13 @@
 """An on-disk cache of embeddings keyed by model, settings and item content.
 
 A rerun costs nothing and a crash mid-benchmark loses at most the chunk being encoded: vectors are
-written chunk by chunk (``chunk-N.npy`` then ``chunk-N.json`` with its keys; a chunk without its key
-file is ignored). Items are keyed by their text and the sha256 of their media files.
+written chunk by chunk, ``chunk-<uuid>.npy`` then ``chunk-<uuid>.json`` with its keys, each through a
+temporary file and ``os.replace``; a chunk without its key file is ignored. Chunk names are unique, so
+runs sharing one cache (processes, or instances in one process) never overwrite each other, and a run
+looks for chunks written by the others before encoding an item it has not seen. A damaged chunk (its
+vectors unreadable or not one per key) is skipped with a warning and its items are encoded again.
+Chunks named ``chunk-N`` by older versions are read as well. Items are keyed by their text and the
+sha256 of their media files.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,24 +37,77 @@ def _file_sha(path: str, memo: dict[tuple[str, int, int], str]) -> str:
     return memo[key]
 
 
+def _write_atomically(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: concurrent writers never share it
+    try:
+        with open(tmp, mode) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _rows(npy: Path) -> int:
+    """Rows of a saved ``(n, dim)`` float32 array, checked against the file size without loading it."""
+    with open(npy, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)  # (n, dim)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"has .npy format version {version}, which this cache never writes")
+        header = fh.tell()
+    if dtype != np.float32 or fortran or len(shape) != 2:
+        raise ValueError(f"holds a {dtype} array of shape {shape}, not (n, dim) float32")
+    expected = header + shape[0] * shape[1] * dtype.itemsize
+    size = npy.stat().st_size
+    if size != expected:
+        raise ValueError(f"is {size} bytes where its header promises {expected} (truncated?)")
+    return shape[0]
+
+
 class EmbeddingCache:
     """Vectors of one encoder (model revision + settings) under ``root``."""
 
     def __init__(self, root: str | os.PathLike, settings: dict[str, Any], chunk: int = CHUNK):
         self.chunk = chunk
+        text = json.dumps(settings, indent=2, sort_keys=True)
         namespace = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root).expanduser() / namespace
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
-        self._where: dict[str, tuple[int, int]] = {}
-        self._chunks: dict[int, np.ndarray] = {}
+        _write_atomically(self.dir / "settings.json", lambda fh: fh.write(text), "w")
+        self._where: dict[str, tuple[str, int]] = {}  # key -> (chunk name, row)
+        self._scanned: set[str] = set()  # chunk names whose key file was read (good or damaged)
+        self._chunks: dict[str, np.ndarray] = {}
         self._memo: dict[tuple[str, int, int], str] = {}
-        self.encoded = 0  # items encoded by this process (0 on a fully cached rerun)
+        self.encoded = 0  # items encoded by this instance (0 on a fully cached rerun)
+        self._scan()
+
+    def _scan(self) -> None:
+        """Adds the chunks whose key file appeared since the last scan (this run's or another's)."""
         for keys_file in sorted(self.dir.glob("chunk-*.json")):
-            n = int(keys_file.stem.split("-")[1])
-            if (self.dir / f"chunk-{n}.npy").exists():
-                for row, key in enumerate(json.loads(keys_file.read_text())):
-                    self._where[key] = (n, row)
+            name = keys_file.stem
+            if name in self._scanned:
+                continue
+            self._scanned.add(name)
+            try:
+                keys = json.loads(keys_file.read_text())
+                if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                    raise ValueError("its key file is not a list of keys")
+                rows = _rows(self.dir / f"{name}.npy")
+                if rows != len(keys):
+                    raise ValueError(f"holds {rows} vectors for {len(keys)} keys")
+            except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+                warnings.warn(
+                    f"ignoring damaged embedding cache chunk {self.dir / name}.npy: {exc}; its items will be "
+                    f"encoded again (delete {name}.npy and {name}.json to stop this warning)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            for row, key in enumerate(keys):
+                self._where.setdefault(key, (name, row))  # a key cached twice: keep the vector already served
 
     def key(self, item: dict[str, Any]) -> str:
         content = {k: item.get(k) for k in ("text", "instruction")}
@@ -56,10 +116,19 @@ class EmbeddingCache:
                 content[media] = _file_sha(str(item[media]), self._memo)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
-    def _vector(self, n: int, row: int) -> np.ndarray:
-        if n not in self._chunks:
-            self._chunks[n] = np.load(self.dir / f"chunk-{n}.npy", mmap_mode="r")
-        return self._chunks[n][row]
+    def _vector(self, name: str, row: int) -> np.ndarray:
+        if name not in self._chunks:
+            self._chunks[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+        return self._chunks[name][row]
+
+    def _save(self, keys: list[str], vecs: np.ndarray) -> None:
+        name = f"chunk-{uuid.uuid4().hex}"
+        # vectors first: the key file makes the chunk visible, so no reader sees keys without vectors
+        _write_atomically(self.dir / f"{name}.npy", lambda fh: np.save(fh, vecs), "wb")
+        _write_atomically(self.dir / f"{name}.json", lambda fh: fh.write(json.dumps(keys)), "w")
+        self._scanned.add(name)
+        for row, key in enumerate(keys):
+            self._where.setdefault(key, (name, row))
 
     def embed(
         self, items: Sequence[dict[str, Any]], encode: Callable[[list[dict[str, Any]]], np.ndarray], progress=None
@@ -70,19 +139,18 @@ class EmbeddingCache:
         for key, item in zip(keys, items, strict=True):
             if key not in self._where:
                 todo.setdefault(key, item)  # identical items are encoded once
-        pending = list(todo.items())
-        for start in range(0, len(pending), self.chunk):
-            part = pending[start : start + self.chunk]
-            vecs = np.ascontiguousarray(encode([item for _, item in part]), dtype=np.float32)
-            n = 1 + max((c for c, _ in self._where.values()), default=-1)
-            tmp = self.dir / f".chunk-{n}.npy.tmp"
-            with open(tmp, "wb") as fh:
-                np.save(fh, vecs)
-            os.replace(tmp, self.dir / f"chunk-{n}.npy")
-            (self.dir / f".chunk-{n}.json.tmp").write_text(json.dumps([k for k, _ in part]))
-            os.replace(self.dir / f".chunk-{n}.json.tmp", self.dir / f"chunk-{n}.json")
-            for row, (key, _) in enumerate(part):
-                self._where[key] = (n, row)
+        while todo:
+            self._scan()  # another run may have encoded some of them meanwhile
+            todo = {k: item for k, item in todo.items() if k not in self._where}
+            part = list(todo.items())[: self.chunk]
+            if not part:
+                break
+            vecs = np.ascontiguousarray(encode([item for _, item in part]), dtype=np.float32)  # (len(part), dim)
+            if vecs.ndim != 2 or len(vecs) != len(part):
+                raise ValueError(f"encode returned shape {vecs.shape} for {len(part)} items; expected (n, dim)")
+            self._save([k for k, _ in part], vecs)
+            for k, _ in part:
+                del todo[k]
             self.encoded += len(part)
             if progress is not None:
                 progress(len(part))
