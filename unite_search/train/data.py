@@ -5,7 +5,8 @@ One JSON object per line::
     {"query": {"text": "...", "image": "a.jpg"}, "candidate": {"video": "b.mp4"}, "target_modal": "video"}
 
 ``text``, ``image`` and ``video`` are optional but one is needed; ``image``/``video`` may be a path or
-a one-element list (paths are relative to the JSONL file). ``<|IMAGE|>`` / ``<|VIDEO|>`` in a text mark
+a one-element list (paths are relative to the JSONL file, and must stay inside its folder unless
+``allow_outside=True``). ``<|IMAGE|>`` / ``<|VIDEO|>`` in a text mark
 where the media goes; UNITE's prompt always puts the media before the text, so they are removed.
 ``target_modal`` (e.g. ``"video"`` or ``"text,image"``) defaults to the candidate's modalities.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,46 @@ def _code(item: Item) -> int:
     return modality_code([m.value for m in item.modalities])
 
 
-def _side(value: Any, base: Path, what: str) -> Item:
+def _within(root: str, path: str) -> bool:
+    return path == root or path.startswith(os.path.join(root, ""))
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """A folder that the files read from must stay inside, symlinks followed."""
+
+    given: str  # absolute, as named
+    real: str  # symlinks resolved
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike) -> _Folder:
+        return cls(os.path.abspath(folder), os.path.realpath(folder))
+
+    def holds(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` (absolute, or relative to the folder) is a file name inside the folder.
+
+        A path whose text already leaves the folder (``..``, an absolute path elsewhere) is refused without
+        touching the disk; the others are judged by where their symlinks lead. The answer never depends on
+        whether an outside file exists.
+        """
+        full = os.path.join(self.given, path)
+        lexical = os.path.normpath(full)
+        if not (_within(self.given, lexical) or _within(self.real, lexical)):
+            return False
+        return _within(self.real, os.path.realpath(full))
+
+
+def _warn_skipped(skipped: list[str], folder: _Folder) -> None:
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} file(s) leading outside {folder.real} (e.g. {skipped[0]}); "
+            "pass allow_outside=True (--allow-outside) to read them",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _side(value: Any, base: Path, what: str, folder: _Folder | None) -> Item:
     if not isinstance(value, dict) or not value:
         raise InputError(f"'{what}' must be a non-empty object with text, image or video")
     unknown = set(value) - {"text", "image", "video"}
@@ -63,8 +104,13 @@ def _side(value: Any, base: Path, what: str) -> Item:
             if len(path) != 1:
                 raise InputError(f"'{what}.{media}' lists {len(path)} files; one per item is supported")
             path = path[0]
-        if not isinstance(path, str) or not path:
+        if not isinstance(path, str) or not path or "\x00" in path:
             raise InputError(f"'{what}.{media}' must be a file path")
+        if folder is not None and not folder.holds(path):  # decided before the file is looked at
+            raise InputError(
+                f"'{what}.{media}' is outside the data folder ({folder.real}); "
+                "pass allow_outside=True (--allow-outside) to read it"
+            )
         full = base / path
         if not full.is_file():
             raise InputError(f"'{what}.{media}' file not found: {full}")
@@ -74,13 +120,17 @@ def _side(value: Any, base: Path, what: str) -> Item:
     return Item(**fields)
 
 
-def load_pairs(path: str | os.PathLike, *, on_error: str = "raise") -> tuple[list[Pair], list[str]]:
+def load_pairs(
+    path: str | os.PathLike, *, on_error: str = "raise", allow_outside: bool = False
+) -> tuple[list[Pair], list[str]]:
     """Pairs of a JSONL file, and the problems of the lines skipped (``on_error="skip"``).
 
-    With ``"raise"`` the first bad line raises :class:`InputError` naming ``file:line``.
+    With ``"raise"`` the first bad line raises :class:`InputError` naming ``file:line``. Media files must be
+    inside the JSONL file's folder (symlinks followed) unless ``allow_outside=True``.
     """
     path = Path(path)
     base = path.parent
+    folder = None if allow_outside else _Folder.of(base)
     pairs: list[Pair] = []
     problems: list[str] = []
     with open(path, encoding="utf-8") as fh:
@@ -94,8 +144,8 @@ def load_pairs(path: str | os.PathLike, *, on_error: str = "raise") -> tuple[lis
                     raise InputError(f"not valid JSON ({exc.msg})") from None
                 if not isinstance(record, dict) or "query" not in record or "candidate" not in record:
                     raise InputError("each line needs 'query' and 'candidate' objects")
-                query = _side(record["query"], base, "query")
-                candidate = _side(record["candidate"], base, "candidate")
+                query = _side(record["query"], base, "query", folder)
+                candidate = _side(record["candidate"], base, "candidate", folder)
                 target = record.get("target_modal")
                 try:
                     code = modality_code(target) if target is not None else _code(candidate)
@@ -112,34 +162,58 @@ def load_pairs(path: str | os.PathLike, *, on_error: str = "raise") -> tuple[lis
     return pairs, problems
 
 
-def pairs_from_folder(folder: str | os.PathLike) -> list[Pair]:
-    """Caption -> media pairs from sidecar captions (``x.txt`` beside ``x.jpg`` / ``x.mp4``)."""
+def pairs_from_folder(folder: str | os.PathLike, *, allow_outside: bool = False) -> list[Pair]:
+    """Caption -> media pairs from sidecar captions (``x.txt`` beside ``x.jpg`` / ``x.mp4``).
+
+    Captions and media that symlinks lead outside ``folder`` are skipped, unread, with a warning, unless
+    ``allow_outside=True``.
+    """
     folder = Path(folder)
+    confined = None if allow_outside else _Folder.of(folder)
     pairs: list[Pair] = []
+    skipped: list[str] = []
     for caption in sorted(folder.rglob(f"*{SIDECAR_EXTENSION}")):
         if any(part.startswith(".") for part in caption.relative_to(folder).parts):
             continue
+        media_files = []
         for media in sorted(caption.parent.glob(caption.stem + ".*")):
-            ext = media.suffix.lower()
-            if ext not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+            if media.suffix.lower() not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
                 continue
-            text = caption.read_text(encoding="utf-8").strip()
-            if not text:
+            if confined is not None and not confined.holds(os.path.abspath(media)):
+                skipped.append(str(media))
                 continue
-            kind = "image" if ext in IMAGE_EXTENSIONS else "video"
+            media_files.append(media)
+        if not media_files:
+            continue
+        if confined is not None and not confined.holds(os.path.abspath(caption)):
+            skipped.append(str(caption))
+            continue
+        text = caption.read_text(encoding="utf-8").strip()
+        if not text:
+            continue
+        for media in media_files:
+            kind = "image" if media.suffix.lower() in IMAGE_EXTENSIONS else "video"
             candidate = Item(**{kind: str(media)})
             pairs.append(Pair(Item(text=text), candidate, modality_code(kind), modality_code(kind), 0))
+    if confined is not None:
+        _warn_skipped(skipped, confined)
     return pairs
 
 
-def pairs_from_index(index: str | os.PathLike) -> list[Pair]:
-    """Caption -> media pairs from a built index: every image or video row with a sidecar caption."""
+def pairs_from_index(index: str | os.PathLike, *, allow_outside: bool = False) -> list[Pair]:
+    """Caption -> media pairs from a built index: every image or video row with a sidecar caption.
+
+    Row paths are joined to the index's corpus folder; one leading outside it (``..``, an absolute path, a
+    symlink) is skipped with a warning unless ``allow_outside=True``.
+    """
     from ..store import IndexStore
 
     store = IndexStore(index)
     manifest = store.require_manifest()
     corpus = Path(manifest["corpus"])
+    confined = None if allow_outside else _Folder.of(corpus)
     pairs: list[Pair] = []
+    skipped: list[str] = []
     seen: set[tuple[str, str]] = set()
     for shard in ("image", "video"):
         if shard not in manifest["shards"]:
@@ -148,8 +222,13 @@ def pairs_from_index(index: str | os.PathLike) -> list[Pair]:
             if not row["caption"] or (row["path"], row["caption"]) in seen:
                 continue  # segments of one video share a caption: one pair for the clip
             seen.add((row["path"], row["caption"]))
+            if confined is not None and not confined.holds(row["path"]):
+                skipped.append(row["path"])
+                continue
             media = corpus / row["path"]
             if media.is_file():
                 code = modality_code(shard)
                 pairs.append(Pair(Item(text=row["caption"]), Item(**{shard: str(media)}), code, code, 0))
+    if confined is not None:
+        _warn_skipped(skipped, confined)
     return pairs
