@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from unite_search import Encoder, Index
-from unite_search.store import IndexStore, row_key
+from unite_search.schema import row_key
+from unite_search.store import IndexStore
 from unite_search.testing import QWEN2VL_2B_MROPE, TINY_TEXT, TINY_VISION, tiny_model
 from unite_search.units import IngestOptions
 
@@ -56,7 +57,7 @@ def fill(store: IndexStore, shard: str, n: int, seed: int) -> None:
             rows.append({"id": row_id, "key": row_key(row_id), "unit": row_id, "unit_rows": 1, "modality": shard,
                          "source": "synthetic", "path": path, "paths": [path], "size": 1000 + i,
                          "width": int(widths[i - start]), "height": 1000})  # fmt: skip
-        store.add_rows(shard, rows, vecs)
+        store.tables.add_rows(shard, rows, vecs)
 
 
 def percentiles(values) -> dict[str, float]:
@@ -111,7 +112,7 @@ def main() -> None:
         results = []
         for label, shard in names.items():
             entry = manifest["shards"][shard]
-            raw = idx._index(shard)
+            raw = idx._snapshot.readers[shard].index()
             params = (
                 faiss.SearchParametersIVF(nprobe=entry["index"]["nprobe"]) if entry["index"]["type"] == "ivf" else None
             )

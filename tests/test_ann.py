@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from unite_search import ann
-from unite_search.store import IndexStore, row_key
+from unite_search.schema import row_key
+from unite_search.store import IndexStore
 
 
 def clustered(n, dim=32, seed=0, noise_seed=None):
@@ -67,26 +68,34 @@ def test_large_shard_gets_ivf_with_measured_recall():
     assert held_out >= 0.93, (held_out, info)
 
 
-def test_publish_writes_faiss_per_version_and_drops_old_files(tmp_path):
+def test_publish_writes_faiss_per_version_and_drops_old_files(tmp_path, monkeypatch):
+    from unite_search import manifest as manifests
+    from unite_search.reader import Snapshot
+
+    monkeypatch.setattr(manifests, "KEEP_RECENT_SECONDS", 0)  # keep only the current and previous states
     store = IndexStore(tmp_path / "index")
     manifest = store.init({"dim": 32, "model_id": "m", "revision": "r"}, {}, "/corpus")
     vecs = clustered(2500)
     rows = [{"id": f"r{i}", "key": row_key(f"r{i}"), "unit": f"u{i}", "unit_rows": 1, "modality": "text"}
             for i in range(2500)]  # fmt: skip
-    store.add_rows("text", rows[:1500], vecs[:1500])
-    store.add_rows("text", rows[1500:], vecs[1500:])
+    store.tables.add_rows("text", rows[:1500], vecs[:1500])
+    store.tables.add_rows("text", rows[1500:], vecs[1500:])
     manifest = store.publish(manifest, ["text"], flat_max=1000)
     entry = manifest["shards"]["text"]
     assert entry["rows"] == 2500 and entry["index"]["type"] == "ivf"
     assert entry["index"]["recall_at_10"] >= 0.95
     first = entry["faiss"]
     assert (store.path / first).exists()
-    loaded = store.load_faiss("text")
+    loaded = Snapshot.open(store.path).readers["text"].index()
     assert loaded.ntotal == 2500 and loaded.nprobe == entry["index"]["nprobe"]
     _, found = loaded.search(vecs[:5], 1)
     assert found[:, 0].tolist() == [row_key(f"r{i}") for i in range(5)]
-    store.delete_units("text", [f"u{i}" for i in range(2000, 2500)])
+    assert store.tables.delete_units("text", [f"u{i}" for i in range(2000, 2500)]) == 500
     manifest = store.publish(manifest, ["text"], flat_max=1000)
+    second = manifest["shards"]["text"]["faiss"]
     assert manifest["shards"]["text"]["rows"] == 2000 and manifest["shards"]["text"]["index"]["type"] == "ivf"
-    assert not (store.path / first).exists() and (store.path / manifest["shards"]["text"]["faiss"]).exists()
+    assert (store.path / first).exists() and (store.path / second).exists()  # the previous state stays readable
+    assert store.tables.delete_units("text", ["u0"]) == 1
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    assert not (store.path / first).exists() and (store.path / second).exists()
     assert store.require_manifest() == manifest

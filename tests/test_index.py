@@ -102,7 +102,7 @@ def test_like_reuses_the_stored_vector_without_the_model(built, encoder):
 
 def _id_of(index: Index, path: str) -> str:
     """A row id read from the published table (no query, so no model)."""
-    table = index._table("image" if path.endswith((".png", ".jpg")) else "video")
+    table = index._snapshot.readers["image" if path.endswith((".png", ".jpg")) else "video"].table()
     return table.search().where(f"path = '{path}'").select(["id"]).limit(1).to_arrow().column("id")[0].as_py()
 
 
@@ -201,7 +201,8 @@ def test_empty_shards_and_refresh(tmp_path, encoder):
 
 def test_ivf_shard_with_a_selective_filter_still_returns_k(tmp_path):
     """IVF probes few lists; a filter that keeps 3% of the rows must still give k exact results."""
-    from unite_search.store import IndexStore, row_key
+    from unite_search.schema import row_key
+    from unite_search.store import IndexStore
 
     dim, n = 32, 3000
     rng = np.random.default_rng(0)
@@ -213,7 +214,7 @@ def test_ivf_shard_with_a_selective_filter_still_returns_k(tmp_path):
     manifest = store.init({"dim": dim, "model_id": "m", "revision": "r"}, {}, "/corpus")
     rows = [{"id": f"r{i}", "key": row_key(f"r{i}"), "unit": f"r{i}", "unit_rows": 1, "modality": "image",
              "path": f"p/{i}.jpg", "width": int(widths[i])} for i in range(n)]  # fmt: skip
-    store.add_rows("image", rows, vecs)
+    store.tables.add_rows("image", rows, vecs)
     manifest = store.publish(manifest, ["image"], flat_max=1000)
     assert manifest["shards"]["image"]["index"]["type"] == "ivf"
     idx = Index.open(tmp_path / "index")

@@ -17,6 +17,7 @@ import pytest
 from corpora import make_bad_corpus, make_good_corpus, write_clip, write_photo
 
 from unite_search.ingestion import IngestError, ingest
+from unite_search.reader import Snapshot
 from unite_search.store import IndexLockedError, IndexMismatchError, IndexStore
 
 OPTS = {"segment_seconds": 4.0, "segment_overlap": 1.0, "passage_chars": 200}
@@ -153,7 +154,7 @@ def test_faiss_matches_the_table(good):
     manifest = store.require_manifest()
     for shard, entry in manifest["shards"].items():
         table = store.read_rows(shard, ["key", "vector"])
-        faiss_index = store.load_faiss(shard)
+        faiss_index = Snapshot.open(index).readers[shard].index()
         assert faiss_index.ntotal == table.num_rows == entry["rows"]
         assert entry["index"]["type"] == "flat"
         vecs = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
@@ -281,7 +282,7 @@ def test_raise_policy_stops_and_publishes_nothing(tmp_path, encoder):
     index = tmp_path / "index"
     ingest(root, index, encoder=encoder)
     before = rows_by_id(index)
-    versions = IndexStore(index).versions()
+    versions = IndexStore(index).tables.versions()
     # new good files, and one that fails only at decode time (so rows were already being written)
     for i in range(3):
         write_photo(root / f"new{i}.png", seed=10 + i)
@@ -293,7 +294,7 @@ def test_raise_policy_stops_and_publishes_nothing(tmp_path, encoder):
     assert_same_rows(before, rows_by_id(index))
     store = IndexStore(index)
     for shard, version in versions.items():  # tables rolled back: latest rows equal the published ones
-        assert store.table(shard).count_rows() == store.table(shard, version=version).count_rows()
+        assert store.tables.open(shard).count_rows() == store.tables.open(shard, version).count_rows()
     assert store.last_run()["status"] == "failed"
     # a read-stage failure stops before anything is written
     (root / "zz_truncated.jpg").write_bytes(b"")
@@ -367,7 +368,7 @@ def test_unit_cut_short_is_redone(tmp_path, encoder):
     full = rows_by_id(index)
     store = IndexStore(index)
     victim = next(r["id"] for r in full.values() if r["start"] == 3.0)
-    store.table("video").delete(f"id = '{victim}'")
+    store.tables.open("video").delete(f"id = '{victim}'")
     report = ingest(root, index, encoder=encoder, **OPTS)
     assert report.redone_items == 1 and report.encoded_rows == 4
     assert_same_rows(full, rows_by_id(index))
@@ -401,7 +402,7 @@ def test_changed_moved_and_removed_files(tmp_path, encoder):
     np.testing.assert_array_equal(after["sub/moved.png"]["vector"], before["move.png"]["vector"])
     assert after["sub/moved.png"]["paths"] == ["sub/moved.png"]
     assert float(after["change.png"]["vector"] @ before["change.png"]["vector"]) < 0.99999
-    faiss_index = IndexStore(index).load_faiss("image")
+    faiss_index = Snapshot.open(index).readers["image"].index()
     assert faiss_index.ntotal == 3
 
 

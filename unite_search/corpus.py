@@ -147,31 +147,66 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
-    """Character spans [start, end) covering ``text`` in passages of at most ``max_chars``.
+class PassageSplitter:
+    """Cut text fed in pieces into passages of at most ``max_chars`` characters, as it streams.
 
     Cuts prefer a blank line, then a line end or sentence end, then any space, in the second half
-    of the window; whitespace-only spans are dropped.
+    of the window; whitespace-only spans are dropped. A passage is decided once ``max_chars + 1``
+    characters past its start are known (or the text ended), so memory stays about one window, and
+    the cuts are those :func:`split_passages` makes on the whole text. Each span also gives its
+    UTF-8 byte range, so a passage can be read back without decoding the file around it.
+    """
+
+    def __init__(self, max_chars: int, byte_offset: int = 0):
+        if max_chars < 1:
+            raise ValueError("max_chars must be positive")
+        self.max_chars = max_chars
+        self._buffer = ""
+        self._char = 0  # character offset of _buffer[0] in the whole text
+        self._byte = byte_offset  # its byte offset in the file
+        self.spans: list[tuple[int, int, int, int]] = []  # (char_start, char_end, byte_start, byte_end)
+
+    def feed(self, text: str) -> None:
+        self._buffer += text
+        while len(self._buffer) > self.max_chars:
+            self._cut(self._end(len(self._buffer)))
+
+    def finish(self) -> list[tuple[int, int, int, int]]:
+        while self._buffer:
+            self._cut(self._end(len(self._buffer)))
+        return self.spans
+
+    def _end(self, n: int) -> int:
+        end = min(self.max_chars, n)
+        if end < n:
+            half = self.max_chars // 2
+            window = self._buffer[half:end]
+            for sep in ("\n\n", "\n", ". ", " "):
+                cut = window.rfind(sep)
+                if cut >= 0:
+                    return half + cut + len(sep)
+        return end
+
+    def _cut(self, end: int) -> None:
+        piece = self._buffer[:end]
+        size = len(piece.encode("utf-8"))
+        if piece.strip():
+            self.spans.append((self._char, self._char + end, self._byte, self._byte + size))
+        self._buffer = self._buffer[end:]
+        self._char += end
+        self._byte += size
+
+
+def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
+    """Character spans [start, end) covering ``text`` in passages of at most ``max_chars`` (see
+    :class:`PassageSplitter`).
 
     >>> split_passages("one two. three four", 10)
     [(0, 9), (9, 19)]
     """
-    if max_chars < 1:
-        raise ValueError("max_chars must be positive")
-    spans, start, n = [], 0, len(text)
-    while start < n:
-        end = min(start + max_chars, n)
-        if end < n:
-            window = text[start + max_chars // 2 : end]
-            for sep in ("\n\n", "\n", ". ", " "):
-                cut = window.rfind(sep)
-                if cut >= 0:
-                    end = start + max_chars // 2 + cut + len(sep)
-                    break
-        if text[start:end].strip():
-            spans.append((start, end))
-        start = end
-    return spans
+    splitter = PassageSplitter(max_chars)
+    splitter.feed(text)
+    return [(a, b) for a, b, _, _ in splitter.finish()]
 
 
 def decode_text(data: bytes, source: str) -> str:
@@ -202,21 +237,21 @@ class FileFacts:
     duration: float | None = None
     fps: float | None = None
     total_frames: int | None = None
-    passages: tuple[tuple[int, int], ...] = ()
+    passages: tuple[tuple[int, int, int, int], ...] = ()  # (char_start, char_end, byte_start, byte_end)
 
     def to_row(self) -> dict[str, Any]:
         """The file-cache row (no absolute path: the corpus may move)."""
         row = {k: getattr(self, k) for k in ("rel", "size", "mtime_ns", "sha256", "modality")}
         row.update(width=self.width, height=self.height, duration=self.duration, fps=self.fps)
-        row.update(total_frames=self.total_frames, passages=[x for span in self.passages for x in span])
+        row.update(total_frames=self.total_frames, spans=[x for span in self.passages for x in span])
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any], path: str) -> FileFacts:
-        flat = row.get("passages") or []
-        spans = tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+        flat = row.get("spans") or []
+        spans = tuple(tuple(flat[i : i + 4]) for i in range(0, len(flat), 4))
         keep = ("rel", "size", "mtime_ns", "sha256", "modality", "width", "height", "duration", "fps", "total_frames")
-        return cls(path=path, passages=spans, **{k: row[k] for k in keep})
+        return cls(path=path, passages=spans, **{k: row[k] for k in keep})  # type: ignore[arg-type]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -229,21 +264,26 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = None) -> FileFacts:
-    """Hash a file and check its content; raises :class:`InputError` (the read stage's failures)."""
+    """Hash a file and check its content; raises :class:`InputError` (the read stage's failures).
+
+    A text file is streamed: hashed, decoded and cut into passages chunk by chunk, so its size does
+    not bound memory.
+    """
     if entry.size == 0:
         raise InputError("file is empty (0 bytes)", source=entry.rel)
     digest = hashlib.sha256()
-    text_bytes = bytearray() if entry.kind == Modality.TEXT.value else None
+    text = _TextStream(entry.rel, passage_chars) if entry.kind == Modality.TEXT.value else None
     try:
         with open(entry.path, "rb") as fh:
             head = fh.read(64)
-            digest.update(head)
-            if text_bytes is not None:
-                text_bytes += head
-            while chunk := fh.read(CHUNK):
+            if text is not None and (found := sniff(head)) is not None:
+                raise InputError(f"content is {found} data but the extension says text", source=entry.rel)
+            chunk = head
+            while chunk:
                 digest.update(chunk)
-                if text_bytes is not None:
-                    text_bytes += chunk
+                if text is not None:
+                    text.feed(chunk)
+                chunk = fh.read(CHUNK)
             st = os.fstat(fh.fileno())
     except FileNotFoundError as exc:
         raise InputError("file disappeared during ingest", source=entry.rel) from exc
@@ -251,13 +291,9 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
         raise InputError(f"cannot read file: {exc.strerror or exc}", source=entry.rel) from exc
     facts = {"rel": entry.rel, "path": entry.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     facts["sha256"] = digest.hexdigest()
+    if text is not None:
+        return FileFacts(modality=entry.kind, passages=text.finish(), **facts)
     found = sniff(head)
-    if entry.kind == Modality.TEXT.value:
-        if found is not None:
-            raise InputError(f"content is {found} data but the extension says text", source=entry.rel)
-        text = decode_text(bytes(text_bytes), entry.rel)
-        spans = split_passages(text, passage_chars)
-        return FileFacts(modality=entry.kind, passages=tuple(spans), **facts)
     if found is None:
         if _looks_like_text(head):
             raise InputError(f"content is text but the extension says {entry.kind}", source=entry.rel)
@@ -282,6 +318,60 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
         total_frames=info.total_frames,
         **facts,
     )
+
+
+class _TextStream:
+    """Strict UTF-8 decoding and passage cutting of a text file fed chunk by chunk (see :func:`decode_text`)."""
+
+    def __init__(self, source: str, passage_chars: int):
+        self.source = source
+        self.passage_chars = passage_chars
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._splitter = PassageSplitter(passage_chars)
+        self._bytes = 0  # bytes handed to the decoder so far
+        self._started = False
+
+    def feed(self, chunk: bytes) -> None:
+        if b"\x00" in chunk:
+            raise InputError("text file holds binary data (NUL bytes)", source=self.source)
+        if not self._started:  # a BOM is not text, but it takes 3 bytes of the file
+            self._started = True
+            if chunk.startswith(codecs.BOM_UTF8):
+                self._splitter = PassageSplitter(self.passage_chars, byte_offset=3)
+                chunk, self._bytes = chunk[3:], 3
+        self._decode(chunk, final=False)
+
+    def _decode(self, chunk: bytes, final: bool) -> None:
+        pending = len(self._decoder.getstate()[0])  # bytes of a character cut at the previous chunk's end
+        try:
+            piece = self._decoder.decode(chunk, final=final)
+        except UnicodeDecodeError as exc:
+            at = self._bytes - pending + exc.start
+            raise InputError(f"text is not valid UTF-8 (byte {at}); convert it to UTF-8", source=self.source) from exc
+        self._bytes += len(chunk)
+        self._splitter.feed(piece)
+
+    def finish(self) -> tuple[tuple[int, int, int, int], ...]:
+        self._decode(b"", final=True)
+        spans = tuple(self._splitter.finish())
+        if not spans:
+            raise InputError("text file holds no text", source=self.source)
+        return spans
+
+
+def read_passage(path: str, span: tuple[int, int, int, int], source: str) -> str:
+    """The text of one passage, read from its byte range (the file is not decoded around it)."""
+    char_start, char_end, byte_start, byte_end = span
+    with open(path, "rb") as fh:
+        fh.seek(byte_start)
+        data = fh.read(byte_end - byte_start)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("file changed during ingest; run ingest again", source=source) from exc
+    if len(text) != char_end - char_start:
+        raise InputError("file changed during ingest; run ingest again", source=source)
+    return text
 
 
 def _looks_like_text(head: bytes) -> bool:

@@ -37,3 +37,27 @@ class ModelLoadError(UniteError, RuntimeError):
 
 class MissingDependencyError(UniteError, ImportError):
     """An optional dependency is not installed."""
+
+
+class IndexNotFoundError(UniteError):
+    """The folder holds no unite-search index (or no such shard)."""
+
+
+class IndexMismatchError(UniteError):
+    """The index was built with another model, other settings or another corpus."""
+
+
+class IndexLockedError(UniteError):
+    """Another ingest holds the index's writer lock."""
+
+
+class IndexDamagedError(UniteError):
+    """A file the published manifest names is missing, truncated or altered."""
+
+
+class IndexWriteError(UniteError):
+    """The index could not be written (disk full, read-only, permissions); the published state is unchanged."""
+
+
+class StaleReadError(UniteError):
+    """A reader's pinned state was pruned after later publishes: call ``refresh()``."""

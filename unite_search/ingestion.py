@@ -23,7 +23,8 @@ from typing import Any
 from . import ann
 from .batching import bounded_map
 from .corpus import Problem, walk
-from .errors import InputError, UniteError
+from .diskio import io_reason, remove_stale_temporaries
+from .errors import IndexWriteError, InputError, UniteError
 from .store import IndexStore
 from .units import IngestOptions, Task, Unit, declared_items, find_captions, plan_units, prepare_task, read_files
 
@@ -55,6 +56,7 @@ class IngestReport:
     relabeled_items: int = 0  # same content, new paths or caption: updated without re-encoding
     removed_items: int = 0  # gone from the corpus, removed from the index
     redone_items: int = 0  # found unfinished (a killed run) and encoded again
+    repaired: list[str] = field(default_factory=list)  # shards whose damaged FAISS file was rebuilt
     shards: dict[str, int] = field(default_factory=dict)  # rows per shard, as published
     failures: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
@@ -81,6 +83,8 @@ class IngestReport:
             f"unchanged {self.unchanged_items}, paths updated {self.relabeled_items}, removed {self.removed_items}"
             + (f", redone after an interrupted run {self.redone_items}" if self.redone_items else ""),
         ]
+        if self.repaired:
+            lines.append(f"rebuilt damaged FAISS file(s) of: {', '.join(self.repaired)}")
         if self.failures:
             lines.append(f"failed {len(self.failures)} (not indexed):")
             lines += [f"  {p.path} [{p.stage}] {p.reason}" for p in self.failures[:20]]
@@ -119,7 +123,7 @@ class _Writer:
             try:
                 t = time.perf_counter()
                 for shard, (rows, vecs) in job.items():
-                    self.store.add_rows(shard, rows, vecs)
+                    self.store.tables.add_rows(shard, rows, vecs)
                 self.busy += time.perf_counter() - t
             except BaseException as exc:  # noqa: BLE001  handed to the main thread, which re-raises it
                 self.error = exc
@@ -228,6 +232,7 @@ def ingest(
     index: str | os.PathLike | None = None,
     *,
     model: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
     encoder=None,
     device: str = "auto",
     dtype: Any = "auto",
@@ -252,7 +257,8 @@ def ingest(
     at most ``passage_chars`` characters. Rerunning finishes an interrupted run,
     encodes only new or changed content and removes what left the corpus. ``on_error="skip"``
     records each bad input in the report and goes on; ``"raise"`` stops at the first one and
-    publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`.
+    publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`, or ``adapter``
+    (a LoRA folder from ``unite-search finetune``) to encode with ``model`` + adapter.
     ``prefetch_bytes`` bounds the decoded inputs made ready while the encoder runs (default 1 GiB;
     0 decodes and encodes in turn).
 
@@ -271,25 +277,53 @@ def ingest(
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
     with store.lock():
+        remove_stale_temporaries(index_dir)  # a killed run's half-written manifest
         if encoder is None:
             from .encoder import Encoder
 
             say("loading the encoder")
-            encoder = Encoder.load(model, device=device, dtype=dtype, settings=settings, workers=workers)
+            encoder = Encoder.load(
+                model, adapter=adapter, device=device, dtype=dtype, settings=settings, workers=workers
+            )
         workers = workers or encoder.workers
-        manifest = store.init(encoder.settings, options.to_dict(), root)
         report = IngestReport(str(index_dir), root, encoder.model_id)
+        error: BaseException | None = None
         try:
+            manifest = store.init(encoder.settings, options.to_dict(), root)
             _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
                  commit_rows, prefetch_bytes, progress, say)  # fmt: skip
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
+            error = _write_error(exc, index_dir) or exc
             report.status = "failed"
-            report.error = str(exc) if isinstance(exc, UniteError) else f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            report.timings["total"] = round(time.perf_counter() - t_start, 3)
+            report.error = str(error) if isinstance(error, UniteError) else f"{type(error).__name__}: {error}"
+        report.timings["total"] = round(time.perf_counter() - t_start, 3)
+        try:
             store.write_run(report.to_dict())
+        except Exception as exc:
+            reason = io_reason(exc)
+            if reason is None:
+                raise
+            # the run's own outcome (published or not) stands; only its log is lost
+            say(f"could not write the run report into {index_dir / 'runs'}: {reason}")
+        if error is not None:
+            raise error
     return report
+
+
+def _write_error(exc: BaseException, index_dir: Path) -> IndexWriteError | None:
+    """A disk-full, read-only or permission failure as one line naming the cause and the path."""
+    if isinstance(exc, UniteError):
+        return None
+    reason = io_reason(exc)
+    if reason is None:
+        return None
+    where = getattr(exc, "filename", None) or index_dir
+    error = IndexWriteError(
+        f"cannot write the index at {where}: {reason}. The published state is unchanged; free space or fix "
+        "permissions, then run ingest again (it resumes where this run stopped)."
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _fail_fast(on_error: str, problems: list[Problem]) -> None:
@@ -315,7 +349,7 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     # read: hash and probe every file; captions; manifests and the media they name
     t = time.perf_counter()
     media = [e for e in found.entries if e.kind != "manifest"]
-    cache = store.file_cache()
+    cache = store.tables.file_cache()
     facts, problems = read_files(media, cache, options, workers, progress)
     failures += problems
     captions, sidecars, problems = find_captions(media, facts)
@@ -331,13 +365,13 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     units = [u for u in units if u.tasks]
     report.items = len(units)
     by_key = {u.key: u for u in units}
-    start_versions = store.versions()
+    start_versions = store.tables.versions()
     todo: list[Unit] = []
     remove: dict[str, set[str]] = defaultdict(set)
     relabel: dict[str, dict[str, tuple]] = defaultdict(dict)
-    shards = {u.shard for u in units} | set(manifest.get("shards", {})) | set(store.shards_on_disk())
+    shards = {u.shard for u in units} | set(manifest.get("shards", {})) | set(store.tables.shards())
     for shard in sorted(shards):
-        states = store.unit_states(shard)
+        states = store.tables.unit_states(shard)
         for key, state in states.items():
             unit = by_key.get(key)
             if unit is None:
@@ -360,7 +394,7 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     try:
         t = time.perf_counter()
         for shard, keys in remove.items():
-            store.delete_units(shard, keys)
+            store.tables.delete_units(shard, keys)
         edits = time.perf_counter() - t
         tasks = [task for unit in todo for task in unit.tasks]
         report.encoded_rows = _encode_all(
@@ -372,15 +406,14 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
         failed_by_shard: dict[str, set[str]] = defaultdict(set)
         for key in failed:
             failed_by_shard[by_key[key].shard].add(key)
-        for shard, keys in failed_by_shard.items():  # rows of a unit that failed half-way
-            if shard in store.shards_on_disk():
-                store.delete_units(shard, keys)
+        for shard, keys in failed_by_shard.items():  # rows of a unit that failed half-way (none: no write)
+            store.tables.delete_units(shard, keys)
         for shard, changes in relabel.items():
-            store.relabel(shard, changes)
+            store.tables.relabel(shard, changes)
         timings["write"] = round(timings["write"] + edits + time.perf_counter() - t, 3)
     except BaseException:
         if on_error == "raise":
-            store.restore(start_versions)  # nothing half-way: tables back to where this run found them
+            store.tables.restore(start_versions)  # nothing half-way: tables back to where this run found them
         raise
     failures += list(failed.values())
     report.encoded_items = len({task.unit for task in tasks} - set(failed))
@@ -388,10 +421,15 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
 
     # publish: FAISS over every changed shard, then the manifest (the commit point for readers)
     t = time.perf_counter()
-    store.save_file_cache([f.to_row() for f in facts.values()])
+    store.tables.save_file_cache([f.to_row() for f in facts.values()], cache)
     # every write (rows added, deleted or relabelled, here or by a killed run) moves a table's version
     published = manifest.get("shards", {})
-    changed = {s for s, v in store.versions().items() if published.get(s, {}).get("version") != v}
+    changed = {s for s, v in store.tables.versions().items() if published.get(s, {}).get("version") != v}
+    repair = {s: why for s, why in store.needs_repair(manifest).items() if s not in changed}
+    for shard, why in sorted(repair.items()):
+        say(f"rebuilding the FAISS index of shard {shard}: {why}")
+    changed |= set(repair)
+    report.repaired = sorted(repair)
     if changed:
         say(f"indexing shard(s): {', '.join(sorted(changed))}")
         manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, gpu=gpu)

@@ -18,16 +18,17 @@ results from several shards are merged by reciprocal-rank fusion: each hit score
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import PlanError
 from .modality import Item, Modality
 from .prompts import render
-from .store import shard_name
+from .schema import FILTER_COLUMNS, shard_name
 
-__all__ = ["RRF_K", "PlanError", "QueryPlan", "ShardSearch", "default_targets", "plan_query"]
+__all__ = ["RRF_K", "PlanError", "QueryPlan", "ShardSearch", "default_targets", "merge_results", "plan_query"]
 
 RRF_K = 60
 MEDIA = ("image", "video")
@@ -119,6 +120,8 @@ def default_targets(query: str, available: Iterable[str]) -> tuple[str, ...]:
 
 def _targets(target, available: Iterable[str]) -> tuple[str, ...]:
     available = sorted(available)
+    if not isinstance(target, (str, Iterable)) or isinstance(target, (bytes, Mapping)):
+        raise PlanError(f"target is a shard name such as 'image', a list of them, or 'all'; not {target!r}")
     names = [target] if isinstance(target, str) else list(target)
     if not names:
         raise PlanError("target is an empty list")
@@ -155,11 +158,26 @@ def plan_query(
     where: str | None = None,
     exclude: Iterable[str] | None = None,
 ) -> QueryPlan:
-    """Plan a query against an index's published shards (``manifest["shards"]``), without a model."""
+    """Plan a query against an index's published shards (``manifest["shards"]``), without a model.
+
+    Every argument is checked here, so a bad one is a :class:`PlanError` naming it, never an error
+    from deep inside a search.
+    """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise PlanError(f"k must be a positive integer, not {k!r}")
     if text is not None and (not isinstance(text, str) or not text.strip()):
         raise PlanError("text must be a non-empty string")
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+        raise PlanError("instruction must be a non-empty string")
+    if like is not None and (not isinstance(like, str) or not like):
+        raise PlanError(f"like= takes a row id (a string), not {like!r}")
+    _check_media("image", image)
+    _check_media("video", video)
+    exclude = _exclude_ids(exclude)
+    if where is not None:
+        from .filters import validate_where
+
+        where = validate_where(where, FILTER_COLUMNS)
     item = Item(text=text, image=image, video=video, instruction=instruction)
     full_text, modalities = item.full_text, item.modalities
     if like is not None:
@@ -187,7 +205,7 @@ def plan_query(
     )
     composed = Modality.TEXT in modalities and bool(modalities & {Modality.IMAGE, Modality.VIDEO})
     order = [m.value for m in (Modality.TEXT, Modality.IMAGE, Modality.VIDEO) if m in modalities]
-    exclude_ids = tuple(exclude or ()) + ((like,) if like is not None else ())
+    exclude_ids = exclude + ((like,) if like is not None else ())
     return QueryPlan(
         modalities=tuple(order) if like is None else tuple(query.split("+")),
         prompt=render(modalities, full_text) if like is None else "",
@@ -201,3 +219,56 @@ def plan_query(
         exclude_reference=composed,
         routed_by=routed_by,
     )
+
+
+def _check_media(name: str, value: Any) -> None:
+    if value is None or isinstance(value, (str, os.PathLike)):
+        if isinstance(value, str) and not value:
+            raise PlanError(f"{name} is an empty path")
+        return
+    kind = type(value).__module__.split(".")[0]
+    if kind in ("PIL", "numpy") or (name == "video" and isinstance(value, Sequence)):
+        return
+    what = "a file path, a PIL image or an (H, W, 3) uint8 array" if name == "image" else "a file path or frames"
+    raise PlanError(f"{name} must be {what}, not {type(value).__name__}")
+
+
+def _exclude_ids(exclude: Any) -> tuple[str, ...]:
+    """``exclude=`` as a tuple of row ids: one id, or an iterable of ids."""
+    if exclude is None:
+        return ()
+    if isinstance(exclude, str):
+        return (exclude,)
+    if not isinstance(exclude, Iterable) or isinstance(exclude, (bytes, Mapping)):
+        raise PlanError(f"exclude= takes row ids (strings), not {type(exclude).__name__}")
+    ids = tuple(exclude)
+    bad = [x for x in ids if not isinstance(x, str) or not x]
+    if bad:
+        raise PlanError(f"exclude= takes row ids (non-empty strings), not {bad[0]!r}")
+    return ids
+
+
+Ranked = tuple[str, Mapping[str, Any], float, "float | None"]  # (shard, row, cosine, fused score)
+
+
+def merge_results(
+    merge: str, k: int, per_shard: Sequence[tuple[str, Sequence[tuple[Mapping[str, Any], float]]]]
+) -> list[Ranked]:
+    """The final top ``k`` from each shard's (row, cosine) list, best first, by the plan's merge rule.
+
+    ``cosine``: one shard, by score. ``rrf``: reciprocal-rank fusion, ``sum(1 / (RRF_K + rank))`` over
+    the shards a row appears in; ties go to the higher cosine. Rows are told apart by shard and ``id``.
+    """
+    if merge == "cosine":
+        ranked: list[Ranked] = [(shard, row, score, None) for shard, hits in per_shard for row, score in hits]
+        ranked.sort(key=lambda h: -h[2])
+        return ranked[:k]
+    if merge != "rrf":
+        raise ValueError(f"unknown merge rule {merge!r}")
+    fused: dict[tuple[str, str], list] = {}
+    for shard, hits in per_shard:
+        for rank, (row, score) in enumerate(hits, start=1):
+            entry = fused.setdefault((shard, row["id"]), [shard, row, score, 0.0])
+            entry[3] += 1.0 / (RRF_K + rank)
+    ordered = sorted(fused.values(), key=lambda h: (-h[3], -h[2]))
+    return [(shard, row, score, total) for shard, row, score, total in ordered[:k]]

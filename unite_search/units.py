@@ -9,7 +9,6 @@ makes, so a unit cut short by a crash can be found and redone.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -27,10 +26,11 @@ from .corpus import (
     decode_text,
     parse_manifest,
     read_file,
+    read_passage,
 )
 from .errors import InputError
 from .modality import Item, Modality
-from .store import row_key, shard_name
+from .schema import row_key, shard_name
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class Task:
     item: dict[str, Any]  # text / image / video (absolute paths) for the encoder
     checks: tuple[tuple[str, int, int], ...] = ()  # (path, size, mtime_ns) that must not have changed
     span: tuple[float, float] | None = None  # video time range, seconds
-    chars: tuple[int, int] | None = None  # text passage, characters
+    chars: tuple[int, int, int, int] | None = None  # text passage: characters, then bytes, [start, end)
+    probe: Any = None  # a video's read-stage Probe, so a segment read does not count frames again
 
 
 @dataclass
@@ -231,7 +232,8 @@ def _media_tasks(
         frames = _frames_used(probe, settings, None if whole else start, None if whole else end)
         row = _base_row(unit, len(spans), shard, source, row_id, duration=probe.duration, frames=frames, **common)
         row.update(start=start, end=end)
-        tasks.append(Task(unit, shard, row, {"video": f.path, **item_text}, checks, None if whole else (start, end)))
+        span = None if whole else (start, end)
+        tasks.append(Task(unit, shard, row, {"video": f.path, **item_text}, checks, span, probe=probe))
     return tasks
 
 
@@ -272,13 +274,13 @@ def plan_units(
         key = f"{modality}/{sha}"
         if modality == Modality.TEXT.value:
             tasks = []
-            for i, (a, b) in enumerate(first.passages):
+            for i, (a, b, byte_a, byte_b) in enumerate(first.passages):
                 row_id = sha[:16] if len(first.passages) == 1 else f"{sha[:16]}#{i}"
                 common = {"path": paths[0], "paths": list(paths), "content_hash": sha, "size": first.size}
                 common.update(mtime=first.mtime_ns / 1e9, char_start=a, char_end=b, caption=caption)
                 row = _base_row(key, len(first.passages), modality, "file", row_id, **common)
                 checks = ((first.path, first.size, first.mtime_ns),)
-                tasks.append(Task(key, modality, row, {}, checks, chars=(a, b)))
+                tasks.append(Task(key, modality, row, {}, checks, chars=(a, b, byte_a, byte_b)))
         else:
             tasks = _media_tasks(key, modality, first, paths, caption, options, settings)
         units.append(Unit(key, modality, tasks, paths, caption, paths[0]))
@@ -317,13 +319,6 @@ def plan_units(
 
 
 # -------------------------------------------------------------------------------------- decode
-@functools.lru_cache(maxsize=8)
-def _text_of(path: str, size: int, mtime_ns: int) -> str:
-    """A text file, read and decoded once for all its passages (they arrive one after another)."""
-    with open(path, "rb") as fh:
-        return decode_text(fh.read(), path)
-
-
 def prepare_task(encoder, task: Task):
     """Read, decode and preprocess one row's inputs (a worker thread): (text column, Prepared)."""
     for path, size, mtime_ns in task.checks:
@@ -334,11 +329,12 @@ def prepare_task(encoder, task: Task):
         if st.st_size != size or st.st_mtime_ns != mtime_ns:
             raise InputError("file changed during ingest; run ingest again to pick up the new content", source=path)
     if task.chars is not None:
-        text = _text_of(*task.checks[0])[task.chars[0] : task.chars[1]]
+        text = read_passage(task.checks[0][0], task.chars, task.checks[0][0])
         return text, encoder.prepare(Item(text=text))
-    if task.span is not None:
+    if task.probe is not None:  # a corpus video (or segment): sampled by the read stage's frame count
         from .video import read_frames
 
-        frames, _ = read_frames(task.item["video"], encoder.preprocessing, None, *task.span)
-        return None, encoder.prepare(Item(video=frames, text=task.item.get("text")))
+        start, end = task.span if task.span is not None else (None, None)
+        frames, _ = read_frames(task.item["video"], encoder.preprocessing, None, start, end, probe=task.probe)
+        return task.row.get("text"), encoder.prepare(Item(video=frames, text=task.item.get("text")))
     return task.row.get("text"), encoder.prepare(Item(**{k: v for k, v in task.item.items() if v is not None}))

@@ -1,0 +1,140 @@
+"""``manifest.json``: an index's published state, and whether an encoder or a run may use the index.
+
+The manifest is the commit point: a run publishes by replacing it atomically, and a reader uses
+only what the one manifest it read names (each shard's table version and FAISS file, with the
+file's size and sha256). Earlier published states that may still have readers are listed in
+``history`` (the previous one, and any published in the last hour), and their files are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from .diskio import write_json
+from .errors import IndexMismatchError, IndexNotFoundError, UniteError
+
+FORMAT = 2  # 2: FAISS checksums, history of kept states
+READABLE = (1, 2)  # a format-1 index is upgraded by its next ingest (its FAISS files get checksums)
+MANIFEST = "manifest.json"
+KEEP_RECENT_SECONDS = 3600  # states published this recently stay readable, whatever came after
+
+# Encoder keys that may differ without changing a vector: where the weights live, not what they are
+# (the revision, a fingerprint of the weights and the adapter, is their identity).
+LOCATION_KEYS = ("model_id", "adapter")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(stamp: str) -> float:
+    """Seconds since the epoch of a :func:`now` stamp."""
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("unite-search", "torch", "transformers", "lancedb", "pyarrow", "faiss-cpu", "faiss-gpu", "numpy"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def read(folder: Path) -> dict[str, Any] | None:
+    """The manifest of the index at ``folder``, or None when there is none."""
+    path = folder / MANIFEST
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UniteError(f"{path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
+        raise UniteError(f"{path}: not a unite-search manifest")
+    return manifest
+
+
+def require(folder: Path) -> dict[str, Any]:
+    manifest = read(folder)
+    if manifest is None:
+        raise IndexNotFoundError(f"{folder} holds no unite-search index (no {MANIFEST})")
+    if manifest.get("format") not in READABLE:
+        raise IndexMismatchError(
+            f"{folder}: index format {manifest.get('format')}; this version of unite-search reads {READABLE}"
+        )
+    return manifest
+
+
+def write(folder: Path, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = now()
+    write_json(folder / MANIFEST, manifest)
+
+
+def new(encoder: dict[str, Any], ingest: dict[str, Any], corpus: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "created": now(),
+        "corpus": corpus,
+        "encoder": encoder,
+        "ingest": ingest,
+        "metric": "cosine (inner product of L2-normalised vectors)",
+        "shards": {},
+        "history": [],
+        "versions": library_versions(),
+    }
+
+
+def check(
+    folder: Path,
+    manifest: dict[str, Any],
+    encoder: dict[str, Any],
+    ingest: dict[str, Any],
+    corpus: str,
+    hint: str | None = None,
+) -> None:
+    """Refuse an encoder or run whose vectors would not be comparable with the index's, naming each difference."""
+    rebuild = hint or f"To rebuild, remove the index (rm -r {folder}) or pass another --index."
+    if manifest.get("format") not in READABLE:
+        raise IndexMismatchError(f"{folder}: index format {manifest.get('format')}, this version writes {FORMAT}")
+    if manifest.get("corpus") != corpus:
+        raise IndexMismatchError(
+            f"{folder} indexes the corpus {manifest.get('corpus')}, not {corpus}; ingesting here would "
+            f"remove every row of the other corpus. {rebuild}"
+        )
+    diffs = []
+    old_enc = {k: v for k, v in manifest.get("encoder", {}).items() if k not in LOCATION_KEYS}
+    new_enc = {k: v for k, v in encoder.items() if k not in LOCATION_KEYS}
+    for section, old, new_ in (("encoder", old_enc, new_enc), ("ingest", manifest.get("ingest", {}), ingest)):
+        for key in sorted(set(old) | set(new_)):
+            if old.get(key) != new_.get(key):
+                diffs.append(f"{section}.{key}: index has {old.get(key)!r}, this run {new_.get(key)!r}")
+    if diffs:
+        model = manifest.get("encoder", {}).get("model_id")
+        raise IndexMismatchError(
+            f"{folder} was built with another model or settings (model {model}); vectors would not be "
+            "comparable:\n  " + "\n  ".join(diffs) + f"\n{rebuild}"
+        )
+
+
+def state(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a published manifest names on disk: its time and, per shard, the table version and FAISS file."""
+    shards = {name: {"version": e["version"], "faiss": e["faiss"]} for name, e in manifest.get("shards", {}).items()}
+    return {"published": manifest.get("published") or manifest.get("updated") or now(), "shards": shards}
+
+
+def kept_states(manifest: dict[str, Any], at: float) -> list[dict[str, Any]]:
+    """The states whose files must stay on disk once ``manifest`` is replaced at time ``at``: ``manifest``'s
+    own (it becomes the previous one) and those of its history published within ``KEEP_RECENT_SECONDS``."""
+    states = [state(manifest)] if manifest.get("shards") else []
+    for old in manifest.get("history", []):
+        if at - parse_time(old["published"]) <= KEEP_RECENT_SECONDS:
+            states.append(old)
+    return states

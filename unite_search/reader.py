@@ -1,0 +1,257 @@
+"""Readers: one shard exactly as one published manifest names it.
+
+A :class:`ShardReader` is pinned to a manifest entry: its table version, its FAISS file (checked
+against the recorded size and sha256 before use) and the rows of that version. It never re-reads
+``manifest.json``, so it cannot pair a new FAISS file with an old table. A :class:`Snapshot` holds
+the readers of every shard of one manifest; :meth:`unite_search.Index.refresh` swaps snapshots whole.
+
+Each shard's small columns are held in memory after its first search (about 200-300 bytes a row);
+the columns of unbounded size (``text``, ``caption``, ``metadata``) are fetched for the hits only.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import manifest as manifests
+from .corpus import file_sha256
+from .errors import IndexDamagedError, StaleReadError
+from .schema import LARGE_COLUMNS, SMALL_COLUMNS
+from .tables import READ_BATCH, ShardTables
+
+REPAIR = "run `unite-search ingest` on the corpus again to rebuild it"
+
+
+@dataclass(frozen=True)
+class _Meta:
+    table: Any  # pyarrow Table of SMALL_COLUMNS, in the version's row order
+    sorted_keys: np.ndarray  # (n,) int64
+    order: np.ndarray  # (n,) row offset of each sorted key
+    large: np.ndarray  # (n,) bool: the row has text, caption or metadata to fetch
+
+
+class ShardReader:
+    """One published shard: table version, FAISS index and row metadata, loaded on first use."""
+
+    def __init__(self, folder: Path, tables: ShardTables, name: str, entry: dict[str, Any], serial: int):
+        self.folder = folder
+        self.tables = tables
+        self.name = name
+        self.entry = entry
+        self.serial = serial  # which publish of the index this entry belongs to
+        self._lock = threading.RLock()  # lazy loads happen once, whichever thread asks first
+        self._table = None
+        self._index = None
+        self._meta: _Meta | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.entry["rows"])
+
+    # ------------------------------------------------------------------ loads
+    def _missing(self, what: str, exc: BaseException | None = None) -> Exception:
+        """Stale when a newer manifest replaced ours and pruned this state; damaged when ours is current."""
+        current = None
+        try:
+            current = manifests.read(self.folder)
+        except Exception:  # noqa: BLE001  an unreadable manifest makes this a damaged index, said below
+            current = None
+        if current is not None and current.get("serial", 0) != self.serial:
+            return StaleReadError(
+                f"{self.folder}: {what} of shard {self.name!r} was removed by a later update of the index; "
+                "call Index.refresh() (or reopen the index) to read the current state"
+            )
+        detail = f" ({exc})" if exc is not None else ""
+        return IndexDamagedError(f"{self.folder}: {what} of shard {self.name!r} is missing or unreadable{detail}; "
+                                 f"{REPAIR}")  # fmt: skip
+
+    def table(self):
+        with self._lock:
+            if self._table is None:
+                version = self.entry["version"]
+                try:
+                    self._table = self.tables.open(self.name, version)
+                except Exception as exc:  # noqa: BLE001  LanceDB raises ValueError, RuntimeError or OSError here
+                    raise self._missing(f"table version {version}", exc) from None
+            return self._table
+
+    def index(self):
+        """The FAISS index, after checking the file against the manifest (size, sha256, rows, dim)."""
+        with self._lock:
+            if self._index is None:
+                self._index = self._load_index()
+            return self._index
+
+    def _load_index(self):
+        from . import ann
+
+        rel = self.entry["faiss"]
+        path = self.folder / rel
+        if "faiss_sha256" not in self.entry:
+            raise IndexDamagedError(
+                f"{self.folder}: {rel} has no recorded checksum (index built by an older unite-search); {REPAIR}"
+            )
+        if not path.is_file():
+            raise self._missing(rel)
+        size = path.stat().st_size
+        if size != self.entry["faiss_bytes"] or file_sha256(path) != self.entry["faiss_sha256"]:
+            raise IndexDamagedError(
+                f"{path}: FAISS file does not match the manifest ({size} bytes, recorded "
+                f"{self.entry['faiss_bytes']}, or another checksum); it is damaged or was replaced; {REPAIR}"
+            )
+        try:
+            index = ann.read(path)
+        except RuntimeError as exc:
+            raise IndexDamagedError(f"{path}: unreadable FAISS file ({exc}); {REPAIR}") from None
+        dim = self.entry.get("dim")
+        if index.ntotal != self.rows or (dim is not None and index.d != dim):
+            raise IndexDamagedError(
+                f"{path}: holds {index.ntotal} vectors of dim {index.d}, the manifest says {self.rows} of {dim}; "
+                f"{REPAIR}"
+            )
+        return index
+
+    def meta(self) -> _Meta:
+        with self._lock:
+            if self._meta is None:
+                self._meta = self._load_meta()
+            return self._meta
+
+    def _load_meta(self) -> _Meta:
+        import pyarrow as pa
+
+        columns = {c: c for c in SMALL_COLUMNS}
+        columns["large"] = " OR ".join(f"{c} IS NOT NULL" for c in LARGE_COLUMNS)
+        try:
+            batches = list(self.table().search().select(columns).limit(None).to_batches(READ_BATCH))
+        except (StaleReadError, IndexDamagedError):
+            raise
+        except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
+            raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
+        table = pa.Table.from_batches(batches).combine_chunks() if batches else None
+        if table is None or table.num_rows != self.rows:
+            got = 0 if table is None else table.num_rows
+            raise IndexDamagedError(
+                f"{self.folder}: shard {self.name!r} table version {self.entry['version']} holds {got} rows, "
+                f"the manifest says {self.rows}; {REPAIR}"
+            )
+        keys = table.column("key").to_numpy()
+        order = np.argsort(keys, kind="stable")
+        large = table.column("large").to_numpy(zero_copy_only=False)
+        return _Meta(table.drop_columns(["large"]), keys[order], order, large)
+
+    # ----------------------------------------------------------------- lookups
+    def offsets(self, keys) -> np.ndarray:
+        """Row offset of each key; -1 where the key is not in this shard."""
+        meta = self.meta()
+        wanted = np.asarray(keys, dtype=np.int64)
+        if not len(meta.sorted_keys):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(meta.sorted_keys, wanted), len(meta.sorted_keys) - 1)
+        return np.where(meta.sorted_keys[at] == wanted, meta.order[at], -1)
+
+    def rows_of(self, keys) -> dict[int, dict[str, Any]]:
+        """Every stored column but the vector of the rows with these keys; a key not found is damage."""
+        import pyarrow as pa
+
+        keys = [int(k) for k in keys]
+        if not keys:
+            return {}
+        offsets = self.offsets(keys)
+        if (offsets < 0).any():
+            missing = [k for k, o in zip(keys, offsets, strict=True) if o < 0]
+            raise IndexDamagedError(
+                f"{self.folder}: shard {self.name!r}: FAISS returned key(s) {missing[:3]} that table version "
+                f"{self.entry['version']} does not hold; the FAISS file and the table disagree; {REPAIR}"
+            )
+        meta = self.meta()
+        rows = meta.table.take(pa.array(offsets)).to_pylist()
+        for row in rows:
+            for column in LARGE_COLUMNS:
+                row[column] = None
+        fetch = [int(o) for o in offsets if meta.large[o]]
+        if fetch:
+            got = self.table().take_offsets(fetch).select(["key", *LARGE_COLUMNS]).to_arrow().to_pylist()
+            by_key = {r.pop("key"): r for r in got}
+            for row in rows:
+                row.update(by_key.get(row["key"], {}))
+        return {row["key"]: row for row in rows}
+
+    def vector(self, key: int) -> np.ndarray | None:
+        """The stored vector of the row with this key (``like=``), or None."""
+        offset = int(self.offsets([key])[0])
+        if offset < 0:
+            return None
+        got = self.table().take_offsets([offset]).select(["vector"]).to_arrow()
+        return np.asarray(got.column("vector")[0].as_py(), dtype=np.float32)
+
+    def keys_where(self, predicate: str) -> np.ndarray:
+        got = self.table().search().where(predicate).select(["key"]).limit(None).to_arrow()
+        return got.column("key").to_numpy().astype(np.int64)
+
+    def keys_with_hash(self, content_hash: str) -> set[int]:
+        import pyarrow.compute as pc
+
+        table = self.meta().table
+        return set(table.filter(pc.equal(table.column("content_hash"), content_hash)).column("key").to_pylist())
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, vec: np.ndarray, k: int, *, allowed: np.ndarray | None, excluded: set[int]
+    ) -> list[tuple[int, float]]:
+        """(key, cosine) of the top ``k``, only among ``allowed`` keys when given, never ``excluded`` ones."""
+        import faiss
+
+        index = self.index()
+        if index.ntotal == 0:
+            return []
+        selector, matching = None, index.ntotal
+        if allowed is not None:
+            allowed = np.setdiff1d(allowed, np.fromiter(excluded, np.int64, count=len(excluded)))
+            if allowed.size == 0:
+                return []
+            selector, matching = faiss.IDSelectorBatch(allowed), allowed.size
+        elif excluded:
+            inner = faiss.IDSelectorBatch(np.fromiter(excluded, np.int64, count=len(excluded)))
+            selector = faiss.IDSelectorNot(inner)
+            selector.inner = inner  # keep the wrapped selector alive as long as the outer one
+            matching = index.ntotal - len(excluded)
+        k = min(k, index.ntotal)
+        info = self.entry.get("index", {})
+        if info.get("type") != "ivf":
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+            return _pairs(*index.search(vec[None, :], k, params=params))
+        nprobe = int(info.get("nprobe") or 1)
+        found = _pairs(*index.search(vec[None, :], k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)))
+        if len(found) < min(k, matching):
+            # a selective filter can leave the probed lists short of k matches: probe them all
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nlist)
+            found = _pairs(*index.search(vec[None, :], k, params=params))
+        return found
+
+
+def _pairs(scores: np.ndarray, keys: np.ndarray) -> list[tuple[int, float]]:
+    """(key, score) of one query's results, FAISS's -1 padding dropped."""
+    return [(int(key), float(score)) for key, score in zip(keys[0], scores[0], strict=True) if key >= 0]
+
+
+class Snapshot:
+    """Readers of every shard of one published manifest."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], tables: ShardTables | None = None):
+        self.folder = folder
+        self.manifest = manifest
+        tables = tables or ShardTables(folder / "tables")
+        serial = manifest.get("serial", 0)
+        self.readers = {
+            name: ShardReader(folder, tables, name, entry, serial) for name, entry in manifest["shards"].items()
+        }
+
+    @classmethod
+    def open(cls, folder: Path) -> Snapshot:
+        return cls(folder, manifests.require(folder))

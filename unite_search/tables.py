@@ -1,0 +1,201 @@
+"""Shard tables: one LanceDB table per shard under ``tables/``, written by the one writer.
+
+Every write (rows added, deleted or relabelled) makes a new table version; readers open the
+version a manifest names. Old versions go only when :meth:`ShardTables.compact` is told which
+still have readers: LanceDB's own default would drop every version older than 7 days, published
+or not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import IndexNotFoundError, MissingDependencyError
+from .schema import FILES_TABLE, row_schema, shard_of_table, sql_list, table_name
+
+READ_BATCH = 65536
+NEVER = dt.timedelta(days=365 * 100)  # "prune nothing" for LanceDB's optimize
+PRUNE_MARGIN = 1.0  # seconds kept before the oldest version that must stay
+
+
+def lancedb():
+    try:
+        import lancedb as module
+    except ImportError as exc:
+        raise MissingDependencyError("LanceDB is not installed: pip install lancedb") from exc
+    return module
+
+
+@dataclass(frozen=True)
+class UnitState:
+    rows: int  # rows present
+    expected: int  # rows the unit makes
+    paths: tuple[str, ...]
+    caption: str | None
+
+
+class ShardTables:
+    """The LanceDB tables of one index folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder  # <index>/tables
+        self._db = None
+
+    @property
+    def db(self):
+        if self._db is None:
+            self._db = lancedb().connect(str(self.folder))
+        return self._db
+
+    def names(self) -> set[str]:
+        if not self.folder.exists():
+            return set()
+        result = self.db.list_tables()
+        return set(getattr(result, "tables", result))
+
+    def shards(self) -> list[str]:
+        """Shards with a table on disk (published or not)."""
+        return sorted(shard_of_table(n) for n in self.names() - {FILES_TABLE})
+
+    def open(self, shard: str, version: int | None = None):
+        """The shard's table, latest or at ``version``."""
+        name = table_name(shard)
+        if name not in self.names():
+            raise IndexNotFoundError(f"{self.folder.parent} has no shard {shard!r}")
+        return self.db.open_table(name, version=version) if version is not None else self.db.open_table(name)
+
+    def open_or_create(self, shard: str, dim: int):
+        name = table_name(shard)
+        if name in self.names():
+            return self.db.open_table(name)
+        return self.db.create_table(name, schema=row_schema(dim))
+
+    def versions(self) -> dict[str, int]:
+        """Latest version of every shard table."""
+        return {shard: self.open(shard).version for shard in self.shards()}
+
+    def unit_states(self, shard: str) -> dict[str, UnitState]:
+        """What each work unit already has in the shard (latest table version)."""
+        if table_name(shard) not in self.names():
+            return {}
+        found: dict[str, list] = {}
+        cols = ["unit", "unit_rows", "paths", "caption"]
+        for batch in self.open(shard).search().select(cols).limit(None).to_batches(READ_BATCH):
+            for unit, expected, paths, caption in zip(*(batch.column(c).to_pylist() for c in cols), strict=True):
+                entry = found.setdefault(unit, [0, expected, tuple(paths or ()), caption])
+                entry[0] += 1
+        return {u: UnitState(r, e, p, c) for u, (r, e, p, c) in found.items()}
+
+    def add_rows(self, shard: str, rows: list[dict[str, Any]], vectors: np.ndarray) -> int:
+        """Append rows (one commit); returns the table's new version."""
+        import pyarrow as pa
+
+        dim = vectors.shape[1]
+        schema = row_schema(dim)
+        columns = {f.name: [r.get(f.name) for r in rows] for f in schema if f.name != "vector"}
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+        table = self.open_or_create(shard, dim)
+        table.add(pa.table(columns, schema=schema))
+        return table.version
+
+    def delete_units(self, shard: str, units: Iterable[str], chunk: int = 500) -> int:
+        """Delete every row of the given units; a unit with no row costs no write (no new version)."""
+        units = sorted(units)
+        if not units or table_name(shard) not in self.names():
+            return 0
+        table = self.open(shard)
+        deleted = 0
+        for i in range(0, len(units), chunk):
+            predicate = f"unit IN ({sql_list(units[i : i + chunk])})"
+            n = table.count_rows(predicate)
+            if n:
+                table.delete(predicate)
+                deleted += n
+        return deleted
+
+    def relabel(self, shard: str, changes: dict[str, tuple[tuple[str, ...], str | None]], chunk: int = 500) -> None:
+        """Set new paths and caption on every row of the given units (no re-encoding)."""
+        units = sorted(changes)
+        table = self.open(shard)
+        for i in range(0, len(units), chunk):
+            part = units[i : i + chunk]
+            rows = table.search().where(f"unit IN ({sql_list(part)})").limit(None).to_arrow()
+            if rows.num_rows == 0:
+                continue
+            unit_col = rows.column("unit").to_pylist()
+            new_paths = [list(changes[u][0]) for u in unit_col]
+            rows = _set(rows, "paths", new_paths)
+            rows = _set(rows, "path", [p[0] for p in new_paths])
+            rows = _set(rows, "caption", [changes[u][1] for u in unit_col])
+            table.merge_insert("id").when_matched_update_all().execute(rows)
+
+    def restore(self, versions: dict[str, int]) -> None:
+        """Put shards back to the given table versions (the ``raise`` policy's rollback)."""
+        for shard, version in versions.items():
+            table = self.open(shard)
+            if table.version != version:
+                table.restore(version)
+
+    def read(self, shard: str, version: int, columns: list[str] | None = None):
+        """A shard's rows at ``version`` as a pyarrow table."""
+        query = self.open(shard, version).search().limit(None)
+        if columns is not None:
+            query = query.select(columns)
+        return query.to_arrow()
+
+    def compact(self, shard: str, keep: Iterable[int] = ()) -> int:
+        """Merge a run's many small commits into few files, and drop the versions older than both the
+        oldest of ``keep`` and :data:`~unite_search.manifest.KEEP_RECENT_SECONDS`. Returns the new version."""
+        from .manifest import KEEP_RECENT_SECONDS
+
+        table = self.open(shard)
+        stamps = {v["version"]: v["timestamp"].timestamp() for v in table.list_versions()}  # naive local -> epoch
+        oldest = min([stamps[v] for v in keep if v in stamps], default=None)
+        cutoff = time.time() - KEEP_RECENT_SECONDS
+        if oldest is not None:
+            cutoff = min(cutoff, oldest)
+        age = time.time() - cutoff + PRUNE_MARGIN
+        table.optimize(cleanup_older_than=dt.timedelta(seconds=age) if age > PRUNE_MARGIN else NEVER)
+        return table.version
+
+    # ------------------------------------------------------------ file cache
+    def file_cache(self) -> dict[str, dict[str, Any]]:
+        """The read stage's facts by corpus-relative path; empty when absent or of an older layout."""
+        from .schema import files_schema
+
+        if FILES_TABLE not in self.names():
+            return {}
+        table = self.db.open_table(FILES_TABLE)
+        if table.schema != files_schema():
+            return {}  # written by an older layout: facts are cheap to read again
+        return {r["rel"]: r for r in table.search().limit(None).to_arrow().to_pylist()}
+
+    def save_file_cache(self, rows: list[dict[str, Any]], previous: dict[str, dict[str, Any]]) -> bool:
+        """Replace the file cache when it changed; keeps only its latest version. Returns whether it wrote."""
+        import pyarrow as pa
+
+        from .schema import files_schema
+
+        if {r["rel"]: r for r in rows} == previous:
+            return False
+        data = pa.Table.from_pylist(rows, schema=files_schema())
+        table = self.db.create_table(FILES_TABLE, data=data, mode="overwrite")
+        with warnings.catch_warnings():  # nobody reads an older version of the cache
+            warnings.simplefilter("ignore")
+            table.optimize(cleanup_older_than=dt.timedelta(0))
+        return True
+
+
+def _set(table, column: str, values: list):
+    import pyarrow as pa
+
+    at = table.schema.get_field_index(column)
+    return table.set_column(at, column, pa.array(values, type=table.schema.field(column).type))
