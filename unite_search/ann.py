@@ -175,5 +175,27 @@ def write(index, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def stored(index) -> tuple[np.ndarray, np.ndarray]:
+    """Every (id, vector) an ``IDMap2,Flat`` or ``IVF,Flat`` index holds: ``(n,)`` int64, ``(n, d)`` float32."""
+    faiss = _faiss()
+    if isinstance(index, faiss.IndexIDMap2):
+        flat = faiss.downcast_index(index.index)
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        vecs = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d) if index.ntotal else np.empty(0, np.float32)
+        return ids, np.array(vecs, dtype=np.float32).reshape(-1, index.d)
+    index = faiss.extract_index_ivf(index)
+    lists = index.invlists
+    ids, vecs = [], []
+    for i in range(index.nlist):
+        n = lists.list_size(i)
+        if n:
+            ids.append(faiss.rev_swig_ptr(lists.get_ids(i), n).copy())
+            codes = faiss.rev_swig_ptr(lists.get_codes(i), n * lists.code_size).copy()
+            vecs.append(codes.view(np.float32).reshape(n, index.d))  # IVF,Flat codes are the raw vectors
+    if not ids:
+        return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
+    return np.concatenate(ids).astype(np.int64), np.concatenate(vecs)
+
+
 def read(path: str | os.PathLike):
     return _faiss().read_index(os.fspath(path))

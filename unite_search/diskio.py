@@ -37,6 +37,15 @@ def io_reason(exc: BaseException) -> str | None:
     return None
 
 
+_RUST_SOURCE = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
+
+
+def brief(exc: BaseException) -> str:
+    """An exception's message on one line, without LanceDB's Rust source locations."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _RUST_SOURCE.sub("", text).removeprefix("lance error: ")
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write atomically (temporary file, fsync, rename); on failure nothing is left behind."""
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")

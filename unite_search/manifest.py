@@ -126,7 +126,8 @@ def check(
 
 def state(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a published manifest names on disk: its time and, per shard, the table version and FAISS file."""
-    shards = {name: {"version": e["version"], "faiss": e["faiss"]} for name, e in manifest.get("shards", {}).items()}
+    keys = ("version", "faiss", "faiss_bytes", "faiss_sha256")
+    shards = {name: {k: e[k] for k in keys if k in e} for name, e in manifest.get("shards", {}).items()}
     return {"published": manifest.get("published") or manifest.get("updated") or now(), "shards": shards}
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import manifest as manifests
 from .corpus import file_sha256
+from .diskio import brief
 from .errors import IndexDamagedError, StaleReadError
 from .schema import LARGE_COLUMNS, SMALL_COLUMNS
 from .tables import READ_BATCH, ShardTables
@@ -66,7 +67,7 @@ class ShardReader:
                 f"{self.folder}: {what} of shard {self.name!r} was removed by a later update of the index; "
                 "call Index.refresh() (or reopen the index) to read the current state"
             )
-        detail = f" ({exc})" if exc is not None else ""
+        detail = f" ({brief(exc)})" if exc is not None else ""
         return IndexDamagedError(f"{self.folder}: {what} of shard {self.name!r} is missing or unreadable{detail}; "
                                  f"{REPAIR}")  # fmt: skip
 
@@ -107,7 +108,7 @@ class ShardReader:
         try:
             index = ann.read(path)
         except RuntimeError as exc:
-            raise IndexDamagedError(f"{path}: unreadable FAISS file ({exc}); {REPAIR}") from None
+            raise IndexDamagedError(f"{path}: unreadable FAISS file ({brief(exc)}); {REPAIR}") from None
         dim = self.entry.get("dim")
         if index.ntotal != self.rows or (dim is not None and index.d != dim):
             raise IndexDamagedError(

@@ -1,0 +1,211 @@
+"""Readers you can trust: pinned reads, kept versions, verified files, one-line damage reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from corpora import write_clip, write_photo
+
+from unite_search import Index
+from unite_search import manifest as manifests
+from unite_search.cli import main
+from unite_search.errors import IndexDamagedError, StaleReadError
+from unite_search.ingestion import ingest
+from unite_search.store import IndexStore
+from unite_search.verify import verify
+
+
+def _photos(root: Path, seeds) -> None:
+    for seed in seeds:
+        write_photo(root / f"p{seed}.png", seed=seed)
+
+
+@pytest.fixture
+def grown(tmp_path, encoder):
+    """An index of 4 photos, and an Index opened on it before 3 more were added and published."""
+    root = tmp_path / "corpus"
+    _photos(root, range(4))
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    early = Index.open(index, encoder=encoder)  # nothing loaded yet: no FAISS file, no table, no metadata
+    first = IndexStore(index).require_manifest()
+    _photos(root, range(10, 13))
+    (root / "p0.png").unlink()
+    ingest(root, index, encoder=encoder)
+    return root, index, early, first
+
+
+def test_a_reader_opened_before_a_publish_reads_only_its_own_state(grown, encoder):
+    root, _, early, first = grown
+    hits = early.query(image=root / "p1.png", k=100)
+    assert len(hits) == 4  # the 4 photos it was opened on, p0 included, nothing of the new state
+    assert {h.path for h in hits} == {"p0.png", "p1.png", "p2.png", "p3.png"}
+    assert early.manifest["serial"] == first["serial"]
+    early.refresh()  # the whole snapshot swaps at once
+    hits = early.query(image=root / "p1.png", k=100)
+    assert {h.path for h in hits} == {"p1.png", "p2.png", "p3.png", "p10.png", "p11.png", "p12.png"}
+
+
+def test_the_previous_state_stays_readable_and_older_ones_are_pruned(grown, encoder, monkeypatch):
+    root, index, early, first = grown
+    second = IndexStore(index).require_manifest()
+    assert (index / first["shards"]["image"]["faiss"]).is_file()  # the previous state's file is kept
+    assert second["history"][0]["shards"]["image"]["version"] == first["shards"]["image"]["version"]
+    monkeypatch.setattr(manifests, "KEEP_RECENT_SECONDS", 0)  # only the current and previous states
+    _photos(root, [20])
+    ingest(root, index, encoder=encoder)
+    assert not (index / first["shards"]["image"]["faiss"]).exists()  # two publishes later: pruned
+    assert (index / second["shards"]["image"]["faiss"]).is_file()
+    with pytest.raises(StaleReadError, match=r"call Index.refresh\(\)"):
+        early.query(image=root / "p1.png")
+    early.refresh()
+    assert len(early.query(image=root / "p1.png", k=100)) == 7
+    assert not verify(index).damaged
+
+
+FAKETIME = shutil.which("faketime")
+LATER_SCRIPT = """
+import sys
+from unite_search import Encoder
+from unite_search.ingestion import ingest
+ingest(sys.argv[2], sys.argv[3], encoder=Encoder.load(sys.argv[1], device="cpu", workers=1))
+"""
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="needs faketime (apt-get install faketime) to age the index")
+def test_a_published_version_survives_later_runs_days_apart(tmp_path, tiny_dir, encoder):
+    """LanceDB's own optimize() drops versions older than 7 days, published or not."""
+    root = tmp_path / "corpus"
+    _photos(root, range(3))
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    v1 = IndexStore(index).require_manifest()
+
+    def later(days: int, seed: int) -> dict:
+        _photos(root, [seed])
+        env = {**os.environ, "LANCEDB_LOG": "error"}
+        cmd = [FAKETIME, f"+{days} days", sys.executable, "-c", LATER_SCRIPT, str(tiny_dir), str(root), str(index)]
+        subprocess.run(cmd, env=env, check=True, timeout=300)
+        return IndexStore(index).require_manifest()
+
+    v2 = later(8, 10)  # 8 days on: v1 is the previous state and must stay readable
+    tables = IndexStore(index).tables
+    assert tables.open("image", v1["shards"]["image"]["version"]).count_rows() == 3
+    assert (index / v1["shards"]["image"]["faiss"]).is_file()
+    later(16, 11)  # 16 days on: v2 is the previous state, v1 is pruned explicitly
+    assert tables.open("image", v2["shards"]["image"]["version"]).count_rows() == 4
+    with pytest.raises(Exception, match="no longer exists"):
+        tables.open("image", v1["shards"]["image"]["version"]).count_rows()
+    assert not (index / v1["shards"]["image"]["faiss"]).exists()
+    assert not verify(index).damaged
+
+
+# --------------------------------------------------------------------------------------- integrity
+@pytest.fixture
+def built(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    _photos(root, range(3))
+    for i in range(3):
+        write_clip(root / f"clip{i}.mp4", 8, fps=4, seed=i)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    return root, index
+
+
+def _overwrite(path: Path, at: int, data: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        fh.write(data)
+
+
+def _entry(index: Path, shard: str) -> dict:
+    return IndexStore(index).require_manifest()["shards"][shard]
+
+
+@pytest.mark.parametrize("damage", ["vector bytes", "id map", "truncated", "deleted", "other shard's file"])
+def test_a_damaged_faiss_file_is_an_error_and_ingest_rebuilds_it(built, encoder, damage):
+    root, index = built
+    expected = [(h.id, round(h.score, 5)) for h in Index.open(index, encoder=encoder).query(image=root / "p1.png")]
+    path = index / _entry(index, "image")["faiss"]
+    size = path.stat().st_size
+    if damage == "vector bytes":
+        _overwrite(path, size // 2, np.full(8, 1e37, np.float32).tobytes())
+    elif damage == "id map":
+        _overwrite(path, size - 24, np.arange(3, dtype=np.int64).tobytes())
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: size // 2])
+    elif damage == "deleted":
+        path.unlink()
+    else:
+        shutil.copy(index / _entry(index, "video")["faiss"], path)
+    with pytest.raises(IndexDamagedError, match=r"unite-search ingest") as info:
+        Index.open(index, encoder=encoder).query(image=root / "p1.png")
+    assert "\n" not in str(info.value) and ("faiss" in str(info.value))
+    assert verify(index).damaged
+    report = ingest(root, index, encoder=encoder)
+    assert report.repaired == ["image"] and report.encoded_items == 0
+    got = [(h.id, round(h.score, 5)) for h in Index.open(index, encoder=encoder).query(image=root / "p1.png")]
+    assert got == expected
+    assert not verify(index).damaged
+
+
+def test_a_hit_without_its_row_is_an_error_not_a_silent_drop(built, encoder):
+    """Pairing another shard's (checksummed) FAISS file with this table: every hit is unknown to it."""
+    root, index = built
+    store = IndexStore(index)
+    manifest = store.require_manifest()
+    image, video = manifest["shards"]["image"], manifest["shards"]["video"]
+    assert image["rows"] == video["rows"] == 3
+    for key in ("faiss", "faiss_bytes", "faiss_sha256", "index"):
+        image[key] = video[key]
+    manifests.write(index, manifest)
+    with pytest.raises(IndexDamagedError, match="does not hold"):
+        Index.open(index, encoder=encoder).query(image=root / "p1.png")
+
+
+def test_verify_checks_every_file_the_manifest_names(built):
+    _, index = built
+    runner = CliRunner()
+    ok = runner.invoke(main, ["info", str(index), "--verify"])
+    assert ok.exit_code == 0 and "index verified" in ok.output and ok.output.count("ok ") == 2
+    data = sorted((index / "tables/video.lance/data").iterdir())[0]
+    data.unlink()  # a data file of the published video version
+    manifest = IndexStore(index).require_manifest()
+    manifest["shards"]["image"]["rows"] = 4  # a row count that disagrees with the table and FAISS
+    manifests.write(index, manifest)
+    bad = runner.invoke(main, ["info", str(index), "--verify", "--json"])
+    assert bad.exit_code == 1
+    report = json.loads(bad.output)
+    problems = report["problems"]
+    assert report["damaged"] and len(problems) == 3, problems
+    assert any("shard video" in p and "unreadable (Not found" in p and ".rs:" not in p for p in problems)
+    assert any("faiss/image" in p and "manifest says 4" in p for p in problems)
+    assert any("shard image table" in p and "3 rows, the manifest says 4" in p for p in problems)
+
+
+def test_damage_gives_one_line_errors_on_the_command_line(built):
+    _, index = built
+    runner = CliRunner()
+    path = index / _entry(index, "image")["faiss"]
+    path.write_bytes(path.read_bytes()[:100])
+    out = runner.invoke(main, ["query", str(index), "--like", _row_id(index, "image"), "--target", "image"])
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "does not match the manifest" in out.output
+    data = sorted((index / "tables/video.lance/data").iterdir())[0]
+    data.unlink()
+    out = runner.invoke(main, ["query", str(index), "--like", _row_id(index, "image"), "--target", "video"])
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "missing or unreadable" in out.output
+    (index / "manifest.json").write_text('{"format": 2, "shards"')
+    out = runner.invoke(main, ["query", str(index), "--text", "x"])
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "unreadable manifest" in out.output
+
+
+def _row_id(index: Path, shard: str) -> str:
+    return IndexStore(index).read_rows(shard, ["id"]).column("id")[0].as_py()

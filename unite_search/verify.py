@@ -1,0 +1,135 @@
+"""``unite-search info --verify``: check every file the manifest names, without trusting any of them.
+
+For each published shard: the FAISS file's size and sha256 against the manifest, that it loads
+with the recorded row count and dim; the table version is present and every column of every row
+reads; the table's keys are exactly the FAISS ids and each stored vector equals its FAISS copy.
+For the earlier states the manifest still keeps (``history``), their FAISS files and table
+versions are present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import manifest as manifests
+from .corpus import file_sha256
+from .diskio import brief
+from .errors import UniteError
+from .tables import READ_BATCH, ShardTables
+
+TOLERANCE = 1e-6
+
+
+@dataclass
+class Verification:
+    """What ``verify`` checked (``ok``) and what it found damaged (``problems``), per shard."""
+
+    index: str
+    ok: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "damaged": self.damaged, "ok": self.ok, "problems": self.problems}
+
+
+def verify(folder: str | Path) -> Verification:
+    """Check an index's files against its manifest; see the module docstring."""
+    folder = Path(folder)
+    out = Verification(str(folder))
+    try:
+        manifest = manifests.require(folder)
+    except UniteError as exc:
+        out.problems.append(str(exc))
+        return out
+    tables = ShardTables(folder / "tables")
+    for shard, entry in sorted(manifest["shards"].items()):
+        before = len(out.problems)
+        faiss_ids = _check_faiss(folder, shard, entry, out)
+        _check_table(tables, shard, entry, faiss_ids, out)
+        if len(out.problems) == before:
+            out.ok.append(f"shard {shard}: {entry['rows']} rows, table version {entry['version']}, {entry['faiss']}")
+    for state in manifest.get("history", []):
+        for shard, kept in sorted(state["shards"].items()):
+            _check_kept(folder, tables, shard, kept, state["published"], out)
+    return out
+
+
+def _check_faiss(folder: Path, shard: str, entry: dict[str, Any], out: Verification):
+    from . import ann
+
+    path = folder / entry["faiss"]
+    if "faiss_sha256" not in entry:
+        out.problems.append(f"{path}: no checksum recorded (built by an older unite-search); run ingest to rebuild")
+        return None
+    if not path.is_file():
+        out.problems.append(f"{path}: missing")
+        return None
+    size = path.stat().st_size
+    if size != entry["faiss_bytes"]:
+        recorded = entry["faiss_bytes"]
+        out.problems.append(f"{path}: {size} bytes, the manifest records {recorded} (truncated or replaced)")
+        return None
+    if file_sha256(path) != entry["faiss_sha256"]:
+        out.problems.append(f"{path}: sha256 differs from the manifest's (damaged or replaced)")
+        return None
+    try:
+        index = ann.read(path)
+    except RuntimeError as exc:
+        out.problems.append(f"{path}: unreadable ({brief(exc)})")
+        return None
+    if index.ntotal != entry["rows"] or index.d != entry.get("dim", index.d):
+        out.problems.append(f"{path}: {index.ntotal} vectors of dim {index.d}, the manifest says {entry['rows']}")
+        return None
+    return ann.stored(index)
+
+
+def _check_table(tables: ShardTables, shard: str, entry: dict[str, Any], faiss_ids, out: Verification) -> None:
+    where = f"shard {shard} table version {entry['version']}"
+    try:
+        table = tables.open(shard, entry["version"])
+        keys, vecs = [], []
+        for batch in table.search().limit(None).to_batches(READ_BATCH):  # every column of every row
+            keys.append(batch.column("key").to_numpy())
+            flat = batch.column("vector").flatten().to_numpy()
+            vecs.append(np.asarray(flat, dtype=np.float32).reshape(batch.num_rows, -1))
+    except Exception as exc:  # noqa: BLE001  LanceDB raises ValueError, RuntimeError or OSError for missing files
+        out.problems.append(f"{where}: unreadable ({brief(exc)})")
+        return
+    keys_all = np.concatenate(keys) if keys else np.empty(0, np.int64)
+    if len(keys_all) != entry["rows"]:
+        out.problems.append(f"{where}: {len(keys_all)} rows, the manifest says {entry['rows']}")
+        return
+    if faiss_ids is None:
+        return
+    ids, stored = faiss_ids
+    table_order, faiss_order = np.argsort(keys_all), np.argsort(ids)
+    if not np.array_equal(keys_all[table_order], ids[faiss_order]):
+        out.problems.append(f"{where}: its keys are not the FAISS file's ids")
+        return
+    table_vecs = np.concatenate(vecs)[table_order] if vecs else np.empty((0, stored.shape[1]), np.float32)
+    diff = float(np.abs(table_vecs - stored[faiss_order]).max()) if len(ids) else 0.0
+    if diff > TOLERANCE:
+        out.problems.append(f"{where}: stored vectors differ from the FAISS file's by up to {diff:.3g}")
+
+
+def _check_kept(folder: Path, tables: ShardTables, shard: str, kept: dict[str, Any], published: str, out) -> None:
+    where = f"earlier state of {published}, shard {shard}"
+    path = folder / kept["faiss"]
+    if not path.is_file():
+        out.problems.append(f"{where}: {kept['faiss']} is missing")
+    elif "faiss_sha256" in kept and (
+        path.stat().st_size != kept["faiss_bytes"] or file_sha256(path) != kept["faiss_sha256"]
+    ):
+        out.problems.append(f"{where}: {kept['faiss']} does not match its recorded checksum")
+    try:
+        tables.open(shard, kept["version"]).count_rows()
+    except Exception as exc:  # noqa: BLE001  see _check_table
+        out.problems.append(f"{where}: table version {kept['version']} unreadable ({brief(exc)})")
