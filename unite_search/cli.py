@@ -51,11 +51,16 @@ def _load(model, device, dtype, fps, max_frames, frames, workers=None):
 
 
 def _run(fn):
-    """Run ``fn``, turning our errors into a clean message and exit status 1."""
+    """Run ``fn``, turning our errors (and the operating system's) into a one-line message and exit status 1."""
+    from .diskio import io_reason
+
     try:
         return fn()
     except UniteError as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        raise click.ClickException(f"{where}{io_reason(exc)}") from exc
 
 
 def parse_input(arg: str, text: str | None = None) -> Item:
@@ -195,10 +200,15 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
     default=None,
     help="Shards above this many rows get an IVF index (default 100000).",
 )
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="LoRA adapter folder (from finetune) applied to --model.")  # fmt: skip
+@click.option("--allow-outside", is_flag=True,
+              help="Also read files outside the corpus folder (symlinks, *.jsonl paths); off by default.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, workers, segment_seconds,
-           segment_overlap, passage_chars, pairs, on_error, flat_max, as_json, quiet):  # fmt: skip
+           segment_overlap, passage_chars, pairs, on_error, flat_max, adapter, allow_outside, as_json,
+           quiet):  # fmt: skip
     """Index a folder of texts, images, videos and *.jsonl manifests.
 
     \b
@@ -215,18 +225,20 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
         if not quiet:
             click.echo(msg, err=True)
 
-    try:
-        report = run_ingest(
-            corpus, index_dir, model=model, device=device, dtype=dtype, settings=settings, workers=workers,
-            segment_seconds=segment_seconds, segment_overlap=segment_overlap, passage_chars=passage_chars, pairs=pairs,
-            on_error=on_error, flat_max=flat_max or ann.FLAT_MAX, progress=not quiet, log=log,
-        )  # fmt: skip
-    except ValueError as exc:
-        if isinstance(exc, UniteError):
-            raise click.ClickException(str(exc)) from exc
-        raise click.UsageError(str(exc)) from exc
-    except UniteError as exc:
-        raise click.ClickException(str(exc)) from exc
+    def work():
+        try:
+            return run_ingest(
+                corpus, index_dir, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings,
+                workers=workers, segment_seconds=segment_seconds, segment_overlap=segment_overlap,
+                passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max or ann.FLAT_MAX,
+                allow_outside=allow_outside, progress=not quiet, log=log,
+            )  # fmt: skip
+        except ValueError as exc:
+            if isinstance(exc, UniteError):
+                raise
+            raise click.UsageError(str(exc)) from exc
+
+    report = _run(work)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
     sys.exit(report.exit_code)
 
@@ -269,6 +281,7 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
     show_default=True,
     help="Bad training lines: stop at the first, or skip and report them.",
 )
+@click.option("--allow-outside", is_flag=True, help="Read media outside the data file's folder (off by default).")
 @click.option("--device", default="auto", show_default=True)
 def finetune(
     data,
@@ -288,6 +301,7 @@ def finetune(
     resume,
     no_grad_cache,
     on_error,
+    allow_outside,
     device,
 ):
     """Fine-tune UNITE with LoRA on JSONL pairs; writes OUTPUT/adapter. Multi-GPU: launch with torchrun.
@@ -311,10 +325,10 @@ def finetune(
             device = f"cuda:{local}"
 
     def work():
-        pairs, problems = load_pairs(data, on_error=on_error)
+        pairs, problems = load_pairs(data, on_error=on_error, allow_outside=allow_outside)
         for problem in problems:
             click.echo(f"skipped {problem}", err=True)
-        held = load_pairs(eval_data, on_error=on_error)[0] if eval_data else None
+        held = load_pairs(eval_data, on_error=on_error, allow_outside=allow_outside)[0] if eval_data else None
         dtype = "bfloat16" if device != "cpu" and torch.cuda.is_available() else "float32"
         encoder = Encoder.load(model, device=device, dtype=dtype)
         config = TrainConfig(stage=stage, epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r,
@@ -411,8 +425,11 @@ def _time_range(hit) -> str:
 @click.option("--explain", is_flag=True, help="Print the query plan first (without --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (plan and hits).")
 @click.option("--model", "-m", default=None, help="Model to encode with (default: the index's own).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="LoRA adapter folder (default: the one the index was built with, if any).")  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
-def query(index_dir, text, image, video, instruction, like, target, k, where, exclude, explain, as_json, model, device):
+def query(index_dir, text, image, video, instruction, like, target, k, where, exclude, explain, as_json, model,
+          adapter, device):  # fmt: skip
     """Search an index with text, an image, a video, a combination, or --like ROW_ID.
 
     \b
@@ -428,7 +445,7 @@ def query(index_dir, text, image, video, instruction, like, target, k, where, ex
         raise click.UsageError("give --text, --image, --video (or a combination), or --like ROW_ID")
 
     def work():
-        index = Index.open(index_dir, device=device, model=model)
+        index = Index.open(index_dir, device=device, model=model, adapter=adapter)
         plan = index.plan(**args)
         return plan, index.query(**args)
 
@@ -453,11 +470,20 @@ def query(index_dir, text, image, video, instruction, like, target, k, where, ex
 
 @main.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+@click.option("--verify", is_flag=True, help="Check every file the manifest names; exit 1 when any is damaged.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(index_dir, as_json):
-    """Shards, counts, model, settings, index types, size on disk and the last run's failures."""
+def info(index_dir, verify, as_json):
+    """Shards, counts, model, settings, index types, size on disk and the last run's failures.
+
+    \b
+    With --verify: FAISS checksums, table versions present and readable, row counts, and that every
+    stored vector equals its FAISS copy. Exit status 1 when anything is damaged.
+    """
     from .store import IndexStore
 
+    if verify:
+        _verify(index_dir, as_json)
+        return
     store = IndexStore(index_dir)
     manifest = _run(store.require_manifest)
     last = store.last_run()
@@ -508,6 +534,25 @@ def info(index_dir, as_json):
             click.echo(f"  {p['path']} [{p['stage']}] {p['reason']}")
         if len(last["failures"]) > 20:
             click.echo(f"  ... {len(last['failures']) - 20} more (--json)")
+
+
+def _verify(index_dir: str, as_json: bool) -> None:
+    from .verify import verify
+
+    result = _run(lambda: verify(index_dir))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in result.ok:
+            click.echo(f"ok       {line}")
+        for line in result.problems:
+            click.echo(f"DAMAGED  {line}")
+        if result.damaged:
+            click.echo(f"{len(result.problems)} problem(s); `unite-search ingest` on the corpus rebuilds damaged FAISS "
+                       "files, a damaged table needs the index rebuilt (rm -r the index, then ingest)")  # fmt: skip
+        else:
+            click.echo("index verified: every file the manifest names is present and intact")
+    sys.exit(1 if result.damaged else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

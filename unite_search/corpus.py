@@ -74,9 +74,23 @@ class Walk:
     ignored: int = 0  # files whose extension is not indexed
 
 
-def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -> Walk:
-    """Every candidate file under ``root`` in sorted order, following symlinks without looping."""
+OUTSIDE = "outside the corpus folder; pass --allow-outside (allow_outside=True) to index it"
+
+
+def is_inside(path: str | os.PathLike, folder_real: str) -> bool:
+    """Whether ``path``, symlinks resolved, lies in the folder whose resolved path is ``folder_real``."""
+    real = os.path.realpath(path)
+    return real == folder_real or real.startswith(folder_real.rstrip(os.sep) + os.sep)
+
+
+def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), allow_outside: bool = False) -> Walk:
+    """Every candidate file under ``root`` in sorted order, following symlinks without looping.
+
+    A symlink that leads outside ``root`` is skipped (and reported) unless ``allow_outside``; the
+    report does not say whether its target exists.
+    """
     root = os.path.abspath(root)
+    root_real = os.path.realpath(root)
     excluded = {os.path.realpath(p) for p in exclude}
     out = Walk()
     seen_dirs: set[tuple[int, int]] = set()
@@ -106,6 +120,9 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -
                 out.skipped.append(Problem(rel(path), "discover", "hidden"))
                 continue
             if os.path.realpath(path) in excluded:
+                continue
+            if not allow_outside and child.is_symlink() and not is_inside(path, root_real):
+                out.skipped.append(Problem(rel(path), "discover", f"symlink to a path {OUTSIDE}"))
                 continue
             try:
                 st = os.stat(path)  # follows symlinks
@@ -406,6 +423,7 @@ class Declared:
     image: str | None
     video: str | None
     metadata: dict[str, Any] | None
+    raw: dict[str, str] = field(default_factory=dict, compare=False)  # media paths as written in the line
 
 
 _MANIFEST_KEYS = {"id", "text", "image", "video", "metadata"}
@@ -418,22 +436,21 @@ def parse_manifest(entry: Entry) -> tuple[list[Declared], list[Problem]]:
     base = os.path.dirname(entry.path)
     try:
         with open(entry.path, "rb") as fh:
-            lines = fh.read().split(b"\n")
+            for number, raw in enumerate(fh, start=1):  # line by line: a large manifest is never held whole
+                where = f"{entry.rel}:{number}"
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    problems.append(Problem(where, "manifest", f"not a JSON object: {exc}"))
+                    continue
+                try:
+                    items.append(_declared(record, where, base))
+                except InputError as exc:
+                    problems.append(Problem(where, "manifest", exc.reason))
     except OSError as exc:
-        return [], [Problem(entry.rel, "manifest", f"cannot read manifest: {exc.strerror or exc}")]
-    for number, raw in enumerate(lines, start=1):
-        where = f"{entry.rel}:{number}"
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(Problem(where, "manifest", f"not a JSON object: {exc}"))
-            continue
-        try:
-            items.append(_declared(record, where, base))
-        except InputError as exc:
-            problems.append(Problem(where, "manifest", exc.reason))
+        return items, [*problems, Problem(entry.rel, "manifest", f"cannot read manifest: {exc.strerror or exc}")]
     return items, problems
 
 
@@ -460,4 +477,5 @@ def _declared(record: Any, where: str, base: str) -> Declared:
     metadata = record.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError("'metadata' must be a JSON object")
-    return Declared(str(item_id), where, text, media["image"], media["video"], metadata)
+    raw = {key: record[key] for key in ("image", "video") if record.get(key)}
+    return Declared(str(item_id), where, text, media["image"], media["video"], metadata, raw)

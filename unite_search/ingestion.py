@@ -91,7 +91,7 @@ class IngestReport:
             if len(self.failures) > 20:
                 lines.append(f"  ... {len(self.failures) - 20} more in the run report (unite-search info --json)")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} hidden or special file(s)")
+            lines.append(f"skipped {len(self.skipped)} hidden or special file(s), or links out of the corpus")
         if self.ignored_files:
             lines.append(f"ignored {self.ignored_files} file(s) of other types")
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
@@ -247,6 +247,7 @@ def ingest(
     gpu: bool | str = "auto",
     commit_rows: int = COMMIT_ROWS,
     prefetch_bytes: int | None = None,
+    allow_outside: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> IngestReport:
@@ -260,7 +261,8 @@ def ingest(
     publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`, or ``adapter``
     (a LoRA folder from ``unite-search finetune``) to encode with ``model`` + adapter.
     ``prefetch_bytes`` bounds the decoded inputs made ready while the encoder runs (default 1 GiB;
-    0 decodes and encodes in turn).
+    0 decodes and encodes in turn). Only files under ``corpus`` are read (symlinks resolved; a
+    manifest's media paths too) unless ``allow_outside=True``.
 
     >>> report = ingest("photos/", model="unite-base-2b")   # doctest: +SKIP
     >>> print(report.summary())                              # doctest: +SKIP
@@ -291,7 +293,7 @@ def ingest(
         try:
             manifest = store.init(encoder.settings, options.to_dict(), root)
             _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-                 commit_rows, prefetch_bytes, progress, say)  # fmt: skip
+                 commit_rows, prefetch_bytes, allow_outside, progress, say)  # fmt: skip
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
             error = _write_error(exc, index_dir) or exc
             report.status = "failed"
@@ -333,14 +335,14 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
 
 
 def _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-         commit_rows, prefetch_bytes, progress, say) -> None:  # fmt: skip
+         commit_rows, prefetch_bytes, allow_outside, progress, say) -> None:  # fmt: skip
     if prefetch_bytes is None:
         from .encoder import PREFETCH_BYTES
 
         prefetch_bytes = PREFETCH_BYTES
     timings = report.timings
     t = time.perf_counter()
-    found = walk(root, exclude=(index_dir,))
+    found = walk(root, exclude=(index_dir,), allow_outside=allow_outside)
     timings["discover"] = round(time.perf_counter() - t, 3)
     report.skipped, report.ignored_files = found.skipped, found.ignored
     failures: list[Problem] = list(found.failures)
@@ -355,7 +357,7 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     captions, sidecars, problems = find_captions(media, facts)
     failures += problems
     declared, problems = declared_items([e for e in found.entries if e.kind == "manifest"], facts, cache, root,
-                                         options, workers)  # fmt: skip
+                                         options, workers, allow_outside)  # fmt: skip
     failures += problems
     timings["read"] = round(time.perf_counter() - t, 3)
     _fail_fast(on_error, failures)

@@ -18,12 +18,14 @@ from typing import Any
 
 from .batching import bounded_map
 from .corpus import (
+    OUTSIDE,
     SIDECAR_EXTENSION,
     Declared,
     Entry,
     FileFacts,
     Problem,
     decode_text,
+    is_inside,
     parse_manifest,
     read_file,
     read_passage,
@@ -161,15 +163,24 @@ def find_captions(media: list[Entry], facts: dict[str, FileFacts]):
     return captions, sidecars, problems
 
 
-def declared_items(manifests: list[Entry], facts, cache, root: str, options, workers: int):
-    """Items of every ``*.jsonl`` manifest with the facts of the media they name."""
+def declared_items(manifests: list[Entry], facts, cache, root: str, options, workers: int, allow_outside=False):
+    """Items of every ``*.jsonl`` manifest with the facts of the media they name.
+
+    Media outside the corpus folder (symlinks resolved) are refused unless ``allow_outside``; the
+    refusal is decided on the path alone, so it does not tell whether such a file exists.
+    """
     failures: list[Problem] = []
     items: list[Declared] = []
     seen: dict[str, str] = {}
+    root_real = os.path.realpath(root)
     for m in manifests:
         got, problems = parse_manifest(m)
         failures += problems
         for d in got:
+            outside = [k for k in ("image", "video") if getattr(d, k) and not is_inside(getattr(d, k), root_real)]
+            if outside and not allow_outside:
+                failures.append(Problem(d.source, "manifest", f"{outside[0]} {d.raw[outside[0]]!r} is {OUTSIDE}"))
+                continue
             if d.id in seen:
                 failures.append(Problem(d.source, "manifest", f"id {d.id!r} is already declared at {seen[d.id]}"))
             else:
