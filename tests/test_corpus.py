@@ -51,6 +51,89 @@ def test_passages_prefer_paragraphs_and_cut_words_only_when_forced():
         split_passages("x", 0)
 
 
+def _whole_text_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
+    """The cutting rule restated on a whole string (the streaming splitter must cut the same way)."""
+    spans, start = [], 0
+    while start < len(text):
+        end = min(start + max_chars, len(text))
+        if end < len(text):
+            window = text[start + max_chars // 2 : end]
+            for sep in ("\n\n", "\n", ". ", " "):
+                if (cut := window.rfind(sep)) >= 0:
+                    end = start + max_chars // 2 + cut + len(sep)
+                    break
+        if text[start:end].strip():
+            spans.append((start, end))
+        start = end
+    return spans
+
+
+def test_streamed_passages_equal_whole_text_passages_with_their_byte_ranges():
+    import random
+
+    from unite_search.corpus import PassageSplitter
+
+    rng = random.Random(0)
+    pieces = ["word", " ", "\n", "\n\n", ". ", "caf\u00e9", "\u65e5\u672c", "  ", "\U0001f98a"]
+    for _ in range(400):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 200)))
+        max_chars = rng.randint(1, 60)
+        splitter = PassageSplitter(max_chars)
+        at = 0
+        while at < len(text):  # fed in pieces of random size
+            step = rng.randint(1, 40)
+            splitter.feed(text[at : at + step])
+            at += step
+        spans = splitter.finish()
+        assert [(a, b) for a, b, _, _ in spans] == _whole_text_passages(text, max_chars)
+        data = text.encode()
+        assert all(data[c:d].decode() == text[a:b] for a, b, c, d in spans)
+
+
+def test_a_large_text_file_is_streamed_not_held(tmp_path):
+    """Reading a 24 MB text file holds about one chunk and its passages' offsets, not the file."""
+    import tracemalloc
+
+    from unite_search.corpus import Entry, read_file, read_passage
+
+    path = tmp_path / "big.txt"
+    paragraph = ("Caf\u00e9 au lait and a walk by the sea. " * 40 + "\n\n").encode()
+    with open(path, "wb") as fh:
+        fh.write(b"\xef\xbb\xbf")  # a BOM: not text, but it shifts every byte offset by 3
+        for _ in range(24 * (1 << 20) // len(paragraph)):
+            fh.write(paragraph)
+    st = path.stat()
+    entry = Entry("big.txt", str(path), st.st_size, st.st_mtime_ns, "text")
+    tracemalloc.start()
+    facts = read_file(entry, passage_chars=2000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(facts.passages) > 10_000
+    assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB while reading a {st.st_size / 2**20:.0f} MiB file"
+    text = path.read_bytes()[3:].decode()
+    for span in (facts.passages[0], facts.passages[5000], facts.passages[-1]):
+        assert read_passage(str(path), span, "big.txt") == text[span[0] : span[1]]
+
+
+def test_bad_text_is_refused_while_streaming(tmp_path):
+    from unite_search.corpus import Entry, read_file
+
+    def read(data: bytes):
+        path = tmp_path / "t.txt"
+        path.write_bytes(data)
+        return read_file(Entry("t.txt", str(path), len(data), 0, "text"), passage_chars=100)
+
+    with pytest.raises(InputError, match=r"not valid UTF-8 \(byte 2000001\)"):
+        read(b"a" * 2_000_001 + b"\xe9 and more")  # past the first 1 MiB chunk: the offset is the file's
+    with pytest.raises(InputError, match="binary"):
+        read(b"a" * 3_000_000 + b"\x00")
+    with pytest.raises(InputError, match="no text"):
+        read(b" \n" * 10)
+    cut = "\u65e5".encode()  # a 3-byte character split across the 1 MiB chunk boundary is fine
+    facts = read(b"a" * ((1 << 20) - 1) + cut + b" end")
+    assert facts.passages[-1][1] == (1 << 20) - 1 + 1 + 4
+
+
 def test_decode_text():
     assert decode_text("\ufeffcaf\u00e9".encode(), "t.txt") == "caf\u00e9"  # BOM dropped
     with pytest.raises(InputError, match="UTF-8"):

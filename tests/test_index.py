@@ -145,6 +145,40 @@ def test_query_batch_shares_one_encoder_call(idx, built, monkeypatch):
         idx.query_batch([{"txt": "typo"}])
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"where": "width > 0; width > 100000"}, "no ';'"),  # LanceDB alone would return every row
+        ({"where": "width > 100000 junk junk"}, "unexpected 'junk'"),  # and LanceDB alone would accept this
+        ({"where": "width"}, "must be a condition"),
+        ({"where": "no_such_column = 3"}, "unknown column"),
+        ({"exclude": [123]}, "exclude= takes row ids"),
+        ({"exclude": 123}, "exclude= takes row ids"),
+        ({"target": 5}, "target is a shard name"),
+        ({"k": "3"}, "k must be a positive integer"),
+        ({"instruction": 7}, "instruction must be a non-empty string"),
+        ({"image": 3.5}, "image must be a file path"),
+        ({"like": 12}, "like= takes a row id"),
+    ],
+)
+def test_bad_query_arguments_are_plan_errors_naming_them(idx, args, message):
+    query = {"text": "x", "target": "image", **args}
+    if "like" in args:
+        query.pop("text")
+    with pytest.raises(PlanError, match=message):
+        idx.query(**query)
+    with pytest.raises(PlanError, match=message):
+        idx.plan(**query)  # the plan refuses them too, before any model or search
+
+
+def test_exclude_takes_one_id_or_many(idx, built):
+    root, _ = built
+    hits = idx.query(image=root / "photos/small/a.png", k=50)
+    assert [h.id for h in idx.query(image=root / "photos/small/a.png", k=50, exclude=hits[0].id)] == [
+        h.id for h in hits[1:]
+    ]
+
+
 def test_unknown_target_and_missing_shard(idx):
     with pytest.raises(PlanError, match="unknown target 'audio'"):
         idx.query(text="x", target="audio")
@@ -242,3 +276,28 @@ def test_concurrent_queries_on_a_fresh_index(built, encoder):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda q: [h.id for h in fresh.query(**q)], queries))
     assert got == expected
+
+
+def test_search_holds_small_columns_and_fetches_text_caption_metadata_for_hits(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    (root / "notes").mkdir(parents=True)
+    long_text = "The harbour at dawn, gulls over the water. " * 100
+    (root / "notes/harbour.txt").write_text(long_text)
+    (root / "notes/fox.txt").write_text("A red fox crossed the snowy road.")
+    write_photo(root / "a.png", seed=1)
+    (root / "a.txt").write_text("a striped picture")
+    items = [{"id": "m1", "image": "a.png", "text": "at night", "metadata": {"split": "test", "n": 3}}]
+    (root / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    ingest(root, tmp_path / "index", encoder=encoder, passage_chars=2000)
+    idx = Index.open(tmp_path / "index", encoder=encoder)
+    hits = idx.query(text="harbour", target="text", k=10)
+    meta = idx._snapshot.readers["text"].meta()
+    assert not {"text", "caption", "metadata"} & set(meta.table.column_names)  # not held for the whole shard
+    by_path = {h.path: h for h in hits}
+    first = by_path["notes/harbour.txt"]
+    assert first.text == long_text[first.row["char_start"] : first.row["char_end"]]
+    assert by_path["notes/fox.txt"].text == "A red fox crossed the snowy road."
+    image = idx.query(text="x", target="image")[0]
+    assert image.caption == "a striped picture" and image.text is None
+    composed = idx.query(text="x", target="image+text")[0]
+    assert composed.metadata == {"split": "test", "n": 3} and composed.text == "at night"
