@@ -111,11 +111,13 @@ class Encoder:
         device,
         token_budget: int,
         workers: int,
+        adapter: str | None = None,
     ):
         self._model = model  # Qwen2VLModel: .visual and .language_model
         self._tokenizer = tokenizer
-        self.model_id = model_id
-        self.revision = revision
+        self.model_id = model_id  # the base model (hub id, or absolute folder), with or without an adapter
+        self.adapter = adapter  # absolute path of the LoRA adapter folder merged into the weights, or None
+        self.revision = revision  # identity of the weights: hub commit or "local-<fp>", then "+lora-<fp>"
         self.preprocessing = settings
         self.device = device
         self.token_budget = token_budget
@@ -151,38 +153,42 @@ class Encoder:
         ``device``/``dtype``/``attn`` default to the best available (CUDA, bf16, flash-attention 2
         when installed; else CPU, float32, sdpa). ``settings`` overrides preprocessing (frames,
         pixels); ``token_budget`` bounds the padded tokens of one forward batch. ``adapter`` is a LoRA
-        folder from ``unite-search finetune``, merged into the weights; the encoder's revision then
-        names the adapter too, so indexes never mix its vectors with the base model's.
+        folder from ``unite-search finetune``, merged into the weights: ``model_id`` stays the base's,
+        ``adapter`` records the folder and the revision names it too, so indexes never mix its vectors
+        with the base model's, and ``Encoder.load(enc.model_id, adapter=enc.adapter)`` loads it again.
+        Nothing shipped as code in a model folder is ever run (``auto_map`` entries are ignored).
         """
-        from transformers import AutoTokenizer
-
-        from .models import fingerprint, load_model
+        from .models import fingerprint, load_model, load_tokenizer
 
         resolved = resolve(model)
+        revision, adapter_path = resolved.revision, None
+        if adapter is not None:
+            from .train.merge import check_adapter
+
+            adapter_path = str(check_adapter(adapter))
+            revision = f"{revision}+lora-{fingerprint(Path(adapter_path))}"
+        tokenizer = load_tokenizer(resolved.path)
         dev = _resolve_device(device)
         torch_dtype = _resolve_dtype(dtype, dev)
         full = load_model(resolved.path, dtype=torch_dtype, attn=_resolve_attn(attn, dev, torch_dtype))
         inner = full.model
-        model_id, revision = resolved.model_id, resolved.revision
-        if adapter is not None:
+        if adapter_path is not None:
             from .train.merge import apply_adapter
 
-            inner = apply_adapter(inner, adapter)
-            model_id = f"{model_id}+{os.path.abspath(adapter)}"
-            revision = f"{revision}+lora-{fingerprint(Path(adapter))}"
+            inner = apply_adapter(inner, adapter_path)
         inner = inner.to(dev).eval()  # lm_head is never used; dropping it frees memory when untied
         del full
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
         budget = token_budget or (32768 if dev.type == "cuda" else 4096)
         return cls(
             inner,
             tokenizer,
-            model_id=model_id,
+            model_id=resolved.model_id,
             revision=revision,
             settings=settings or EncoderSettings(),
             device=dev,
             token_budget=budget,
             workers=workers or min(8, os.cpu_count() or 1),
+            adapter=adapter_path,
         )
 
     def with_settings(self, settings: EncoderSettings) -> Encoder:
@@ -198,12 +204,23 @@ class Encoder:
             device=self.device,
             token_budget=self.token_budget,
             workers=self.workers,
+            adapter=self.adapter,
         )
 
     @property
     def settings(self) -> dict[str, Any]:
-        """Everything that determines a vector besides the inputs; indexes record it."""
-        return {"model_id": self.model_id, "revision": self.revision, "dim": self.dim, **self.preprocessing.to_dict()}
+        """Everything that determines a vector besides the inputs; indexes record it.
+
+        ``model_id`` and ``adapter`` say where the weights were loaded from (enough to load them again);
+        ``revision`` is what they are.
+        """
+        return {
+            "model_id": self.model_id,
+            "adapter": self.adapter,
+            "revision": self.revision,
+            "dim": self.dim,
+            **self.preprocessing.to_dict(),
+        }
 
     # ------------------------------------------------------------ preparation
     def _prompt_ids(self, modalities: frozenset[Modality], text: str | None) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""The model table, name resolution and weight loading (no remote code)."""
+"""The model table, name resolution, model identity (whole-file fingerprints) and loading (never remote code)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from contextlib import contextmanager
+import tempfile
+import threading
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,20 +42,112 @@ def _offline_help(name: str, hub_id: str) -> str:
     )
 
 
-def fingerprint(folder: Path) -> str:
-    """A cheap identity of a weights folder: names, sizes, and the first and last MiB of each file."""
+# Files whose content is a model's (or an adapter's) identity: everything that changes a vector.
+IDENTITY_FILES = ("config.json", "adapter_config.json", "tokenizer.json", "vocab.json", "merges.txt")
+FINGERPRINT_CACHE = "fingerprints.json"  # under $XDG_CACHE_HOME/unite-search
+_CACHE_ENTRIES = 4096  # the oldest entries beyond this are dropped; a dropped file is just hashed again
+_CHUNK = 8 << 20
+
+
+@dataclass
+class HashStats:
+    """Work done by :func:`file_sha256` in this process (``files``/``bytes`` read and hashed, cache ``hits``)."""
+
+    files: int = 0
+    bytes: int = 0
+    hits: int = 0
+
+
+hash_stats = HashStats()
+_memo: dict[str, tuple[tuple[int, ...], str]] = {}  # absolute path -> (stat key, sha256)
+_memo_lock = threading.Lock()
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    # ctime and inode catch a rewrite whose mtime was put back with os.utime, or a file replaced by another
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def fingerprint_cache_path() -> Path:
+    """Where file hashes persist between processes: ``$XDG_CACHE_HOME/unite-search/fingerprints.json``."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "unite-search" / FINGERPRINT_CACHE
+
+
+def _read_disk_cache(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+        files = data["files"] if isinstance(data, dict) and data.get("version") == 1 else {}
+        return files if isinstance(files, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # absent, unreadable or corrupt: hashes are recomputed
+
+
+def _write_disk_cache(path: Path, name: str, key: tuple[int, ...], digest: str) -> None:
+    """Add one entry, atomically (temporary file + rename); a failure only costs a recomputation later."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # merge with what other processes wrote meanwhile, less the files that are gone
+        files = {f: e for f, e in _read_disk_cache(path).items() if f != name and os.path.exists(f)}
+        files[name] = {"key": list(key), "sha256": digest}
+        for stale in list(files)[: max(0, len(files) - _CACHE_ENTRIES)]:
+            del files[stale]
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"version": 1, "files": files}, fh)
+        os.replace(tmp, path)
+        tmp = None
+    except (OSError, ValueError, TypeError):
+        pass
+    finally:
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's whole content, remembered (in memory and on disk) while the file is unchanged."""
+    name = os.path.abspath(path)
+    key = _stat_key(os.stat(name))
+    with _memo_lock:
+        known = _memo.get(name)
+        if known is not None and known[0] == key:
+            hash_stats.hits += 1
+            return known[1]
+    cache = fingerprint_cache_path()
+    entry = _read_disk_cache(cache).get(name)
+    if isinstance(entry, dict) and entry.get("key") == list(key) and isinstance(entry.get("sha256"), str):
+        with _memo_lock:
+            hash_stats.hits += 1
+            _memo[name] = (key, entry["sha256"])
+        return entry["sha256"]
     h = hashlib.sha256()
-    files = [*sorted(folder.glob("*.safetensors")), folder / "config.json"]
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(name, "rb") as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    digest = h.hexdigest()
+    unchanged = _stat_key(os.stat(name)) == key  # a file written while we read it is not remembered
+    with _memo_lock:
+        hash_stats.files += 1
+        hash_stats.bytes += key[0]
+        if unchanged:
+            _memo[name] = (key, digest)
+    if unchanged:
+        _write_disk_cache(cache, name, key, digest)
+    return digest
+
+
+def fingerprint(folder: Path) -> str:
+    """The identity of a model or adapter folder: 16 hex digits of a sha256 over the names and whole contents
+    of its ``*.safetensors`` and :data:`IDENTITY_FILES`. Reloads of unchanged files read only the cache."""
+    h = hashlib.sha256()
+    files = sorted({*folder.glob("*.safetensors"), *(folder / n for n in IDENTITY_FILES)}, key=lambda f: f.name)
     for f in files:
-        if not f.is_file():
-            continue
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), os.SEEK_END)
-                h.update(fh.read())
+        if f.is_file():
+            h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -112,6 +206,29 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
         if bar:
             hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer, built by transformers' own classes only: its ``tokenizer_class`` and
+    ``auto_map`` are ignored, so no code shipped in the folder ever runs.
+
+    ``tokenizer.json`` is read verbatim (the class ``AutoTokenizer`` picks for a plain tokenizer.json,
+    and what Qwen2's fast tokenizer loaded before transformers 5); a folder without one is read as
+    Qwen2's byte-level BPE from ``vocab.json`` and ``merges.txt``.
+    """
+    from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+
+    if (folder / "tokenizer.json").is_file():
+        cls = PreTrainedTokenizerFast
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        cls = Qwen2Tokenizer
+    else:
+        raise ModelLoadError(f"{folder} has no tokenizer: tokenizer.json (or vocab.json and merges.txt) is missing")
+    try:
+        with _quiet_transformers():
+            return cls.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {folder}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_model(folder: Path, *, dtype, attn: str):

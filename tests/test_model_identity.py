@@ -1,0 +1,397 @@
+"""What a loaded model is: no code from its folder ever runs, its fingerprint covers every byte of its
+weights, and an encoder with a LoRA adapter records where both came from so that it can be loaded again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from unite_search import Encoder, EncoderSettings, ModelLoadError
+from unite_search.models import fingerprint, fingerprint_cache_path, hash_stats, load_tokenizer
+from unite_search.testing import TINY_TEXT, tiny_model
+
+TEXTS = ["a red car", "question number 3", "Héllo wörld\n\n 123 it's e\u0301 Ａ"]
+MIB = 1 << 20
+MIDDLE = "model.language_model.layers.0.mlp.up_proj.weight"  # 1 MiB, in the middle of the big file
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test gets its own persistent fingerprint cache (and never writes the user's)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
+                XDG_CACHE_HOME=str(tmp_path / "xdg"))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- remote code
+def _armed_folder(path: Path, *, legacy: bool) -> Path:
+    """A tiny model whose config and tokenizer config point transformers at code in the folder; importing
+    that code writes ``PWNED`` next to the weights."""
+    folder = tiny_model(path, seed=0, legacy=legacy)
+    marker = folder / "PWNED"
+    (folder / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PreTrainedConfig, PreTrainedTokenizerFast\n"
+        "class EvilConfig(PreTrainedConfig):\n    model_type = 'evil'\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    tok = json.loads((folder / "tokenizer_config.json").read_text())
+    tok["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}
+    tok["tokenizer_class"] = "EvilTokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok))
+    return folder
+
+
+def test_the_armed_folder_runs_its_code_through_a_plain_autotokenizer_call(tmp_path):
+    """The call Encoder.load used to make: transformers asks on the terminal and runs the folder's code on "y"."""
+    folder = _armed_folder(tmp_path / "armed", legacy=True)  # model_type unite_qwen2_vl, as in the releases
+    code = "import sys\nfrom transformers import AutoTokenizer\nAutoTokenizer.from_pretrained(sys.argv[1])\n"
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], input="y\n" * 4, capture_output=True, text=True,
+                         env=_env(tmp_path), timeout=120)  # fmt: skip
+    assert "Do you wish to run the custom code?" in out.stdout + out.stderr
+    assert (folder / "PWNED").exists()
+
+
+LOAD_ARMED = """
+import sys, numpy as np
+from unite_search import Encoder, ModelLoadError
+try:
+    enc = Encoder.load(sys.argv[1], device="cpu", workers=1)
+except ModelLoadError as exc:
+    print("REFUSED", exc)
+else:
+    np.save(sys.argv[2], enc.encode(sys.argv[3:]))
+    print("LOADED", type(enc._tokenizer).__name__)
+"""
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_folder_code_never_runs_and_nothing_prompts(tmp_path, encoder, legacy):
+    folder = _armed_folder(tmp_path / "armed", legacy=legacy)
+    vecs = tmp_path / "vecs.npy"
+    out = subprocess.run([sys.executable, "-c", LOAD_ARMED, str(folder), str(vecs), *TEXTS], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, env=_env(tmp_path), timeout=120)  # fmt: skip
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, said
+    assert "custom code" not in said and "[y/N]" not in said
+    assert not (folder / "PWNED").exists()
+    assert not list((tmp_path / "hf_modules").rglob("evil.py"))  # transformers never even copied it
+    if "REFUSED" not in out.stdout:  # loaded as plain Qwen2-VL: the same vectors as the clean folder
+        assert "LOADED PreTrainedTokenizerFast" in out.stdout or "LOADED TokenizersBackend" in out.stdout, said
+        np.testing.assert_allclose(np.load(vecs), encoder.encode(TEXTS), atol=1e-6)
+
+
+def _release_style_tokenizer(tiny_dir: Path, path: Path) -> Path:
+    """The tiny vocabulary saved the way the UNITE releases are: Qwen2's NFC normaliser and split regex in
+    tokenizer.json, ``tokenizer_class: Qwen2Tokenizer``."""
+    from transformers import Qwen2Tokenizer
+
+    tok = Qwen2Tokenizer.from_pretrained(tiny_dir)
+    tok.save_pretrained(path)
+    shutil.copy(tiny_dir / "config.json", path / "config.json")
+    assert json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"] == "Qwen2Tokenizer"
+    assert json.loads((path / "tokenizer.json").read_text())["normalizer"]["type"] == "NFC"
+    return path
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_tokenizer_gives_the_ids_autotokenizer_gave(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from unite_search.modality import Modality
+    from unite_search.prompts import render
+
+    texts = [*TEXTS, render(frozenset({Modality.TEXT, Modality.IMAGE}), "a\r\n  b 12345 ﬁ"), "<|image_pad|> x"]
+    for folder in (tiny_dir, _release_style_tokenizer(tiny_dir, tmp_path / "release")):
+        ours, auto = load_tokenizer(folder), AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        for text in texts:
+            assert _ids(ours, text) == _ids(auto, text)
+    # the two folders really tokenize differently (NFC), so each was read from its own tokenizer.json
+    assert _ids(load_tokenizer(tiny_dir), "e\u0301") != _ids(load_tokenizer(tmp_path / "release"), "e\u0301")
+
+
+def test_a_folder_without_a_tokenizer_is_refused(tiny_dir, tmp_path):
+    folder = tmp_path / "notok"
+    shutil.copytree(tiny_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json"):
+        Encoder.load(folder, device="cpu")
+
+
+# ------------------------------------------------------------------------------------- fingerprint
+@pytest.fixture(scope="module")
+def big_dir(tmp_path_factory) -> Path:
+    """A tiny model whose weights file is 6.5 MiB (wide MLPs)."""
+    return tiny_model(tmp_path_factory.mktemp("big") / "model", seed=0, text=dict(TINY_TEXT, intermediate_size=4096))
+
+
+def _tensor_span(path: Path, name: str) -> tuple[int, int]:
+    """Byte range of one tensor in a safetensors file."""
+    with open(path, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        begin, end = json.loads(fh.read(n))[name]["data_offsets"]
+    return 8 + n + begin, 8 + n + end
+
+
+def _negated_bytes(folder: Path) -> bytes:
+    """The weights file of ``folder`` with the MIDDLE tensor negated: same size, same first and last MiB."""
+    state = load_file(str(folder / "model.safetensors"))
+    state[MIDDLE] = -state[MIDDLE]
+    tmp = folder.parent / f"{folder.name}.negated.safetensors"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    data = tmp.read_bytes()
+    tmp.unlink()
+    return data
+
+
+def _old_fingerprint(folder: Path) -> str:
+    """The former identity: names, sizes, first and last MiB."""
+    h = hashlib.sha256()
+    for f in [*sorted(folder.glob("*.safetensors")), folder / "config.json"]:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(MIB))
+            if size > 2 * MIB:
+                fh.seek(-MIB, os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def test_a_change_in_the_middle_of_the_weights_changes_the_identity(big_dir, tmp_path):
+    copy = tmp_path / "negated"
+    shutil.copytree(big_dir, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(_negated_bytes(big_dir))
+    size = weights.stat().st_size
+    begin, end = _tensor_span(weights, MIDDLE)
+    assert size > 6 * MIB and MIB <= begin < end <= size - MIB  # untouched by the first and last MiB
+    original = (big_dir / "model.safetensors").read_bytes()
+    data = weights.read_bytes()
+    assert data != original and data[:MIB] == original[:MIB] and data[-MIB:] == original[-MIB:]
+    assert _old_fingerprint(copy) == _old_fingerprint(big_dir)  # the former identity could not tell them apart
+
+    assert len(fingerprint(copy)) == 16 and fingerprint(copy) != fingerprint(big_dir)
+    a, b = Encoder.load(big_dir, device="cpu", workers=1), Encoder.load(copy, device="cpu", workers=1)
+    assert a.revision == f"local-{fingerprint(big_dir)}" and b.revision == f"local-{fingerprint(copy)}"
+    assert a.revision != b.revision
+    assert np.abs(a.encode(TEXTS) - b.encode(TEXTS)).max() > 1e-3  # they are different models
+
+
+def test_identity_is_content_not_location(tiny_dir, tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_dir, copy)
+    assert fingerprint(copy) == fingerprint(tiny_dir)
+    config = json.loads((copy / "config.json").read_text())
+    config["vision_config"]["depth"] = 1  # config.json is part of the identity too
+    (copy / "config.json").write_text(json.dumps(config))
+    assert fingerprint(copy) != fingerprint(tiny_dir)
+
+
+def _stats_since(before: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(files, bytes, hits) of :data:`hash_stats` since ``before``; ``(0, 0, 0)`` gives the totals."""
+    now = (hash_stats.files, hash_stats.bytes, hash_stats.hits)
+    return tuple(a - b for a, b in zip(now, before, strict=True))
+
+
+FINGERPRINT_IN_A_NEW_PROCESS = """
+import json, sys
+from pathlib import Path
+from unite_search.models import fingerprint, hash_stats
+fp = fingerprint(Path(sys.argv[1]))
+print(json.dumps({"fp": fp, "files": hash_stats.files, "hits": hash_stats.hits}))
+"""
+
+
+def _fingerprint_elsewhere(folder: Path, tmp_path: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", FINGERPRINT_IN_A_NEW_PROCESS, str(folder)], capture_output=True,
+                         text=True, env=_env(tmp_path), timeout=120, check=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_fingerprints_are_cached_in_memory_and_on_disk(big_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(big_dir, folder)
+    hashed = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if (folder / n).is_file()]
+    total = sum((folder / n).stat().st_size for n in hashed)
+
+    before = _stats_since((0, 0, 0))
+    fp = fingerprint(folder)
+    assert _stats_since(before) == (len(hashed), total, 0)  # cold: every byte read once
+
+    cache = fingerprint_cache_path()
+    assert cache == tmp_path / "xdg" / "unite-search" / "fingerprints.json"
+    saved = cache.read_text()
+    cache.write_text("{}")  # the process's own memory suffices
+    before = _stats_since((0, 0, 0))
+    assert fingerprint(folder) == fp
+    assert _stats_since(before) == (0, 0, len(hashed))  # warm: nothing read
+    assert cache.read_text() == "{}"  # and nothing written
+    cache.write_text(saved)
+
+    entries = json.loads(cache.read_text())["files"]
+    weights = str(folder / "model.safetensors")
+    st = os.stat(weights)
+    assert entries[weights]["key"] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    assert entries[weights]["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+    elsewhere = _fingerprint_elsewhere(folder, tmp_path)  # a new process reads the disk cache
+    assert elsewhere == {"fp": fp, "files": 0, "hits": len(hashed)}
+    assert json.loads(cache.read_text())["files"] == entries  # and left it as it was
+
+
+def test_a_corrupt_or_unwritable_cache_only_costs_a_recomputation(big_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(big_dir, folder)
+    fp = fingerprint(folder)
+    cache = fingerprint_cache_path()
+    cache.write_text('{"version": 1, "files": {"' + str(folder))  # cut short mid-write
+    again = _fingerprint_elsewhere(folder, tmp_path)
+    assert again["fp"] == fp and again["files"] >= 1 and again["hits"] == 0
+    assert str(folder / "model.safetensors") in json.loads(cache.read_text())["files"]  # rewritten whole
+    cache.write_text(json.dumps({"version": 1, "files": {str(folder / "config.json"): {"key": "x", "sha256": 5}}}))
+    assert _fingerprint_elsewhere(folder, tmp_path)["fp"] == fp
+
+    blocked = tmp_path / "xdg-is-a-file"
+    blocked.write_text("")
+    env = dict(_env(tmp_path), XDG_CACHE_HOME=str(blocked))  # the cache folder cannot be created
+    out = subprocess.run([sys.executable, "-c", FINGERPRINT_IN_A_NEW_PROCESS, str(folder)], capture_output=True,
+                         text=True, env=env, timeout=120, check=True)  # fmt: skip
+    assert json.loads(out.stdout)["fp"] == fp
+    assert not list(cache.parent.glob(".fingerprints.json.*"))  # no temporary file left behind
+
+
+def test_the_disk_cache_forgets_files_that_are_gone(tiny_dir, tmp_path):
+    gone, kept = tmp_path / "gone", tmp_path / "kept"
+    shutil.copytree(tiny_dir, gone)
+    shutil.copytree(tiny_dir, kept)
+    fingerprint(gone)
+    cache = fingerprint_cache_path()
+    assert str(gone / "model.safetensors") in json.loads(cache.read_text())["files"]
+    shutil.rmtree(gone)
+    fingerprint(kept)
+    files = json.loads(cache.read_text())["files"]
+    assert str(kept / "model.safetensors") in files and not [f for f in files if f.startswith(str(gone))]
+
+
+def test_a_rewrite_with_its_mtime_restored_changes_the_fingerprint(big_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(big_dir, folder)
+    weights = folder / "model.safetensors"
+    fp = fingerprint(folder)
+    assert fingerprint(folder) == fp  # cached from here on
+    negated = _negated_bytes(folder)
+    st = os.stat(weights)
+    time.sleep(0.05)  # past the file system's clock tick, so that the change of ctime is visible
+    with open(weights, "r+b") as fh:  # same inode, same size
+        fh.write(negated)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = os.stat(weights)
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    assert now.st_ctime_ns != st.st_ctime_ns
+    changed = fingerprint(folder)
+    assert changed != fp
+    assert _fingerprint_elsewhere(folder, tmp_path)["fp"] == changed  # the disk cache is not fooled either
+
+
+# ---------------------------------------------------------------------------------------- adapters
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter on the tiny model's language model with random (non-zero) B weights."""
+    from peft import LoraConfig, get_peft_model
+
+    from unite_search.train.trainer import LM_LINEARS
+
+    base = Encoder.load(tiny_dir, device="cpu", workers=1)
+    peft_model = get_peft_model(base._model, LoraConfig(r=4, lora_alpha=8, target_modules=LM_LINEARS))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in sorted(peft_model.named_parameters()):
+            if "lora_B" in name:
+                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
+    path = tmp_path_factory.mktemp("lora") / "adapter"
+    peft_model.save_pretrained(path)
+    assert (path / "adapter_model.safetensors").is_file()
+    return path
+
+
+def test_an_adapter_keeps_the_base_model_id_and_is_recorded_apart(tiny_dir, adapter_dir, encoder, monkeypatch):
+    monkeypatch.chdir(adapter_dir.parent)
+    enc = Encoder.load(tiny_dir, adapter="adapter", device="cpu", workers=1)  # relative: recorded absolute
+    assert enc.model_id == encoder.model_id == str(tiny_dir.resolve())
+    assert enc.adapter == os.path.abspath(adapter_dir) and encoder.adapter is None
+    assert enc.revision == f"{encoder.revision}+lora-{fingerprint(adapter_dir)}"
+    s = enc.settings
+    assert list(s)[:4] == ["model_id", "adapter", "revision", "dim"]
+    assert s["adapter"] == enc.adapter and encoder.settings["adapter"] is None
+    json.dumps(s)
+    vecs = enc.encode(TEXTS)
+    assert np.abs(vecs - encoder.encode(TEXTS)).max() > 1e-3  # the adapter changes the vectors
+
+    # what an index records is enough to load the same encoder again
+    again = Encoder.load(s["model_id"], adapter=s["adapter"], device="cpu", workers=1)
+    assert (again.model_id, again.adapter, again.revision) == (enc.model_id, enc.adapter, enc.revision)
+    np.testing.assert_allclose(again.encode(TEXTS), vecs, atol=1e-6)
+
+    other = enc.with_settings(EncoderSettings(max_frames=8))
+    assert other is not enc and other.adapter == enc.adapter and other.settings["adapter"] == enc.adapter
+    assert other.revision == enc.revision and other.settings["max_frames"] == 8
+
+
+def test_the_adapter_config_is_part_of_its_identity(adapter_dir, tmp_path):
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, copy)
+    assert fingerprint(copy) == fingerprint(adapter_dir)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    config["lora_alpha"] = config["lora_alpha"] * 2  # same weights, twice the scale
+    (copy / "adapter_config.json").write_text(json.dumps(config))
+    assert fingerprint(copy) != fingerprint(adapter_dir)
+
+
+def test_a_pickled_adapter_is_refused(tiny_dir, adapter_dir, tmp_path):
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, copy)
+    (copy / "adapter_model.safetensors").rename(copy / "adapter_model.bin")
+    with pytest.raises(ModelLoadError, match=r"adapter_model\.safetensors"):
+        Encoder.load(tiny_dir, adapter=copy, device="cpu")
+    with pytest.raises(ModelLoadError, match=r"adapter_config\.json"):
+        Encoder.load(tiny_dir, adapter=tmp_path, device="cpu")
+
+
+def test_a_merged_folder_records_its_lineage(tiny_dir, adapter_dir, encoder, tmp_path):
+    from unite_search.train.merge import LINEAGE, merge_adapter
+
+    out = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged")
+    lineage = json.loads((out / LINEAGE).read_text())
+    assert lineage == {
+        "base_model_id": encoder.model_id,
+        "base_revision": encoder.revision,
+        "adapter": os.path.abspath(adapter_dir),
+        "adapter_fingerprint": fingerprint(adapter_dir),
+    }
+    merged = Encoder.load(out, device="cpu", workers=1)
+    adapted = Encoder.load(tiny_dir, adapter=adapter_dir, device="cpu", workers=1)
+    assert merged.revision == f"local-{fingerprint(out)}" and merged.adapter is None
+    assert merged.revision not in (encoder.revision, adapted.revision)
+    np.testing.assert_allclose(merged.encode(TEXTS), adapted.encode(TEXTS), atol=1e-5)
