@@ -58,6 +58,14 @@ def reference_image_processor(min_pixels: int, max_pixels: int):
     return cls(min_pixels=min_pixels, max_pixels=max_pixels)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Model fingerprints and other caches go to a folder of the test session, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     from unite_search.testing import tiny_model

@@ -70,13 +70,17 @@ def _dist():
 
 def add_lora(encoder, config: TrainConfig):
     """Wrap the encoder's model with fresh LoRA adapters (language model linears only)."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=LM_LINEARS
     )
-    peft_model = get_peft_model(encoder._model, cfg)
-    return peft_model
+    # LoRA's A matrices start random: draw them from the run's seed, not from whatever the process
+    # drew before, so a run is reproducible (and the caller's random stream is left as it was)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return get_peft_model(encoder._model, cfg)
 
 
 class Trainer:
