@@ -249,36 +249,91 @@ def test_encode_windows_bound_memory(encoder, media, monkeypatch):
     assert np.abs(vecs - encoder.encode(items)).max() <= 1e-5
 
 
-def test_prefetch_keeps_order_bounds_memory_and_propagates_errors():
-    import threading
+def _fake_decode(spec):
+    """Hold ``cost`` bytes at the peak, keep ``keep`` of them: a decoder's memory, made measurable."""
     import time
 
-    from unite_search.batching import prefetch
+    cost, keep = spec
+    transient = np.ones(cost - keep, np.uint8)  # allocated and touched, as a decoder's buffers are
+    result = np.ones(keep, np.uint8)
+    time.sleep(0.002)
+    del transient
+    return result
 
-    produced = []
 
-    def source():
-        for i in range(50):
-            produced.append(i)
-            yield i
+def _measure(run) -> int:
+    """Peak bytes allocated above the baseline while ``run`` runs (numpy reports to tracemalloc)."""
+    import tracemalloc
 
-    out, ahead = [], []
-    for i in prefetch(source(), max_bytes=10, size=lambda _: 3):  # at most 3 items of 3 bytes held
-        time.sleep(0.002)
-        ahead.append(len(produced) - len(out) - 1)
-        out.append(i)
-    assert out == list(range(50))
-    assert max(ahead) <= 4  # 3 held, plus the one the producer has in hand
-    assert max(ahead) >= 2  # and it did run ahead of the consumer
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        run()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
 
-    def failing():
-        yield 1
-        raise RuntimeError("decoder broke")
 
-    with pytest.raises(RuntimeError, match="decoder broke"):
-        list(prefetch(failing(), max_bytes=100, size=lambda _: 1))
-    gen = prefetch(iter(range(10**6)), max_bytes=5, size=lambda _: 1)
-    assert next(gen) == 0
-    gen.close()  # stopping early ends the producer thread
-    assert not [t for t in threading.enumerate() if t.name == "unite-prefetch"]
-    assert list(prefetch(range(5), max_bytes=0, size=lambda _: 1)) == [0, 1, 2, 3, 4]
+def test_admitted_map_bounds_the_bytes_decoded_and_not_yet_encoded():
+    from unite_search.batching import ByteBudget, admitted_map
+
+    mb = 1 << 20
+    specs = [(8 * mb, 3 * mb), (4 * mb, 1 * mb), (12 * mb, 6 * mb)] * 10
+    limit = 40 * mb
+
+    def run(window_cap):
+        budget = ByteBudget(limit)
+        window, held, order = [], [0], []
+
+        def flush():
+            window.clear()  # "encoded": the results are dropped
+            budget.release(held[0])
+            held[0] = 0
+
+        for spec, result, size in admitted_map(_fake_decode, specs, 4, budget, lambda s: s[0], len, flush):
+            assert size == result.nbytes == spec[1]
+            order.append(spec)
+            window.append(result)
+            held[0] += size
+            del result  # the window holds it now
+            if held[0] >= window_cap:
+                flush()
+        flush()
+        assert order == specs  # in order
+        return budget
+
+    peak = _measure(lambda: run(limit // 2))
+    assert peak <= limit + mb, f"held {peak / mb:.1f} MiB for a {limit / mb:.0f} MiB budget"
+    assert peak >= limit // 2  # and decoding did run ahead of the consumer
+    # a consumer that only encodes when told it starves the decoders still finishes, within the budget
+    peak = _measure(lambda: run(10 * limit))
+    assert peak <= limit + mb
+
+
+def test_admitted_map_runs_an_oversized_item_alone_and_propagates_errors():
+    import threading
+
+    from unite_search.batching import ByteBudget, admitted_map
+
+    budget = ByteBudget(100)
+    seen = []
+
+    def fn(n):
+        seen.append(budget.held)
+        return n
+
+    got = [r for _, r, _ in admitted_map(fn, [10, 500, 10], 2, budget, lambda n: n, lambda r: 0, lambda: None)]
+    assert got == [10, 500, 10] and seen[1] == 500  # admitted alone: nothing else was held
+    assert budget.held == 0
+
+    def broken(n):
+        if n == 3:
+            raise ValueError("decoder broke")
+        return n
+
+    with pytest.raises(ValueError, match="decoder broke"):
+        list(admitted_map(broken, range(6), 2, ByteBudget(10), lambda n: 1, lambda r: 1, lambda: None))
+    gen = admitted_map(lambda n: n, range(10**6), 2, ByteBudget(5), lambda n: 1, lambda r: 0, lambda: None)
+    assert next(gen)[1] == 0
+    gen.close()  # stopping early ends the threads
+    assert not [t for t in threading.enumerate() if t.name.startswith(("unite-admit", "unite-prep"))]

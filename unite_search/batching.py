@@ -1,4 +1,4 @@
-"""Token-budget batching: group items so padded batches stay within a token budget."""
+"""Batching and bounded work: token-budget batches, and decoding admitted by a byte budget."""
 
 from __future__ import annotations
 
@@ -57,63 +57,116 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, lookahea
                 fut.cancel()
 
 
-_DONE = object()
+class ByteBudget:
+    """Bytes admitted and not yet released, at most ``limit``: one admission may exceed it only when
+    nothing else is held, so an input larger than the whole budget still runs, alone."""
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError("a byte budget must be positive")
+        self.limit = limit
+        self.held = 0
+        self.peak = 0  # most bytes held at once (predicted while decoding, measured once decoded)
+        self.cond = threading.Condition()
+
+    def fits(self, n: int) -> bool:
+        return not self.held or self.held + n <= self.limit
+
+    def add(self, n: int) -> None:
+        """Count ``n`` more bytes held (negative: fewer); call with ``cond`` held."""
+        self.held += n
+        self.peak = max(self.peak, self.held)
+        self.cond.notify_all()
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.add(-n)
 
 
-def prefetch(items: Iterable[T], max_bytes: int, size: Callable[[T], int]) -> Iterator[T]:
-    """Iterate ``items`` on a background thread, keeping up to ``max_bytes`` of results ready ahead.
+def admitted_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int,
+    budget: ByteBudget,
+    cost: Callable[[T], int],
+    size: Callable[[R], int],
+    starved: Callable[[], None],
+) -> Iterator[tuple[T, R, int]]:
+    """``map(fn, items)`` in order on a thread pool, each item admitted only when its predicted peak
+    ``cost(item)`` fits in ``budget``; yields ``(item, result, held)``.
 
-    The consumer (the encoder, busy on the GPU) and the producer (decoding workers) then run at the
-    same time instead of taking turns. One result larger than ``max_bytes`` still passes, alone.
-    ``max_bytes <= 0`` iterates in the caller's thread.
+    While ``fn`` runs, an item holds its predicted cost; once done, the ``size(result)`` it keeps.
+    The consumer calls ``budget.release(held)`` when it is done with a result (after encoding it), so
+    the budget bounds everything decoded and not yet encoded. When the next item does not fit and
+    nothing is in flight, ``starved()`` is called: it must release results the consumer holds.
     """
-    if max_bytes <= 0:
-        yield from items
-        return
-    ready: deque = deque()
-    held = [0]
-    cond = threading.Condition()
-    stop = threading.Event()
+    cond = budget.cond
+    pending: deque[tuple[T, Future]] = deque()
+    state = {"done": False, "blocked": False}
     failure: list[BaseException] = []
+    stop = threading.Event()
 
-    def produce() -> None:
-        source = iter(items)
+    def run(item: T, reserved: int) -> tuple[R, int]:
+        held = 0
         try:
-            for item in source:
-                n = size(item)
+            result = fn(item)
+            held = size(result)
+        finally:
+            with cond:
+                budget.add(held - reserved)
+        return result, held
+
+    def dispatch(pool: ThreadPoolExecutor) -> None:
+        try:
+            for item in items:
+                need = cost(item)
                 with cond:
-                    cond.wait_for(lambda n=n: stop.is_set() or not ready or held[0] + n <= max_bytes)
+                    while not stop.is_set() and not budget.fits(need):
+                        state["blocked"] = True
+                        cond.notify_all()
+                        cond.wait()
+                    state["blocked"] = False
                     if stop.is_set():
                         return
-                    ready.append((item, n))
-                    held[0] += n
-                    cond.notify_all()
+                    budget.add(need)
+                    pending.append((item, pool.submit(run, item, need)))
         except BaseException as exc:  # noqa: BLE001  re-raised in the consumer's thread
             failure.append(exc)
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()  # shuts a bounded_map's thread pool down
             with cond:
-                ready.append((_DONE, 0))
+                state["done"] = True
                 cond.notify_all()
 
-    thread = threading.Thread(target=produce, name="unite-prefetch", daemon=True)
-    thread.start()
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="unite-prep")
+    dispatcher = threading.Thread(target=dispatch, args=(pool,), name="unite-admit", daemon=True)
+    dispatcher.start()
     try:
         while True:
             with cond:
-                cond.wait_for(lambda: bool(ready))
-                item, n = ready.popleft()
-                held[0] -= n
-                cond.notify_all()
-            if item is _DONE:
-                if failure:
-                    raise failure[0]
-                return
-            yield item
+                cond.wait_for(lambda: pending or state["done"] or state["blocked"])
+                head = pending.popleft() if pending else None
+                if head is None and state["done"]:
+                    break
+            if head is None:
+                held = budget.held
+                starved()  # the budget is held by results the consumer keeps: let it encode them
+                with cond:
+                    if budget.held >= held and state["blocked"] and not pending:
+                        cond.wait(0.05)  # nothing was released: results still on their way back
+                continue
+            item, future = head
+            del head
+            result, held = future.result()
+            del future  # a finished future keeps its result: the consumer alone decides when it goes
+            yield item, result, held
+            del item, result
+        if failure:
+            raise failure[0]
     finally:
         stop.set()
         with cond:
             cond.notify_all()
-        thread.join()
+        dispatcher.join()
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)

@@ -200,6 +200,8 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
     default=None,
     help="Shards above this many rows get an IVF index (default 100000).",
 )
+@click.option("--memory-mb", type=click.IntRange(1), default=2048, show_default=True,
+              help="Most memory held by inputs decoded and not yet encoded (an input above it runs alone).")  # fmt: skip
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
               help="LoRA adapter folder (from finetune) applied to --model.")  # fmt: skip
 @click.option("--allow-outside", is_flag=True,
@@ -207,7 +209,7 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, workers, segment_seconds,
-           segment_overlap, passage_chars, pairs, on_error, flat_max, adapter, allow_outside, as_json,
+           segment_overlap, passage_chars, pairs, on_error, flat_max, memory_mb, adapter, allow_outside, as_json,
            quiet):  # fmt: skip
     """Index a folder of texts, images, videos and *.jsonl manifests.
 
@@ -231,7 +233,7 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
                 corpus, index_dir, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings,
                 workers=workers, segment_seconds=segment_seconds, segment_overlap=segment_overlap,
                 passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max or ann.FLAT_MAX,
-                allow_outside=allow_outside, progress=not quiet, log=log,
+                memory_bytes=memory_mb << 20, allow_outside=allow_outside, progress=not quiet, log=log,
             )  # fmt: skip
         except ValueError as exc:
             if isinstance(exc, UniteError):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .batching import bounded_map, plan_batches, prefetch
+from .batching import ByteBudget, admitted_map, plan_batches
 from .errors import InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .modality import Item, Modality, as_item
@@ -27,8 +27,8 @@ from .settings import EncoderSettings
 from .video import preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
-WINDOW_BYTES = 1 << 30  # prepared inputs held before they are encoded
-PREFETCH_BYTES = 1 << 30  # prepared inputs made ready while the model runs (about one window)
+MEMORY_BYTES = 2 << 30  # inputs decoded or prepared and not yet encoded, at most (memory.MEMORY_BYTES)
+WINDOW_BYTES = MEMORY_BYTES // 2  # a window of prepared inputs is encoded once it holds this much
 
 
 @dataclass(frozen=True)
@@ -345,34 +345,94 @@ class Encoder:
         out = np.empty((len(items), self.dim), dtype=np.float32)
         bar = tqdm(total=len(items), unit="item", desc="encode", disable=not progress)
         window: list[tuple[int, Prepared]] = []
-        window_tokens = window_bytes = 0
+        window_tokens = window_bytes = held = 0
+        memory = ByteBudget(MEMORY_BYTES)
 
         def flush():
-            nonlocal window, window_tokens, window_bytes
+            nonlocal window, window_tokens, window_bytes, held
             if window:
                 idx = [i for i, _ in window]
                 out[idx] = self.encode_prepared(
                     [p for _, p in window], batch_size=batch_size, token_budget=budget, progress=bar
                 )
             window, window_tokens, window_bytes = [], 0, 0
+            memory.release(held)
+            held = 0
 
         def prep(pair):
-            return pair[0], self.prepare(pair[1], index=pair[0])
+            return self.prepare(pair[1], index=pair[0])
 
-        prepared = bounded_map(prep, enumerate(items), self.workers, lookahead=4 * self.workers)
+        def cost(pair) -> int:
+            return predicted_bytes(pair[1], self.preprocessing)
+
+        # decoding runs on (a byte budget ahead) while the model encodes the window before
+        prepared = admitted_map(prep, enumerate(items), self.workers, memory, cost, lambda p: p.nbytes, flush)
         try:
-            for i, p in prefetch(prepared, PREFETCH_BYTES, lambda pair: pair[1].nbytes):
+            for (i, _), p, size in prepared:
                 window.append((i, p))
                 window_tokens += p.length
                 window_bytes += p.nbytes
+                held += size
+                del p  # the window holds it now: a flush frees it
                 # several batches per window let sorting by length keep padding small; the byte cap
                 # bounds host memory when the window is all pixels (about 19 KB per visual token)
                 if window_tokens >= 8 * budget or window_bytes >= WINDOW_BYTES or len(window) >= 1024:
                     flush()
             flush()
         finally:
+            prepared.close()
             bar.close()
         return out
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_id!r}, dim={self.dim}, device={self.device})"
+
+
+def predicted_bytes(value: ItemLike, settings: EncoderSettings) -> int:
+    """Peak bytes of preparing one item, from its media's headers (nothing is decoded)."""
+    from .memory import TEXT_COST, UNKNOWN_COST, image_cost, video_cost
+
+    try:
+        item = as_item(value)
+    except InputError:
+        return TEXT_COST  # prepare() raises the error, naming the item
+    cost = TEXT_COST
+    if item.image is not None:
+        width, height = _image_header(item.image)
+        cost += image_cost(width, height, settings) if width else UNKNOWN_COST
+    if item.video is not None:
+        width, height, frames = _video_header(item.video, settings)
+        cost += video_cost(width, height, frames, settings) if width else UNKNOWN_COST
+    return cost
+
+
+def _image_header(source) -> tuple[int, int]:
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source.size
+    if isinstance(source, np.ndarray) and source.ndim >= 2:
+        return int(source.shape[1]), int(source.shape[0])
+    try:
+        with Image.open(source) as img:  # reads the header only
+            return img.size
+    except Exception:  # noqa: BLE001  unreadable: prepare() raises the real error, naming the file
+        return 0, 0
+
+
+def _video_header(source, settings: EncoderSettings) -> tuple[int, int, int]:
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            import av
+
+            with av.open(os.fspath(source)) as container:  # the stream header: no frame is decoded
+                stream = container.streams.video[0]
+                width, height = stream.codec_context.width, stream.codec_context.height
+        except Exception:  # noqa: BLE001  unreadable: prepare() raises the real error, naming the file
+            return 0, 0, 0
+        return int(width or 0), int(height or 0), settings.frames or settings.max_frames
+    try:
+        first = np.asarray(source[0])
+        return int(first.shape[1]), int(first.shape[0]), min(len(source), settings.frames or settings.max_frames)
+    except Exception:  # noqa: BLE001  not frames: prepare() raises the real error
+        return 0, 0, 0

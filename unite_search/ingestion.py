@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from . import ann
-from .batching import bounded_map
 from .corpus import Problem, walk
 from .diskio import io_reason, remove_stale_temporaries
 from .errors import IndexWriteError, InputError, UniteError
+from .memory import MEMORY_BYTES
 from .store import IndexStore
 from .units import IngestOptions, Task, Unit, declared_items, find_captions, plan_units, prepare_task, read_files
 
@@ -57,6 +57,7 @@ class IngestReport:
     removed_items: int = 0  # gone from the corpus, removed from the index
     redone_items: int = 0  # found unfinished (a killed run) and encoded again
     repaired: list[str] = field(default_factory=list)  # shards whose damaged FAISS file was rebuilt
+    memory_peak: int = 0  # most bytes of decoded inputs held at once (predicted while decoding)
     shards: dict[str, int] = field(default_factory=dict)  # rows per shard, as published
     failures: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
@@ -141,18 +142,23 @@ class _Writer:
 
 
 def _encode_all(
-    encoder, store, tasks, units_by_key, *, workers, on_error, commit_rows, progress, timings, failed, prefetch_bytes
+    encoder, store, tasks, units_by_key, *, workers, on_error, commit_rows, progress, timings, failed, memory_bytes
 ):
-    """Decode -> encode -> write, overlapped. Returns rows written; fills ``failed`` (unit -> Problem)."""
+    """Decode -> encode -> write, overlapped. Returns (rows written, peak bytes held); fills ``failed``.
+
+    Decoding is admitted by each task's predicted peak memory, so inputs decoded or prepared and not
+    yet encoded (in flight, ready, or waiting in the window) stay within ``memory_bytes``.
+    """
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .batching import prefetch
-    from .encoder import WINDOW_BYTES
+    from .batching import ByteBudget, admitted_map
 
     writer = _Writer(store)
     decode_busy = [0.0]
     lock = threading.Lock()
+    budget = ByteBudget(memory_bytes)
+    window_bytes = max(1, memory_bytes // 2)  # the other half lets decoding run on while the encoder works
 
     def work(task: Task):
         t = time.perf_counter()
@@ -164,16 +170,16 @@ def _encode_all(
             out = InputError(f"{type(exc).__name__}: {exc}")
         with lock:
             decode_busy[0] += time.perf_counter() - t
-        return task, out
+        return out
 
     window: list[tuple[Task, str | None, Any]] = []
-    tokens = nbytes = 0
+    tokens = nbytes = held = 0
     written = 0
     encode_time = 0.0
     bar = tqdm(total=len(tasks), unit="item", desc="encode", disable=not progress or not tasks)
 
     def flush():
-        nonlocal window, tokens, nbytes, written, encode_time
+        nonlocal window, tokens, nbytes, held, written, encode_time
         live = [w for w in window if w[0].unit not in failed]
         if live:
             t = time.perf_counter()
@@ -190,15 +196,16 @@ def _encode_all(
             writer.put({s: (rows, np.stack(vs)) for s, (rows, vs) in job.items()})
             written += len(live)
         window, tokens, nbytes = [], 0, 0
+        budget.release(held)
+        held = 0
 
-    def size_of(pair) -> int:
-        return pair[1][1].nbytes if isinstance(pair[1], tuple) else 1024
+    def kept_bytes(out) -> int:
+        return out[1].nbytes if isinstance(out, tuple) else 0
 
     t0 = time.perf_counter()
-    decoded = bounded_map(work, tasks, workers, lookahead=4 * max(1, workers))
+    decoded = admitted_map(work, tasks, workers, budget, lambda task: task.cost, kept_bytes, flush)
     try:
-        # decoding runs on while the encoder works: up to one window of inputs is made ready ahead
-        for task, out in prefetch(decoded, prefetch_bytes, size_of):
+        for task, out, size in decoded:
             bar.update(1)
             if isinstance(out, InputError):
                 if task.unit not in failed:
@@ -212,18 +219,21 @@ def _encode_all(
             window.append((task, text, prepared))
             tokens += prepared.length
             nbytes += prepared.nbytes
-            if tokens >= 8 * encoder.token_budget or nbytes >= WINDOW_BYTES or len(window) >= commit_rows:
+            held += size
+            del out, prepared  # the window holds them now: a flush frees them
+            if tokens >= 8 * encoder.token_budget or nbytes >= window_bytes or len(window) >= commit_rows:
                 flush()
         else:
             flush()
     finally:
+        decoded.close()
         bar.close()
         writer.close()
     timings["decode"] = round(decode_busy[0], 3)
     timings["encode"] = round(encode_time, 3)
     timings["write"] = round(writer.busy, 3)
     timings["pipeline"] = round(time.perf_counter() - t0, 3)
-    return written
+    return written, budget.peak
 
 
 # -------------------------------------------------------------------------------------- ingest
@@ -246,7 +256,7 @@ def ingest(
     flat_max: int = ann.FLAT_MAX,
     gpu: bool | str = "auto",
     commit_rows: int = COMMIT_ROWS,
-    prefetch_bytes: int | None = None,
+    memory_bytes: int = MEMORY_BYTES,
     allow_outside: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -260,15 +270,19 @@ def ingest(
     records each bad input in the report and goes on; ``"raise"`` stops at the first one and
     publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`, or ``adapter``
     (a LoRA folder from ``unite-search finetune``) to encode with ``model`` + adapter.
-    ``prefetch_bytes`` bounds the decoded inputs made ready while the encoder runs (default 1 GiB;
-    0 decodes and encodes in turn). Only files under ``corpus`` are read (symlinks resolved; a
-    manifest's media paths too) unless ``allow_outside=True``.
+    ``memory_bytes`` (default 2 GiB) bounds the inputs decoded or prepared and not yet encoded:
+    decoding is admitted by each input's predicted peak, known from the read stage (image size,
+    video frame size and count); one input larger than the budget is decoded alone. Only files
+    under ``corpus`` are read (symlinks resolved; a manifest's media paths too) unless
+    ``allow_outside=True``.
 
     >>> report = ingest("photos/", model="unite-base-2b")   # doctest: +SKIP
     >>> print(report.summary())                              # doctest: +SKIP
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
+    if memory_bytes < 1:
+        raise ValueError("memory_bytes must be positive")
     overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
     options = IngestOptions(segment_seconds, overlap, passage_chars, pairs)
     root = os.path.abspath(os.path.expanduser(corpus))
@@ -293,7 +307,7 @@ def ingest(
         try:
             manifest = store.init(encoder.settings, options.to_dict(), root)
             _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-                 commit_rows, prefetch_bytes, allow_outside, progress, say)  # fmt: skip
+                 commit_rows, memory_bytes, allow_outside, progress, say)  # fmt: skip
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
             error = _write_error(exc, index_dir) or exc
             report.status = "failed"
@@ -335,11 +349,7 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
 
 
 def _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-         commit_rows, prefetch_bytes, allow_outside, progress, say) -> None:  # fmt: skip
-    if prefetch_bytes is None:
-        from .encoder import PREFETCH_BYTES
-
-        prefetch_bytes = PREFETCH_BYTES
+         commit_rows, memory_bytes, allow_outside, progress, say) -> None:  # fmt: skip
     timings = report.timings
     t = time.perf_counter()
     found = walk(root, exclude=(index_dir,), allow_outside=allow_outside)
@@ -399,9 +409,9 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
             store.tables.delete_units(shard, keys)
         edits = time.perf_counter() - t
         tasks = [task for unit in todo for task in unit.tasks]
-        report.encoded_rows = _encode_all(
+        report.encoded_rows, report.memory_peak = _encode_all(
             encoder, store, tasks, by_key, workers=workers, on_error=on_error,
-            commit_rows=commit_rows, progress=progress, timings=timings, failed=failed, prefetch_bytes=prefetch_bytes,
+            commit_rows=commit_rows, progress=progress, timings=timings, failed=failed, memory_bytes=memory_bytes,
         )  # fmt: skip
         _fail_fast(on_error, list(failed.values()))
         t = time.perf_counter()

@@ -31,6 +31,7 @@ from .corpus import (
     read_passage,
 )
 from .errors import InputError
+from .memory import TEXT_COST, image_cost, video_cost
 from .modality import Item, Modality
 from .schema import row_key, shard_name
 
@@ -68,6 +69,7 @@ class Task:
     span: tuple[float, float] | None = None  # video time range, seconds
     chars: tuple[int, int, int, int] | None = None  # text passage: characters, then bytes, [start, end)
     probe: Any = None  # a video's read-stage Probe, so a segment read does not count frames again
+    cost: int = TEXT_COST  # predicted peak bytes while its inputs are decoded and prepared (memory.py)
 
 
 @dataclass
@@ -233,7 +235,8 @@ def _media_tasks(
     suffix = f"+{_sha(text)[:8]}" if text is not None else ""
     if f.modality == Modality.IMAGE.value:
         row = _base_row(unit, 1, shard, source, f.sha256[:16] + suffix, **common)
-        return [Task(unit, shard, row, {"image": f.path, **item_text}, checks)]
+        cost = image_cost(f.width, f.height, settings)
+        return [Task(unit, shard, row, {"image": f.path, **item_text}, checks, cost=cost)]
     probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0)
     spans = [(0.0, probe.duration)] if text is not None else segment_spans(probe.duration, *_seg(options))
     tasks = []
@@ -244,7 +247,8 @@ def _media_tasks(
         row = _base_row(unit, len(spans), shard, source, row_id, duration=probe.duration, frames=frames, **common)
         row.update(start=start, end=end)
         span = None if whole else (start, end)
-        tasks.append(Task(unit, shard, row, {"video": f.path, **item_text}, checks, span, probe=probe))
+        cost = video_cost(f.width, f.height, frames, settings)
+        tasks.append(Task(unit, shard, row, {"video": f.path, **item_text}, checks, span, probe=probe, cost=cost))
     return tasks
 
 
@@ -303,7 +307,7 @@ def plan_units(
     for d, media in declared:
         modalities = {Modality.TEXT} if d.text is not None else set()
         parts: dict[str, Any] = {"text": d.text, "metadata": d.metadata}
-        checks, row_cols = [], {}
+        checks, row_cols, cost = [], {}, TEXT_COST
         for kind in ("image", "video"):
             f = media.get(kind)
             if f is not None:
@@ -311,11 +315,14 @@ def plan_units(
                 parts[kind] = f.sha256
                 checks.append((f.path, f.size, f.mtime_ns))
                 row_cols.update(width=f.width, height=f.height)
+                cost += image_cost(f.width, f.height, settings) if kind == "image" else 0
                 if kind == "video":
                     from .video import Probe
 
                     probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0)
-                    row_cols.update(duration=probe.duration, frames=_frames_used(probe, settings, None, None))
+                    frames = _frames_used(probe, settings, None, None)
+                    row_cols.update(duration=probe.duration, frames=frames)
+                    cost += video_cost(f.width, f.height, frames, settings)
                     row_cols.update(start=0.0, end=probe.duration)
         shard = shard_name(modalities)
         content = _sha(json.dumps(parts, sort_keys=True))
@@ -325,7 +332,8 @@ def plan_units(
         row = _base_row(key, 1, shard, d.source, d.id, path=media_paths[0] if media_paths else None)
         row.update(paths=media_paths, content_hash=content, text=d.text, metadata=meta, **row_cols)
         item = {"text": d.text, "image": d.image, "video": d.video}
-        units.append(Unit(key, shard, [Task(key, shard, row, item, tuple(checks))], tuple(media_paths), None, d.source))
+        task = Task(key, shard, row, item, tuple(checks), cost=cost)
+        units.append(Unit(key, shard, [task], tuple(media_paths), None, d.source))
     return units
 
 
