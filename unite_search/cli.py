@@ -201,7 +201,7 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
     help="Shards above this many rows get an IVF index (default 100000).",
 )
 @click.option("--memory-mb", type=click.IntRange(1), default=2048, show_default=True,
-              help="Most memory held by inputs decoded and not yet encoded (an input above it runs alone).")  # fmt: skip
+              help="Most memory held by inputs decoded and not yet encoded (a larger input runs alone).")  # fmt: skip
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
               help="LoRA adapter folder (from finetune) applied to --model.")  # fmt: skip
 @click.option("--allow-outside", is_flag=True,
