@@ -395,3 +395,50 @@ def test_a_merged_folder_records_its_lineage(tiny_dir, adapter_dir, encoder, tmp
     assert merged.revision == f"local-{fingerprint(out)}" and merged.adapter is None
     assert merged.revision not in (encoder.revision, adapted.revision)
     np.testing.assert_allclose(merged.encode(TEXTS), adapted.encode(TEXTS), atol=1e-5)
+
+
+def test_an_index_built_with_an_adapter_is_queried_with_it(tiny_dir, adapter_dir, tmp_path):
+    from click.testing import CliRunner
+    from corpora import write_photo
+
+    from unite_search import Index
+    from unite_search.cli import main
+    from unite_search.ingestion import ingest
+    from unite_search.store import IndexMismatchError
+
+    root = tmp_path / "corpus"
+    for i in range(3):
+        write_photo(root / f"p{i}.png", seed=i)
+    index = tmp_path / "index"
+    adapted = Encoder.load(tiny_dir, device="cpu", workers=1, adapter=adapter_dir)
+    ingest(root, index, encoder=adapted)
+    recorded = json.loads((index / "manifest.json").read_text())["encoder"]
+    assert (recorded["model_id"], recorded["adapter"]) == (str(tiny_dir), str(adapter_dir))
+    idx = Index.open(index, device="cpu")  # the recorded base and adapter, loaded as they were recorded
+    hits = idx.query(image=root / "p1.png")
+    assert hits[0].path == "p1.png" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert idx.encoder.adapter == str(adapter_dir) and idx.encoder.revision == adapted.revision
+    with pytest.raises(IndexMismatchError, match="revision"):  # the base alone is another model
+        Index.open(index, encoder=Encoder.load(tiny_dir, device="cpu", workers=1))
+    moved = tmp_path / "moved-adapter"
+    shutil.move(adapter_dir, moved)
+    try:
+        with pytest.raises(ModelLoadError, match="adapter"):
+            Index.open(index, device="cpu").query(image=root / "p1.png")
+        hits = Index.open(index, device="cpu", adapter=moved).query(image=root / "p1.png")
+        assert hits[0].path == "p1.png" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        out = CliRunner().invoke(
+            main, ["query", str(index), "--image", str(root / "p2.png"), "--adapter", str(moved), "--json"]
+        )
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.output)["hits"][0]["path"] == "p2.png"
+        more = root / "p9.png"
+        write_photo(more, seed=9)
+        out = CliRunner().invoke(
+            main, ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--adapter", str(moved), "-q"]
+        )
+        assert out.exit_code == 0, out.output  # the same weights from the adapter's new place
+        assert "encoded 1" in out.output
+        assert json.loads((index / "manifest.json").read_text())["encoder"]["adapter"] == str(moved)
+    finally:
+        shutil.move(moved, adapter_dir)
