@@ -487,3 +487,30 @@ def test_index_inside_the_corpus_is_not_walked(tmp_path, encoder, monkeypatch):
     report = ingest(".", encoder=encoder)
     assert report.encoded_items == 0 and report.failures == []
     assert [r["path"] for r in rows_by_id(root / "indexes/corpus").values()] == ["a.png"]
+
+
+def test_segments_of_a_long_video_reuse_the_read_stage_count_without_decord(tmp_path, encoder, monkeypatch):
+    """With PyAV, an mkv stores no frame count: counting once per segment would make ingest quadratic."""
+    import unite_search.video as video
+    from conftest import write_index_video
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_index_video(root / "long.mkv", 200, fps=10)  # 20 s: 7 segments of 4 s
+    monkeypatch.setattr(video, "_backend", lambda name: "av")  # as on a machine without decord
+    decoded = []
+    real = video._read_av
+
+    def counted(*args, **kwargs):
+        frames, info = real(*args, **kwargs)
+        decoded.append(info.decoded)
+        return frames, info
+
+    monkeypatch.setattr(video, "_read_av", counted)
+    report = ingest(root, tmp_path / "index", encoder=encoder, **OPTS)
+    assert report.status == "ok" and report.encoded_rows == 7 == len(decoded)
+    assert sum(decoded) < 2 * 200, decoded  # each segment decodes about its own span (counting: 7 x 200)
+    monkeypatch.undo()
+    clean = tmp_path / "decord-index"
+    ingest(root, clean, encoder=encoder, **OPTS)
+    assert_same_rows(rows_by_id(clean), rows_by_id(tmp_path / "index"))  # the same frames either way
