@@ -491,8 +491,9 @@ def test_index_inside_the_corpus_is_not_walked(tmp_path, encoder, monkeypatch):
 
 def test_segments_of_a_long_video_reuse_the_read_stage_count_without_decord(tmp_path, encoder, monkeypatch):
     """With PyAV, an mkv stores no frame count: counting once per segment would make ingest quadratic."""
-    import unite_search.video as video
     from conftest import write_index_video
+
+    import unite_search.video as video
 
     root = tmp_path / "corpus"
     root.mkdir()

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .diskio import file_sha256
 from .errors import InputError
 from .modality import Modality
+
+__all__ = ["file_sha256"]  # re-exported: ingest, queries and the benchmark cache hash files with it
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
@@ -269,15 +272,6 @@ class FileFacts:
         spans = tuple(tuple(flat[i : i + 4]) for i in range(0, len(flat), 4))
         keep = ("rel", "size", "mtime_ns", "sha256", "modality", "width", "height", "duration", "fps", "total_frames")
         return cls(path=path, passages=spans, **{k: row[k] for k in keep})  # type: ignore[arg-type]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = None) -> FileFacts:

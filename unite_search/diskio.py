@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-TMP_MARK = ".tmp-"  # temporary files are "<name>.tmp-<pid>" or ".<name>.tmp-<pid>"
+TMP_MARK = ".tmp-"
+CHUNK = 8 << 20  # temporary files are "<name>.tmp-<pid>" or ".<name>.tmp-<pid>"
 
 _OS_ERROR = re.compile(r"os error (\d+)")
 _STRERRORS = {os.strerror(code): code for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO,
@@ -46,20 +50,37 @@ def brief(exc: BaseException) -> str:
     return _RUST_SOURCE.sub("", text).removeprefix("lance error: ")
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write atomically (temporary file, fsync, rename); on failure nothing is left behind."""
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False, fsync: bool = True) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, then rename: readers see the old file or
+    the whole new one. On failure nothing is left behind. Temporary names are unique per call."""
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "w") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
+        with open(tmp, "wb" if binary else "w") as fh:
+            write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_json(path: Path, payload: Any, fsync: bool = True) -> None:
+    """Write JSON atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda fh: fh.write(json.dumps(payload, indent=2) + "\n"), fsync=fsync)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 8 MiB chunks."""
+    digest = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as fh:
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def remove_stale_temporaries(folder: Path) -> int:

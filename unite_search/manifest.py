@@ -124,6 +124,24 @@ def check(
         )
 
 
+def faiss_problem(folder: Path, entry: dict[str, Any]) -> str | None:
+    """What is wrong with the FAISS file a manifest entry names (missing, size, sha256), or None."""
+    from .diskio import file_sha256
+
+    rel = entry["faiss"]
+    path = folder / rel
+    if "faiss_sha256" not in entry:
+        return f"{rel} has no recorded checksum (index built by an older unite-search)"
+    if not path.is_file():
+        return f"{rel} is missing"
+    size = path.stat().st_size
+    if size != entry["faiss_bytes"]:
+        return f"{rel} is {size} bytes, the manifest records {entry['faiss_bytes']} (truncated or replaced)"
+    if file_sha256(path) != entry["faiss_sha256"]:
+        return f"{rel} does not match its recorded sha256 (damaged or replaced)"
+    return None
+
+
 def state(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a published manifest names on disk: its time and, per shard, the table version and FAISS file."""
     keys = ("version", "faiss", "faiss_bytes", "faiss_sha256")

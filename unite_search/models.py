@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import diskio
+from .diskio import write_json
 from .errors import ModelLoadError
 
 # Short names of the released checkpoints (their dims and uses: README, "Models").
@@ -46,12 +47,11 @@ def _offline_help(name: str, hub_id: str) -> str:
 IDENTITY_FILES = ("config.json", "adapter_config.json", "tokenizer.json", "vocab.json", "merges.txt")
 FINGERPRINT_CACHE = "fingerprints.json"  # under $XDG_CACHE_HOME/unite-search
 _CACHE_ENTRIES = 4096  # the oldest entries beyond this are dropped; a dropped file is just hashed again
-_CHUNK = 8 << 20
 
 
 @dataclass
 class HashStats:
-    """Work done by :func:`file_sha256` in this process (``files``/``bytes`` read and hashed, cache ``hits``)."""
+    """Work done by :func:`cached_sha256` in this process (``files``/``bytes`` read and hashed, cache ``hits``)."""
 
     files: int = 0
     bytes: int = 0
@@ -84,8 +84,7 @@ def _read_disk_cache(path: Path) -> dict[str, dict]:
 
 
 def _write_disk_cache(path: Path, name: str, key: tuple[int, ...], digest: str) -> None:
-    """Add one entry, atomically (temporary file + rename); a failure only costs a recomputation later."""
-    tmp = None
+    """Add one entry, atomically; a failure only costs a recomputation later."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # merge with what other processes wrote meanwhile, less the files that are gone
@@ -93,20 +92,12 @@ def _write_disk_cache(path: Path, name: str, key: tuple[int, ...], digest: str) 
         files[name] = {"key": list(key), "sha256": digest}
         for stale in list(files)[: max(0, len(files) - _CACHE_ENTRIES)]:
             del files[stale]
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"version": 1, "files": files}, fh)
-        os.replace(tmp, path)
-        tmp = None
+        write_json(path, {"version": 1, "files": files}, fsync=False)
     except (OSError, ValueError, TypeError):
         pass
-    finally:
-        if tmp is not None:
-            with suppress(OSError):
-                os.unlink(tmp)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def cached_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's whole content, remembered (in memory and on disk) while the file is unchanged."""
     name = os.path.abspath(path)
     key = _stat_key(os.stat(name))
@@ -122,13 +113,7 @@ def file_sha256(path: str | os.PathLike) -> str:
             hash_stats.hits += 1
             _memo[name] = (key, entry["sha256"])
         return entry["sha256"]
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(name, "rb") as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    digest = h.hexdigest()
+    digest = diskio.file_sha256(name)
     unchanged = _stat_key(os.stat(name)) == key  # a file written while we read it is not remembered
     with _memo_lock:
         hash_stats.files += 1
@@ -147,7 +132,7 @@ def fingerprint(folder: Path) -> str:
     files = sorted({*folder.glob("*.safetensors"), *(folder / n for n in IDENTITY_FILES)}, key=lambda f: f.name)
     for f in files:
         if f.is_file():
-            h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+            h.update(f"{f.name}\0{cached_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifests
-from .corpus import file_sha256
-from .diskio import remove_stale_temporaries
+from .diskio import file_sha256, remove_stale_temporaries
 from .errors import UniteError
 from .schema import table_name
 from .tables import READ_BATCH, ShardTables
@@ -102,16 +101,8 @@ def prune_faiss(folder: Path, states: list[dict[str, Any]]) -> list[str]:
 
 def needs_repair(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
     """Published shards whose FAISS file is missing, damaged or unchecked (format 1), with the reason."""
-    out = {}
-    for shard, entry in manifest.get("shards", {}).items():
-        path = folder / entry["faiss"]
-        if "faiss_sha256" not in entry:
-            out[shard] = "no checksum recorded (built by an older unite-search)"
-        elif not path.is_file():
-            out[shard] = f"{entry['faiss']} is missing"
-        elif path.stat().st_size != entry["faiss_bytes"] or file_sha256(path) != entry["faiss_sha256"]:
-            out[shard] = f"{entry['faiss']} does not match its recorded checksum"
-    return out
+    found = {shard: manifests.faiss_problem(folder, entry) for shard, entry in manifest.get("shards", {}).items()}
+    return {shard: why for shard, why in found.items() if why is not None}
 
 
 def disk_bytes(folder: Path) -> int:

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifests
-from .corpus import file_sha256
 from .diskio import brief
 from .errors import IndexDamagedError, StaleReadError
 from .schema import LARGE_COLUMNS, SMALL_COLUMNS
@@ -91,20 +90,12 @@ class ShardReader:
     def _load_index(self):
         from . import ann
 
-        rel = self.entry["faiss"]
-        path = self.folder / rel
-        if "faiss_sha256" not in self.entry:
-            raise IndexDamagedError(
-                f"{self.folder}: {rel} has no recorded checksum (index built by an older unite-search); {REPAIR}"
-            )
-        if not path.is_file():
-            raise self._missing(rel)
-        size = path.stat().st_size
-        if size != self.entry["faiss_bytes"] or file_sha256(path) != self.entry["faiss_sha256"]:
-            raise IndexDamagedError(
-                f"{path}: FAISS file does not match the manifest ({size} bytes, recorded "
-                f"{self.entry['faiss_bytes']}, or another checksum); it is damaged or was replaced; {REPAIR}"
-            )
+        path = self.folder / self.entry["faiss"]
+        if "faiss_sha256" in self.entry and not path.is_file():
+            raise self._missing(self.entry["faiss"])  # pruned after a later publish, or deleted
+        problem = manifests.faiss_problem(self.folder, self.entry)
+        if problem is not None:
+            raise IndexDamagedError(f"{self.folder}: {problem}; {REPAIR}")
         try:
             index = ann.read(path)
         except RuntimeError as exc:

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifests
-from .corpus import file_sha256
 from .diskio import brief
 from .errors import UniteError
 from .tables import READ_BATCH, ShardTables
@@ -66,19 +65,9 @@ def _check_faiss(folder: Path, shard: str, entry: dict[str, Any], out: Verificat
     from . import ann
 
     path = folder / entry["faiss"]
-    if "faiss_sha256" not in entry:
-        out.problems.append(f"{path}: no checksum recorded (built by an older unite-search); run ingest to rebuild")
-        return None
-    if not path.is_file():
-        out.problems.append(f"{path}: missing")
-        return None
-    size = path.stat().st_size
-    if size != entry["faiss_bytes"]:
-        recorded = entry["faiss_bytes"]
-        out.problems.append(f"{path}: {size} bytes, the manifest records {recorded} (truncated or replaced)")
-        return None
-    if file_sha256(path) != entry["faiss_sha256"]:
-        out.problems.append(f"{path}: sha256 differs from the manifest's (damaged or replaced)")
+    problem = manifests.faiss_problem(folder, entry)
+    if problem is not None:
+        out.problems.append(f"shard {shard}: {problem}")
         return None
     try:
         index = ann.read(path)
@@ -122,13 +111,9 @@ def _check_table(tables: ShardTables, shard: str, entry: dict[str, Any], faiss_i
 
 def _check_kept(folder: Path, tables: ShardTables, shard: str, kept: dict[str, Any], published: str, out) -> None:
     where = f"earlier state of {published}, shard {shard}"
-    path = folder / kept["faiss"]
-    if not path.is_file():
-        out.problems.append(f"{where}: {kept['faiss']} is missing")
-    elif "faiss_sha256" in kept and (
-        path.stat().st_size != kept["faiss_bytes"] or file_sha256(path) != kept["faiss_sha256"]
-    ):
-        out.problems.append(f"{where}: {kept['faiss']} does not match its recorded checksum")
+    problem = manifests.faiss_problem(folder, kept)
+    if problem is not None:
+        out.problems.append(f"{where}: {problem}")
     try:
         tables.open(shard, kept["version"]).count_rows()
     except Exception as exc:  # noqa: BLE001  see _check_table

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..corpus import file_sha256
+from ..diskio import file_sha256, write_atomic
 
 DEFAULT_DIR = Path("~/.cache/unite-search/embeddings")
 CHUNK = 256
@@ -35,16 +35,6 @@ def _file_sha(path: str, memo: dict[tuple[str, int, int], str]) -> str:
     if key not in memo:
         memo[key] = file_sha256(path)
     return memo[key]
-
-
-def _write_atomically(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: concurrent writers never share it
-    try:
-        with open(tmp, mode) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _rows(npy: Path) -> int:
@@ -76,7 +66,7 @@ class EmbeddingCache:
         namespace = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root).expanduser() / namespace
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.dir / "settings.json", lambda fh: fh.write(text), "w")
+        write_atomic(self.dir / "settings.json", lambda fh: fh.write(text), fsync=False)
         self._where: dict[str, tuple[str, int]] = {}  # key -> (chunk name, row)
         self._scanned: set[str] = set()  # chunk names whose key file was read (good or damaged)
         self._chunks: dict[str, np.ndarray] = {}
@@ -124,8 +114,8 @@ class EmbeddingCache:
     def _save(self, keys: list[str], vecs: np.ndarray) -> None:
         name = f"chunk-{uuid.uuid4().hex}"
         # vectors first: the key file makes the chunk visible, so no reader sees keys without vectors
-        _write_atomically(self.dir / f"{name}.npy", lambda fh: np.save(fh, vecs), "wb")
-        _write_atomically(self.dir / f"{name}.json", lambda fh: fh.write(json.dumps(keys)), "w")
+        write_atomic(self.dir / f"{name}.npy", lambda fh: np.save(fh, vecs), binary=True, fsync=False)
+        write_atomic(self.dir / f"{name}.json", lambda fh: fh.write(json.dumps(keys)), fsync=False)
         self._scanned.add(name)
         for row, key in enumerate(keys):
             self._where.setdefault(key, (name, row))
