@@ -515,3 +515,14 @@ def test_segments_of_a_long_video_reuse_the_read_stage_count_without_decord(tmp_
     clean = tmp_path / "decord-index"
     ingest(root, clean, encoder=encoder, **OPTS)
     assert_same_rows(rows_by_id(clean), rows_by_id(tmp_path / "index"))  # the same frames either way
+
+
+def test_an_oversized_caption_is_a_reported_failure_and_its_media_still_indexed(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    (root / "a.txt").write_text("a very long caption. " * 4000)  # 84 KB
+    report = ingest(root, tmp_path / "index", encoder=encoder)
+    assert [(p.path, p.stage) for p in report.failures] == [("a.txt", "read")]
+    assert "above 65536" in report.failures[0].reason
+    rows = IndexStore(tmp_path / "index").read_rows("image", ["path", "caption"]).to_pylist()
+    assert rows == [{"path": "a.png", "caption": None}]

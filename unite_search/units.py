@@ -35,6 +35,8 @@ from .memory import TEXT_COST, image_cost, video_cost
 from .modality import Item, Modality
 from .schema import row_key, shard_name
 
+CAPTION_BYTES = 64 << 10  # a sidecar caption at most: it is read whole and stored with every row it labels
+
 
 @dataclass(frozen=True)
 class IngestOptions:
@@ -151,9 +153,14 @@ def find_captions(media: list[Entry], facts: dict[str, FileFacts]):
         sidecars.add(e.rel)
         if e.rel not in facts:  # its read failure is already reported
             continue
+        if facts[e.rel].size > CAPTION_BYTES:  # a caption is read whole: bound it
+            size = facts[e.rel].size
+            reason = f"caption file is {size} bytes, above {CAPTION_BYTES}; the media is indexed without it"
+            problems.append(Problem(e.rel, "read", reason))
+            continue
         try:
             with open(e.path, "rb") as fh:
-                caption = decode_text(fh.read(), e.rel).strip()
+                caption = decode_text(fh.read(CAPTION_BYTES + 1), e.rel).strip()
         except OSError as exc:
             problems.append(Problem(e.rel, "read", f"cannot read caption: {exc.strerror or exc}"))
             continue
