@@ -97,6 +97,8 @@ class IngestReport:
             lines.append(f"ignored {self.ignored_files} file(s) of other types")
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         lines.append(f"time: {times}")
+        if self.memory_peak:
+            lines.append(f"memory: decoded inputs held at most {self.memory_peak / 2**20:.0f} MiB (predicted peaks)")
         if self.error:
             lines.append(f"FAILED: {self.error}")
         return "\n".join(lines)
