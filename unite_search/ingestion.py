@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ann
+from . import ann, filecache
 from .corpus import Problem, walk
 from .diskio import io_reason, remove_stale_temporaries
 from .errors import IndexWriteError, InputError, UniteError
@@ -363,7 +363,7 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     # read: hash and probe every file; captions; manifests and the media they name
     t = time.perf_counter()
     media = [e for e in found.entries if e.kind != "manifest"]
-    cache = store.tables.file_cache()
+    cache = filecache.load(store.tables)
     facts, problems = read_files(media, cache, options, workers, progress)
     failures += problems
     captions, sidecars, problems = find_captions(media, facts)
@@ -435,7 +435,7 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
 
     # publish: FAISS over every changed shard, then the manifest (the commit point for readers)
     t = time.perf_counter()
-    store.tables.save_file_cache([f.to_row() for f in facts.values()], cache)
+    filecache.save(store.tables, [f.to_row() for f in facts.values()], cache)
     # every write (rows added, deleted or relabelled, here or by a killed run) moves a table's version
     published = manifest.get("shards", {})
     changed = {s for s, v in store.tables.versions().items() if published.get(s, {}).get("version") != v}

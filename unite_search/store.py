@@ -9,8 +9,8 @@ Layout (see ``indexes/README.md``)::
     faiss/<shard>.v<N>.faiss   the FAISS index over version N of that shard's table
     runs/<time>.json       each ingest's report, failures included
 
-Each job lives in its own module (``manifest``, ``lock``, ``tables``, ``publish``, ``runs``); this
-class only ties them to one folder. Readers use :mod:`unite_search.reader` instead.
+Each job lives in its own module (``manifest``, ``lock``, ``tables``, ``filecache``, ``publish``,
+``runs``); this class only ties them to one folder. Readers use :mod:`unite_search.reader` instead.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,33 +164,6 @@ class ShardTables:
         age = time.time() - cutoff + PRUNE_MARGIN
         table.optimize(cleanup_older_than=dt.timedelta(seconds=age) if age > PRUNE_MARGIN else NEVER)
         return table.version
-
-    # ------------------------------------------------------------ file cache
-    def file_cache(self) -> dict[str, dict[str, Any]]:
-        """The read stage's facts by corpus-relative path; empty when absent or of an older layout."""
-        from .schema import files_schema
-
-        if FILES_TABLE not in self.names():
-            return {}
-        table = self.db.open_table(FILES_TABLE)
-        if table.schema != files_schema():
-            return {}  # written by an older layout: facts are cheap to read again
-        return {r["rel"]: r for r in table.search().limit(None).to_arrow().to_pylist()}
-
-    def save_file_cache(self, rows: list[dict[str, Any]], previous: dict[str, dict[str, Any]]) -> bool:
-        """Replace the file cache when it changed; keeps only its latest version. Returns whether it wrote."""
-        import pyarrow as pa
-
-        from .schema import files_schema
-
-        if {r["rel"]: r for r in rows} == previous:
-            return False
-        data = pa.Table.from_pylist(rows, schema=files_schema())
-        table = self.db.create_table(FILES_TABLE, data=data, mode="overwrite")
-        with warnings.catch_warnings():  # nobody reads an older version of the cache
-            warnings.simplefilter("ignore")
-            table.optimize(cleanup_older_than=dt.timedelta(0))
-        return True
 
 
 def _set(table, column: str, values: list):
