@@ -8,7 +8,8 @@ Shards of random unit vectors (dim 1536, the 2B models' width) are written strai
 ``--flat``). The query encoder is a random one-layer Qwen2-VL with 1536-wide vectors, so encoding is
 real but cheap on a CPU. For each text query, in alternating order:
 
-- ``Index.query(text=q, target=shard, k=10)``: plan, encode, search, fetch the rows' metadata, merge;
+- ``Index.query(text=q, target=shard, k=10)``: plan, encode, search, fetch the rows' metadata (held in
+  memory; on the text shard, each hit's text is read from the table), merge;
 - baseline: ``encoder.encode([q])`` and ``faiss_index.search(vector, 10)`` on the same FAISS index.
 
 The difference is what the planner, the metadata fetch and the merge cost. Target: at most 10% of
@@ -57,6 +58,8 @@ def fill(store: IndexStore, shard: str, n: int, seed: int) -> None:
             rows.append({"id": row_id, "key": row_key(row_id), "unit": row_id, "unit_rows": 1, "modality": shard,
                          "source": "synthetic", "path": path, "paths": [path], "size": 1000 + i,
                          "width": int(widths[i - start]), "height": 1000})  # fmt: skip
+            if shard == "text":  # a passage: search fetches the text of its hits from the table
+                rows[-1]["text"] = f"passage {i}: " + "words of a synthetic passage about harbours " * 14
         store.tables.add_rows(shard, rows, vecs)
 
 

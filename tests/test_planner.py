@@ -113,3 +113,26 @@ def test_plan_errors(shards, kwargs, message):
 def test_an_index_without_shards_plans_an_empty_search():
     plan = plan_query({}, text="x", target="all")
     assert plan.shards == () and "(none)" in plan.explain()
+
+
+def test_merge_results_is_a_pure_rule_over_shard_lists():
+    from unite_search.planner import RRF_K, merge_results
+
+    def rows(*ids):
+        return [{"id": i} for i in ids]
+
+    image = list(zip(rows("a", "b", "c"), [0.9, 0.5, 0.1], strict=True))
+    video = list(zip(rows("x", "y"), [0.3, 0.2], strict=True))
+    # one shard: by cosine, cut at k
+    assert [(s, r["id"], c, f) for s, r, c, f in merge_results("cosine", 2, [("image", image)])] == [
+        ("image", "a", 0.9, None), ("image", "b", 0.5, None)]  # fmt: skip
+    # several: reciprocal-rank fusion; equal fused scores fall back to the higher cosine
+    fused = merge_results("rrf", 4, [("image", image), ("video", video)])
+    assert [(s, r["id"]) for s, r, _, _ in fused] == [("image", "a"), ("video", "x"), ("image", "b"), ("video", "y")]
+    assert fused[0][3] == pytest.approx(1 / (RRF_K + 1)) and fused[2][3] == pytest.approx(1 / (RRF_K + 2))
+    # the same id in two shards is two results; inputs are left as they were
+    twice = merge_results("rrf", 10, [("image", rows_a := list(zip(rows("a"), [0.4], strict=True))),
+                                      ("video", list(zip(rows("a"), [0.8], strict=True)))])  # fmt: skip
+    assert [(s, c) for s, _, c, _ in twice] == [("video", 0.8), ("image", 0.4)] and rows_a[0][1] == 0.4
+    with pytest.raises(ValueError, match="unknown merge rule"):
+        merge_results("max", 3, [])
