@@ -31,7 +31,7 @@ def status(key):
 
 model, corpus, work, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 encoder = Encoder.load(model, device="cpu", workers=3)
-encoder.encode(["warm up"])
+ingest(f"{work}/warm", f"{work}/warm-index", encoder=encoder, workers=3)  # one-time set-up of every stage
 out = {}
 for name, limit in (("bounded", budget), ("unbounded", 1 << 40)):
     with open("/proc/self/clear_refs", "w") as fh:
@@ -57,6 +57,7 @@ def test_decoded_inputs_stay_within_the_memory_budget(tmp_path, tiny_dir):
     """Four 6000x6000 PNGs (under 1 MB each on disk, ~110 MB decoded) with 3 decode workers."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
+    Image.new("RGB", (640, 480), (200, 120, 40)).save((tmp_path / "warm").mkdir() or tmp_path / "warm/small.png")
     side = 6000
     for i in range(4):
         img = np.empty((side, side, 3), np.uint8)
