@@ -209,3 +209,20 @@ def test_damage_gives_one_line_errors_on_the_command_line(built):
 
 def _row_id(index: Path, shard: str) -> str:
     return IndexStore(index).read_rows(shard, ["id"]).column("id")[0].as_py()
+
+
+def test_a_format_1_index_is_refused_by_readers_until_ingest_adds_checksums(built, encoder):
+    root, index = built
+    manifest = IndexStore(index).require_manifest()
+    manifest["format"] = 1
+    for entry in manifest["shards"].values():
+        for key in ("faiss_bytes", "faiss_sha256", "dim"):
+            entry.pop(key)
+    manifests.write(index, manifest)
+    with pytest.raises(IndexDamagedError, match="no recorded checksum"):
+        Index.open(index, encoder=encoder).query(image=root / "p1.png")
+    report = ingest(root, index, encoder=encoder)
+    assert report.repaired == ["image", "video"] and report.encoded_items == 0
+    upgraded = IndexStore(index).require_manifest()
+    assert upgraded["format"] == 2 and all("faiss_sha256" in e for e in upgraded["shards"].values())
+    assert Index.open(index, encoder=encoder).query(image=root / "p1.png")[0].path == "p1.png"
