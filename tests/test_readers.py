@@ -130,14 +130,19 @@ def _entry(index: Path, shard: str) -> dict:
     return IndexStore(index).require_manifest()["shards"][shard]
 
 
-@pytest.mark.parametrize("damage", ["vector bytes", "id map", "truncated", "deleted", "other shard's file"])
+@pytest.mark.parametrize(
+    "damage", ["vector bytes", "vector bytes, mtime restored", "id map", "truncated", "deleted", "other shard's file"]
+)
 def test_a_damaged_faiss_file_is_an_error_and_ingest_rebuilds_it(built, encoder, damage):
     root, index = built
     expected = [(h.id, round(h.score, 5)) for h in Index.open(index, encoder=encoder).query(image=root / "p1.png")]
     path = index / _entry(index, "image")["faiss"]
     size = path.stat().st_size
-    if damage == "vector bytes":
+    if damage.startswith("vector bytes"):
+        st = path.stat()
         _overwrite(path, size // 2, np.full(8, 1e37, np.float32).tobytes())
+        if damage.endswith("restored"):  # ingest's cheap stat check must still see it (ctime moved)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     elif damage == "id map":
         _overwrite(path, size - 24, np.arange(3, dtype=np.int64).tobytes())
     elif damage == "truncated":
@@ -226,3 +231,18 @@ def test_a_format_1_index_is_refused_by_readers_until_ingest_adds_checksums(buil
     upgraded = IndexStore(index).require_manifest()
     assert upgraded["format"] == 2 and all("faiss_sha256" in e for e in upgraded["shards"].values())
     assert Index.open(index, encoder=encoder).query(image=root / "p1.png")[0].path == "p1.png"
+
+
+def test_a_rerun_hashes_no_unchanged_faiss_file_and_damage_is_not_a_bad_filter(built, encoder, monkeypatch):
+    import unite_search.diskio as diskio
+
+    root, index = built
+    hashed = []
+    real = diskio.file_sha256
+    monkeypatch.setattr(diskio, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    assert not ingest(root, index, encoder=encoder).published
+    assert not [name for name in hashed if name.endswith(".faiss")]  # unchanged since written: trusted
+    monkeypatch.undo()
+    sorted((index / "tables/image.lance/data").iterdir())[0].unlink()
+    with pytest.raises(IndexDamagedError, match="missing or unreadable"):
+        Index.open(index, encoder=encoder).query(image=root / "p1.png", where="width > 0")

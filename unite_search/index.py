@@ -247,9 +247,10 @@ def _execute(snapshot: Snapshot, plan: QueryPlan, vec: np.ndarray, q: Mapping[st
         skip = excluded | reader.keys_with_hash(ref_hash) if ref_hash is not None else excluded
         allowed = None
         if plan.where:
+            reader.meta()  # a damaged or pruned table is told as such, not as a bad filter
             try:
                 allowed = reader.keys_where(plan.where)
-            except Exception as exc:
+            except Exception as exc:  # LanceDB raises its own classes for SQL it cannot bind
                 raise PlanError(f"invalid where filter {plan.where!r}: {exc}") from exc
         found = reader.search(vec, s.k, allowed=allowed, excluded=skip)
         rows = reader.rows_of([key for key, _ in found])

@@ -124,8 +124,18 @@ def check(
         )
 
 
-def faiss_problem(folder: Path, entry: dict[str, Any]) -> str | None:
-    """What is wrong with the FAISS file a manifest entry names (missing, size, sha256), or None."""
+def file_stat(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do: size, mtime, ctime, inode (ctime cannot be set back)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def faiss_problem(folder: Path, entry: dict[str, Any], *, trust_stat: bool = False) -> str | None:
+    """What is wrong with the FAISS file a manifest entry names (missing, size, sha256), or None.
+
+    ``trust_stat`` skips hashing a file whose stat is still the one recorded when it was written
+    (the writer's cheap check before each run); readers and ``--verify`` always hash.
+    """
     from .diskio import file_sha256
 
     rel = entry["faiss"]
@@ -137,6 +147,8 @@ def faiss_problem(folder: Path, entry: dict[str, Any]) -> str | None:
     size = path.stat().st_size
     if size != entry["faiss_bytes"]:
         return f"{rel} is {size} bytes, the manifest records {entry['faiss_bytes']} (truncated or replaced)"
+    if trust_stat and entry.get("faiss_stat") == file_stat(path):
+        return None
     if file_sha256(path) != entry["faiss_sha256"]:
         return f"{rel} does not match its recorded sha256 (damaged or replaced)"
     return None

@@ -37,9 +37,10 @@ def _batches(table, dim: int):
 
 
 def faiss_entry(folder: Path, rel: str) -> dict[str, Any]:
-    """What a reader checks a FAISS file against: its size and sha256."""
+    """What a reader checks a FAISS file against (size, sha256), and the stat the writer trusts until it changes."""
     path = folder / rel
-    return {"faiss": rel, "faiss_bytes": path.stat().st_size, "faiss_sha256": file_sha256(path)}
+    stat = manifests.file_stat(path)
+    return {"faiss": rel, "faiss_bytes": stat[0], "faiss_sha256": file_sha256(path), "faiss_stat": stat}
 
 
 def publish(
@@ -100,8 +101,12 @@ def prune_faiss(folder: Path, states: list[dict[str, Any]]) -> list[str]:
 
 
 def needs_repair(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """Published shards whose FAISS file is missing, damaged or unchecked (format 1), with the reason."""
-    found = {shard: manifests.faiss_problem(folder, entry) for shard, entry in manifest.get("shards", {}).items()}
+    """Published shards whose FAISS file is missing, damaged or unchecked (format 1), with the reason.
+
+    Runs before every ingest, so a file whose stat is unchanged since it was written is not hashed again.
+    """
+    shards = manifest.get("shards", {})
+    found = {shard: manifests.faiss_problem(folder, entry, trust_stat=True) for shard, entry in shards.items()}
     return {shard: why for shard, why in found.items() if why is not None}
 
 

@@ -56,7 +56,6 @@ class ShardReader:
     # ------------------------------------------------------------------ loads
     def _missing(self, what: str, exc: BaseException | None = None) -> Exception:
         """Stale when a newer manifest replaced ours and pruned this state; damaged when ours is current."""
-        current = None
         try:
             current = manifests.read(self.folder)
         except Exception:  # noqa: BLE001  an unreadable manifest makes this a damaged index, said below
