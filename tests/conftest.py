@@ -14,12 +14,14 @@ BITS = 8  # a frame's index is written as 8 black/white vertical bars
 BAR = 16
 
 
-def write_index_video(path: Path, n_frames: int, fps: int = 10, height: int = 64, width: int = BITS * BAR) -> Path:
+def write_index_video(
+    path: Path, n_frames: int, fps: int = 10, height: int = 64, width: int = BITS * BAR, pix_fmt: str = "yuv420p"
+) -> Path:
     """An H.264 clip whose frame i shows i in binary, so decoded frames reveal their index."""
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = {"crf": "12", "g": "4"}
         for i in range(n_frames):
             frame = np.zeros((height, width, 3), np.uint8)

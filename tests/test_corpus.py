@@ -37,14 +37,27 @@ def test_sniff(head, kind):
 def test_passages_cover_the_text_within_the_limit():
     text = "\n\n".join(f"Paragraph {i}. " + "Some words here. " * (3 + i) for i in range(8))
     spans = split_passages(text, 120)
-    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text.rstrip())
     assert all(a < b and b - a <= 120 for a, b in spans)
-    assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))  # contiguous: nothing lost
-    assert sum(text[a:b].endswith((" ", "\n")) for a, b in spans[:-1]) == len(spans) - 1  # cut at boundaries
+    # nothing lost: only whitespace lies between passages, and none at a passage's ends
+    assert all(not text[spans[i][1] : spans[i + 1][0]].strip() for i in range(len(spans) - 1))
+    assert all(text[a:b] == text[a:b].strip() for a, b in spans)
+    assert all(text[b] in " \n" for _, b in spans[:-1])  # cut at word and paragraph boundaries
+
+
+def test_passages_leave_out_surrounding_whitespace_in_chars_and_bytes():
+    from unite_search.corpus import PassageSplitter
+
+    text = "\n  a red kite\n\n\u00e9t\u00e9 \u00e0 Paris \n"
+    splitter = PassageSplitter(14, byte_offset=3)  # as after a UTF-8 BOM
+    splitter.feed(text)
+    data = text.encode("utf-8")
+    got = [(text[a:b], data[x - 3 : y - 3].decode("utf-8")) for a, b, x, y in splitter.finish()]
+    assert got == [("a red kite", "a red kite"), ("\u00e9t\u00e9 \u00e0 Paris", "\u00e9t\u00e9 \u00e0 Paris")]
 
 
 def test_passages_prefer_paragraphs_and_cut_words_only_when_forced():
-    assert split_passages("aaaa bbbb\n\ncccc dddd", 14) == [(0, 11), (11, 20)]
+    assert split_passages("aaaa bbbb\n\ncccc dddd", 14) == [(0, 9), (11, 20)]
     assert split_passages("x" * 25, 10) == [(0, 10), (10, 20), (20, 25)]
     assert split_passages("   \n\n   ", 4) == []
     with pytest.raises(ValueError):
@@ -62,8 +75,9 @@ def _whole_text_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
                 if (cut := window.rfind(sep)) >= 0:
                     end = start + max_chars // 2 + cut + len(sep)
                     break
-        if text[start:end].strip():
-            spans.append((start, end))
+        piece = text[start:end]
+        if piece.strip():
+            spans.append((start + len(piece) - len(piece.lstrip()), end - (len(piece) - len(piece.rstrip()))))
         start = end
     return spans
 

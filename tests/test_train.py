@@ -38,7 +38,8 @@ def test_mamcl_by_hand_mask_and_dual():
     assert float(got) == pytest.approx(expected, rel=1e-5)
     dual = mamcl_loss(q, c, targets, cands, dual=True)
     st = list(zip(*s, strict=True))  # unmasked S.T
-    assert float(dual - got) == pytest.approx(sum(_ce(list(st[j]), j) for j in range(3)) / 3, rel=1e-5)
+    c2q = sum(_ce(list(st[j]), j) for j in range(3)) / 3
+    assert float(dual) == pytest.approx((expected + c2q) / 2, rel=1e-5)  # upstream: (L_q2c + L_c2q) / 2
     # the mask removes exactly the cross-modality candidates: moving the text candidate changes no image
     # row's term (row 1 keeps only itself, whose term is 0), moving an image candidate does
     moved_text, moved_image = c.clone(), c.clone()

@@ -10,6 +10,7 @@ from unite_search.settings import EncoderSettings
 from unite_search.video import (
     Probe,
     frame_count,
+    frame_list,
     preprocess_video,
     probe,
     read_frames,
@@ -92,13 +93,17 @@ def test_short_clip_repeats_last_frame(tmp_path):
     assert [frame_index(f) for f in frames] == [0, 1, 2, 2, 2, 2]
 
 
-def test_frame_sequence_input():
+def test_frame_sequence_input_keeps_every_frame_and_pads_odd_counts():
     seq = [np.full((60, 80, 3), i * 10, np.uint8) for i in range(7)]
-    frames, info = read_frames(seq, EncoderSettings())
-    assert info.indices == (0, 1, 2, 3, 4, 5, 6, 6)  # 7 rounds to 8 frames: the last repeats
+    frames, info = frame_list(seq, EncoderSettings())
+    assert info.indices == (0, 1, 2, 3, 4, 5, 6, 6)  # 7 frames: padded to 8 by repeating the last
     assert [int(f[0, 0, 0]) for f in frames] == [0, 10, 20, 30, 40, 50, 60, 60]
-    capped, _ = read_frames(seq * 10, EncoderSettings(max_frames=8))
-    assert capped.shape[0] == 8
+    many, info = frame_list(seq * 10, EncoderSettings(max_frames=8, frames=4))  # a given list is never cut
+    assert many.shape[0] == 70 and info.total_frames == 70
+    with pytest.raises(InputError, match="sequence of frames"):
+        frame_list("clip.mp4", EncoderSettings())
+    with pytest.raises(InputError, match="takes a video file"):
+        read_frames(seq, EncoderSettings())
 
 
 def test_video_frames_get_both_resizes():
@@ -123,7 +128,7 @@ def test_bad_videos(tmp_path):
         with pytest.raises(InputError, match=r"junk\.mp4"):
             read_frames(tmp_path / "junk.mp4", EncoderSettings(), backend=backend)
     with pytest.raises(InputError, match="no frames"):
-        read_frames([], EncoderSettings())
+        frame_list([], EncoderSettings())
 
 
 def test_zero_frame_video(tmp_path):

@@ -269,7 +269,7 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
 )
 @click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lora-alpha", type=click.IntRange(1), default=None, help="Stage default: 16 / 64.")
-@click.option("--dual", is_flag=True, help="Add the (unmasked) candidate-to-query loss term.")
+@click.option("--dual", is_flag=True, help="Average the loss with the (unmasked) candidate-to-query term, as upstream.")
 @click.option("--max-steps", type=click.IntRange(1), default=None)
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out pairs.")
 @click.option("--eval-every", type=click.IntRange(0), default=0, help="Held-out R@1 every N steps.")

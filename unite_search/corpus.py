@@ -171,7 +171,8 @@ class PassageSplitter:
     """Cut text fed in pieces into passages of at most ``max_chars`` characters, as it streams.
 
     Cuts prefer a blank line, then a line end or sentence end, then any space, in the second half
-    of the window; whitespace-only spans are dropped. A passage is decided once ``max_chars + 1``
+    of the window; whitespace-only spans are dropped, and each span leaves out its passage's leading
+    and trailing whitespace (the encoder strips it from every text). A passage is decided once ``max_chars + 1``
     characters past its start are known (or the text ended), so memory stays about one window, and
     the cuts are those :func:`split_passages` makes on the whole text. Each span also gives its
     UTF-8 byte range, so a passage can be read back without decoding the file around it.
@@ -210,19 +211,25 @@ class PassageSplitter:
     def _cut(self, end: int) -> None:
         piece = self._buffer[:end]
         size = len(piece.encode("utf-8"))
-        if piece.strip():
-            self.spans.append((self._char, self._char + end, self._byte, self._byte + size))
+        if piece.strip():  # the span is the passage less its leading and trailing whitespace
+            lead = len(piece) - len(piece.lstrip())
+            tail = len(piece) - len(piece.rstrip())
+            lead_bytes = len(piece[:lead].encode("utf-8"))
+            tail_bytes = len(piece[end - tail :].encode("utf-8"))
+            self.spans.append(
+                (self._char + lead, self._char + end - tail, self._byte + lead_bytes, self._byte + size - tail_bytes)
+            )
         self._buffer = self._buffer[end:]
         self._char += end
         self._byte += size
 
 
 def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
-    """Character spans [start, end) covering ``text`` in passages of at most ``max_chars`` (see
-    :class:`PassageSplitter`).
+    """Character spans [start, end) of the passages of at most ``max_chars`` that ``text`` is cut
+    into, without their leading and trailing whitespace (see :class:`PassageSplitter`).
 
     >>> split_passages("one two. three four", 10)
-    [(0, 9), (9, 19)]
+    [(0, 8), (9, 19)]
     """
     splitter = PassageSplitter(max_chars)
     splitter.feed(text)

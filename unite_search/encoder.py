@@ -24,7 +24,7 @@ from .modality import Item, Modality, as_item
 from .models import resolve
 from .prompts import IMAGE_PAD, POOL_TOKEN, RESERVED_TOKENS, VIDEO_PAD, render
 from .settings import EncoderSettings
-from .video import preprocess_video
+from .video import SampledFrames, preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
 MEMORY_BYTES = 2 << 30  # inputs decoded or prepared and not yet encoded, at most (memory.MEMORY_BYTES)
@@ -431,8 +431,11 @@ def _video_header(source, settings: EncoderSettings) -> tuple[int, int, int]:
         except Exception:  # noqa: BLE001  unreadable: prepare() raises the real error, naming the file
             return 0, 0, 0
         return int(width or 0), int(height or 0), settings.frames or settings.max_frames
-    try:
-        first = np.asarray(source[0])
-        return int(first.shape[1]), int(first.shape[0]), min(len(source), settings.frames or settings.max_frames)
+    if isinstance(source, SampledFrames):
+        n, height, width = source.frames.shape[:3]
+        return int(width), int(height), int(n)
+    try:  # a list of frames: every one is kept, an odd count padded to even
+        width, height = _image_header(source[0])
+        return width, height, len(source) + len(source) % 2
     except Exception:  # noqa: BLE001  not frames: prepare() raises the real error
         return 0, 0, 0

@@ -53,8 +53,10 @@ class Item:
 
     @property
     def full_text(self) -> str | None:
-        """The text the model sees: instruction and text joined by one space."""
-        parts = [p for p in (self.instruction, self.text) if p is not None]
+        """The text the model sees: instruction and text joined by one space, the text without its
+        leading and trailing whitespace (so ``"a red kite\\n"`` and ``"a red kite"`` are one text)."""
+        text = self.text.strip() if self.text is not None else None
+        parts = [p for p in (self.instruction, text) if p is not None]
         if not parts:
             return None
         if len(parts) == 2 and not parts[0].endswith((" ", "\n")):

@@ -30,9 +30,10 @@ class EncoderSettings:
     max_frames: int = 32
     frames: int | None = None
     sampler: Literal["linspace", "segment-middle"] = "linspace"
-    # Stage 1, video frames: bounds on each frame's pixels before the processor.
+    # Stage 1, video frames: bounds on each frame's pixels before the processor. The max is the UNITE
+    # demo's explicit per-frame cap; None takes qwen-vl-utils' own, shared out of a total-pixel budget.
     video_min_pixels: int = 128 * FACTOR * FACTOR
-    video_max_pixels: int = 360 * 420
+    video_max_pixels: int | None = 360 * 420
 
     def __post_init__(self) -> None:
         if self.sampler not in ("linspace", "segment-middle"):
@@ -45,6 +46,8 @@ class EncoderSettings:
             raise ValueError("fps must be positive")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError("need 0 < min_pixels <= max_pixels")
+        if self.video_max_pixels is not None and self.video_max_pixels < 1:
+            raise ValueError("video_max_pixels must be positive (or None for qwen-vl-utils' own cap)")
 
     @classmethod
     def training(cls) -> EncoderSettings:
@@ -52,4 +55,7 @@ class EncoderSettings:
         return cls(min_frames=4, max_frames=12, video_max_pixels=240 * 320)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt_version": PROMPT_VERSION, "positions": "1d", "pooling": "last-token", **asdict(self)}
+        fixed = {"prompt_version": PROMPT_VERSION, "positions": "1d", "pooling": "last-token"}
+        # how texts and video frames are prepared: vectors made before these rules differ
+        fixed.update(text_ends="stripped", video_resize="antialiased-bicubic")
+        return {**fixed, **asdict(self)}

@@ -358,9 +358,11 @@ def prepare_task(encoder, task: Task):
         text = read_passage(task.checks[0][0], task.chars, task.checks[0][0])
         return text, encoder.prepare(Item(text=text))
     if task.probe is not None:  # a corpus video (or segment): sampled by the read stage's frame count
-        from .video import read_frames
+        from .video import SampledFrames, read_frames
 
         start, end = task.span if task.span is not None else (None, None)
-        frames, _ = read_frames(task.item["video"], encoder.preprocessing, None, start, end, probe=task.probe)
-        return task.row.get("text"), encoder.prepare(Item(video=frames, text=task.item.get("text")))
+        path = task.item["video"]
+        frames, _ = read_frames(path, encoder.preprocessing, None, start, end, probe=task.probe)
+        video = SampledFrames(frames, source=path)
+        return task.row.get("text"), encoder.prepare(Item(video=video, text=task.item.get("text")))
     return task.row.get("text"), encoder.prepare(Item(**{k: v for k, v in task.item.items() if v is not None}))

@@ -1,8 +1,11 @@
 """Video decoding, frame sampling and preprocessing.
 
-Decodes with decord when installed, else PyAV. Frames are sampled by fps (clamped to a frame range)
-or to a fixed count, both with the linspace rule; then each frame goes through a per-frame pixel cap
-(the qwen-vl-utils step) and the processor's resize with UNITE's budget (which raises small frames).
+Decodes with decord when installed, else PyAV; a video with a display rotation (phone videos) is
+read with PyAV and turned upright, whichever backend is chosen. Frames are sampled by fps (clamped to
+a frame range) or to a fixed count, both with the linspace rule; then each frame goes through a
+per-frame pixel cap (the qwen-vl-utils step, antialiased bicubic) and the processor's resize with
+UNITE's budget (which raises small frames). A video given as a list of frames takes upstream's
+other path: each frame through the image fetch step, the count padded to even, never cut.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ class Probe:
 
     total_frames: int
     fps: float
-    width: int
+    width: int  # as shown: a display rotation of a quarter turn swaps the stored width and height
     height: int
+    rotation: int | None = None  # display rotation, degrees counter-clockwise (0/90/180/270); None: not read
 
     @property
     def duration(self) -> float:
@@ -102,6 +106,40 @@ def sampled_indices(probe: Probe, settings: EncoderSettings, start, end) -> np.n
     return first + sample_indices(count, frame_count(count, probe.fps, settings), settings.sampler)
 
 
+def _quarter_turns(degrees: float | None) -> int:
+    """``np.rot90``'s k (counter-clockwise quarter turns) for a display rotation in degrees."""
+    return round((degrees or 0) / 90) % 4
+
+
+def _upright(frame) -> np.ndarray:
+    """A PyAV frame as (H, W, 3) uint8, turned by its display rotation the way players show it."""
+    pixels = frame.to_ndarray(format="rgb24")
+    turns = _quarter_turns(frame.rotation)
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
+
+
+def _first_rotation(container) -> int:
+    """Display rotation of the first video stream (degrees counter-clockwise), from its first frame."""
+    for frame in container.decode(container.streams.video[0]):
+        return _quarter_turns(frame.rotation) * 90
+    return 0
+
+
+def display_rotation(path: str) -> int:
+    """A video file's display rotation in degrees counter-clockwise (0, 90, 180 or 270), read with PyAV.
+
+    Phones store portrait video as landscape frames plus this rotation. decord 0.6 returns malformed
+    frames for such files (and ignores the rotation of mkv), so they are read with PyAV, which gives
+    each frame's rotation. An unreadable file gives 0: the reader then reports what is wrong with it.
+    """
+    av = _pyav()
+    try:
+        with av.open(path) as container:
+            return _first_rotation(container) if container.streams.video else 0
+    except Exception:  # noqa: BLE001  any FFmpeg error: the reader names it
+        return 0
+
+
 def _open_decord(path: str):
     import decord
 
@@ -122,6 +160,8 @@ def _read_decord(path: str, settings: EncoderSettings, start=None, end=None, pro
         frames = vr.get_batch(np.minimum(idx, len(vr) - 1).tolist()).asnumpy()
     except Exception as exc:
         raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
+    if frames.ndim != 4 or frames.shape[3] != 3:
+        raise InputError(f"decord returned frames of shape {frames.shape}; read it with backend='av'", source=path)
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "decord")
 
 
@@ -179,7 +219,7 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: 
             for i, frame in numbered:
                 decoded += 1
                 if i in wanted:
-                    got[i] = frame.to_ndarray(format="rgb24")
+                    got[i] = _upright(frame)
                 if i >= last:
                     break
     except InputError as exc:
@@ -207,24 +247,26 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     its length); mp4 and decord read it from the header or index.
     """
     path = os.fspath(source)
-    if _backend(backend) == "decord":
+    if _backend(backend) == "decord" and not display_rotation(path):
         vr, found = _open_decord(path)
         try:
             height, width = vr[0].shape[:2]
         except Exception as exc:  # decord's own error class for an undecodable first frame
             raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
-        return Probe(found.total_frames, found.fps, int(width), int(height))
+        return Probe(found.total_frames, found.fps, int(width), int(height), rotation=0)
     av = _pyav()
     try:
         with av.open(path) as container:
             found, _ = _av_probe(container)
+            rotation = _first_rotation(container)
     except InputError as exc:
         raise InputError(exc.reason, source=path) from exc
     except Exception as exc:  # PyAV raises one class per FFmpeg error code
         raise InputError(f"cannot read video: {exc}", source=path) from exc
     if found.total_frames < 1 or found.fps <= 0:
         raise InputError("video has no frames", source=path)
-    return found
+    width, height = (found.height, found.width) if rotation in (90, 270) else (found.width, found.height)
+    return Probe(found.total_frames, found.fps, width, height, rotation)
 
 
 def segment_spans(duration: float, seconds: float, overlap: float) -> list[tuple[float, float]]:
@@ -254,57 +296,118 @@ def read_frames(
     end=None,
     probe: Probe | None = None,
 ):
-    """Sampled frames of a video file or frame sequence: ((n, H, W, 3) uint8, VideoInfo).
+    """Sampled frames of a video file: ((n, H, W, 3) uint8 upright, VideoInfo).
 
     ``start``/``end`` (seconds) restrict a file to a time range, sampled by the same rule.
     ``probe``, this file's :func:`probe`, saves recounting its frames on every call: without it, PyAV
     decodes a whole mkv/webm to count them, so reading a long clip segment by segment is quadratic.
+    A video with a display rotation is read with PyAV whatever ``backend`` says (see
+    :func:`display_rotation`). Frames given as a list are not read here: see :func:`frame_list`.
     """
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise InputError("video file not found", source=path)
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            raise InputError("video file is empty or not a regular file", source=path)
-        reader = _read_decord if _backend(backend) == "decord" else _read_av
-        try:
-            return reader(path, settings, start, end, probe)
-        except InputError as exc:
-            if exc.source is None:
-                raise InputError(exc.reason, source=path) from exc
-            raise
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"read_frames takes a video file, not {type(source).__name__}")
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise InputError("video file not found", source=path)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise InputError("video file is empty or not a regular file", source=path)
+    reader = _read_av
+    if _backend(backend) == "decord":
+        rotation = probe.rotation if probe is not None and probe.rotation is not None else display_rotation(path)
+        reader = _read_av if rotation else _read_decord
+    try:
+        return reader(path, settings, start, end, probe)
+    except InputError as exc:
+        if exc.source is None:
+            raise InputError(exc.reason, source=path) from exc
+        raise
+
+
+@dataclass(frozen=True)
+class SampledFrames:
+    """Frames :func:`read_frames` sampled from a video file, to be preprocessed as that file's.
+
+    Unlike a plain list of frames (which upstream treats as images, see :func:`frame_list`), these
+    take the video file path's stage 1: the per-frame cap and antialiased bicubic.
+    """
+
+    frames: np.ndarray  # (n, H, W, 3) uint8, n even
+    source: str | None = None
+
+
+def frame_list(source, settings: EncoderSettings) -> tuple[np.ndarray, VideoInfo]:
+    """A video given as a list of frames (paths, PIL images or arrays), preprocessed as upstream does.
+
+    Every frame is taken, none dropped, and an odd count is padded to even by repeating the last
+    frame. Each frame goes through the image fetch step (PIL bicubic to multiples of 28, at least
+    4*28*28 px, at most ``video_max_pixels``, or the image maximum when that is None), then all
+    frames through the processor's resize to the size it gives the first frame.
+    Returns ((n, H, W, 3) uint8 ready to patchify, VideoInfo).
+    """
     if isinstance(source, np.ndarray) and source.ndim == 4:
         source = list(source)
-    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
-        if len(source) == 0:
-            raise InputError("video has no frames")
-        # Frames given by the caller are the clip: only cap their number.
-        n = _round_even(settings.frames if settings.frames is not None else min(len(source), settings.max_frames))
-        idx = sample_indices(len(source), n)
-        imgs = [load_image(source[i]) for i in idx.tolist()]
-        if len({im.size for im in imgs}) > 1:
-            raise InputError("video frames differ in size")
-        frames = np.stack([np.asarray(im) for im in imgs])
-        return frames, VideoInfo(len(source), 0.0, tuple(idx.tolist()), "frames")
-    raise InputError(f"a video is a path or a sequence of frames, not {type(source).__name__}")
+    if not isinstance(source, Sequence) or isinstance(source, (str, bytes)):
+        raise InputError(f"a video is a path or a sequence of frames, not {type(source).__name__}")
+    if len(source) == 0:
+        raise InputError("video has no frames")
+    cap = settings.video_max_pixels if settings.video_max_pixels is not None else settings.fetch_max_pixels
+    fetched = []
+    for frame in source:
+        img = load_image(frame)
+        h, w = smart_resize(img.height, img.width, settings.fetch_min_pixels, cap)
+        fetched.append(img.resize((w, h), BICUBIC))
+    indices = list(range(len(fetched))) + [len(fetched) - 1] * (len(fetched) % TEMPORAL_PATCH)
+    height, width = smart_resize(fetched[0].height, fetched[0].width, settings.min_pixels, settings.max_pixels)
+    out = np.empty((len(indices), height, width, 3), dtype=np.uint8)
+    for row, i in enumerate(indices):
+        img = fetched[i]
+        out[row] = np.asarray(img if img.size == (width, height) else img.resize((width, height), BICUBIC))
+    return out, VideoInfo(len(fetched), 0.0, tuple(indices), "frames")
 
 
 def frame_size(height: int, width: int, n: int, settings: EncoderSettings) -> tuple[int, int]:
-    """Stage-1 size of every frame: the per-frame pixel cap of the qwen-vl-utils step."""
-    cap = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / n * TEMPORAL_PATCH), int(settings.video_min_pixels * 1.05))
-    cap = min(settings.video_max_pixels, cap)
+    """Stage-1 size of every frame of a video file (the qwen-vl-utils step).
+
+    An explicit per-frame ``video_max_pixels`` is the cap, as upstream; None takes qwen-vl-utils' own
+    cap, which shrinks with the frame count to share a total-pixel budget.
+    """
+    cap = settings.video_max_pixels
+    if cap is None:
+        shared = VIDEO_TOTAL_PIXELS / n * TEMPORAL_PATCH
+        cap = max(min(VIDEO_MAX_PIXELS, shared), int(settings.video_min_pixels * 1.05))
     return smart_resize(height, width, settings.video_min_pixels, cap)
 
 
+def antialiased_bicubic(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, height, width, 3) uint8, as torchvision resizes uint8 video tensors.
+
+    That is antialiased bicubic on float pixels, rounded and clamped to uint8; PyTorch's own
+    ``interpolate`` computes it, so torchvision is not needed. One frame at a time bounds memory.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        for i, frame in enumerate(frames):
+            x = torch.tensor(frame, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
+            y = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+            out[i] = y[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return out
+
+
 def resize_frames(frames: np.ndarray, settings: EncoderSettings) -> np.ndarray:
-    """Both resizes on (n, H, W, 3) uint8 frames, PIL bicubic (upstream uses torchvision's)."""
+    """Both resizes of a video file's (n, H, W, 3) uint8 frames: stage 1 antialiased bicubic as
+    torchvision's (upstream's), stage 2 PIL bicubic as the processor's."""
     n, height, width, _ = frames.shape
     h1, w1 = frame_size(height, width, n, settings)
     h2, w2 = smart_resize(h1, w1, settings.min_pixels, settings.max_pixels)
+    stage1 = frames if (h1, w1) == (height, width) else antialiased_bicubic(frames, h1, w1)
+    if (h2, w2) == (h1, w1):
+        return stage1
     out = np.empty((n, h2, w2, 3), dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        img = Image.fromarray(frame).resize((w1, h1), BICUBIC)
-        out[i] = np.asarray(img.resize((w2, h2), BICUBIC) if (h2, w2) != (h1, w1) else img)
+    for i, frame in enumerate(stage1):
+        out[i] = np.asarray(Image.fromarray(frame).resize((w2, h2), BICUBIC))
     return out
 
 
@@ -316,5 +419,11 @@ def preprocess_video(
     end=None,
     probe: Probe | None = None,
 ) -> Visual:
-    frames, _ = read_frames(source, settings, backend, start, end, probe)
-    return patchify(resize_frames(frames, settings))
+    """Everything from a user's video (a file, :class:`SampledFrames` or a list of frames) to
+    vision-tower input."""
+    if isinstance(source, SampledFrames):
+        return patchify(resize_frames(source.frames, settings))
+    if isinstance(source, (str, os.PathLike)):
+        frames, _ = read_frames(source, settings, backend, start, end, probe)
+        return patchify(resize_frames(frames, settings))
+    return patchify(frame_list(source, settings)[0])

@@ -3,8 +3,8 @@
 ``S = q @ c.T / tau`` with L2-normalised rows and ``tau = 0.03``. MAMCL keeps, for query ``i``, only
 the candidates whose modality code equals the code of query ``i``'s target (text 1, image 2,
 video 4, summed for composed items; the diagonal always matches) and sets the others to ``-1e9``
-before cross-entropy against the diagonal. With ``dual=True`` the candidate-to-query term is added on
-the unmasked ``S.T``.
+before cross-entropy against the diagonal. With ``dual=True`` the loss is the mean of that term and
+the candidate-to-query term on the unmasked ``S.T``, ``(L_q2c + L_c2q) / 2``, as upstream.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def mamcl_loss(q, c, query_target, cand_modality, *, tau: float = TAU, dual: boo
     labels = _arange(s)
     loss = F.cross_entropy(masked, labels)
     if dual:
-        loss = loss + F.cross_entropy(s.T, labels)
+        loss = (loss + F.cross_entropy(s.T, labels)) / 2
     return loss
 
 
