@@ -34,12 +34,15 @@ def test_image_forms_are_equivalent(encoder, media):
     assert np.abs(vecs - vecs[0]).max() <= 1e-6
 
 
-def test_video_as_frame_sequence(encoder, media):
-    from unite_search.video import read_frames
+def test_video_file_its_sampled_frames_and_a_frame_list(encoder, media):
+    """Frames read from a file first (the ingest path) encode as the file does; the same frames given
+    as a plain list take upstream's list path (the image step, no video minimum), another vector."""
+    from unite_search.video import SampledFrames, read_frames
 
     frames, _ = read_frames(media["video"], encoder.preprocessing)
-    a, b = encoder.encode([{"video": media["video"]}, {"video": list(frames)}])
-    assert np.abs(a - b).max() <= 1e-5
+    a, b, c = encoder.encode([{"video": media["video"]}, {"video": SampledFrames(frames)}, {"video": list(frames)}])
+    assert np.abs(a - b).max() <= 1e-6
+    assert np.abs(a - c).max() > 1e-4
 
 
 def test_instruction_is_part_of_the_text(encoder, media):
@@ -56,6 +59,7 @@ def test_instruction_is_part_of_the_text(encoder, media):
 def test_settings_record_what_changes_vectors(encoder):
     s = encoder.settings
     assert s["prompt_version"] == "unite-v1" and s["positions"] == "1d" and s["pooling"] == "last-token"
+    assert (s["text_ends"], s["video_resize"]) == ("stripped", "antialiased-bicubic")
     assert (s["min_pixels"], s["max_pixels"]) == (256 * 784, 1280 * 784)
     assert (s["fps"], s["max_frames"], s["video_max_pixels"], s["sampler"]) == (1.0, 32, 360 * 420, "linspace")
     assert s["dim"] == encoder.dim == 64 and s["revision"].startswith("local-")

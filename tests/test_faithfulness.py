@@ -2,12 +2,15 @@
 
 import numpy as np
 import pytest
+import restated
 import torch
+import torch.nn.functional as F
 from conftest import reference_image_processor
+from PIL import Image
 
 from unite_search.image import fetch_resize, load_image
 from unite_search.settings import EncoderSettings
-from unite_search.video import read_frames, resize_frames
+from unite_search.video import read_frames
 
 SETTINGS = EncoderSettings()
 PROMPT = (
@@ -32,10 +35,25 @@ def _image_inputs(path):
     return out["pixel_values"], out["image_grid_thw"]
 
 
-def _video_inputs(path):
-    """Frames (ours), then patches cut one by one, as the doc describes them."""
-    frames, _ = read_frames(path, SETTINGS)
-    frames = torch.from_numpy(resize_frames(frames, SETTINGS)).permute(0, 3, 1, 2).float() / 255
+def _upstream_frames(video) -> np.ndarray:
+    """Upstream's frames: a file through fetch_video (stage 1 is torchvision's antialiased bicubic on
+    uint8 tensors, which PyTorch's interpolate computes), a list through fetch_image, then the
+    processor's PIL bicubic. Decoding and sampling are ours (tested in tests/test_video.py)."""
+    if isinstance(video, list):
+        return restated.frame_list(video, max_pixels=SETTINGS.video_max_pixels)
+    frames, _ = read_frames(video, SETTINGS)
+    n, height, width, _ = frames.shape
+    h1, w1 = restated.video_frame_size(height, width, n, max_pixels=SETTINGS.video_max_pixels)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(h1, w1), mode="bicubic", antialias=True, align_corners=False)
+    x = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    h2, w2 = restated.smart_resize(h1, w1, SETTINGS.min_pixels, SETTINGS.max_pixels)
+    return np.stack([np.asarray(Image.fromarray(f).resize((w2, h2), Image.Resampling.BICUBIC)) for f in x])
+
+
+def _video_inputs(video):
+    """Frames as upstream makes them, then patches cut one by one, as the doc describes them."""
+    frames = torch.from_numpy(_upstream_frames(video)).permute(0, 3, 1, 2).float() / 255
     frames = (frames - MEAN) / STD  # (T, 3, H, W)
     t, _, h, w = frames.shape
     rows = []
@@ -112,16 +130,42 @@ CASES = {
     "video": dict(video="video"),
     "image+text": dict(image="image", text="What is the name of this place?"),
     "video+text": dict(video="video", text="same scene at night"),
+    "textured video": dict(video="textured"),  # photo-like frames: kernels differ most there
+    "frames": dict(video="frames"),  # a video given as 5 frames: fetched as images, padded to 6
+    "frames+text": dict(video="frames", text="same scene at night"),
 }
+_RNG = np.random.default_rng(11)
+FRAMES = [_RNG.integers(0, 256, (112, 140, 3), dtype=np.uint8) for _ in range(5)]
+
+
+@pytest.fixture(scope="module")
+def clips(media, tmp_path_factory):
+    """The shared media and a 2 s clip of 200x300 textured frames (smooth ramps, edges and noise)."""
+    import av
+
+    path = tmp_path_factory.mktemp("faithful") / "textured.mp4"
+    yy, xx = np.mgrid[0:200, 0:300]
+    rng = np.random.default_rng(5)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 300, 200, "yuv420p"
+        for i in range(20):
+            base = np.stack([(xx + 9 * i) % 256, yy * 1.2, ((xx // 9 + yy // 13 + i) % 2) * 200.0], -1)
+            frame = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return {**media, "textured": path}
 
 
 def _resolve(case, media):
-    return {k: (media[v] if k in ("image", "video") else v) for k, v in case.items()}
+    return {k: (FRAMES if v == "frames" else media[v]) if k in ("image", "video") else v for k, v in case.items()}
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_encoder_equals_restated_unite_forward(name, encoder, reference, media):
-    item = _resolve(CASES[name], media)
+def test_encoder_equals_restated_unite_forward(name, encoder, reference, clips):
+    item = _resolve(CASES[name], clips)
     ours = encoder.encode([item])[0]
     expected = _reference_embed(reference, **item)
     assert np.abs(ours - expected).max() <= 1e-5

@@ -107,10 +107,32 @@ def test_text_files_become_passages_with_offsets(good):
         (r for r in rows_by_id(index).values() if r["path"] == "notes/long.md"), key=lambda r: r["char_start"]
     )
     assert len(rows) > 3
-    assert rows[0]["char_start"] == 0 and rows[-1]["char_end"] == len(text)
+    assert rows[0]["char_start"] == 0 and rows[-1]["char_end"] == len(text.rstrip())
     for r in rows:
-        assert r["text"] == text[r["char_start"] : r["char_end"]]
+        assert r["text"] == text[r["char_start"] : r["char_end"]] == r["text"].strip()
         assert len(r["text"]) <= 200
+
+
+def test_text_ends_do_not_change_a_vector(tmp_path, encoder):
+    """A file holding "a red kite\n" is found at rank 1 by the query "a red kite", with its very vector."""
+    from unite_search import Index
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "kite.txt").write_text("a red kite\n")
+    (root / "spaced.txt").write_text("\n\n   a blue boat on a lake \t\n")
+    for i, line in enumerate(["a red kite flies", "a red bike", "kites of red", "the red kite"]):
+        (root / f"near{i}.txt").write_text(line)
+    ingest(root, tmp_path / "index", encoder=encoder)
+    idx = Index.open(tmp_path / "index", encoder=encoder)
+    for query in ("a red kite", " a red kite\n", "a red kite\t"):
+        top = idx.query(text=query, target="text", k=3)[0]
+        assert (top.path, top.text) == ("kite.txt", "a red kite") and top.score == pytest.approx(1.0, abs=1e-5)
+    boat = idx.query(text="a blue boat on a lake", target="text", k=1)[0]
+    assert boat.path == "spaced.txt" and boat.score == pytest.approx(1.0, abs=1e-5)
+    raw = (root / "spaced.txt").read_text()
+    assert raw[boat.row["char_start"] : boat.row["char_end"]] == "a blue boat on a lake"
+    assert np.allclose(encoder.encode(["a red kite\n", "  a red kite"]), encoder.encode(["a red kite"] * 2), atol=1e-6)
 
 
 def test_manifest_items_and_composed_pairs(good):
