@@ -72,6 +72,26 @@ def test_stage1_is_antialiased_bicubic(height, width, to_h, to_w):
     assert (pil.astype(int)[clear] != expected[clear]).sum() > 100
 
 
+def _torchvision_resize():
+    try:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as tf
+    except Exception:  # noqa: BLE001  absent, or built for another torch
+        return None
+    return lambda x, size: tf.resize(x, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+@pytest.mark.skipif(_torchvision_resize() is None, reason="torchvision is not installed (CPU torch has none)")
+def test_stage1_equals_torchvision_bit_for_bit():
+    import torch
+
+    resize = _torchvision_resize()
+    for height, width, to_h, to_w in [(336, 596, 280, 504), (720, 1280, 280, 504), (64, 128, 224, 448)]:
+        frames = _frames(3, height, width)
+        theirs = resize(torch.from_numpy(frames).permute(0, 3, 1, 2), [to_h, to_w]).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(antialiased_bicubic(frames, to_h, to_w), theirs)
+
+
 def test_file_frames_take_the_restated_sizes_and_kernel(tmp_path):
     path = write_index_video(tmp_path / "wide.mp4", 12, fps=4, height=336, width=596)
     settings = EncoderSettings()
