@@ -85,3 +85,32 @@ def frame_list(frames, max_pixels, min_pixels=256 * 28 * 28, processor_max=1280 
         images.append(images[-1])
     h, w = smart_resize(images[0].height, images[0].width, min_pixels, processor_max)
     return np.stack([np.asarray(im.resize((w, h), Image.Resampling.BICUBIC)) for im in images])
+
+
+def frame_count(total: int, video_fps: float, fps=1.0, min_frames=4, max_frames=32) -> int:
+    """``fetch_video``'s frame count: the clip's length at ``fps``, within [min, max] frames, even."""
+    lo = math.ceil(min_frames / 2) * 2
+    hi = math.floor(max_frames / 2) * 2
+    return round(min(max(total / video_fps * fps, lo), hi) / 2) * 2
+
+
+def sample_frames(path, **rule) -> np.ndarray:
+    """A file's frames as upstream reads them: evenly spaced indices (linspace, rounded), decoded by
+    decord, or by PyAV (every frame decoded, then picked) where decord is not installed."""
+    try:
+        import decord
+    except ImportError:
+        decord = None
+    if decord is not None:
+        reader = decord.VideoReader(str(path))
+        total, video_fps = len(reader), reader.get_avg_fps()
+        idx = np.linspace(0, total - 1, frame_count(total, video_fps, **rule)).round().astype(int)
+        return reader.get_batch(idx.tolist()).asnumpy()
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        video_fps = float(stream.average_rate)
+    idx = np.linspace(0, len(frames) - 1, frame_count(len(frames), video_fps, **rule)).round().astype(int)
+    return np.stack([frames[i] for i in idx])

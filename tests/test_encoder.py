@@ -148,7 +148,8 @@ def test_offline_error_names_the_model_and_the_fix(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "friedrichor/Unite-Instruct-Qwen2-VL-7B" in out.stdout
-    assert "--local-dir" in out.stdout and "Encoder.load('DIR')" in out.stdout
+    assert "`hf download friedrichor/Unite-Instruct-Qwen2-VL-7B --local-dir DIR`" in out.stdout
+    assert "Encoder.load('DIR')" in out.stdout
 
 
 def test_bad_inputs_name_the_input(encoder, tmp_path, media):
@@ -341,3 +342,28 @@ def test_admitted_map_runs_an_oversized_item_alone_and_propagates_errors():
     assert next(gen)[1] == 0
     gen.close()  # stopping early ends the threads
     assert not [t for t in threading.enumerate() if t.name.startswith(("unite-admit", "unite-prep"))]
+
+
+def test_an_animated_gif_is_its_first_frame(encoder, tmp_path):
+    """A GIF is an image: an animation is indexed from its first frame (README, "What is indexed")."""
+    from PIL import Image
+
+    from unite_search.ingestion import ingest
+    from unite_search.store import IndexStore
+
+    rng = np.random.default_rng(3)
+    frames = [Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)) for _ in range(3)]
+    root = tmp_path / "corpus"
+    root.mkdir()
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(root / "anim.gif") as gif:
+        assert gif.n_frames == 3
+        first = gif.convert("RGB")
+        gif.seek(1)
+        second = gif.convert("RGB")
+    got, want, other = encoder.encode([{"image": root / "anim.gif"}, {"image": first}, {"image": second}])
+    assert np.abs(got - want).max() <= 1e-6 and np.abs(got - other).max() > 1e-3
+    ingest(root, tmp_path / "index", encoder=encoder)
+    rows = IndexStore(tmp_path / "index").read_rows("image").to_pylist()
+    assert [(r["path"], r["modality"]) for r in rows] == [("anim.gif", "image")]
+    assert np.abs(np.asarray(rows[0]["vector"]) - want).max() <= 1e-5

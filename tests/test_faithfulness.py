@@ -8,9 +8,7 @@ import torch.nn.functional as F
 from conftest import reference_image_processor
 from PIL import Image
 
-from unite_search.image import fetch_resize, load_image
 from unite_search.settings import EncoderSettings
-from unite_search.video import read_frames
 
 SETTINGS = EncoderSettings()
 PROMPT = (
@@ -31,17 +29,19 @@ def reference(tiny_dir):
 
 def _image_inputs(path):
     proc = reference_image_processor(SETTINGS.min_pixels, SETTINGS.max_pixels)
-    out = proc(images=[fetch_resize(load_image(path), SETTINGS)], return_tensors="pt")
+    with Image.open(path) as img:  # the test images carry no EXIF orientation
+        fetched = restated.fetch_image(img)
+    out = proc(images=[fetched], return_tensors="pt")
     return out["pixel_values"], out["image_grid_thw"]
 
 
 def _upstream_frames(video) -> np.ndarray:
     """Upstream's frames: a file through fetch_video (stage 1 is torchvision's antialiased bicubic on
     uint8 tensors, which PyTorch's interpolate computes), a list through fetch_image, then the
-    processor's PIL bicubic. Decoding and sampling are ours (tested in tests/test_video.py)."""
+    processor's PIL bicubic."""
     if isinstance(video, list):
         return restated.frame_list(video, max_pixels=SETTINGS.video_max_pixels)
-    frames, _ = read_frames(video, SETTINGS)
+    frames = restated.sample_frames(video, fps=SETTINGS.fps, max_frames=SETTINGS.max_frames)
     n, height, width, _ = frames.shape
     h1, w1 = restated.video_frame_size(height, width, n, max_pixels=SETTINGS.video_max_pixels)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()

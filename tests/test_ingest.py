@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from corpora import make_bad_corpus, make_good_corpus, write_clip, write_photo
 
+from unite_search.errors import InputError
 from unite_search.ingestion import IngestError, ingest
 from unite_search.reader import Snapshot
 from unite_search.store import IndexLockedError, IndexMismatchError, IndexStore
@@ -468,6 +469,7 @@ def test_mismatched_model_settings_or_corpus_are_refused(tmp_path, tiny_dir, enc
     write_photo(root / "a.png", seed=1)
     index = tmp_path / "index"
     ingest(root, index, encoder=encoder)
+    published = IndexStore(index).require_manifest()
     other_settings = Encoder.load(tiny_dir, device="cpu", settings=EncoderSettings(frames=8))
     with pytest.raises(IndexMismatchError, match=r"encoder.frames: index has None, this run 8(.|\n)*rm -r"):
         ingest(root, index, encoder=other_settings)
@@ -480,7 +482,10 @@ def test_mismatched_model_settings_or_corpus_are_refused(tmp_path, tiny_dir, enc
     elsewhere.mkdir()
     with pytest.raises(IndexMismatchError, match="indexes the corpus"):
         ingest(elsewhere, index, encoder=encoder)
-    assert IndexStore(index).last_run() is not None  # the refused runs wrote nothing over it
+    # a refused run publishes nothing; its run log says why it was refused
+    assert IndexStore(index).require_manifest() == published
+    last = IndexStore(index).last_run()
+    assert last["status"] == "failed" and "indexes the corpus" in last["error"] and last["items"] == 0
 
 
 def test_default_index_dir_and_bad_arguments(tmp_path, encoder, monkeypatch):
@@ -496,7 +501,7 @@ def test_default_index_dir_and_bad_arguments(tmp_path, encoder, monkeypatch):
         ingest(root, encoder=encoder, on_error="ignore")
     with pytest.raises(ValueError, match="pairs"):
         ingest(root, encoder=encoder, pairs="all")
-    with pytest.raises(Exception, match="not a folder"):
+    with pytest.raises(InputError, match="not a folder"):
         ingest(tmp_path / "missing", encoder=encoder)
 
 

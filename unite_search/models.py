@@ -36,8 +36,8 @@ class ResolvedModel:
 def _offline_help(name: str, hub_id: str) -> str:
     return (
         f"could not fetch the weights of {name!r} ({hub_id}) from the Hugging Face hub. "
-        f"On a machine with internet: `huggingface-cli download {hub_id} --local-dir DIR` "
-        "(or `hf download`), copy DIR here and pass the folder as the model "
+        f"On a machine with internet: `hf download {hub_id} --local-dir DIR` "
+        "(`huggingface-cli download` on huggingface_hub before 1.0), copy DIR here and pass the folder as the model "
         "(`Encoder.load('DIR')`, `unite-search ... --model DIR`). A copy already in the hub cache is used "
         "when HF_HUB_OFFLINE=1 is set."
     )
