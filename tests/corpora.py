@@ -135,3 +135,37 @@ def make_bad_corpus(root: Path) -> dict[str, str]:
     write_photo(root / "vanishing.png", seed=4)
     bad["vanishing.png"] = "decode"  # deleted by the test after the read stage
     return bad
+
+
+def write_audio_only(path: Path, seconds: float = 0.5) -> Path:
+    """An MP4 holding one AAC audio track and no video."""
+    import av
+
+    rate, samples = 16000, 1024
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for i in range(int(seconds * rate / samples) + 1):
+            tone = np.sin(np.arange(samples) / 8.0 + i).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i * samples
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_truncated_mp4(path: Path) -> Path:
+    """The first half of a real clip: its index (written last) is gone, as after an interrupted copy."""
+    whole = write_clip(path.with_name(f"whole-{path.name}"), 24, fps=6)
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return path
+
+
+def write_damaged_mp4(path: Path, seed: int = 0) -> Path:
+    """An MP4 file type header followed by random bytes: it looks like a video, no decoder can open it."""
+    rng = np.random.default_rng(seed)
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + rng.bytes(4000))
+    return path

@@ -1,4 +1,10 @@
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,9 +122,10 @@ def test_ingest_exit_status_tells_skipped_from_failed(runner, tiny_dir, tmp_path
     skipped = runner.invoke(main, [*base, "--index", str(tmp_path / "i1"), "--json"])
     assert skipped.exit_code == 3, skipped.output
     report = json.loads(skipped.stdout)
-    assert report["status"] == "skipped" and report["failures"][0]["path"] == "broken.jpg"
+    assert report["status"] == "finished_with_failures" and report["failures"][0]["path"] == "broken.jpg"
     info = runner.invoke(main, ["info", str(tmp_path / "i1")])
     assert "broken.jpg [read] content is text but the extension says image" in info.stdout
+    assert "last run finished with failures: encoded 2, removed 0, failed 1" in info.stdout
     failed = runner.invoke(main, [*base, "--index", str(tmp_path / "i2"), "--on-error", "raise"])
     assert failed.exit_code == 1 and "broken.jpg" in failed.output and "nothing was published" in failed.output
     usage = runner.invoke(main, [*base, "--pairs", "everything"])
@@ -187,3 +194,115 @@ def test_query_table_json_and_explain(runner, tiny_dir, tmp_path):
     bad = runner.invoke(main, ["query", str(index), "--text", "x", "--target", "audio", *base])
     assert bad.exit_code == 1 and "unknown target 'audio'" in bad.output
     assert runner.invoke(main, ["query", str(index), *base]).exit_code == 2
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    """The real command line in a process of its own (decoders write to file descriptor 2 from C)."""
+    cmd = [sys.executable, "-m", "unite_search.cli", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+DECODER_NOISE = ("moov atom", "ERROR opening", "Invalid data", "[mov,", "[h264", "video_reader.cc")
+
+
+def test_decoders_print_nothing_and_their_messages_go_to_the_run_log(tiny_dir, tmp_path, capfd):
+    from corpora import write_audio_only, write_damaged_mp4, write_photo, write_truncated_mp4
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_truncated_mp4(root / "truncated.mp4")
+    write_damaged_mp4(root / "junk.mp4")  # an MP4 header, then random bytes
+    (root / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    write_audio_only(root / "audio_only.mp4")
+    index = tmp_path / "index"
+    proc = _cli("ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, out + err
+    for noise in DECODER_NOISE:
+        assert noise not in out + err, noise
+    assert "truncated.mp4 [read] truncated file" in out and "audio_only.mp4 [read] file has no video stream" in out
+    assert "encode: 100%" in err  # our own output on stderr is untouched
+    from unite_search.store import IndexStore
+
+    detail = {p["path"]: p.get("detail", "") for p in IndexStore(index).last_run()["failures"]}
+    assert "moov atom not found" in detail["truncated.mp4"] and "Invalid data" in detail["junk.mp4"]
+    # a rerun reads the failing files again: still nothing from the decoders, at the file-descriptor level
+    capfd.readouterr()
+    rerun = CliRunner().invoke(main, ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir)])
+    assert rerun.exit_code == 3, rerun.output
+    fd_out, fd_err = capfd.readouterr()
+    for noise in DECODER_NOISE:
+        assert noise not in rerun.output + fd_out + fd_err, noise
+
+
+def test_ctrl_c_says_nothing_finished_is_lost_and_the_same_command_continues(tiny_dir, encoder, tmp_path):
+    from corpora import write_photo
+    from test_ingest import _committed_versions
+
+    from unite_search.ingestion import ingest
+    from unite_search.store import IndexStore
+
+    root = tmp_path / "corpus"
+    for i in range(24):
+        write_photo(root / f"{i:02d}.png", seed=i)
+    index = tmp_path / "index"
+    # --memory-mb 1: every item is encoded and written on its own, so an interrupt finds some written
+    args = ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "--memory-mb", "1"]
+    proc = _cli(*args)
+    deadline = time.time() + 120
+    while (not (index / "tables").exists() or _committed_versions(index) < 3) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted: every item encoded so far is kept" in err and "Run the same command again" in err
+    assert "Aborted!" not in err and "Traceback" not in err and out == ""
+    assert IndexStore(index).last_run()["status"] == "interrupted"
+    report = ingest(root, index, encoder=encoder)  # the same run again (the CLI's settings are the defaults)
+    assert report.status == "ok" and report.items == 24
+    assert report.unchanged_items >= 3 and report.encoded_items == 24 - report.unchanged_items
+
+
+def test_device_mistakes_are_one_line_usage_errors(runner, tiny_dir, tmp_path):
+    import torch
+
+    root = _corpus(tmp_path / "corpus")
+    devices = ["gpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        for args in (["embed", "--text", "x"], ["ingest", str(root), "--index", str(tmp_path / "i")]):
+            result = runner.invoke(main, [*args, "--model", str(tiny_dir), "--device", device])
+            assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("Error: ") and f"'{device}'" in lines[0], result.output
+    assert not (tmp_path / "i").exists()
+
+
+def test_ingest_given_a_file_says_it_takes_a_folder(runner, tiny_dir, tmp_path):
+    root = _corpus(tmp_path / "corpus")
+    result = runner.invoke(main, ["ingest", str(root / "a.png"), "--model", str(tiny_dir)])
+    assert result.exit_code == 2, result.output
+    assert "Directory" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert "a.png is a file; ingest takes a folder" in result.output
+    assert "folder of its own" in result.output and f"unite-search embed --image {root / 'a.png'}" in result.output
+    note = runner.invoke(main, ["ingest", str(root / "note.md")])
+    assert note.exit_code == 2 and "unite-search embed --text" in note.output
+
+
+def test_a_crash_is_one_line_naming_the_run_log(runner, tiny_dir, tmp_path, monkeypatch):
+    """A bug injected into a real decode worker: one line on the console, the traceback in the run log."""
+    import unite_search.ingestion as ingestion
+
+    root = _corpus(tmp_path / "corpus")
+
+    def bug(enc, task):
+        raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    monkeypatch.setattr(ingestion, "prepare_task", bug)
+    args = ["ingest", str(root), "--index", str(tmp_path / "index"), "--model", str(tiny_dir), "-q"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "internal error (AttributeError" in lines[0], result.output
+    log = re.search(r"traceback is in (\S+\.json)", lines[0]).group(1)
+    assert "in bug" in json.loads(Path(log).read_text())["traceback"]

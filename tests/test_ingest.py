@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -244,7 +245,7 @@ def test_every_bad_input_is_reported_and_the_rest_indexed(tmp_path, encoder, mon
 
     monkeypatch.setattr(ingestion, "plan_units", plan_then_delete)
     report = ingest(root, tmp_path / "index", encoder=encoder)
-    assert report.status == "skipped" and report.exit_code == 3
+    assert report.status == "finished_with_failures" and report.exit_code == 3
     got = {p.path: p for p in report.failures}
     assert set(got) == set(bad), report.summary()
     for rel, stage in bad.items():
@@ -553,3 +554,170 @@ def test_an_oversized_caption_is_a_reported_failure_and_its_media_still_indexed(
     assert "above 65536" in report.failures[0].reason
     rows = IndexStore(tmp_path / "index").read_rows("image", ["path", "caption"]).to_pylist()
     assert rows == [{"path": "a.png", "caption": None}]
+
+
+# ------------------------------------------------------------------------ what the report tells
+def test_video_failures_are_told_in_words_the_same_every_run(tmp_path, encoder):
+    """Real broken files: the reason says what is wrong (no decoder internals, times or paths), the same on
+    a rerun; the decoder's own message is in the run log only."""
+    from corpora import write_audio_only, write_damaged_mp4, write_truncated_mp4
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_photo(root / "good.png", seed=1)
+    write_audio_only(root / "audio_only.mp4")
+    write_truncated_mp4(root / "truncated.mp4")
+    (root / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    write_damaged_mp4(root / "damaged.mp4")
+    expected = {
+        "audio_only.mp4": "file has no video stream (audio only)",
+        "truncated.mp4": "truncated file (an incomplete copy or download)",
+        "noise.mp4": "not a video: its content is no known video format",
+        "damaged.mp4": "damaged or not a video (no decoder can open it)",
+    }
+    index = tmp_path / "index"
+    first = ingest(root, index, encoder=encoder)
+    time.sleep(1.1)  # a decoder message with a clock in it would differ
+    again = ingest(root, index, encoder=encoder)
+    for report in (first, again):
+        assert {p.path: p.reason for p in report.failures} == expected
+        assert report.status == "finished_with_failures" and report.exit_code == 3
+    summary = again.summary()
+    for internal in ("moov", "Invalid data", "Errno", str(root), ".cc:"):
+        assert internal not in summary, internal
+    detail = {p["path"]: p.get("detail") for p in IndexStore(index).last_run()["failures"]}
+    assert "moov atom not found" in detail["truncated.mp4"]  # FFmpeg's own words, kept in the run log
+    assert "Invalid data" in detail["damaged.mp4"]
+
+
+def test_progress_bar_counts_the_items_the_summary_counts(tmp_path, encoder, capsys):
+    from corpora import LONG_TEXT
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_clip(root / "long.mp4", 80, fps=8, seed=2)  # 10 s: 3 segments
+    (root / "long.md").write_text(LONG_TEXT)  # several passages
+    report = ingest(root, tmp_path / "index", encoder=encoder, progress=True, **OPTS)
+    err = capsys.readouterr().err
+    assert report.items == report.encoded_items == 3 and report.encoded_rows > 6
+    done, total = re.findall(r"encode: .*?(\d+)/(\d+) \[", err)[-1]
+    assert int(done) == int(total) == report.items
+    assert "item/s" in err and f"items {report.items}:" in report.summary()
+
+
+def test_summary_names_skipped_files(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    for i in range(22):
+        (root / f".hidden{i:02d}").write_text("x")
+    os.mkfifo(root / "pipe.mp4")
+    summary = ingest(root, tmp_path / "index", encoder=encoder).summary()
+    assert "skipped 23 (hidden, special files, links out of the corpus):" in summary
+    assert "  .hidden00 [hidden]" in summary and "  .hidden19 [hidden]" in summary
+    assert ".hidden20" not in summary and "  ... and 3 more (unite-search info " in summary
+
+
+def test_old_run_logs_read_with_the_new_status(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    log = IndexStore(index).last_run()
+    log["status"] = "skipped"  # how runs before the rename recorded "finished, some inputs failed"
+    (index / "runs" / "99991231T000000000000Z.json").write_text(json.dumps(log))
+    assert IndexStore(index).last_run()["status"] == "finished_with_failures"
+
+
+# ------------------------------------------------------------------------ errors: whose fault
+def test_an_encoder_with_conflicting_arguments_is_refused(tmp_path, tiny_dir, encoder):
+    from unite_search import ConfigError, EncoderSettings
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    index = tmp_path / "index"
+    conflicts = [
+        ({"model": "unite-base-2b"}, "model 'unite-base-2b'"),
+        ({"dtype": "bfloat16"}, "dtype 'bfloat16'"),
+        ({"device": "cpu:1"}, "device 'cpu:1'"),
+        ({"settings": EncoderSettings(frames=8)}, "settings"),
+    ]
+    for kwargs, said in conflicts:
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            ingest(root, index, encoder=encoder, **kwargs)
+    assert not index.exists()  # refused before anything was made
+    same = {"model": tiny_dir, "device": "cpu", "dtype": "float32", "settings": EncoderSettings()}
+    assert ingest(root, index, encoder=encoder, **same).status == "ok"
+
+
+def test_a_bug_or_memory_error_stops_the_run_with_its_traceback_in_the_run_log(tmp_path, encoder, monkeypatch):
+    """Faults injected into real workers: a file's I/O error fails that file, a bug or MemoryError stops the run."""
+    import unite_search.ingestion as ingestion
+    import unite_search.units as units
+    from unite_search import IngestCrashError
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_photo(root / "b.png", seed=2)
+    (root / "note.txt").write_text("a short note")
+    index = tmp_path / "index"
+    real_prepare, real_read = ingestion.prepare_task, units.read_file
+
+    def out_of_memory(enc, task):  # a decode worker
+        if str(task.item.get("image", "")).endswith("b.png"):
+            raise MemoryError
+        return real_prepare(enc, task)
+
+    def bug(entry, **kwargs):  # a read worker
+        if entry.rel == "b.png":
+            return None + 1
+        return real_read(entry, **kwargs)
+
+    for target, name, fake, cause, said in [
+        (ingestion, "prepare_task", out_of_memory, MemoryError, "ran out of memory"),
+        (units, "read_file", bug, TypeError, "internal error"),
+    ]:
+        with monkeypatch.context() as m:
+            m.setattr(target, name, fake)
+            with pytest.raises(IngestCrashError, match=said) as info:
+                ingest(root, index, encoder=encoder)
+        assert isinstance(info.value.__cause__, cause) and isinstance(info.value, RuntimeError)
+        assert f"traceback is in {info.value.run_log}" in str(info.value) and "\n" not in str(info.value)
+        log = json.loads(Path(info.value.run_log).read_text())
+        assert log["status"] == "failed" and cause.__name__ in log["error"]
+        assert f"in {fake.__name__}" in log["traceback"] and cause.__name__ in log["traceback"]
+
+    def denied(path, span, source):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(units, "read_passage", denied)
+    report = ingest(root, index, encoder=encoder)
+    assert [(p.path, p.stage, p.reason) for p in report.failures] == [
+        ("note.txt", "decode", "cannot read file: Permission denied")
+    ]
+    assert report.encoded_items == 2 and report.status == "finished_with_failures"
+
+
+def test_user_mistakes_are_typed_errors_that_are_still_value_errors(tmp_path, tiny_dir, encoder):
+    from unite_search import ConfigError, DeviceError, Encoder, EncoderSettings, InputError
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    mistakes = [
+        (lambda: EncoderSettings(fps=0), ConfigError),
+        (lambda: EncoderSettings(min_frames=8, max_frames=4), ConfigError),
+        (lambda: ingest(root, encoder=encoder, on_error="ignore"), ConfigError),
+        (lambda: ingest(root, encoder=encoder, pairs="all"), ConfigError),
+        (lambda: ingest(root, encoder=encoder, segment_seconds=5, segment_overlap=5), ConfigError),
+        (lambda: ingest(root, encoder=encoder, memory_bytes=0), ConfigError),
+        (lambda: ingest(root / "a.png", encoder=encoder), InputError),
+        (lambda: Encoder.load(tiny_dir, device="gpu"), DeviceError),
+        (lambda: Encoder.load(tiny_dir, device="cpu", dtype="float8"), ConfigError),
+        (lambda: Encoder.load(tiny_dir, device="cpu", attn="fast"), ConfigError),
+        (lambda: encoder.encode(["x"], token_budget=-1), ConfigError),
+    ]
+    for call, kind in mistakes:
+        with pytest.raises(kind) as info:
+            call()
+        assert isinstance(info.value, ValueError)
+    with pytest.raises(InputError, match=r"is a file, and ingest takes a folder.*folder of its own.*embed"):
+        ingest(root / "a.png", encoder=encoder)

@@ -139,6 +139,55 @@ def test_zero_frame_video(tmp_path):
 
 
 @pytest.mark.parametrize("backend", [pytest.param("decord", marks=needs_decord), "av"])
+def test_bad_video_files_are_told_in_words(tmp_path, backend, capfd):
+    """The reason says what is wrong, the same words every time (no time, path or source line); the
+    decoder's own message is the error's ``detail``. PyAV opens every file before decord does, so decord
+    never prints its complaints from C."""
+    from corpora import write_audio_only, write_damaged_mp4, write_truncated_mp4
+
+    import unite_search.video as video
+
+    cases = {
+        write_audio_only(tmp_path / "audio_only.mp4"): (video.AUDIO_ONLY, False),
+        write_truncated_mp4(tmp_path / "cut.mp4"): (video.TRUNCATED, True),
+        write_damaged_mp4(tmp_path / "damaged.mp4"): (video.UNREADABLE, True),
+    }
+    assert video.AUDIO_ONLY == "file has no video stream (audio only)"
+    assert video.TRUNCATED.startswith("truncated file") and video.UNREADABLE.startswith("damaged or not a video")
+    capfd.readouterr()
+    for path, (reason, has_detail) in cases.items():
+        for read in (lambda p=path: probe(p, backend), lambda p=path: read_frames(p, EncoderSettings(), backend)):
+            with pytest.raises(InputError) as info:
+                read()
+            assert (info.value.reason, str(info.value)) == (reason, f"{path}: {reason}")
+            assert bool(info.value.detail) == has_detail, info.value.detail
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+def test_ffmpeg_messages_are_collected_for_the_run_log_and_not_printed(tmp_path, capfd):
+    import logging
+
+    from corpora import write_truncated_mp4
+
+    from unite_search import decoderlog
+
+    path = write_truncated_mp4(tmp_path / "cut.mp4")
+    capfd.readouterr()
+    with decoderlog.collecting():
+        with pytest.raises(InputError) as info:
+            probe(path, "av")
+        assert av.logging.get_level() == av.logging.ERROR
+    assert "moov atom not found" in info.value.detail  # FFmpeg's own words, captured on the decoding thread
+    assert "moov" not in info.value.reason
+    # the process is left as it was: PyAV quiet, no handler of ours on its logger
+    assert av.logging.get_level() is None
+    assert decoderlog._handler not in logging.getLogger("libav").handlers
+    out, err = capfd.readouterr()
+    assert "moov" not in out + err
+
+
+@pytest.mark.parametrize("backend", [pytest.param("decord", marks=needs_decord), "av"])
 @pytest.mark.parametrize(("start", "end"), [(0.0, 3.0), (2.5, 5.5), (9.0, 12.0)])
 def test_time_range_reads_the_frames_of_that_range(tmp_path_factory, backend, start, end):
     """Segments sample within their own range (PyAV seeks, then numbers frames by timestamp)."""

@@ -7,11 +7,37 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import InputError, MissingDependencyError, ModelLoadError, UniteError
+from . import errors as _errors
+from .errors import (
+    ConfigError,
+    DatasetError,
+    DeviceError,
+    IndexDamagedError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    IndexWriteError,
+    IngestCrashError,
+    IngestError,
+    InputError,
+    MissingDependencyError,
+    ModelLoadError,
+    PlanError,
+    StaleReadError,
+    UniteError,
+)
 from .modality import Item, Modality
 from .settings import EncoderSettings
 
 __version__ = "0.1.0"
+
+# every exception class errors.py defines, those named above and any added since
+_ERROR_NAMES = sorted(
+    name
+    for name, value in vars(_errors).items()
+    if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == _errors.__name__
+)
+globals().update({name: getattr(_errors, name) for name in _ERROR_NAMES})
 
 if TYPE_CHECKING:
     from .encoder import Encoder
@@ -20,21 +46,34 @@ if TYPE_CHECKING:
     from .planner import QueryPlan
 
 __all__ = [
+    "ConfigError",
+    "DatasetError",
+    "DeviceError",
     "Encoder",
     "EncoderSettings",
     "Hit",
     "Index",
+    "IndexDamagedError",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexWriteError",
+    "IngestCrashError",
+    "IngestError",
     "IngestReport",
     "InputError",
     "Item",
     "MissingDependencyError",
     "Modality",
     "ModelLoadError",
+    "PlanError",
     "QueryPlan",
+    "StaleReadError",
     "UniteError",
     "__version__",
     "ingest",
 ]
+__all__ += [name for name in _ERROR_NAMES if name not in __all__]
 
 
 def __getattr__(name: str):

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -21,7 +23,7 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_items: int | Non
     [[1], [2, 3, 0]]
     """
     if token_budget < 1:
-        raise ValueError("token_budget must be positive")
+        raise ConfigError("token_budget must be positive")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -63,7 +65,7 @@ class ByteBudget:
 
     def __init__(self, limit: int):
         if limit < 1:
-            raise ValueError("a byte budget must be positive")
+            raise ConfigError("a byte budget must be positive")
         self.limit = limit
         self.held = 0
         self.peak = 0  # most bytes held at once (predicted while decoding, measured once decoded)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .diskio import file_sha256
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .modality import Modality
 
 __all__ = ["file_sha256"]  # re-exported: ingest, queries and the benchmark cache hash files with it
@@ -52,10 +52,14 @@ class Problem:
 
     path: str
     stage: str  # discover | read | decode | manifest
-    reason: str
+    reason: str  # in words, the same every run
+    detail: str | None = field(default=None, compare=False)  # the decoder's own message: run log only
 
     def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "stage": self.stage, "reason": self.reason}
+        out = {"path": self.path, "stage": self.stage, "reason": self.reason}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ class PassageSplitter:
 
     def __init__(self, max_chars: int, byte_offset: int = 0):
         if max_chars < 1:
-            raise ValueError("max_chars must be positive")
+            raise ConfigError("max_chars must be positive")
         self.max_chars = max_chars
         self._buffer = ""
         self._char = 0  # character offset of _buffer[0] in the whole text
@@ -315,7 +319,8 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
     if found is None:
         if _looks_like_text(head):
             raise InputError(f"content is text but the extension says {entry.kind}", source=entry.rel)
-        raise InputError(f"content is not a recognised {entry.kind} format (by its first bytes)", source=entry.rel)
+        article = "an" if entry.kind == Modality.IMAGE.value else "a"
+        raise InputError(f"not {article} {entry.kind}: its content is no known {entry.kind} format", source=entry.rel)
     if found != entry.kind:
         raise InputError(f"content is {found} data but the extension says {entry.kind}", source=entry.rel)
     if found == Modality.IMAGE.value:
@@ -326,7 +331,7 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
     try:
         info = probe(entry.path, video_backend)
     except InputError as exc:
-        raise InputError(exc.reason, source=entry.rel) from exc
+        raise exc.located(entry.rel) from exc
     return FileFacts(
         modality=found,
         width=info.width or None,

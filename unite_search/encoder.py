@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .batching import ByteBudget, admitted_map, plan_batches
-from .errors import InputError, ModelLoadError
+from .errors import ConfigError, DeviceError, InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .modality import Item, Modality, as_item
 from .models import resolve
@@ -48,12 +48,34 @@ class Prepared:
         return self.input_ids.nbytes + sum(v.pixel_values.nbytes for v in (self.image, self.video) if v is not None)
 
 
-def _resolve_device(device: str):
+DEVICE_HELP = "use auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def _resolve_device(device):
+    """``device`` as a torch device that this machine has; :class:`DeviceError` (one line) otherwise."""
     import torch
 
-    if device == "auto":
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"unknown device {device!r}: {DEVICE_HELP}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"device {str(device)!r} is not available: {why}; use cpu or auto instead")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"device {str(device)!r} is not available: this machine has {count} CUDA GPU(s), "
+                              f"numbered from 0")  # fmt: skip
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"device {str(device)!r} is not available on this machine; use cpu or auto instead")
+    elif dev.type != "cpu":
+        raise DeviceError(f"device type {dev.type!r} is not supported: {DEVICE_HELP}")
+    return dev
 
 
 def _resolve_dtype(dtype, device):
@@ -74,13 +96,17 @@ def _resolve_dtype(dtype, device):
                 "fp16": torch.float16,
             }[dtype]
         except KeyError:
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
+            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     return dtype
 
 
 def _resolve_attn(attn: str, device, dtype) -> str:
     import torch
 
+    if attn not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"attn must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, not {attn!r}")
     if attn != "auto":
         return attn
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
@@ -90,6 +116,14 @@ def _resolve_attn(attn: str, device, dtype) -> str:
             return "sdpa"
         return "flash_attention_2"
     return "sdpa"
+
+
+def resolve_options(device="auto", dtype="auto", attn="auto"):
+    """(torch device, torch dtype, attention implementation) for :meth:`Encoder.load`'s arguments;
+    :class:`DeviceError` or :class:`ConfigError` for a value that cannot work here."""
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    return dev, torch_dtype, _resolve_attn(attn, dev, torch_dtype)
 
 
 class Encoder:
@@ -160,6 +194,7 @@ class Encoder:
         """
         from .models import fingerprint, load_model, load_tokenizer
 
+        dev, torch_dtype, attn = resolve_options(device, dtype, attn)  # told before any download
         resolved = resolve(model)
         revision, adapter_path = resolved.revision, None
         if adapter is not None:
@@ -168,9 +203,7 @@ class Encoder:
             adapter_path = str(check_adapter(adapter))
             revision = f"{revision}+lora-{fingerprint(Path(adapter_path))}"
         tokenizer = load_tokenizer(resolved.path)
-        dev = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, dev)
-        full = load_model(resolved.path, dtype=torch_dtype, attn=_resolve_attn(attn, dev, torch_dtype))
+        full = load_model(resolved.path, dtype=torch_dtype, attn=attn)
         inner = full.model
         if adapter_path is not None:
             from .train.merge import apply_adapter
@@ -206,6 +239,11 @@ class Encoder:
             workers=self.workers,
             adapter=self.adapter,
         )
+
+    @property
+    def dtype(self):
+        """The torch dtype of the weights (of the text decoder)."""
+        return next(self._model.language_model.parameters()).dtype
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -14,36 +14,43 @@ import os
 import queue
 import threading
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ann, filecache
+from . import ann, decoderlog, filecache
 from .corpus import Problem, walk
 from .diskio import io_reason, remove_stale_temporaries
-from .errors import IndexWriteError, InputError, UniteError
+from .errors import ConfigError, IndexWriteError, IngestCrashError, IngestError, InputError, UniteError
 from .memory import MEMORY_BYTES
 from .store import IndexStore
 from .units import IngestOptions, Task, Unit, declared_items, find_captions, plan_units, prepare_task, read_files
 
 DEFAULT_HOME = "indexes"
 COMMIT_ROWS = 1024
-EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_WITH_FAILURES = 0, 1, 3
+EXIT_SKIPPED = EXIT_WITH_FAILURES  # its former name
+SHOWN = 20  # failures (and skipped files) a summary names; the run log and --json hold them all
+
+# Report statuses. Run logs written before the rename call WITH_FAILURES "skipped" (runs.RENAMED_STATUS).
+OK, WITH_FAILURES, FAILED, INTERRUPTED = "ok", "finished_with_failures", "failed", "interrupted"
+STATUS_WORDS = {OK: "ok", WITH_FAILURES: "finished with failures", FAILED: "failed", INTERRUPTED: "interrupted"}
 
 
-class IngestError(UniteError):
-    """An ingest stopped: under ``on_error="raise"``, the first bad input (nothing was published)."""
-
-    def __init__(self, message: str, problem: Problem | None = None):
-        super().__init__(message)
-        self.problem = problem
+def status_words(status: str) -> str:
+    """A report status as a person reads it (older run logs' ``skipped`` included)."""
+    if status == "skipped":
+        status = WITH_FAILURES
+    return STATUS_WORDS.get(status, status)
 
 
 @dataclass
 class IngestReport:
-    """What an ingest did. ``status``: ``ok``, ``skipped`` (finished, some inputs failed) or ``failed``."""
+    """What an ingest did. ``status``: ``ok``; ``finished_with_failures`` (finished, some inputs failed and
+    are listed in ``failures``); ``failed``; or ``interrupted`` (Ctrl-C; rerunning continues)."""
 
     index: str
     corpus: str
@@ -59,16 +66,20 @@ class IngestReport:
     repaired: list[str] = field(default_factory=list)  # shards whose damaged FAISS file was rebuilt
     memory_peak: int = 0  # most bytes of decoded inputs held at once (predicted while decoding)
     shards: dict[str, int] = field(default_factory=dict)  # rows per shard, as published
-    failures: list[Problem] = field(default_factory=list)
-    skipped: list[Problem] = field(default_factory=list)
+    failures: list[Problem] = field(default_factory=list)  # inputs not indexed (each: path, stage, reason)
+    skipped: list[Problem] = field(default_factory=list)  # hidden or special files, links out of the corpus
     ignored_files: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     published: bool = False
     error: str | None = None
+    decoder_messages: list[str] = field(default_factory=list)  # FFmpeg's, kept here instead of printed
+    traceback: str | None = None  # of an internal error (a bug) or MemoryError that stopped the run
 
     @property
     def exit_code(self) -> int:
-        return {"ok": EXIT_OK, "skipped": EXIT_SKIPPED}.get(self.status, EXIT_FAILED)
+        return {OK: EXIT_OK, WITH_FAILURES: EXIT_WITH_FAILURES, "skipped": EXIT_WITH_FAILURES}.get(
+            self.status, EXIT_FAILED
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -88,11 +99,14 @@ class IngestReport:
             lines.append(f"rebuilt damaged FAISS file(s) of: {', '.join(self.repaired)}")
         if self.failures:
             lines.append(f"failed {len(self.failures)} (not indexed):")
-            lines += [f"  {p.path} [{p.stage}] {p.reason}" for p in self.failures[:20]]
-            if len(self.failures) > 20:
-                lines.append(f"  ... {len(self.failures) - 20} more in the run report (unite-search info --json)")
+            lines += [f"  {p.path} [{p.stage}] {p.reason}" for p in self.failures[:SHOWN]]
+            if len(self.failures) > SHOWN:
+                lines.append(f"  ... and {len(self.failures) - SHOWN} more (unite-search info {self.index} --json)")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} hidden or special file(s), or links out of the corpus")
+            lines.append(f"skipped {len(self.skipped)} (hidden, special files, links out of the corpus):")
+            lines += [f"  {p.path} [{p.reason}]" for p in self.skipped[:SHOWN]]
+            if len(self.skipped) > SHOWN:
+                lines.append(f"  ... and {len(self.skipped) - SHOWN} more (unite-search info {self.index} --json)")
         if self.ignored_files:
             lines.append(f"ignored {self.ignored_files} file(s) of other types")
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
@@ -163,22 +177,29 @@ def _encode_all(
     window_bytes = max(1, memory_bytes // 2)  # the other half lets decoding run on while the encoder works
 
     def work(task: Task):
+        # A file's own fault (bad content, a decoder's complaint, an I/O error) fails that file; anything
+        # else (a bug, MemoryError) stops the run, its traceback kept in the run log.
         t = time.perf_counter()
         try:
             out: Any = prepare_task(encoder, task)
         except InputError as exc:
             out = exc
-        except Exception as exc:  # noqa: BLE001  decoders raise many classes on malformed media; one file must not end the run
-            out = InputError(f"{type(exc).__name__}: {exc}")
-        with lock:
-            decode_busy[0] += time.perf_counter() - t
+        except OSError as exc:
+            out = InputError(f"cannot read file: {io_reason(exc)}", detail=f"{type(exc).__name__}: {exc}")
+        finally:
+            with lock:
+                decode_busy[0] += time.perf_counter() - t
         return out
 
     window: list[tuple[Task, str | None, Any]] = []
     tokens = nbytes = held = 0
     written = 0
     encode_time = 0.0
-    bar = tqdm(total=len(tasks), unit="item", desc="encode", disable=not progress or not tasks)
+    # the bar counts items, as the report does: an item is done when its last row (segment, passage) is
+    rows_left: dict[str, int] = defaultdict(int)
+    for task in tasks:
+        rows_left[task.unit] += 1
+    bar = tqdm(total=len(rows_left), unit="item", desc="encode", disable=not progress or not tasks)
 
     def flush():
         nonlocal window, tokens, nbytes, held, written, encode_time
@@ -208,11 +229,13 @@ def _encode_all(
     decoded = admitted_map(work, tasks, workers, budget, lambda task: task.cost, kept_bytes, flush)
     try:
         for task, out, size in decoded:
-            bar.update(1)
+            rows_left[task.unit] -= 1
+            if not rows_left[task.unit]:
+                bar.update(1)
             if isinstance(out, InputError):
                 if task.unit not in failed:
                     label = units_by_key[task.unit].label
-                    failed[task.unit] = Problem(label, "decode", out.reason)
+                    failed[task.unit] = Problem(label, "decode", out.reason, out.detail)
                     bar.set_postfix(failed=len(failed))
                 if on_error == "raise":
                     break
@@ -278,18 +301,30 @@ def ingest(
     under ``corpus`` are read (symlinks resolved; a manifest's media paths too) unless
     ``allow_outside=True``.
 
+    Given ``encoder``, a ``model``, ``adapter``, ``device``, ``dtype`` or ``settings`` that differ from
+    its own raise :class:`~unite_search.ConfigError`. A file's decode or I/O error fails that file; a
+    bug or ``MemoryError`` stops the run with :class:`~unite_search.IngestCrashError`, the traceback
+    kept in the run log. Ctrl-C (``KeyboardInterrupt``) is recorded as ``interrupted`` and raised again;
+    what was written is kept, and the same call continues.
+
     >>> report = ingest("photos/", model="unite-base-2b")   # doctest: +SKIP
     >>> print(report.summary())                              # doctest: +SKIP
     """
     if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
+        raise ConfigError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     if memory_bytes < 1:
-        raise ValueError("memory_bytes must be positive")
+        raise ConfigError("memory_bytes must be positive")
     overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
     options = IngestOptions(segment_seconds, overlap, passage_chars, pairs)
     root = os.path.abspath(os.path.expanduser(corpus))
     if not os.path.isdir(root):
-        raise InputError("corpus is not a folder", source=os.fspath(corpus))
+        raise InputError(_not_a_folder(root), source=os.fspath(corpus))
+    if encoder is not None:
+        _check_encoder_arguments(encoder, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings)
+    else:
+        from .encoder import resolve_options
+
+        resolve_options(device, dtype)  # a device this machine lacks is told before the index folder is made
     index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
     store = IndexStore(index_dir)
     say = log or (lambda _msg: None)
@@ -308,15 +343,26 @@ def ingest(
         error: BaseException | None = None
         try:
             manifest = store.init(encoder.settings, options.to_dict(), root)
-            _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-                 commit_rows, memory_bytes, allow_outside, progress, say)  # fmt: skip
+            with decoderlog.collecting() as messages:  # FFmpeg's complaints: into the run log, not the terminal
+                try:
+                    _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max,
+                         gpu, commit_rows, memory_bytes, allow_outside, progress, say)  # fmt: skip
+                finally:
+                    report.decoder_messages = list(messages)
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
             error = _write_error(exc, index_dir) or exc
-            report.status = "failed"
-            report.error = str(error) if isinstance(error, UniteError) else f"{type(error).__name__}: {error}"
+            report.status = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED
+            if isinstance(exc, KeyboardInterrupt):
+                report.error = "interrupted (Ctrl-C); run the same ingest again to continue"
+            else:
+                report.error = str(error) if isinstance(error, UniteError) else _one_line(error)
+            if _is_crash(error):
+                report.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+                report.error += " (it stopped the run; the traceback is in this run log: unite-search info --json)"
         report.timings["total"] = round(time.perf_counter() - t_start, 3)
+        run_log: Path | None = None
         try:
-            store.write_run(report.to_dict())
+            run_log = store.write_run(report.to_dict())
         except Exception as exc:
             reason = io_reason(exc)
             if reason is None:
@@ -324,8 +370,83 @@ def ingest(
             # the run's own outcome (published or not) stands; only its log is lost
             say(f"could not write the run report into {index_dir / 'runs'}: {reason}")
         if error is not None:
+            if _is_crash(error) and run_log is not None:
+                raise IngestCrashError(_crash_message(error, run_log), run_log=str(run_log)) from error
             raise error
     return report
+
+
+def _not_a_folder(path: str) -> str:
+    if os.path.isfile(path):
+        return (
+            "is a file, and ingest takes a folder. To index this one file, put it in a folder of its own "
+            "and ingest that folder (or get its vector with `unite-search embed`)"
+        )
+    if os.path.exists(path):
+        return "corpus is not a folder"
+    return "corpus is not a folder: no such file or folder"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_crash(exc: BaseException) -> bool:
+    """An error that is nobody's input: a bug, or running out of memory (not Ctrl-C, not one of ours)."""
+    return isinstance(exc, Exception) and not isinstance(exc, UniteError)
+
+
+def _crash_message(exc: BaseException, run_log: Path) -> str:
+    if isinstance(exc, MemoryError):
+        return (
+            f"ingest ran out of memory ({_one_line(exc)}); the traceback is in {run_log}. Rows already written "
+            "are kept: lower --memory-mb or --workers and run the same command again to continue."
+        )
+    return (
+        f"ingest stopped on an internal error ({_one_line(exc)}), a bug in unite-search; the traceback is in "
+        f"{run_log}. Rows already written are kept: run the same command again to continue."
+    )
+
+
+def _model_name(model) -> str:
+    """The ``model_id`` an encoder loaded from ``model`` has, found without loading or downloading it."""
+    from .models import ALIASES
+
+    name = os.fspath(model)
+    if os.path.isdir(name):
+        return str(Path(name).resolve())
+    return ALIASES.get(name.lower(), name)
+
+
+def _check_encoder_arguments(encoder, *, model, adapter, device, dtype, settings) -> None:
+    """``ingest(encoder=...)`` uses that encoder: a model, adapter, device, dtype or settings that say
+    otherwise are a mistake, not a choice to make silently."""
+    conflicts = []
+    if model is not None and _model_name(model) != encoder.model_id:
+        conflicts.append(f"model {os.fspath(model)!r} (the encoder's is {encoder.model_id!r})")
+    if adapter is not None and str(Path(adapter).resolve()) != encoder.adapter:
+        conflicts.append(f"adapter {os.fspath(adapter)!r} (the encoder's is {encoder.adapter!r})")
+    if device not in (None, "auto"):
+        from .encoder import resolve_options
+
+        want, have = resolve_options(device)[0], encoder.device
+        if want.type != have.type or (want.index is not None and want.index != (have.index or 0)):
+            conflicts.append(f"device {str(device)!r} (the encoder is on {str(have)!r})")
+    if dtype not in (None, "auto"):
+        from .encoder import _resolve_dtype
+
+        if _resolve_dtype(dtype, encoder.device) != encoder.dtype:
+            conflicts.append(f"dtype {str(dtype)!r} (the encoder's is {str(encoder.dtype).removeprefix('torch.')!r})")
+    if settings is not None and settings != encoder.preprocessing:
+        conflicts.append("settings that differ from the encoder's (encoder.preprocessing)")
+    if conflicts:
+        raise ConfigError(
+            "ingest was given an encoder and also " + "; ".join(conflicts) + ". Leave them out (the encoder's "
+            "own are used), or load an encoder with them: Encoder.load(model, device=..., dtype=..., settings=...)"
+        )
 
 
 def _write_error(exc: BaseException, index_dir: Path) -> IndexWriteError | None:
@@ -401,7 +522,8 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
                     relabel[shard][key] = (unit.paths, unit.caption)
         todo += [u for u in units if u.shard == shard and u.key not in states]
     report.relabeled_items = sum(len(v) for v in relabel.values())
-    say(f"{len(units)} items: {len(todo)} to encode, {report.removed_items} to remove")
+    rows = sum(len(u.tasks) for u in todo)
+    say(f"{len(units)} items: {len(todo)} to encode ({rows} rows), {report.removed_items} to remove")
 
     # write: removals first, then new rows as they are encoded
     failed: dict[str, Problem] = {}
@@ -450,4 +572,4 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
         report.published = True
     timings["index"] = round(time.perf_counter() - t, 3)
     report.shards = {s: e["rows"] for s, e in manifest.get("shards", {}).items()}
-    report.status = "skipped" if report.failures else "ok"
+    report.status = WITH_FAILURES if report.failures else OK

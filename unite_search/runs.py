@@ -1,4 +1,6 @@
-"""Run logs: each ingest's report (counts, timings, every failure) as ``runs/<UTC time>.json``."""
+"""Run logs: each ingest's report as ``runs/<UTC time>.json``: status, counts, timings, every failure (with
+the decoder's own message, ``detail``), FFmpeg's other messages and, when a bug or MemoryError stopped the
+run, its traceback. Nothing of this is printed on the terminal but the summary."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from typing import Any
 from .diskio import remove_stale_temporaries, write_json
 
 RUNS = "runs"
+# statuses renamed since: "skipped" meant "finished, some inputs failed" (and read as if the run was skipped)
+RENAMED_STATUS = {"skipped": "finished_with_failures"}
 
 
 def write_run(folder: Path, report: dict[str, Any]) -> Path:
@@ -27,7 +31,10 @@ def last_run(folder: Path) -> dict[str, Any] | None:
     for path in reversed(runs):
         try:
             with open(path) as fh:
-                return json.load(fh)
+                report = json.load(fh)
         except (OSError, json.JSONDecodeError):
             continue  # a report cut short by a full disk: show the one before
+        if isinstance(report, dict) and report.get("status") in RENAMED_STATUS:
+            report["status"] = RENAMED_STATUS[report["status"]]  # a run log written before the rename
+        return report
     return None

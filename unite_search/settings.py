@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from .errors import ConfigError
 from .prompts import PROMPT_VERSION
 
 PATCH = 14
@@ -37,17 +38,17 @@ class EncoderSettings:
 
     def __post_init__(self) -> None:
         if self.sampler not in ("linspace", "segment-middle"):
-            raise ValueError(f"sampler must be 'linspace' or 'segment-middle', not {self.sampler!r}")
+            raise ConfigError(f"sampler must be 'linspace' or 'segment-middle', not {self.sampler!r}")
         if self.frames is not None and self.frames < 1:
-            raise ValueError("frames must be a positive count")
+            raise ConfigError("frames must be a positive count")
         if not 1 <= self.min_frames <= self.max_frames:
-            raise ValueError("need 1 <= min_frames <= max_frames")
+            raise ConfigError("need 1 <= min_frames <= max_frames")
         if self.fps <= 0:
-            raise ValueError("fps must be positive")
+            raise ConfigError("fps must be positive")
         if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError("need 0 < min_pixels <= max_pixels")
+            raise ConfigError("need 0 < min_pixels <= max_pixels")
         if self.video_max_pixels is not None and self.video_max_pixels < 1:
-            raise ValueError("video_max_pixels must be positive (or None for qwen-vl-utils' own cap)")
+            raise ConfigError("video_max_pixels must be positive (or None for qwen-vl-utils' own cap)")
 
     @classmethod
     def training(cls) -> EncoderSettings:

@@ -30,7 +30,8 @@ from .corpus import (
     read_file,
     read_passage,
 )
-from .errors import InputError
+from .diskio import io_reason
+from .errors import ConfigError, InputError
 from .memory import TEXT_COST, image_cost, video_cost
 from .modality import Item, Modality
 from .schema import row_key, shard_name
@@ -49,11 +50,11 @@ class IngestOptions:
 
     def __post_init__(self) -> None:
         if self.segment_seconds <= 0 or not 0 <= self.segment_overlap < self.segment_seconds:
-            raise ValueError("need segment_seconds > 0 and 0 <= segment_overlap < segment_seconds")
+            raise ConfigError("need segment_seconds > 0 and 0 <= segment_overlap < segment_seconds")
         if self.passage_chars < 16:
-            raise ValueError("passage_chars must be at least 16")
+            raise ConfigError("passage_chars must be at least 16")
         if self.pairs not in ("none", "composed"):
-            raise ValueError(f"pairs must be 'none' or 'composed', not {self.pairs!r}")
+            raise ConfigError(f"pairs must be 'none' or 'composed', not {self.pairs!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,12 +106,15 @@ def read_files(
             todo.append(entry)
 
     def one(entry: Entry):
+        # A file's own fault (bad content, a decoder's complaint, an I/O error) fails that file; anything
+        # else (a bug, MemoryError) stops the run, its traceback kept in the run log.
         try:
             return entry, read_file(entry, passage_chars=options.passage_chars)
         except InputError as exc:
-            return entry, Problem(entry.rel, "read", exc.reason)
-        except Exception as exc:  # noqa: BLE001  probing malformed media can raise anything; one file must not end the run
-            return entry, Problem(entry.rel, "read", f"{type(exc).__name__}: {exc}")
+            return entry, Problem(entry.rel, "read", exc.reason, exc.detail)
+        except OSError as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            return entry, Problem(entry.rel, "read", f"cannot read file: {io_reason(exc)}", detail)
 
     problems = []
     with tqdm(total=len(todo), unit="file", desc="read", disable=not progress or not todo) as bar:

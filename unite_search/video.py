@@ -10,6 +10,7 @@ other path: each frame through the image fetch step, the count padded to even, n
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -18,13 +19,26 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import InputError, MissingDependencyError
+from . import decoderlog
+from .errors import ConfigError, InputError, MissingDependencyError
 from .image import BICUBIC, Visual, load_image, patchify, smart_resize
 from .settings import TEMPORAL_PATCH, EncoderSettings
 
 # qwen-vl-utils bounds that enter the per-frame cap alongside the user's.
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_TOTAL_PIXELS = 24576 * 28 * 28
+
+# What is wrong with a video file, in words: the same every run. The decoder's own message (times,
+# paths, source lines) goes to InputError.detail, which ingest keeps in its run log.
+NO_VIDEO = "file has no video stream"
+AUDIO_ONLY = "file has no video stream (audio only)"
+TRUNCATED = "truncated file (an incomplete copy or download)"
+UNREADABLE = "damaged or not a video (no decoder can open it)"
+BAD_FRAMES = "damaged video (its frames cannot be decoded)"
+NO_DECODER = "damaged or unsupported video (no decoder for its stream)"
+NO_FRAMES = "video has no frames"
+# FFmpeg's words for a file that ends early (an MP4 is also checked by its boxes: see ends_early)
+_TRUNCATION_SIGNS = ("partial file", "end of file")
 
 
 def _round_even(x: float) -> int:
@@ -44,7 +58,7 @@ def frame_count(total: int, video_fps: float, settings: EncoderSettings) -> int:
 def sample_indices(total: int, n: int, sampler: str = "linspace") -> np.ndarray:
     """Frame indices to read. A clip shorter than ``n`` frames repeats its last frame."""
     if total < 1:
-        raise InputError("video has no frames")
+        raise InputError(NO_FRAMES)
     if n > total:
         return np.concatenate([np.arange(total), np.full(n - total, total - 1)]).astype(np.int64)
     if sampler == "segment-middle":  # CaReBench's rule: the middle frame of n equal segments
@@ -80,14 +94,114 @@ class Probe:
 def _backend(name: str | None) -> str:
     if name in (None, "auto"):
         try:
-            import decord  # noqa: F401
+            _decord()
         except ImportError:
             name = "av"
         else:
             name = "decord"
     if name not in ("decord", "av"):
-        raise ValueError(f"video backend must be 'decord', 'av' or 'auto', not {name!r}")
+        raise ConfigError(f"video backend must be 'decord', 'av' or 'auto', not {name!r}")
     return name
+
+
+_decord_quiet = False
+
+
+def _decord():
+    """decord, its bundled FFmpeg set quiet: it would print every complaint on the terminal from C."""
+    global _decord_quiet
+    import decord
+
+    if not _decord_quiet:
+        decord.logging.set_level(decord.logging.QUIET)
+        _decord_quiet = True
+    return decord
+
+
+def _decord_errors() -> tuple[type[BaseException], ...]:
+    """What decord raises for a file it cannot read (its own class, or RuntimeError)."""
+    import decord
+
+    return (getattr(decord, "DECORDError", RuntimeError), RuntimeError, ValueError, OSError)
+
+
+def _av_errors() -> tuple[type[BaseException], ...]:
+    """What PyAV raises for a file it cannot read: one FFmpegError class per FFmpeg error code (each also a
+    ValueError, OSError, EOFError or MemoryError: FFmpeg's ENOMEM is often a damaged size field), or
+    ValueError for frames it cannot convert. Python's own MemoryError is not one of them."""
+    av = _pyav()
+    return (av.FFmpegError, ValueError, OSError, EOFError)
+
+
+def ends_early(path: str) -> bool:
+    """Whether an MP4/QuickTime file (ISO-BMFF: mp4, mov, m4v) is cut short: a top-level box runs past
+    the file's end, or the index box (``moov``) is missing. Reads only the box headers."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 8 or head[4:8] not in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+                return False
+            pos, index = 0, False
+            while pos + 8 <= size:
+                fh.seek(pos)
+                header = fh.read(16)
+                length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if not all(32 <= c < 127 for c in kind):
+                    return False  # not a box: damaged, not cut short
+                if length == 1:  # 64-bit size
+                    if len(header) < 16:
+                        return True
+                    length = int.from_bytes(header[8:16], "big")
+                elif length == 0:  # runs to the end of the file
+                    length = size - pos
+                if length < 8:
+                    return False
+                index = index or kind == b"moov"
+                if pos + length > size:
+                    return True
+                pos += length
+            return not index
+    except OSError:
+        return False
+
+
+def _failure(path: str, exc: BaseException, logs=(), *, opened: bool) -> InputError:
+    """A decoder's exception as an :class:`InputError` that says in words what is wrong with the file.
+
+    ``opened``: whether a decoder could open the container (else the file is unreadable as a video).
+    The decoder's own words (and FFmpeg's messages, ``logs``) go to ``detail``.
+    """
+    messages = decoderlog.formatted(logs)
+    raw = f"{type(exc).__name__}: {exc}" + ("".join(f"; {m}" for m in messages))
+    text = raw.lower()
+    if isinstance(exc, FileNotFoundError) and not os.path.exists(path):
+        reason = "file not found (moved or deleted while it was read?)"
+    elif isinstance(exc, PermissionError) and not os.access(path, os.R_OK):
+        reason = "permission denied"
+    elif ends_early(path) or isinstance(exc, EOFError) or any(sign in text for sign in _TRUNCATION_SIGNS):
+        reason = TRUNCATED
+    else:
+        reason = BAD_FRAMES if opened else UNREADABLE
+    return InputError(reason, source=path, detail=raw)
+
+
+def _require_video(container) -> None:
+    if not container.streams.video:
+        raise InputError(AUDIO_ONLY if container.streams.audio else NO_VIDEO)
+    if container.streams.video[0].codec_context is None:  # a codec FFmpeg does not know, or a damaged header
+        raise InputError(NO_DECODER)
+
+
+@contextlib.contextmanager
+def _ffmpeg_messages(path: str):
+    """FFmpeg's messages of this thread while the block runs (PyAV; only while ingest collects them, see
+    ``decoderlog``). A block that ends normally hands them to the run log; one that raises leaves them to
+    the failure it raises."""
+    av = _pyav()
+    with av.logging.Capture(local=True) as logs:
+        yield logs
+    decoderlog.note(path, decoderlog.formatted(logs))
 
 
 def _frame_range(probe: Probe, start: float | None, end: float | None) -> tuple[int, int]:
@@ -134,21 +248,40 @@ def display_rotation(path: str) -> int:
     """
     av = _pyav()
     try:
-        with av.open(path) as container:
+        with _ffmpeg_messages(path), av.open(path) as container:
             return _first_rotation(container) if container.streams.video else 0
-    except Exception:  # noqa: BLE001  any FFmpeg error: the reader names it
+    except _av_errors():  # the reader says what is wrong with the file
         return 0
 
 
-def _open_decord(path: str):
-    import decord
+def _checked_for_decord(path: str) -> int:
+    """Open a file with PyAV before decord does, and return its display rotation (as :func:`display_rotation`).
 
+    A file PyAV cannot open or decode the first frame of, or without a video stream, raises here:
+    decord (an older FFmpeg) would fail on it too, printing its complaints on the terminal from C.
+    """
+    av = _pyav()
+    opened = False
+    with _ffmpeg_messages(path) as logs:
+        try:
+            with av.open(path) as container:
+                opened = True
+                _require_video(container)
+                return _first_rotation(container)
+        except InputError as exc:
+            raise exc.located(path) from exc
+        except _av_errors() as exc:
+            raise _failure(path, exc, logs, opened=opened) from exc
+
+
+def _open_decord(path: str):
+    decord = _decord()
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except Exception as exc:  # decord raises its own DECORDError (or RuntimeError) for any bad input
-        raise InputError(f"cannot decode video: {exc}", source=path) from exc
+    except _decord_errors() as exc:  # PyAV opened the file before (see _checked_for_decord)
+        raise _failure(path, exc, opened=True) from exc
     if len(vr) < 1:
-        raise InputError("video has no frames", source=path)
+        raise InputError(NO_FRAMES, source=path)
     return vr, Probe(len(vr), float(vr.get_avg_fps()), 0, 0)  # size: probe() decodes a frame for it
 
 
@@ -158,8 +291,8 @@ def _read_decord(path: str, settings: EncoderSettings, start=None, end=None, pro
     idx = sampled_indices(probe, settings, start, end)
     try:  # a probe that over-counts reuses the last frame, as the PyAV reader does
         frames = vr.get_batch(np.minimum(idx, len(vr) - 1).tolist()).asnumpy()
-    except Exception as exc:
-        raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
+    except _decord_errors() as exc:
+        raise _failure(path, exc, opened=True) from exc
     if frames.ndim != 4 or frames.shape[3] != 3:
         raise InputError(f"decord returned frames of shape {frames.shape}; read it with backend='av'", source=path)
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "decord")
@@ -175,8 +308,7 @@ def _pyav():
 
 def _av_probe(container) -> tuple[Probe, int]:
     """The stream's facts and how many frames were decoded to get them."""
-    if not container.streams.video:
-        raise InputError("file has no video stream")
+    _require_video(container)
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 0)
     total, decoded = stream.frames, 0
@@ -190,44 +322,18 @@ def _av_probe(container) -> tuple[Probe, int]:
 
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
     av = _pyav()
-    decoded = 0
-    try:
-        with av.open(path) as container:
-            if probe is None:
-                probe, decoded = _av_probe(container)
-            elif not container.streams.video:
-                raise InputError("file has no video stream")
-            if probe.total_frames < 1:
-                raise InputError("video has no frames")
-            idx = sampled_indices(probe, settings, start, end)
-            stream = container.streams.video[0]
-            wanted = set(idx.tolist())
-            last = int(idx.max())
-            got: dict[int, np.ndarray] = {}
-            first = int(idx.min())
-            if first > 0 and stream.time_base is not None:
-                # Seek to the keyframe before the range, then number frames by their timestamps:
-                # decoding from frame 0 for every segment of a long clip would be quadratic.
-                origin = stream.start_time or 0
-                container.seek(origin + int(first / probe.fps / stream.time_base), stream=stream, backward=True)
-                numbered = (
-                    (-1 if f.pts is None else round(float((f.pts - origin) * stream.time_base) * probe.fps), f)
-                    for f in container.decode(stream)
-                )
-            else:
-                numbered = enumerate(container.decode(stream))
-            for i, frame in numbered:
-                decoded += 1
-                if i in wanted:
-                    got[i] = _upright(frame)
-                if i >= last:
-                    break
-    except InputError as exc:
-        raise InputError(exc.reason, source=path) from exc
-    except Exception as exc:  # PyAV raises one class per FFmpeg error code
-        raise InputError(f"cannot decode video: {exc}", source=path) from exc
+    opened = False
+    with _ffmpeg_messages(path) as logs:
+        try:
+            with av.open(path) as container:
+                opened = True
+                got, decoded, idx, probe = _decode_av(container, settings, start, end, probe)
+        except InputError as exc:
+            raise exc.located(path) from exc
+        except _av_errors() as exc:  # PyAV raises one class per FFmpeg error code
+            raise _failure(path, exc, logs, opened=opened) from exc
     if not got:
-        raise InputError("no decodable frame in video", source=path)
+        raise InputError(BAD_FRAMES, source=path, detail="no decodable frame")
     # Containers can over-report their frame count: a missing index reuses the closest earlier frame.
     keys = sorted(got)
 
@@ -239,6 +345,41 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: 
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "av", decoded)
 
 
+def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | None):
+    """The sampled frames of an open container: ({index: frame}, frames decoded, indices, probe)."""
+    decoded = 0
+    if probe is None:
+        probe, decoded = _av_probe(container)
+    else:
+        _require_video(container)
+    if probe.total_frames < 1:
+        raise InputError(NO_FRAMES)
+    idx = sampled_indices(probe, settings, start, end)
+    stream = container.streams.video[0]
+    wanted = set(idx.tolist())
+    last = int(idx.max())
+    got: dict[int, np.ndarray] = {}
+    first = int(idx.min())
+    if first > 0 and stream.time_base is not None:
+        # Seek to the keyframe before the range, then number frames by their timestamps:
+        # decoding from frame 0 for every segment of a long clip would be quadratic.
+        origin = stream.start_time or 0
+        container.seek(origin + int(first / probe.fps / stream.time_base), stream=stream, backward=True)
+        numbered = (
+            (-1 if f.pts is None else round(float((f.pts - origin) * stream.time_base) * probe.fps), f)
+            for f in container.decode(stream)
+        )
+    else:
+        numbered = enumerate(container.decode(stream))
+    for i, frame in numbered:
+        decoded += 1
+        if i in wanted:
+            got[i] = _upright(frame)
+        if i >= last:
+            break
+    return got, decoded, idx, probe
+
+
 def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     """Frame count, fps and size of a video file; raises :class:`InputError` when it cannot be read.
 
@@ -247,24 +388,28 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     its length); mp4 and decord read it from the header or index.
     """
     path = os.fspath(source)
-    if _backend(backend) == "decord" and not display_rotation(path):
+    # PyAV opens every file first, whichever the backend: one decord cannot open never reaches it
+    if _backend(backend) == "decord" and not _checked_for_decord(path):
         vr, found = _open_decord(path)
         try:
             height, width = vr[0].shape[:2]
-        except Exception as exc:  # decord's own error class for an undecodable first frame
-            raise InputError(f"cannot decode video frames: {exc}", source=path) from exc
+        except _decord_errors() as exc:  # decord's own error class for an undecodable first frame
+            raise _failure(path, exc, opened=True) from exc
         return Probe(found.total_frames, found.fps, int(width), int(height), rotation=0)
     av = _pyav()
-    try:
-        with av.open(path) as container:
-            found, _ = _av_probe(container)
-            rotation = _first_rotation(container)
-    except InputError as exc:
-        raise InputError(exc.reason, source=path) from exc
-    except Exception as exc:  # PyAV raises one class per FFmpeg error code
-        raise InputError(f"cannot read video: {exc}", source=path) from exc
+    opened = False
+    with _ffmpeg_messages(path) as logs:
+        try:
+            with av.open(path) as container:
+                opened = True
+                found, _ = _av_probe(container)
+                rotation = _first_rotation(container)
+        except InputError as exc:
+            raise exc.located(path) from exc
+        except _av_errors() as exc:  # PyAV raises one class per FFmpeg error code
+            raise _failure(path, exc, logs, opened=opened) from exc
     if found.total_frames < 1 or found.fps <= 0:
-        raise InputError("video has no frames", source=path)
+        raise InputError(NO_FRAMES, source=path)
     width, height = (found.height, found.width) if rotation in (90, 270) else (found.width, found.height)
     return Probe(found.total_frames, found.fps, width, height, rotation)
 
@@ -276,7 +421,7 @@ def segment_spans(duration: float, seconds: float, overlap: float) -> list[tuple
     [(0.0, 30.0), (25.0, 55.0), (50.0, 70.0)]
     """
     if seconds <= 0 or not 0 <= overlap < seconds:
-        raise ValueError("need segment seconds > 0 and 0 <= overlap < seconds")
+        raise ConfigError("need segment seconds > 0 and 0 <= overlap < seconds")
     if duration <= seconds:
         return [(0.0, float(duration))]
     stride, spans, start = seconds - overlap, [], 0.0
@@ -313,13 +458,15 @@ def read_frames(
         raise InputError("video file is empty or not a regular file", source=path)
     reader = _read_av
     if _backend(backend) == "decord":
-        rotation = probe.rotation if probe is not None and probe.rotation is not None else display_rotation(path)
+        # a file not probed yet is opened by PyAV first: one decord cannot open never reaches it
+        known = probe is not None and probe.rotation is not None
+        rotation = probe.rotation if known else _checked_for_decord(path)
         reader = _read_av if rotation else _read_decord
     try:
         return reader(path, settings, start, end, probe)
     except InputError as exc:
         if exc.source is None:
-            raise InputError(exc.reason, source=path) from exc
+            raise exc.located(path) from exc
         raise
 
 
@@ -349,7 +496,7 @@ def frame_list(source, settings: EncoderSettings) -> tuple[np.ndarray, VideoInfo
     if not isinstance(source, Sequence) or isinstance(source, (str, bytes)):
         raise InputError(f"a video is a path or a sequence of frames, not {type(source).__name__}")
     if len(source) == 0:
-        raise InputError("video has no frames")
+        raise InputError(NO_FRAMES)
     cap = settings.video_max_pixels if settings.video_max_pixels is not None else settings.fetch_max_pixels
     fetched = []
     for frame in source:

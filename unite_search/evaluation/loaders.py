@@ -14,13 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UniteError
+from ..errors import DatasetError
 
 IMAGE_TOKEN = "<|image_1|>"  # MMEB's placeholder; our prompt puts the image before the text
-
-
-class DatasetError(UniteError):
-    """The folder does not hold the benchmark in its official layout."""
 
 
 @dataclass
