@@ -231,7 +231,7 @@ def test_it_learns_and_resume_continues_the_same_curve(tiny_dir, tmp_path):
     # mixed targets, so MAMCL's mask is at work in every batch
     train = _shape_pairs(tmp_path / "img", range(8)) + _clip_pairs(range(3))
     held = [_shape_pairs(tmp_path / "held", [100 + k]) for k in range(3)]  # 3 held-out sets of the 9 classes
-    cfg = TrainConfig(stage=2, batch_size=18, lr=5e-3, lora_r=16, lora_alpha=32, epochs=6, warmup=0.1, save_every=36)
+    cfg = TrainConfig(stage=2, batch_size=18, lr=5e-3, lora_r=16, lora_alpha=32, epochs=6, warmup=0.1, save_every=40)
     trainer = Trainer(Encoder.load(tiny_dir, device="cpu"), train, cfg, tmp_path / "run")
     assert trainer.total == 42
     before = np.mean([trainer.evaluate(h) for h in held])
@@ -241,11 +241,11 @@ def test_it_learns_and_resume_continues_the_same_curve(tiny_dir, tmp_path):
     assert before <= 2 * chance  # an untrained tiny model is near chance
     assert after >= 3 * chance, (before, after)  # well above it after 42 steps (44.4% measured)
     assert np.mean([e["loss"] for e in log[-6:]]) < np.mean([e["loss"] for e in log[:6]])
-    # resume from the step-36 checkpoint: the same losses for steps 37.. as the uninterrupted run
+    # resume from the step-40 checkpoint: the same losses for steps 41.. as the uninterrupted run
     again = Trainer(Encoder.load(tiny_dir, device="cpu"), train, cfg, tmp_path / "resumed")
-    again.resume(tmp_path / "run" / "checkpoint-36")
+    again.resume(tmp_path / "run" / "checkpoint-40")
     resumed = again.train()
-    np.testing.assert_allclose([e["loss"] for e in resumed[36:]], [e["loss"] for e in log[36:]], rtol=1e-4)
+    np.testing.assert_allclose([e["loss"] for e in resumed[40:]], [e["loss"] for e in log[40:]], rtol=1e-4)
     assert len(resumed) == len(log)
     # the adapter reloads as an encoder with the trained vectors and its own identity
     adapted = Encoder.load(tiny_dir, device="cpu", adapter=tmp_path / "run" / "adapter")
@@ -338,7 +338,8 @@ def test_finetune_cli_with_held_out_evaluation(tiny_dir, tmp_path):
     assert "trained 2 steps" in out.stdout
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     saved = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer.json").read_text())
-    assert [e["step"] for e in saved["log"]] == [1, 2] and all("eval_r1" in e for e in saved["log"])
+    # the held-out evaluation before the first step, then one after each step
+    assert [e["step"] for e in saved["log"]] == [0, 1, 2] and all("eval_r1" in e for e in saved["log"])
     resumed = CliRunner().invoke(main, [*args, "--resume", str(tmp_path / "run" / "checkpoint-2")])
     assert resumed.exit_code == 0 and "trained 2 steps" in resumed.stdout  # nothing left to do
     bad = CliRunner().invoke(main, [*args[:2], str(tmp_path / "missing.jsonl"), *args[3:]])

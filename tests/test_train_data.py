@@ -44,7 +44,9 @@ def test_media_outside_the_data_folder_are_refused(tree):
 
     with pytest.raises(InputError) as raised:
         load_pairs(path)
-    assert str(raised.value) == _refusal(tree, 2)
+    listed = str(raised.value).split("\n")  # every bad line, in order, not just the first
+    assert listed[0].startswith(f"4 bad lines in {tree['data'] / 'pairs.jsonl'}")
+    assert listed[1:] == [_refusal(tree, n) for n in (2, 3, 4, 6)]
     pairs, problems = load_pairs(path, on_error="skip")
     assert [p.line for p in pairs] == [1, 5]  # a.png, and the symlink that stays inside
     assert problems == [_refusal(tree, n) for n in (2, 3, 4, 6)]
@@ -124,3 +126,87 @@ def test_pairs_from_an_index_skip_media_leading_outside_the_corpus(encoder, tmp_
         "A sunny beach under a blue sky.",
         "Coloured bars sliding to the right.",
     ]
+
+
+# ---------------------------------------------------------------- media probed before training
+
+
+@pytest.fixture
+def mixed(tmp_path, media) -> Path:
+    """A pair file whose lines 1 and 5 are good and the others name media the encoder cannot read."""
+    from conftest import write_empty_video
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(media["image"], data / "good.png")
+    shutil.copy(media["video2"], data / "good.mp4")
+    write_empty_video(data / "zero.mp4")  # a video stream declared, no frame in it
+    (data / "notes.jpg").write_text("a text file, not a JPEG\n")
+    raw = Path(media["image2"]).read_bytes()
+    (data / "cut.jpg").write_bytes(raw[: len(raw) // 3])  # a JPEG cut short
+    lines = [
+        {"query": {"text": "a gradient"}, "candidate": {"image": "good.png"}},
+        {"query": {"text": "bars"}, "candidate": {"video": "zero.mp4"}},
+        {"query": {"text": "a photo"}, "candidate": {"image": "notes.jpg"}},
+        {"query": {"text": "secrets"}, "candidate": {"image": "/etc/passwd"}},
+        {"query": {"text": "bars counting"}, "candidate": {"video": "good.mp4"}},
+        {"query": {"image": "cut.jpg", "text": "what is this"}, "candidate": {"text": "a cut photo"}},
+        {"query": {"text": "an image as a video"}, "candidate": {"video": "good.png"}},
+    ]
+    path = data / "pairs.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def _line(problem: str) -> int:
+    return int(problem.split(": ", 1)[0].rsplit(":", 1)[1])
+
+
+def test_bad_media_are_found_before_training_each_with_its_line(mixed):
+    pairs, problems = load_pairs(mixed, on_error="skip")
+    assert [p.line for p in pairs] == [1, 5]
+    assert [_line(p) for p in problems] == [2, 3, 4, 6, 7]
+    assert all(p.startswith(f"{mixed}:") for p in problems)
+    by_line = {_line(p): p.split(": ", 1)[1] for p in problems}
+    assert by_line[2].startswith(f"'candidate.video' {mixed.parent / 'zero.mp4'}: ")
+    assert "no video stream" in by_line[2] or "no frames" in by_line[2]
+    assert by_line[3] == (f"'candidate.image' {mixed.parent / 'notes.jpg'}: cannot read image: "
+                          f"cannot identify image file '{mixed.parent / 'notes.jpg'}'")  # fmt: skip
+    assert "is outside the data folder" in by_line[4]  # refused unread
+    assert by_line[6].startswith(f"'query.image' {mixed.parent / 'cut.jpg'}: cannot read image: ")
+    assert "truncated" in by_line[6]
+    assert by_line[7].startswith(f"'candidate.video' {mixed.parent / 'good.png'}: ")
+    assert all("\n" not in p for p in problems)
+
+    # under "raise" every bad line is listed, not just the first
+    with pytest.raises(InputError) as raised:
+        load_pairs(mixed)
+    head, *listed = str(raised.value).split("\n")
+    assert head.startswith(f"5 bad lines in {mixed}") and listed == problems
+
+    # with outside files allowed, /etc/passwd is opened, and refused as an image
+    pairs, problems = load_pairs(mixed, on_error="skip", allow_outside=True)
+    assert [p.line for p in pairs] == [1, 5]
+    passwd = next(p for p in problems if _line(p) == 4)
+    assert passwd.endswith("'candidate.image' /etc/passwd: cannot read image: cannot identify image file '/etc/passwd'")
+
+
+def test_probe_results_are_cached_by_path_size_and_mtime(mixed):
+    from unite_search.train.probe import probe_stats
+
+    opened, cached = probe_stats.opened, probe_stats.cached
+    load_pairs(mixed, on_error="skip")
+    assert probe_stats.opened - opened == 6  # every file named inside the folder, once
+    assert probe_stats.cached == cached  # these paths were never seen before
+    load_pairs(mixed, on_error="skip")
+    # the second run opens only the bad files again (a failure is not remembered); the good two come from the cache
+    assert (probe_stats.opened - opened, probe_stats.cached - cached) == (6 + 4, 2)
+    # a changed file is probed again: the good image is now a text file of another size
+    good = mixed.parent / "good.png"
+    good.write_text("no longer an image")
+    pairs, problems = load_pairs(mixed, on_error="skip")
+    assert [p.line for p in pairs] == [5] and _line(problems[0]) == 1
+    assert (probe_stats.opened - opened, probe_stats.cached - cached) == (6 + 4 + 5, 3)
+    # probe=False checks structure only (the old behaviour)
+    pairs, _ = load_pairs(mixed, on_error="skip", probe=False)
+    assert [p.line for p in pairs] == [1, 2, 3, 5, 6, 7]

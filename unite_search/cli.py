@@ -10,8 +10,15 @@ from pathlib import Path
 import click
 
 from .corpus import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from .errors import UniteError
+from .errors import ConfigError, UniteError
 from .modality import Item
+
+
+def _usage_mistake(message: str) -> click.ClickException:
+    """A user mistake told on one line (``Error: ...``), with click's usage exit status, 2."""
+    error = click.ClickException(message)
+    error.exit_code = 2
+    return error
 
 
 def _encoder_options(fn):
@@ -36,26 +43,27 @@ def _settings(fps, max_frames, frames):
         changes["min_frames"] = max_frames
     try:
         return EncoderSettings(**changes)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    except ConfigError as exc:
+        raise _usage_mistake(str(exc)) from exc
 
 
 def _load(model, device, dtype, fps, max_frames, frames, workers=None):
+    """An encoder; a wrong device, dtype or setting is a ConfigError, which ``_run`` tells as a usage mistake."""
     from .encoder import Encoder
 
     settings = _settings(fps, max_frames, frames)
-    try:
-        return Encoder.load(model, device=device, dtype=dtype, settings=settings, workers=workers)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    return Encoder.load(model, device=device, dtype=dtype, settings=settings, workers=workers)
 
 
 def _run(fn):
-    """Run ``fn``, turning our errors (and the operating system's) into a one-line message and exit status 1."""
+    """Run ``fn``, turning our errors (and the operating system's) into a one-line message: exit status 2 for
+    a wrong argument (:class:`ConfigError`: a device this machine lacks, a setting out of range...), else 1."""
     from .diskio import io_reason
 
     try:
         return fn()
+    except ConfigError as exc:
+        raise _usage_mistake(str(exc)) from exc
     except UniteError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
@@ -153,7 +161,7 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
 
 
 @main.command()
-@click.argument("corpus", type=click.Path(exists=True, file_okay=False))
+@click.argument("corpus", type=click.Path(exists=True))
 @click.option(
     "--index",
     "index_dir",
@@ -214,13 +222,15 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
     """Index a folder of texts, images, videos and *.jsonl manifests.
 
     \b
-    Rerun it at will: it finishes an interrupted run, encodes only new or changed files and
-    removes what left the folder. Exit status: 0 all indexed; 3 finished, some inputs failed
-    (listed); 1 failed; 2 bad usage.
+    Rerun it at will: it finishes an interrupted run (Ctrl-C included), encodes only new or
+    changed files and removes what left the folder. Exit status: 0 all indexed; 3 finished, some
+    inputs failed (listed); 1 failed; 2 bad usage; 130 interrupted.
     """
     from . import ann
     from .ingestion import ingest as run_ingest
 
+    if os.path.isfile(corpus):
+        raise _usage_mistake(_one_file_help(corpus))
     settings = _settings(fps, max_frames, frames)
 
     def log(msg: str) -> None:
@@ -228,21 +238,41 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
             click.echo(msg, err=True)
 
     def work():
-        try:
-            return run_ingest(
-                corpus, index_dir, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings,
-                workers=workers, segment_seconds=segment_seconds, segment_overlap=segment_overlap,
-                passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max or ann.FLAT_MAX,
-                memory_bytes=memory_mb << 20, allow_outside=allow_outside, progress=not quiet, log=log,
-            )  # fmt: skip
-        except ValueError as exc:
-            if isinstance(exc, UniteError):
-                raise
-            raise click.UsageError(str(exc)) from exc
+        return run_ingest(
+            corpus, index_dir, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings,
+            workers=workers, segment_seconds=segment_seconds, segment_overlap=segment_overlap,
+            passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max or ann.FLAT_MAX,
+            memory_bytes=memory_mb << 20, allow_outside=allow_outside, progress=not quiet, log=log,
+        )  # fmt: skip
 
-    report = _run(work)
+    try:
+        report = _run(work)
+    except KeyboardInterrupt:
+        if on_error == "raise":
+            said = ("nothing was published and the index is as this run found it (--on-error raise). "
+                    "Run the same command again to start over.")  # fmt: skip
+        else:
+            said = ("every item encoded so far is kept, and searches see the last published index meanwhile. "
+                    "Run the same command again to continue where it stopped.")  # fmt: skip
+        click.echo(f"\ninterrupted: {said}", err=True)
+        sys.exit(130)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
     sys.exit(report.exit_code)
+
+
+def _one_file_help(path: str) -> str:
+    """What to do when ``ingest`` is given a file: it takes a folder."""
+    import shlex
+
+    ext = Path(path).suffix.lower()
+    quoted = shlex.quote(path)
+    kind = "--image" if ext in IMAGE_EXTENSIONS else "--video" if ext in VIDEO_EXTENSIONS else None
+    embed = f"unite-search embed {kind} {quoted}" if kind else f'unite-search embed --text "$(cat {quoted})"'
+    return (
+        f"{path} is a file; ingest takes a folder (and indexes every file in it). To index this one file, "
+        f"put it in a folder of its own and ingest that folder: mkdir one && cp {quoted} one/ && "
+        f"unite-search ingest one. To get its vector without an index: {embed}"
+    )
 
 
 @main.command()
@@ -270,9 +300,11 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
 @click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lora-alpha", type=click.IntRange(1), default=None, help="Stage default: 16 / 64.")
 @click.option("--dual", is_flag=True, help="Average the loss with the (unmasked) candidate-to-query term, as upstream.")
-@click.option("--max-steps", type=click.IntRange(1), default=None)
+@click.option("--max-steps", type=click.IntRange(1), default=None, metavar="N",
+              help="Train exactly N steps (overrides --epochs); past an epoch, the next one starts.")  # fmt: skip
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out pairs.")
-@click.option("--eval-every", type=click.IntRange(0), default=0, help="Held-out R@1 every N steps.")
+@click.option("--eval-every", type=click.IntRange(0), default=0,
+              help="Held-out R@1, R@5 and loss every N steps (and before the first, after the last).")  # fmt: skip
 @click.option("--save-every", type=click.IntRange(0), default=0, help="Checkpoint every N steps.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None, help="A checkpoint folder.")
 @click.option("--no-grad-cache", is_flag=True, help="Backpropagate the whole batch at once (more memory).")
@@ -315,6 +347,7 @@ def finetune(
     import torch
 
     from .encoder import Encoder
+    from .errors import InputError
     from .train.data import load_pairs
     from .train.trainer import TrainConfig, Trainer
 
@@ -326,11 +359,27 @@ def finetune(
             torch.cuda.set_device(local)
             device = f"cuda:{local}"
 
-    def work():
-        pairs, problems = load_pairs(data, on_error=on_error, allow_outside=allow_outside)
+    lead = int(os.environ.get("RANK", "0")) == 0
+
+    def note(line: str) -> None:
+        if lead:
+            click.echo(line, err=True)
+
+    def read(path: str) -> list:
+        """Every line checked (media opened) before the model loads; each bad one reported as file:line."""
+        pairs, problems = load_pairs(path, on_error="skip", allow_outside=allow_outside)
         for problem in problems:
-            click.echo(f"skipped {problem}", err=True)
-        held = load_pairs(eval_data, on_error=on_error, allow_outside=allow_outside)[0] if eval_data else None
+            note(f"skipped {problem}" if on_error == "skip" else problem)
+        if problems and on_error == "raise":
+            raise InputError(f"{len(problems)} bad line(s) in {path}, listed above; nothing was trained "
+                             "(fix them, or pass --on-error skip to train on the rest)")  # fmt: skip
+        if problems:
+            note(f"{path}: skipped {len(problems)} bad line(s), using {len(pairs)} pairs")
+        return pairs
+
+    def work():
+        pairs = read(data)
+        held = read(eval_data) if eval_data else None
         dtype = "bfloat16" if device != "cpu" and torch.cuda.is_available() else "float32"
         encoder = Encoder.load(model, device=device, dtype=dtype)
         config = TrainConfig(stage=stage, epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r,
@@ -339,6 +388,7 @@ def finetune(
         trainer = Trainer(encoder, pairs, config, output, eval_pairs=held)
         if resume:
             trainer.resume(resume)
+        note(trainer.schedule())
         return trainer, trainer.train(progress=True)
 
     try:
@@ -346,9 +396,14 @@ def finetune(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     if trainer.rank == 0:
-        last = log[-1] if log else {}
-        click.echo(f"trained {trainer.step} steps, last loss {last.get('loss', float('nan')):.4f}; "
+        last = next((e for e in reversed(log) if "loss" in e), {})
+        held_out = next((e for e in reversed(log) if "eval_r1" in e), None)
+        recall = (f", held-out R@1 {held_out['eval_r1']:.1f} R@5 {held_out.get('eval_r5', float('nan')):.1f}"
+                  if held_out else "")  # fmt: skip
+        click.echo(f"trained {trainer.step} steps, last loss {last.get('loss', float('nan')):.4f}{recall}; "
                    f"adapter in {Path(output) / 'adapter'}")  # fmt: skip
+        click.echo(trainer.schedule())
+        click.echo(f"metrics in {Path(output) / 'metrics.jsonl'}, curves in {Path(output) / 'metrics.png'}")
 
 
 @main.command()
@@ -361,6 +416,49 @@ def merge(model, adapter, output):
 
     path = _run(lambda: merge_adapter(model, adapter, output))
     click.echo(f"wrote {path}")
+
+
+@main.command(name="pairs")
+@click.argument("source", metavar="DIR_OR_INDEX", type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The JSONL file to write (what finetune --data reads).")  # fmt: skip
+@click.option("--allow-outside", is_flag=True,
+              help="Also take captions and media that symlinks (or index rows) lead outside the folder.")  # fmt: skip
+def pairs_command(source, output, allow_outside):
+    """Caption -> media training pairs from captioned media, written as finetune --data reads them.
+
+    DIR_OR_INDEX is a folder (x.txt beside x.jpg / x.mp4) or an index built from one (a folder
+    holding manifest.json): each image or video with a caption gives one pair. Paths are written
+    relative to the output file, or absolute where they lie outside its folder.
+
+    \b
+    unite-search pairs ~/products -o ~/products/pairs.jsonl
+    unite-search pairs indexes/products -o runs/pairs.jsonl
+    """
+    import warnings
+
+    from .errors import InputError
+    from .manifest import MANIFEST
+    from .train.data import pairs_from_folder, pairs_from_index, write_pairs
+
+    is_index = os.path.isfile(os.path.join(source, MANIFEST))
+
+    def work():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            build = pairs_from_index if is_index else pairs_from_folder
+            found = build(source, allow_outside=allow_outside)
+        for warning in caught:
+            click.echo(str(warning.message), err=True)
+        if not found:
+            raise InputError(f"{source}: no captioned image or video found (a caption is x.txt beside x.jpg / x.mp4)")
+        return found, write_pairs(found, output)
+
+    found, outside = _run(work)
+    if outside:
+        click.echo(f"{len(outside)} media path(s) lie outside {os.path.dirname(os.path.abspath(output))} and are "
+                   "written absolute: finetune reads them with --allow-outside", err=True)  # fmt: skip
+    click.echo(f"wrote {len(found)} pairs to {output} (from the {'index' if is_index else 'folder'} {source})")
 
 
 BENCH_NAMES = ["carebench", "docci", "mmeb", "msrvtt", "sharegpt4v", "urban1k", "webvid-covr"]
@@ -528,14 +626,27 @@ def info(index_dir, verify, as_json):
         )
         click.echo(f"shard   {name:<12} {entry['rows']:>9} rows  {kind}")
     if last:
-        click.echo(
-            f"last run {last['status']}: encoded {last['encoded_items']}, removed {last['removed_items']}, "
-            f"failed {len(last['failures'])}" + (f" ({last['error']})" if last.get("error") else "")
-        )
-        for p in last["failures"][:20]:
+        from .ingestion import SHOWN, status_words
+
+        if last.get("error") and not last.get("published"):  # stopped before its counts were known
+            click.echo(f"last run {status_words(last['status'])}: {last['error']}")
+        else:
+            click.echo(
+                f"last run {status_words(last['status'])}: encoded {last['encoded_items']}, "
+                f"removed {last['removed_items']}, failed {len(last['failures'])}"
+                + (f" ({last['error']})" if last.get("error") else "")
+            )
+        for p in last["failures"][:SHOWN]:
             click.echo(f"  {p['path']} [{p['stage']}] {p['reason']}")
-        if len(last["failures"]) > 20:
-            click.echo(f"  ... {len(last['failures']) - 20} more (--json)")
+        if len(last["failures"]) > SHOWN:
+            click.echo(f"  ... and {len(last['failures']) - SHOWN} more (--json)")
+        skipped = last.get("skipped") or []
+        if skipped:
+            click.echo(f"skipped {len(skipped)} (hidden, special files, links out of the corpus):")
+            for p in skipped[:SHOWN]:
+                click.echo(f"  {p['path']} [{p['reason']}]")
+            if len(skipped) > SHOWN:
+                click.echo(f"  ... and {len(skipped) - SHOWN} more (--json)")
 
 
 def _verify(index_dir: str, as_json: bool) -> None:

@@ -9,6 +9,10 @@ a one-element list (paths are relative to the JSONL file, and must stay inside i
 ``allow_outside=True``). ``<|IMAGE|>`` / ``<|VIDEO|>`` in a text mark
 where the media goes; UNITE's prompt always puts the media before the text, so they are removed.
 ``target_modal`` (e.g. ``"video"`` or ``"text,image"``) defaults to the candidate's modalities.
+
+:func:`load_pairs` also opens every image and video a line names (:mod:`.probe`), so a file the encoder
+cannot read is reported as ``file:line`` before training. :func:`write_pairs` writes pairs in this schema
+(what ``unite-search pairs`` does with :func:`pairs_from_folder` / :func:`pairs_from_index`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from ..corpus import IMAGE_EXTENSIONS, SIDECAR_EXTENSION, VIDEO_EXTENSIONS
 from ..errors import InputError
 from ..modality import Item
-from .loss import modality_code
+from .loss import CODES, modality_code
 
 PLACEHOLDERS = ("<|IMAGE|>", "<|VIDEO|>")
 _PLACEHOLDER = re.compile(r"\s*(?:<\|IMAGE\|>|<\|VIDEO\|>)\s*")
@@ -37,6 +41,14 @@ class Pair:
     target: int  # modality code the query looks for
     candidate_code: int
     line: int  # 1-based line in its file (0 for built pairs)
+
+
+def modality_names(code: int) -> str:
+    """The ``target_modal`` text of a modality code: 3 -> ``"text,image"``."""
+    names = [name for name, bit in CODES.items() if code & bit]
+    if not names or sum(CODES[n] for n in names) != code:
+        raise ValueError(f"not a modality code: {code}")
+    return ",".join(names)
 
 
 def _code(item: Item) -> int:
@@ -120,19 +132,35 @@ def _side(value: Any, base: Path, what: str, folder: _Folder | None) -> Item:
     return Item(**fields)
 
 
-def load_pairs(
-    path: str | os.PathLike, *, on_error: str = "raise", allow_outside: bool = False
-) -> tuple[list[Pair], list[str]]:
-    """Pairs of a JSONL file, and the problems of the lines skipped (``on_error="skip"``).
+def _media(pair: Pair) -> list[tuple[str, str, str]]:
+    """(label, kind, path) of each media file a pair names."""
+    return [(f"{what}.{kind}", kind, getattr(item, kind))
+            for what, item in (("query", pair.query), ("candidate", pair.candidate))
+            for kind in ("image", "video") if isinstance(getattr(item, kind), str)]  # fmt: skip
 
-    With ``"raise"`` the first bad line raises :class:`InputError` naming ``file:line``. Media files must be
-    inside the JSONL file's folder (symlinks followed) unless ``allow_outside=True``.
+
+def load_pairs(
+    path: str | os.PathLike,
+    *,
+    on_error: str = "raise",
+    allow_outside: bool = False,
+    probe: bool = True,
+    workers: int | None = None,
+) -> tuple[list[Pair], list[str]]:
+    """Pairs of a JSONL file, and the problems of the lines skipped (``on_error="skip"``), as ``file:line: reason``.
+
+    Every line is read and, with ``probe=True``, every image and video it names is opened (see
+    :mod:`unite_search.train.probe`: on ``workers`` threads, files that passed before are not opened again).
+    With ``"raise"`` any bad line raises one :class:`InputError` listing every bad line, in line order.
+    Media files must be inside the JSONL file's folder (symlinks followed) unless ``allow_outside=True``.
     """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = Path(path)
     base = path.parent
     folder = None if allow_outside else _Folder.of(base)
-    pairs: list[Pair] = []
-    problems: list[str] = []
+    read: list[Pair] = []
+    problems: list[tuple[int, str]] = []
     with open(path, encoding="utf-8") as fh:
         for number, raw in enumerate(fh, start=1):
             if not raw.strip():
@@ -153,13 +181,84 @@ def load_pairs(
                     raise InputError(f"target_modal: {exc}") from None
                 if code != _code(candidate):
                     raise InputError(f"target_modal {target!r} is not the candidate's modalities")
-                pairs.append(Pair(query, candidate, code, _code(candidate), number))
+                read.append(Pair(query, candidate, code, _code(candidate), number))
             except InputError as exc:
-                message = f"{path}:{number}: {exc.reason}"
-                if on_error == "raise":
-                    raise InputError(message) from None
-                problems.append(message)
-    return pairs, problems
+                problems.append((number, f"{path}:{number}: {exc.reason}"))
+    pairs = read
+    if probe:
+        from .probe import probe_files
+
+        found = probe_files([(kind, file) for pair in read for _, kind, file in _media(pair)], workers=workers)
+        pairs = []
+        for pair in read:
+            bad = [f"'{label}' {file}: {found[(kind, file)]}" for label, kind, file in _media(pair)
+                   if found[(kind, file)] is not None]  # fmt: skip
+            if bad:
+                problems.append((pair.line, f"{path}:{pair.line}: {'; '.join(bad)}"))
+            else:
+                pairs.append(pair)
+    messages = [message for _, message in sorted(problems)]
+    if on_error == "raise" and messages:
+        if len(messages) == 1:
+            raise InputError(messages[0])
+        raise InputError(f"{len(messages)} bad lines in {path} (fix them, or skip them with on_error='skip'):\n"
+                         + "\n".join(messages))  # fmt: skip
+    return pairs, messages
+
+
+def _relative(file: str, folder: _Folder) -> str:
+    """``file`` relative to the folder (``/`` separated) when it lies inside it, else absolute."""
+    full = os.path.abspath(file)
+    for root in (folder.given, folder.real):
+        if _within(root, full) and folder.holds(full):
+            return Path(os.path.relpath(full, root)).as_posix()
+    return full
+
+
+def _record_side(item: Item, folder: _Folder, outside: list[str]) -> dict[str, str]:
+    if item.instruction is not None:
+        raise InputError(f"{item.describe()}: the pair schema has no instruction field; put it in the text")
+    side: dict[str, str] = {}
+    if item.full_text is not None:
+        side["text"] = item.full_text
+    for kind in ("image", "video"):
+        value = getattr(item, kind)
+        if value is None:
+            continue
+        if not isinstance(value, (str, os.PathLike)):
+            raise InputError(f"{item.describe()}: only files can be written to a pair file, not {type(value).__name__}")
+        written = _relative(os.fspath(value), folder)
+        if os.path.isabs(written):
+            outside.append(written)
+        side[kind] = written
+    return side
+
+
+def write_pairs(pairs: list[Pair], path: str | os.PathLike) -> list[str]:
+    """Write ``pairs`` as a JSONL file that :func:`load_pairs` (``finetune --data``) reads back as the same pairs.
+
+    Media paths are written relative to the file's folder, or absolute where they lie outside it (those are
+    returned: reading them back needs ``allow_outside=True`` / ``--allow-outside``). The file is replaced
+    atomically.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = _Folder.of(path.parent)
+    outside: list[str] = []
+    lines = []
+    for pair in pairs:
+        record = {"query": _record_side(pair.query, folder, outside),
+                  "candidate": _record_side(pair.candidate, folder, outside),
+                  "target_modal": modality_names(pair.target)}  # fmt: skip
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return outside
 
 
 def pairs_from_folder(folder: str | os.PathLike, *, allow_outside: bool = False) -> list[Pair]:

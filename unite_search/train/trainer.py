@@ -7,8 +7,13 @@ token-budget chunk is recomputed with gradients and given its cached embedding g
 number of negatives is not bounded by device memory. With ``dropout=0`` (the default) this gives
 the same gradients as one big batch.
 
-Checkpoints hold the LoRA weights, the optimizer state and the step in safetensors and JSON (no
-pickle); resuming replays the same data order and continues the same curve.
+Each epoch is a seeded permutation of the pairs cut into whole batches: the ``len(pairs) % batch_size``
+pairs left over are not used in that epoch (others are left over in the next). ``max_steps`` runs past
+an epoch into the next one. Checkpoints hold the LoRA weights, the optimizer state and the step in
+safetensors and JSON (no pickle); resuming replays the same data order and continues the same curve.
+
+Every step (and every held-out evaluation) is one JSON object in ``OUTPUT/metrics.jsonl``; the run ends
+by drawing the loss and recall curves to ``OUTPUT/metrics.png``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +54,9 @@ class TrainConfig:
     grad_cache: bool = True
     gradient_checkpointing: bool = True
     chunk_tokens: int | None = None  # tokens per forward chunk (default: the encoder's token budget)
-    max_steps: int | None = None
-    eval_every: int = 0
+    max_steps: int | None = None  # exactly this many steps (overrides epochs; past an epoch, the next one starts)
+    eval_every: int = 0  # held-out R@1/R@5 and loss every N steps, before the first and after the last
+    log_every: int = 0  # a console line every N steps (0: about 20 lines a run); metrics.jsonl has every step
     save_every: int = 0
     seed: int = 0
 
@@ -112,12 +120,23 @@ class Trainer:
         per_epoch = len(pairs) // self.config.batch_size
         if per_epoch == 0:
             raise ValueError(f"{len(pairs)} pairs are fewer than one batch of {self.config.batch_size}")
-        self.total = min(self.config.max_steps or per_epoch * self.config.epochs, per_epoch * self.config.epochs)
+        self.total = self.config.max_steps or per_epoch * self.config.epochs
         self.per_epoch = per_epoch
+        self.leftover = len(pairs) % self.config.batch_size  # pairs not used in each epoch
         self.step = 0
         self.log: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- schedule
+    def schedule(self) -> str:
+        """What the run will do, in words: steps, epochs, and the pairs each epoch leaves over."""
+        size, epochs = self.config.batch_size, self.total / self.per_epoch
+        text = (f"{len(self.pairs)} pairs, batch {size}: {self.per_epoch} steps per epoch; "
+                f"{self.total} steps ({epochs:g} epoch{'s' if epochs != 1 else ''})")  # fmt: skip
+        if self.leftover:
+            text += (f"; {self.leftover} pair{'s' if self.leftover != 1 else ''} left over each epoch (batch {size}) "
+                     "are not used in that epoch (each epoch reshuffles, so which ones changes)")  # fmt: skip
+        return text
+
     def lr_at(self, step: int) -> float:
         warm = max(1, round(self.config.warmup * self.total))
         if step < warm:
@@ -191,10 +210,41 @@ class Trainer:
         return float(loss.detach())
 
     # --------------------------------------------------------------- training
-    def train(self, progress: bool = False) -> list[dict[str, Any]]:
+    def _evaluating(self) -> bool:
+        return bool(self.config.eval_every and self.eval_pairs)
+
+    def train(self, progress: bool = False, echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        """Run the remaining steps; returns the log (one entry per step, and the evaluation before step 1).
+
+        Console lines (the loss every ``log_every`` steps, each held-out evaluation) go to ``echo``, or to
+        stderr when ``progress`` is on. ``metrics.jsonl`` and ``metrics.png`` are written in the output folder.
+        """
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total, initial=self.step, desc="finetune", disable=not progress or self.rank != 0)
+        from .plot import plot_metrics
+
+        lead = self.rank == 0
+        if echo is None:
+            echo = (lambda line: tqdm.write(line, file=sys.stderr)) if progress else (lambda line: None)
+        say = echo if lead else (lambda line: None)
+        every = self.config.log_every or max(1, round(self.total / 20))
+        metrics = self.output / "metrics.jsonl"
+        if lead:
+            self.output.mkdir(parents=True, exist_ok=True)
+            with open(metrics, "w", encoding="utf-8") as fh:  # a resumed run restarts it from the checkpoint's log
+                fh.writelines(json.dumps(e) + "\n" for e in self.log)
+
+        def record(entry: dict[str, Any]) -> None:
+            self.log.append(entry)
+            if lead:
+                with open(metrics, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(entry) + "\n")
+
+        if self._evaluating() and self.step == 0:
+            held = self.held_out()
+            record({"step": 0, "epoch": 0, **held})
+            say(self._eval_line(held))
+        bar = tqdm(total=self.total, initial=self.step, desc="finetune", disable=not progress or not lead)
         while self.step < self.total:
             t = time.perf_counter()
             for group in self.optimizer.param_groups:
@@ -203,26 +253,50 @@ class Trainer:
             loss = self.compute_gradients(self.batch_at(self.step))
             self.optimizer.step()
             self.step += 1
-            entry = {"step": self.step, "loss": loss, "lr": self.lr_at(self.step - 1),
-                     "samples_s": self.config.batch_size / (time.perf_counter() - t)}  # fmt: skip
-            if self.config.eval_every and self.eval_pairs and self.step % self.config.eval_every == 0:
-                entry["eval_r1"] = self.evaluate()
-            self.log.append(entry)
+            rate = self.config.batch_size / (time.perf_counter() - t)
+            entry = {"step": self.step, "epoch": (self.step - 1) // self.per_epoch + 1, "loss": loss,
+                     "lr": self.lr_at(self.step - 1), "samples_s": rate}  # fmt: skip
+            if self.step % every == 0 or self.step == self.total:
+                say(f"step {self.step}/{self.total} (epoch {entry['epoch']}) loss {loss:.4f} lr {entry['lr']:.2e}")
+            if self._evaluating() and (self.step % self.config.eval_every == 0 or self.step == self.total):
+                entry.update(self.held_out())
+                say(self._eval_line(entry))
+            record(entry)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{entry['lr']:.2e}", samples_s=f"{entry['samples_s']:.1f}")
             bar.update(1)
             if self.config.save_every and self.step % self.config.save_every == 0:
                 self.save_checkpoint()
         bar.close()
         self.save_adapter()
+        if lead:
+            plot_metrics(self.log, self.output / "metrics.png")
         return self.log
 
-    def evaluate(self, pairs: list[Pair] | None = None) -> float:
-        """Held-out R@1 (query -> candidate among the held-out candidates), as a percentage."""
+    def _eval_line(self, held: dict[str, Any]) -> str:
+        return (f"step {held.get('step', self.step)}/{self.total} held-out R@1 {held['eval_r1']:.1f} "
+                f"R@5 {held['eval_r5']:.1f} loss {held['eval_loss']:.4f} ({held['eval_pairs']} pairs)")  # fmt: skip
+
+    def held_out(self, pairs: list[Pair] | None = None) -> dict[str, Any]:
+        """Held-out R@1 and R@5 (percentages; each query against all held-out candidates) and the training
+        loss on the held-out set taken as one batch."""
+        import torch
+
         pairs = pairs or self.eval_pairs
         self.peft.eval()
         q = self.encoder.encode([p.query for p in pairs])
         c = self.encoder.encode([p.candidate for p in pairs])
-        return float(100.0 * np.mean(np.argmax(q @ c.T, axis=1) == np.arange(len(pairs))))
+        scores = q @ c.T
+        own = np.diag(scores)[:, None]
+        ahead = (scores > own) | ((scores == own) & (np.arange(len(pairs))[None, :] < np.arange(len(pairs))[:, None]))
+        rank = ahead.sum(axis=1)  # 0: the own candidate comes first (ties go to the earlier one, as argmax)
+        with torch.no_grad():
+            loss = float(self._loss(torch.from_numpy(q), torch.from_numpy(c), pairs))
+        return {"eval_r1": float(100.0 * np.mean(rank < 1)), "eval_r5": float(100.0 * np.mean(rank < 5)),
+                "eval_loss": loss, "eval_pairs": len(pairs)}  # fmt: skip
+
+    def evaluate(self, pairs: list[Pair] | None = None) -> float:
+        """Held-out R@1 (query -> candidate among the held-out candidates), as a percentage."""
+        return self.held_out(pairs)["eval_r1"]
 
     # ------------------------------------------------------------ persistence
     def save_adapter(self, path: str | os.PathLike | None = None) -> Path:
@@ -231,7 +305,7 @@ class Trainer:
         if self.rank == 0:
             self.peft.save_pretrained(path)
             info = {"config": asdict(self.config), "steps": self.step, "base": self.encoder.model_id,
-                    "base_revision": self.encoder.revision}  # fmt: skip
+                    "base_revision": self.encoder.revision, "schedule": self.schedule()}  # fmt: skip
             (path / "unite_train.json").write_text(json.dumps(info, indent=2))
         return path
 
