@@ -260,17 +260,27 @@ def _checked_for_decord(path: str) -> int:
     A file PyAV cannot open or decode the first frame of, or without a video stream, raises here:
     decord (an older FFmpeg) would fail on it too, printing its complaints on the terminal from C.
     """
+
+    def rotation(container) -> int:
+        _require_video(container)
+        return _first_rotation(container)
+
+    return _with_av(path, rotation)
+
+
+def _with_av(path: str, use):
+    """``use(container)`` on the file opened with PyAV, FFmpeg's messages captured; a decoder's error
+    becomes an :class:`InputError` that says in words what is wrong with the file (see :func:`_failure`)."""
     av = _pyav()
     opened = False
     with _ffmpeg_messages(path) as logs:
         try:
             with av.open(path) as container:
                 opened = True
-                _require_video(container)
-                return _first_rotation(container)
+                return use(container)
         except InputError as exc:
             raise exc.located(path) from exc
-        except _av_errors() as exc:
+        except _av_errors() as exc:  # PyAV raises one class per FFmpeg error code
             raise _failure(path, exc, logs, opened=opened) from exc
 
 
@@ -321,17 +331,7 @@ def _av_probe(container) -> tuple[Probe, int]:
 
 
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
-    av = _pyav()
-    opened = False
-    with _ffmpeg_messages(path) as logs:
-        try:
-            with av.open(path) as container:
-                opened = True
-                got, decoded, idx, probe = _decode_av(container, settings, start, end, probe)
-        except InputError as exc:
-            raise exc.located(path) from exc
-        except _av_errors() as exc:  # PyAV raises one class per FFmpeg error code
-            raise _failure(path, exc, logs, opened=opened) from exc
+    got, decoded, idx, probe = _with_av(path, lambda container: _decode_av(container, settings, start, end, probe))
     if not got:
         raise InputError(BAD_FRAMES, source=path, detail="no decodable frame")
     # Containers can over-report their frame count: a missing index reuses the closest earlier frame.
@@ -396,18 +396,7 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
         except _decord_errors() as exc:  # decord's own error class for an undecodable first frame
             raise _failure(path, exc, opened=True) from exc
         return Probe(found.total_frames, found.fps, int(width), int(height), rotation=0)
-    av = _pyav()
-    opened = False
-    with _ffmpeg_messages(path) as logs:
-        try:
-            with av.open(path) as container:
-                opened = True
-                found, _ = _av_probe(container)
-                rotation = _first_rotation(container)
-        except InputError as exc:
-            raise exc.located(path) from exc
-        except _av_errors() as exc:  # PyAV raises one class per FFmpeg error code
-            raise _failure(path, exc, logs, opened=opened) from exc
+    found, rotation = _with_av(path, lambda container: (_av_probe(container)[0], _first_rotation(container)))
     if found.total_frames < 1 or found.fps <= 0:
         raise InputError(NO_FRAMES, source=path)
     width, height = (found.height, found.width) if rotation in (90, 270) else (found.width, found.height)
