@@ -218,3 +218,31 @@ def test_rotation_matches_ffmpeg_autorotate(upright, tmp_path):
     for backend in ["av"] + (["decord"] if _has_decord() else []):
         ours, _ = read_frames(path, EncoderSettings(frames=30), backend=backend)
         assert np.array_equal(ours, shown)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_ingest_reads_a_rotated_video_upright_opening_it_with_pyav_once(
+    upright_48, tmp_path, encoder, monkeypatch, backend
+):
+    """The read stage's probe (rotation included) reaches the decode stage: no second PyAV check per read."""
+    from unite_search import video
+    from unite_search.ingestion import ingest
+    from unite_search.store import IndexStore
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    _rotated(upright_48, root / "phone.mp4", 90)
+    write_index_video(root / "plain.mp4", 30, fps=10, height=48)
+    monkeypatch.setattr(video, "_backend", lambda name: backend)
+    checks = []
+    real = video._checked_for_decord
+    monkeypatch.setattr(video, "_checked_for_decord", lambda path: checks.append(path) or real(path))
+    report = ingest(root, tmp_path / "index", encoder=encoder)
+    assert report.status == "ok" and not report.failures
+    assert len(checks) == (2 if backend == "decord" else 0)  # once per file, in the read stage's probe
+    rows = {r["path"]: r for r in IndexStore(tmp_path / "index").read_rows("video").to_pylist()}
+    assert (rows["phone.mp4"]["width"], rows["phone.mp4"]["height"]) == (48, 128)
+    stored, _ = read_frames(upright_48, EncoderSettings(), backend="av")
+    upright = SampledFrames(np.stack([np.rot90(f) for f in stored]))
+    want = encoder.encode([{"video": upright}])[0]
+    assert np.abs(np.asarray(rows["phone.mp4"]["vector"]) - want).max() <= 1e-5

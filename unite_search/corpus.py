@@ -268,20 +268,23 @@ class FileFacts:
     duration: float | None = None
     fps: float | None = None
     total_frames: int | None = None
+    rotation: int | None = None  # a video's display rotation (degrees counter-clockwise); width/height are upright
     passages: tuple[tuple[int, int, int, int], ...] = ()  # (char_start, char_end, byte_start, byte_end)
 
     def to_row(self) -> dict[str, Any]:
         """The file-cache row (no absolute path: the corpus may move)."""
         row = {k: getattr(self, k) for k in ("rel", "size", "mtime_ns", "sha256", "modality")}
         row.update(width=self.width, height=self.height, duration=self.duration, fps=self.fps)
-        row.update(total_frames=self.total_frames, spans=[x for span in self.passages for x in span])
+        row.update(total_frames=self.total_frames, rotation=self.rotation)
+        row.update(spans=[x for span in self.passages for x in span])
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any], path: str) -> FileFacts:
         flat = row.get("spans") or []
         spans = tuple(tuple(flat[i : i + 4]) for i in range(0, len(flat), 4))
-        keep = ("rel", "size", "mtime_ns", "sha256", "modality", "width", "height", "duration", "fps", "total_frames")
+        keep = ("rel", "size", "mtime_ns", "sha256", "modality", "width", "height", "duration", "fps", "total_frames",
+                "rotation")  # fmt: skip
         return cls(path=path, passages=spans, **{k: row[k] for k in keep})  # type: ignore[arg-type]
 
 
@@ -339,6 +342,7 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
         duration=info.duration,
         fps=info.fps,
         total_frames=info.total_frames,
+        rotation=info.rotation,
         **facts,
     )
 

@@ -103,6 +103,7 @@ def files_schema():
             pa.field("duration", pa.float64()),
             pa.field("fps", pa.float64()),
             pa.field("total_frames", pa.int64()),
+            pa.field("rotation", pa.int32()),  # a video's display rotation, degrees counter-clockwise
             # text passages, flat: (char_start, char_end, byte_start, byte_end) per passage
             pa.field("spans", pa.list_(pa.int64())),
         ]

@@ -248,7 +248,7 @@ def _media_tasks(
         row = _base_row(unit, 1, shard, source, f.sha256[:16] + suffix, **common)
         cost = image_cost(f.width, f.height, settings)
         return [Task(unit, shard, row, {"image": f.path, **item_text}, checks, cost=cost)]
-    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0)
+    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0, f.rotation)
     spans = [(0.0, probe.duration)] if text is not None else segment_spans(probe.duration, *_seg(options))
     tasks = []
     for start, end in spans:
@@ -330,7 +330,7 @@ def plan_units(
                 if kind == "video":
                     from .video import Probe
 
-                    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0)
+                    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0, f.rotation)
                     frames = _frames_used(probe, settings, None, None)
                     row_cols.update(duration=probe.duration, frames=frames)
                     cost += video_cost(f.width, f.height, frames, settings)
