@@ -140,6 +140,12 @@ def test_the_command_line_trains_max_steps_and_reports_the_pairs_left_over(tiny_
     assert "--max-steps N" in help_text and "Train exactly N steps" in help_text
 
 
+def test_fewer_pairs_than_a_batch_is_one_line_not_a_traceback(tiny_dir, tmp_path):
+    out = _finetune(tiny_dir, _text_pairs(tmp_path, 3), tmp_path / "run", "--batch-size", "8")
+    assert out.exit_code == 2, out.output
+    assert "3 pairs are fewer than one batch of 8" in out.output and "Traceback" not in out.output
+
+
 # ------------------------------------------------------------------ 10: pairs command
 
 

@@ -391,10 +391,7 @@ def finetune(
         note(trainer.schedule())
         return trainer, trainer.train(progress=True)
 
-    try:
-        trainer, log = _run(work)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    trainer, log = _run(work)  # a setting that cannot work is a ConfigError: one line, exit 2
     if trainer.rank == 0:
         last = next((e for e in reversed(log) if "loss" in e), {})
         held_out = next((e for e in reversed(log) if "eval_r1" in e), None)

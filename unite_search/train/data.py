@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..corpus import IMAGE_EXTENSIONS, SIDECAR_EXTENSION, VIDEO_EXTENSIONS
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..modality import Item
 from .loss import CODES, modality_code
 
@@ -155,7 +155,7 @@ def load_pairs(
     Media files must be inside the JSONL file's folder (symlinks followed) unless ``allow_outside=True``.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = Path(path)
     base = path.parent
     folder = None if allow_outside else _Folder.of(base)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..batching import plan_batches
+from ..errors import ConfigError
 from .data import Pair
 from .loss import TAU, infonce_loss, mamcl_loss
 
@@ -62,7 +63,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         if self.stage not in STAGE_DEFAULTS:
-            raise ValueError("stage is 1 or 2")
+            raise ConfigError("stage is 1 or 2")
         defaults = STAGE_DEFAULTS[self.stage]
         out = TrainConfig(**asdict(self))
         out.lr = self.lr if self.lr is not None else defaults["lr"]
@@ -107,7 +108,7 @@ class Trainer:
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
         if self.config.batch_size % self.world:
-            raise ValueError(f"batch_size {self.config.batch_size} must divide by the {self.world} processes")
+            raise ConfigError(f"batch_size {self.config.batch_size} must divide by the {self.world} processes")
         self.peft = add_lora(encoder, self.config)
         if self.config.gradient_checkpointing:
             lm = encoder._model.language_model
@@ -119,7 +120,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         per_epoch = len(pairs) // self.config.batch_size
         if per_epoch == 0:
-            raise ValueError(f"{len(pairs)} pairs are fewer than one batch of {self.config.batch_size}")
+            raise ConfigError(f"{len(pairs)} pairs are fewer than one batch of {self.config.batch_size}")
         self.total = self.config.max_steps or per_epoch * self.config.epochs
         self.per_epoch = per_epoch
         self.leftover = len(pairs) % self.config.batch_size  # pairs not used in each epoch
@@ -345,7 +346,7 @@ class Trainer:
         weights = load_file(str(path / "lora.safetensors"))
         trainable = self._trainable()
         if set(weights) != set(trainable):
-            raise ValueError(f"{path}: its LoRA weights do not match this model's adapters")
+            raise ConfigError(f"{path}: its LoRA weights do not match this model's adapters")
         with torch.no_grad():
             for name, param in trainable.items():
                 param.copy_(weights[name].to(param.device, param.dtype))
