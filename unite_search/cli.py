@@ -583,22 +583,8 @@ def info(index_dir, verify, as_json):
         return
     store = IndexStore(index_dir)
     manifest = _run(store.require_manifest)
-    last = store.last_run()
-    payload = {
-        "index": os.path.abspath(index_dir),
-        "corpus": manifest.get("corpus"),
-        "model": manifest["encoder"].get("model_id"),
-        "revision": manifest["encoder"].get("revision"),
-        "dim": manifest["encoder"].get("dim"),
-        "metric": manifest.get("metric"),
-        "shards": manifest.get("shards", {}),
-        "encoder": manifest["encoder"],
-        "ingest": manifest.get("ingest"),
-        "versions": manifest.get("versions"),
-        "disk_bytes": store.disk_bytes(),
-        "updated": manifest.get("updated"),
-        "last_run": last,
-    }
+    payload = store.info(manifest)
+    last = payload["last_run"]
     if as_json:
         click.echo(json.dumps(payload, indent=2))
         return
@@ -663,6 +649,48 @@ def _verify(index_dir: str, as_json: bool) -> None:
         else:
             click.echo("index verified: every file the manifest names is present and intact")
     sys.exit(1 if result.damaged else 0)
+
+
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--model", "-m", default=None, help="Model to encode with (default: the index's own).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="LoRA adapter folder (default: the one the index was built with, if any).")  # fmt: skip
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16.")
+@click.option("--token", default=None,
+              help="Require 'Authorization: Bearer TOKEN' on every endpoint but /healthz "
+                   "(default: $UNITE_SEARCH_TOKEN).")  # fmt: skip
+@click.option("--batch-window-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="Queries arriving within this window share one encoder forward pass.")  # fmt: skip
+def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_window_ms):
+    """Serve an index over HTTP: search, items, media, thumbnails, info and metrics (docs at /docs).
+
+    \b
+    unite-search serve indexes/media
+    curl -s localhost:8000/search -H 'Content-Type: application/json' -d '{"text": "a red fox", "k": 5}'
+    """
+    from .server import TOKEN_ENV, create_app, is_loopback
+
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if not token and not is_loopback(host):
+        click.echo(f"warning: serving {host} without a token: anyone who can reach this port can search the "
+                   f"index and read its files; pass --token or set {TOKEN_ENV}", err=True)  # fmt: skip
+
+    def work():
+        from .index import Index
+
+        index = Index.open(index_dir, device=device, dtype=dtype, model=model, adapter=adapter)
+        index.encoder  # noqa: B018  load now: a wrong model or device fails here, not on the first query
+        return create_app(index, token=token, batch_window_ms=batch_window_ms)
+
+    app = _run(work)
+    import uvicorn
+
+    click.echo(f"serving {os.path.abspath(index_dir)} at http://{host}:{port} (API docs at /docs)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 if __name__ == "__main__":  # pragma: no cover

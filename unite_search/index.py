@@ -190,10 +190,19 @@ class Index:
         query.update(instruction=instruction, where=where, exclude=exclude)
         return self.query_batch([query])[0]
 
-    def query_batch(self, queries: Sequence[Mapping[str, Any]]) -> list[list[Hit]]:
-        """Run many queries on one snapshot; those that need encoding share encoder batches."""
+    def query_batch(
+        self, queries: Sequence[Mapping[str, Any]], *, vectors: Sequence[np.ndarray | None] | None = None
+    ) -> list[list[Hit]]:
+        """Run many queries on one snapshot; those that need encoding share encoder batches.
+
+        ``vectors``, one per query (or None), are query vectors already made by :attr:`encoder` from
+        that query's inputs, as a server encoding the queries of many requests in one batch does: a
+        query given one is not encoded again. A ``like=`` query takes None (it uses the stored vector).
+        """
         snapshot = self._snapshot  # every query of the batch reads this one published state
-        plans, vectors, encode_at, items = [], [], [], []
+        if vectors is not None and len(vectors) != len(queries):
+            raise PlanError(f"vectors= holds {len(vectors)} vector(s) for {len(queries)} queries")
+        plans, found, encode_at, items = [], [], [], []
         for i, q in enumerate(queries):
             if not isinstance(q, Mapping):
                 raise PlanError(f"query {i}: a query is a dict of query arguments, not {type(q).__name__}")
@@ -202,16 +211,33 @@ class Index:
                 raise PlanError(f"query {i}: unknown key(s) {sorted(unknown)}; a query takes {sorted(_QUERY_KEYS)}")
             plan = _plan(snapshot, q)
             plans.append(plan)
+            given = vectors[i] if vectors is not None else None
             if plan.like is not None:
-                vectors.append(_find(snapshot, plan.like)[1])
+                if given is not None:
+                    raise PlanError(f"query {i}: like= uses the stored vector; give None as its vector")
+                found.append(_find(snapshot, plan.like)[1])
+            elif given is not None:
+                found.append(_given_vector(snapshot, given, i))
             else:
-                vectors.append(None)
+                found.append(None)
                 encode_at.append(i)
                 items.append(Item(q.get("text"), q.get("image"), q.get("video"), q.get("instruction")))
         if items:
             for i, vec in zip(encode_at, self.encoder.encode(items), strict=True):
-                vectors[i] = vec
-        return [_execute(snapshot, p, vec, q) for p, vec, q in zip(plans, vectors, queries, strict=True)]
+                found[i] = vec
+        return [_execute(snapshot, p, vec, q) for p, vec, q in zip(plans, found, queries, strict=True)]
+
+    def row(self, row_id: str) -> dict[str, Any] | None:
+        """Every stored column but the vector of the row with this id, or None when there is none."""
+        if not isinstance(row_id, str) or not row_id:
+            return None
+        snapshot = self._snapshot
+        key = row_key(row_id)
+        for reader in snapshot.readers.values():
+            if reader.offsets([key])[0] >= 0:
+                row = reader.rows_of([key])[key]
+                return row if row["id"] == row_id else None
+        return None
 
 
 def _find(snapshot: Snapshot, row_id: str) -> tuple[str, np.ndarray] | None:
@@ -222,6 +248,15 @@ def _find(snapshot: Snapshot, row_id: str) -> tuple[str, np.ndarray] | None:
         if vec is not None:
             return name, vec
     return None
+
+
+def _given_vector(snapshot: Snapshot, vec, i: int) -> np.ndarray:
+    """A query vector passed to ``query_batch(vectors=)``, checked against the index's dimension."""
+    out = np.asarray(vec, dtype=np.float32)
+    dim = snapshot.manifest.get("encoder", {}).get("dim")
+    if out.ndim != 1 or (dim is not None and out.shape[0] != dim):
+        raise PlanError(f"query {i}: a query vector of shape {out.shape}; this index's vectors are ({dim},)")
+    return out
 
 
 def _plan(snapshot: Snapshot, q: Mapping[str, Any]) -> QueryPlan:

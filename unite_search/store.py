@@ -100,3 +100,24 @@ class IndexStore:
 
     def disk_bytes(self) -> int:
         return disk_bytes(self.path)
+
+    def info(self, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``unite-search info --json`` prints (and the server's ``/info``): shards, counts, model,
+        settings, size on disk and the last run with its failures."""
+        if manifest is None:
+            manifest = self.require_manifest()
+        return {
+            "index": os.path.abspath(self.path),
+            "corpus": manifest.get("corpus"),
+            "model": manifest["encoder"].get("model_id"),
+            "revision": manifest["encoder"].get("revision"),
+            "dim": manifest["encoder"].get("dim"),
+            "metric": manifest.get("metric"),
+            "shards": manifest.get("shards", {}),
+            "encoder": manifest["encoder"],
+            "ingest": manifest.get("ingest"),
+            "versions": manifest.get("versions"),
+            "disk_bytes": self.disk_bytes(),
+            "updated": manifest.get("updated"),
+            "last_run": self.last_run(),
+        }

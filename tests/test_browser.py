@@ -1,0 +1,136 @@
+"""The search page in headless Chromium against a live server on loopback (Debian's chromium and
+chromium-driver; skips where they or selenium are missing)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from corpora import write_clip, write_photo
+
+selenium = pytest.importorskip("selenium", reason="selenium is not installed")
+uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromium-driver are not installed")
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, encoder):
+    from unite_search import Index
+    from unite_search.ingestion import ingest
+    from unite_search.server import create_app
+
+    root = tmp_path_factory.mktemp("page") / "corpus"
+    for i in range(4):
+        write_photo(root / f"photos/p{i}.png", seed=10 + i, size=(160, 120))
+    write_clip(root / "clips/long.mp4", 80, fps=8, seed=2)  # 10 s: 3 segments of 4 s
+    write_clip(root / "clips/short.mp4", 16, fps=8, seed=3)
+    write_clip(root.parent / "upload.mp4", 16, fps=8, seed=4)  # a query clip from outside the index
+    (root / "notes").mkdir()
+    (root / "notes/fox.txt").write_text("A red fox crossed the snowy road at dawn.")
+    index = root.parent / "index"
+    assert ingest(root, index, encoder=encoder, segment_seconds=4.0, segment_overlap=1.0).status == "ok"
+    port = _free_port()
+    config = uvicorn.Config(create_app(Index.open(index, encoder=encoder)), host="127.0.0.1", port=port,
+                            log_level="warning")  # fmt: skip
+    live = uvicorn.Server(config)
+    thread = threading.Thread(target=live.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not live.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", root
+    live.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _search(driver, text: str | None = None, upload: Path | None = None, target: str | None = None):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    box = driver.find_element(By.ID, "q")
+    box.clear()
+    if text:
+        box.send_keys(text)
+    if upload is not None:
+        driver.find_element(By.ID, "file").send_keys(str(upload))
+    if target is not None:
+        Select(driver.find_element(By.ID, "target")).select_by_value(target)
+    driver.execute_script("document.body.dataset.state = ''")
+    driver.find_element(By.ID, "search").click()
+    WebDriverWait(driver, 60).until(
+        lambda d: d.execute_script("return document.body.dataset.state") in ("done", "error")
+    )
+    state = driver.execute_script("return document.body.dataset.state")
+    assert state == "done", driver.find_element(By.ID, "error").text
+    return driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+
+
+def test_the_page_searches_composes_and_plays_a_segment(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, root = server
+    browser.get(base + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "q"))
+    # a text query: a grid of hits whose thumbnails load
+    hits = _search(browser, "a striped picture", target="image")
+    assert hits and all(h.get_attribute("data-shard") == "image" for h in hits)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#results .hit img.thumb')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )
+    # a composed query: an uploaded clip and an edit, routed to the video shard
+    hits = _search(browser, "the same scene at night", upload=root.parent / "upload.mp4", target="video")
+    assert hits and hits[0].get_attribute("data-shard") == "video"
+    # a video hit plays its own segment in place: the last segment of the long clip starts at 6 s
+    hit = next(h for h in hits if float(h.get_attribute("data-start") or 0) > 0)
+    start = float(browser.execute_script("return arguments[0].dataset.start || 0", hit))
+    hit.find_element(By.CSS_SELECTOR, "img.thumb").click()
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(
+            "const v = arguments[0].querySelector('video'); return v && v.readyState >= 2 && v.currentTime > 0",
+            hit,
+        )
+    )
+    now = browser.execute_script("return arguments[0].querySelector('video').currentTime", hit)
+    assert now >= start - 0.05
+    # "more like this" searches again from the hit
+    hit.find_element(By.CSS_SELECTOR, ".more-like-this").click()
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .hit")
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("UNITE_SEARCH_SCREENSHOT"):  # the README's picture: UNITE_SEARCH_SCREENSHOT=docs/search-page.png
+        browser.save_screenshot(os.environ["UNITE_SEARCH_SCREENSHOT"])
