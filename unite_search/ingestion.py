@@ -32,7 +32,6 @@ from .units import IngestOptions, Task, Unit, declared_items, find_captions, pla
 DEFAULT_HOME = "indexes"
 COMMIT_ROWS = 1024
 EXIT_OK, EXIT_FAILED, EXIT_WITH_FAILURES = 0, 1, 3
-EXIT_SKIPPED = EXIT_WITH_FAILURES  # its former name
 SHOWN = 20  # failures (and skipped files) a summary names; the run log and --json hold them all
 
 # Report statuses. Run logs written before the rename call WITH_FAILURES "skipped" (runs.RENAMED_STATUS).

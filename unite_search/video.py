@@ -239,26 +239,13 @@ def _first_rotation(container) -> int:
     return 0
 
 
-def display_rotation(path: str) -> int:
-    """A video file's display rotation in degrees counter-clockwise (0, 90, 180 or 270), read with PyAV.
-
-    Phones store portrait video as landscape frames plus this rotation. decord 0.6 returns malformed
-    frames for such files (and ignores the rotation of mkv), so they are read with PyAV, which gives
-    each frame's rotation. An unreadable file gives 0: the reader then reports what is wrong with it.
-    """
-    av = _pyav()
-    try:
-        with _ffmpeg_messages(path), av.open(path) as container:
-            return _first_rotation(container) if container.streams.video else 0
-    except _av_errors():  # the reader says what is wrong with the file
-        return 0
-
-
 def _checked_for_decord(path: str) -> int:
-    """Open a file with PyAV before decord does, and return its display rotation (as :func:`display_rotation`).
+    """Open a file with PyAV before decord does, and return its display rotation (degrees counter-clockwise).
 
     A file PyAV cannot open or decode the first frame of, or without a video stream, raises here:
     decord (an older FFmpeg) would fail on it too, printing its complaints on the terminal from C.
+    Phones store portrait video as landscape frames plus a rotation; decord 0.6 turns some such files
+    itself, fails on others and ignores mkv's, so a rotated file is read with PyAV (see :func:`read_frames`).
     """
 
     def rotation(container) -> int:
@@ -436,7 +423,7 @@ def read_frames(
     ``probe``, this file's :func:`probe`, saves recounting its frames on every call: without it, PyAV
     decodes a whole mkv/webm to count them, so reading a long clip segment by segment is quadratic.
     A video with a display rotation is read with PyAV whatever ``backend`` says (see
-    :func:`display_rotation`). Frames given as a list are not read here: see :func:`frame_list`.
+    :func:`_checked_for_decord`). Frames given as a list are not read here: see :func:`frame_list`.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"read_frames takes a video file, not {type(source).__name__}")
