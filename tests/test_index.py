@@ -264,6 +264,36 @@ def test_ivf_shard_with_a_selective_filter_still_returns_k(tmp_path):
     assert len(plain) == 10 and "r0" not in [h.id for h in plain]
 
 
+@pytest.mark.parametrize("flat_max", [100_000, 1000])
+def test_like_reads_the_stored_vector_from_faiss_bit_for_bit(tmp_path, flat_max):
+    """like= takes the row's vector from the FAISS index in memory (flat or IVF), equal to the table's copy,
+    without reading the table."""
+    from unite_search.reader import Snapshot
+    from unite_search.schema import row_key
+    from unite_search.store import IndexStore
+
+    dim, n = 16, 2000
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = IndexStore(tmp_path / "index")
+    manifest = store.init({"dim": dim, "model_id": "m", "revision": "r"}, {}, "/corpus")
+    rows = [{"id": f"r{i}", "key": row_key(f"r{i}"), "unit": f"r{i}", "unit_rows": 1, "modality": "image"}
+            for i in range(n)]  # fmt: skip
+    store.tables.add_rows("image", rows, vecs)
+    manifest = store.publish(manifest, ["image"], flat_max=flat_max)
+    assert manifest["shards"]["image"]["index"]["type"] == ("flat" if flat_max > n else "ivf")
+    reader = Snapshot.open(tmp_path / "index").readers["image"]
+    stored = store.tables.read("image", manifest["shards"]["image"]["version"], ["key", "vector"])
+    table_vecs = np.stack(stored.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    reader.meta()
+    reader.table = lambda: pytest.fail("like= read the table")  # the lookup stays in memory
+    for key, want in zip(stored.column("key").to_pylist(), table_vecs, strict=True):
+        got = reader.vector(key)
+        assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    assert reader.vector(row_key("not-a-row")) is None
+
+
 def test_concurrent_queries_on_a_fresh_index(built, encoder):
     """Lazy loads (tables, FAISS, metadata) happen once however many threads query first."""
     from concurrent.futures import ThreadPoolExecutor

@@ -593,6 +593,54 @@ def test_live_server_batches_concurrent_queries(built, encoder):
         assert err.value.code == 400 and json.loads(err.value.read())["error"] == "bad_query"
 
 
+def test_uploads_are_decoded_by_a_bounded_pool(built, encoder):
+    """However many uploads arrive together, at most ``decode_workers`` are decoded at once."""
+    root, index = built
+    app = create_app(Index.open(index, encoder=encoder), decode_workers=2, batch_window_ms=20)
+    server = app.state.server
+    real, lock, running, seen = server._plan_and_prepare, threading.Lock(), [0], {"max": 0, "threads": set()}
+
+    def watched(query):
+        with lock:
+            running[0] += 1
+            seen["max"] = max(seen["max"], running[0])
+            seen["threads"].add(threading.current_thread().name)
+        try:
+            time.sleep(0.05)  # long enough for the other uploads to arrive meanwhile
+            return real(query)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    server._plan_and_prepare = watched
+    data = (root / "photos/small.jpg").read_bytes()
+    n = 8
+    with live(app) as base:
+        start, results = threading.Barrier(n), [None] * n
+
+        def ask(i: int) -> None:
+            boundary = f"b{i}x"
+            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+                    f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            req = urllib.request.Request(f"{base}/search", body,
+                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+            start.wait()
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    results[i] = json.loads(r.read())
+            except Exception as exc:  # noqa: BLE001  reported by the assertion below
+                results[i] = exc
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert all(isinstance(r, dict) and r["hits"][0]["path"] == "photos/small.jpg" for r in results), results
+    assert seen["max"] == 2, seen
+    assert all(name.startswith("unite-search-decode") for name in seen["threads"]), seen
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,13 @@ class Hit:
     row: dict[str, Any] | None = None  # every stored column but the vector
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """The hit as JSON-ready data: every field but ``row``, ``paths`` as a list (``metadata`` is shared)."""
+        out = {name: getattr(self, name) for name in _HIT_FIELDS}
         out["paths"] = list(self.paths)
-        out.pop("row")
         return out
+
+
+_HIT_FIELDS = tuple(f.name for f in fields(Hit) if f.name != "row")
 
 
 def _file_sha256(value) -> str | None:

@@ -48,6 +48,7 @@ class ShardReader:
         self._table = None
         self._index = None
         self._meta: _Meta | None = None
+        self._direct_map = False  # the FAISS index can reconstruct a vector by key
 
     @property
     def rows(self) -> int:
@@ -174,12 +175,26 @@ class ShardReader:
         return {row["key"]: row for row in rows}
 
     def vector(self, key: int) -> np.ndarray | None:
-        """The stored vector of the row with this key (``like=``), or None."""
-        offset = int(self.offsets([key])[0])
-        if offset < 0:
+        """The stored vector of the row with this key (``like=``), or None.
+
+        Read from the FAISS index in memory, which holds every vector unchanged (``IDMap2,Flat`` and
+        ``IVF,Flat`` both store raw float32), so it equals the table's copy bit for bit without a read
+        from disk. An IVF index gets a key -> list position map on the first such lookup (about 16
+        bytes a row)."""
+        if self.offsets([key])[0] < 0:
             return None
-        got = self.table().take_offsets([offset]).select(["vector"]).to_arrow()
-        return np.asarray(got.column("vector")[0].as_py(), dtype=np.float32)
+        index = self.index()
+        with self._lock:
+            if not self._direct_map:
+                _direct_map(index)
+                self._direct_map = True
+        try:
+            return index.reconstruct(int(key))
+        except RuntimeError as exc:  # the table holds the key, the checked FAISS file does not
+            raise IndexDamagedError(
+                f"{self.folder}: shard {self.name!r}: row key {key} of table version {self.entry['version']} is "
+                f"not in its FAISS file ({brief(exc)}); {REPAIR}"
+            ) from None
 
     def keys_where(self, predicate: str) -> np.ndarray:
         got = self.table().search().where(predicate).select(["key"]).limit(None).to_arrow()
@@ -224,6 +239,17 @@ class ShardReader:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nlist)
             found = _pairs(*index.search(vec[None, :], k, params=params))
         return found
+
+
+def _direct_map(index) -> None:
+    """Let ``index.reconstruct(key)`` find any key: ``IDMap2`` keeps its own map; IVF gets a hash table."""
+    import faiss
+
+    if isinstance(index, faiss.IndexIDMap2):
+        return
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.direct_map.type != faiss.DirectMap.Hashtable:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
 
 def _pairs(scores: np.ndarray, keys: np.ndarray) -> list[tuple[int, float]]:

@@ -40,7 +40,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -429,6 +429,7 @@ class Server:
         max_batch: int,
         max_json_bytes: int,
         max_batch_queries: int,
+        decode_workers: int,
         upload_dir: str | os.PathLike | None,
         thumbs_dir: str | os.PathLike | None,
     ):
@@ -440,6 +441,10 @@ class Server:
         self.max_batch_queries = max_batch_queries
         self.metrics = Metrics()
         self.batcher = QueryBatcher(index, batch_window_ms / 1000.0, max_batch, self.metrics)
+        # Query images and videos are decoded and preprocessed by a few threads, not one per request:
+        # more would not encode faster (the batcher is the one consumer), only hold more frames at once.
+        self.decode_workers = decode_workers
+        self._decode_pool: ThreadPoolExecutor | None = None
         self.own_upload_dir = upload_dir is None  # a temporary folder made on the first upload, gone at shutdown
         self.upload_dir = Path(upload_dir) if upload_dir is not None else None
         self._upload_lock = threading.Lock()
@@ -454,6 +459,18 @@ class Server:
                 self.upload_dir = Path(tempfile.mkdtemp(prefix="unite-search-uploads-"))
             self.upload_dir.mkdir(parents=True, exist_ok=True)
             return Path(tempfile.mkdtemp(dir=self.upload_dir))
+
+    def decode_pool(self) -> ThreadPoolExecutor:
+        with self._upload_lock:
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="unite-search-decode")
+            return self._decode_pool
+
+    def close_decode_pool(self) -> None:
+        with self._upload_lock:
+            pool, self._decode_pool = self._decode_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def remove_upload_dir(self) -> None:
         with self._upload_lock:
@@ -525,8 +542,6 @@ class Server:
         from .modality import Item
 
         plan = self.index.plan(**query)
-        if plan.like is not None:
-            return plan, None
         item = Item(query.get("text"), query.get("image"), query.get("video"), query.get("instruction"))
         return plan, self.index.encoder.prepare(item)
 
@@ -537,13 +552,25 @@ class Server:
             self.index.refresh()
             return self.index.query_batch([query], vectors=[vector])[0]
 
-    async def run_query(self, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
-        plan, prepared = await run_in_threadpool(self._plan_and_prepare, query)
-        vector = None
-        if prepared is not None:
-            vector = await asyncio.wrap_future(self.batcher.submit(prepared))
-        hits = await run_in_threadpool(self._search, query, vector)
+    def _answer(self, query: dict[str, Any], vector, plan, explain: bool, prefix: str) -> dict[str, Any]:
+        hits = self._search(query, vector)
         return {"hits": [self.hit_json(h, prefix) for h in hits], "plan": plan.explain() if explain else None}
+
+    def _answer_like(self, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
+        """The answer of a ``like=`` query: it needs no encoding."""
+        return self._answer(query, None, self.index.plan(**query), explain, prefix)
+
+    async def run_query(self, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
+        """Plan, encode (in the batcher, with the queries of other requests) and search: the JSON answer."""
+        if query.get("like") is not None:  # one hop off the event loop: plan and search, no encoder
+            return await run_in_threadpool(self._answer_like, query, explain, prefix)
+        if query.get("image") is None and query.get("video") is None:
+            plan, prepared = await run_in_threadpool(self._plan_and_prepare, query)
+        else:
+            loop = asyncio.get_running_loop()
+            plan, prepared = await loop.run_in_executor(self.decode_pool(), self._plan_and_prepare, query)
+        vector = await asyncio.wrap_future(self.batcher.submit(prepared))
+        return await run_in_threadpool(self._answer, query, vector, plan, explain, prefix)
 
     # ----------------------------------------------------------------- uploads
     async def save_upload(self, upload: UploadFile, kind: str, folder: Path) -> str:
@@ -841,6 +868,7 @@ def create_app(
     max_batch: int = 32,
     max_json_bytes: int = 1 << 20,
     max_batch_queries: int = 64,
+    decode_workers: int | None = None,
     upload_dir: str | os.PathLike | None = None,
     thumbs_dir: str | os.PathLike | None = None,
     device: str = "auto",
@@ -857,7 +885,8 @@ def create_app(
     ``max_video_bytes`` are refused (413); they are kept in ``upload_dir`` (default: a new temporary
     folder) only while their request runs. Thumbnails are cached in ``thumbs_dir`` (default
     ``<index>/thumbs``). Queries arriving within ``batch_window_ms`` of each other share a forward
-    pass of at most ``max_batch`` queries.
+    pass of at most ``max_batch`` queries. Query images and videos are decoded by ``decode_workers``
+    threads (default: the number of cores, at most 4), however many requests send them at once.
     """
     from .index import Index
 
@@ -867,16 +896,22 @@ def create_app(
         token = os.environ.get(TOKEN_ENV) or None
     if batch_window_ms < 0 or max_batch < 1:
         raise ConfigError("need batch_window_ms >= 0 and max_batch >= 1")
+    if decode_workers is None:
+        decode_workers = min(4, os.cpu_count() or 1)
+    if decode_workers < 1:
+        raise ConfigError(f"decode_workers must be at least 1, not {decode_workers}")
     server = Server(
         index, token=token, max_image_bytes=max_image_bytes, max_video_bytes=max_video_bytes,
         batch_window_ms=batch_window_ms, max_batch=max_batch, max_json_bytes=max_json_bytes,
-        max_batch_queries=max_batch_queries, upload_dir=upload_dir, thumbs_dir=thumbs_dir,
+        max_batch_queries=max_batch_queries, decode_workers=decode_workers, upload_dir=upload_dir,
+        thumbs_dir=thumbs_dir,
     )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         server.batcher.close()
+        server.close_decode_pool()
         server.remove_upload_dir()
 
     app = FastAPI(
@@ -990,7 +1025,7 @@ def create_app(
         folder_box: list[Path] = []
         try:
             query, explain = await read_search(request, folder_box)
-            return await server.run_query(query, explain, prefix(request))
+            return JSONResponse(await server.run_query(query, explain, prefix(request)))
         finally:
             for folder in folder_box:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -1034,7 +1069,7 @@ def create_app(
                 raise api_error(400, f"query {i}: {result}", kind)
             if isinstance(result, BaseException):
                 raise result
-        return {"results": results}
+        return JSONResponse({"results": results})
 
     # ------------------------------------------------------------------- rows
     @app.get("/items/{row_id:path}", summary="A stored row: every column but the vector")
