@@ -620,8 +620,14 @@ def test_uploads_are_decoded_by_a_bounded_pool(built, encoder):
 
         def ask(i: int) -> None:
             boundary = f"b{i}x"
-            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-                    f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            body = (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+                    f"Content-Type: image/jpeg\r\n\r\n"
+                ).encode()
+                + data
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
             req = urllib.request.Request(f"{base}/search", body,
                                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
             start.wait()
