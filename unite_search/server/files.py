@@ -1,0 +1,140 @@
+"""Sending files: content types, byte ranges, chunked reads, and thumbnails of images and videos."""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .http_errors import api_error
+
+THUMB_SIZE = 320  # pixels on the long side
+CHUNK = 256 << 10  # bytes per read when sending a file
+
+
+def _sniffed(head: bytes, path: str) -> str | None:
+    """The Content-Type a file's first bytes (and, for texts, its extension) announce."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video/x-msvideo"
+    if head.startswith(b"BM"):
+        return "image/bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    if head[4:8] == b"ftyp":
+        return "video/quicktime" if head[8:12] == b"qt  " else "video/mp4"
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):
+        return "video/quicktime"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm" if b"webm" in head[:64] else "video/x-matroska"
+    ext = Path(path).suffix.lower()
+    if ext == ".md":
+        return "text/markdown; charset=utf-8"
+    if ext == ".txt":
+        return "text/plain; charset=utf-8"
+    return None
+
+
+def _content_type(head: bytes, path: str) -> str:
+    guessed = _sniffed(head, path) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return guessed
+
+
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The byte range ``[start, end]`` a ``Range`` header asks of a file of ``size`` bytes, or None to send the
+    whole file (no header, or one this server ignores as RFC 9110 allows: malformed, several ranges).
+    Raises a 416 error (:func:`api_error`) when the range lies past the end of the file."""
+    if not header:
+        return None
+    m = _RANGE.fullmatch(header)
+    if not m or not any(m.groups()):
+        return None
+    first, last = m.groups()
+    unsatisfiable = api_error(
+        416,
+        f"range {header.strip()!r} lies outside the file ({size} bytes)",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    if not first:  # bytes=-N: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid: ignored
+    if start >= size:
+        raise unsatisfiable
+    return start, min(int(last), size - 1) if last else size - 1
+
+
+def _file_chunks(fd: int, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of an open file from ``start``; closes the file when done or abandoned."""
+    try:
+        left = length
+        while left > 0:
+            chunk = os.pread(fd, min(CHUNK, left), start)
+            if not chunk:
+                return
+            start += len(chunk)
+            left -= len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _make_thumbnail(path: str, row: dict[str, Any], video: bool) -> bytes:
+    import io
+
+    from PIL import Image, ImageOps
+
+    from ..image import to_rgb
+
+    try:
+        if video:
+            img = Image.fromarray(_middle_frame(path, row))
+        else:
+            with Image.open(path) as opened:
+                opened.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
+                img = ImageOps.exif_transpose(opened) or opened
+                img.load()
+        img = to_rgb(img)
+        img.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=85)
+        return out.getvalue()
+    except InputError as exc:
+        raise api_error(422, f"no thumbnail: {exc.reason}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise api_error(422, f"no thumbnail: the file cannot be decoded ({exc})") from None
+
+
+def _middle_frame(path: str, row: dict[str, Any]):
+    """A frame from the middle of a video row's time range."""
+    from ..settings import EncoderSettings
+    from ..video import read_frames
+
+    settings = EncoderSettings(frames=2)
+    start = row.get("start") or 0.0
+    end = row.get("end") if row.get("end") is not None else row.get("duration")
+    if end is not None and end > start:
+        with contextlib.suppress(InputError):  # a range too short to hold a frame after its middle
+            frames, _ = read_frames(path, settings, start=(start + end) / 2, end=end)
+            return frames[0]
+    frames, _ = read_frames(path, settings, start=None, end=None)
+    return frames[0]

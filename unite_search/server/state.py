@@ -1,0 +1,287 @@
+"""The state behind the app: the index (followed as ingests publish), the token check, queries,
+the uploads folder and the thumbnail cache."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from ..errors import StaleReadError
+from ..manifest import MANIFEST
+from .batcher import QueryBatcher
+from .bodies import _check_image, _copy_upload
+from .files import _make_thumbnail
+from .http_errors import api_error
+from .metrics import Metrics
+
+log = logging.getLogger("unite_search.server")
+
+
+class Server:
+    """The state behind the app: the index, the batcher, metrics, upload and thumbnail folders."""
+
+    def __init__(
+        self,
+        index,
+        *,
+        token: str | None,
+        max_image_bytes: int,
+        max_video_bytes: int,
+        batch_window_ms: float,
+        max_batch: int,
+        max_json_bytes: int,
+        max_batch_queries: int,
+        decode_workers: int,
+        upload_dir: str | os.PathLike | None,
+        thumbs_dir: str | os.PathLike | None,
+    ):
+        self.index = index
+        self.token = token
+        self.max_image_bytes = max_image_bytes
+        self.max_video_bytes = max_video_bytes
+        self.max_json_bytes = max_json_bytes
+        self.max_batch_queries = max_batch_queries
+        self.metrics = Metrics()
+        self.batcher = QueryBatcher(index, batch_window_ms / 1000.0, max_batch, self.metrics)
+        # Query images and videos are decoded and preprocessed by a few threads, not one per request:
+        # more would not encode faster (the batcher is the one consumer), only hold more frames at once.
+        self.decode_workers = decode_workers
+        self._decode_pool: ThreadPoolExecutor | None = None
+        self.own_upload_dir = upload_dir is None  # a temporary folder made on the first upload, gone at shutdown
+        self.upload_dir = Path(upload_dir) if upload_dir is not None else None
+        self._upload_lock = threading.Lock()
+        self.thumbs_dir = Path(thumbs_dir) if thumbs_dir is not None else Path(index.path) / "thumbs"
+        self._refresh_lock = threading.Lock()
+        self._stamp = self._manifest_stamp()
+
+    def upload_folder(self) -> Path:
+        """A new folder for one request's uploads (removed by the request)."""
+        with self._upload_lock:
+            if self.upload_dir is None:
+                self.upload_dir = Path(tempfile.mkdtemp(prefix="unite-search-uploads-"))
+            self.upload_dir.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(dir=self.upload_dir))
+
+    def decode_pool(self) -> ThreadPoolExecutor:
+        with self._upload_lock:
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="unite-search-decode")
+            return self._decode_pool
+
+    def close_decode_pool(self) -> None:
+        with self._upload_lock:
+            pool, self._decode_pool = self._decode_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def remove_upload_dir(self) -> None:
+        with self._upload_lock:
+            if self.own_upload_dir and self.upload_dir is not None:
+                shutil.rmtree(self.upload_dir, ignore_errors=True)
+                self.upload_dir = None
+
+    # ------------------------------------------------------------------ guards
+    def authorized(self, scope) -> bool:
+        """Whether a request may pass the token guard. Open: ``/healthz`` and the page's own files (``/``,
+        ``/static/...``: no index data in them). ``/media`` and ``/thumbs`` also take ``?token=``, as
+        ``<img>`` and ``<video>`` cannot send a header; the API takes only the header."""
+        path = scope["path"]
+        if not self.token or path in ("/healthz", "/") or path.startswith("/static/"):
+            return True
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, given = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+        if scope.get("method") in ("GET", "HEAD") and path.startswith(("/media/", "/thumbs/")):
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+            return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+        return False
+
+    def _manifest_stamp(self):
+        try:
+            st = os.stat(Path(self.index.path) / MANIFEST)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    async def follow(self) -> None:
+        """Refresh the index when ``manifest.json`` changed since the last look (a stat: cheap)."""
+        stamp = self._manifest_stamp()
+        if stamp is not None and stamp != self._stamp:
+            await run_in_threadpool(self._refresh, stamp)
+
+    def _refresh(self, stamp) -> None:
+        from .. import manifest as manifests
+
+        with self._refresh_lock:
+            if stamp == self._stamp:
+                return  # another request refreshed meanwhile
+            try:
+                current = manifests.read(Path(self.index.path))
+                if current is not None and current.get("serial", 0) != self.index.manifest.get("serial", 0):
+                    self.index.refresh()
+                    self.metrics.refreshed()
+            except Exception as exc:  # noqa: BLE001  a damaged new state: keep serving the one we have
+                log.warning("index not refreshed: %s", exc)
+            self._stamp = stamp
+
+    # ----------------------------------------------------------------- queries
+    def hit_json(self, hit, prefix: str) -> dict[str, Any]:
+        out = hit.to_dict()
+        out.update(self.urls(hit.id, hit.path, hit.modality, prefix))
+        return out
+
+    @staticmethod
+    def urls(row_id: str, path: str | None, modality: str, prefix: str) -> dict[str, str | None]:
+        quoted = quote(row_id, safe="")
+        visual = bool({"image", "video"} & set(modality.split("+")))
+        return {
+            "thumb_url": f"{prefix}/thumbs/{quoted}" if path and visual else None,
+            "media_url": f"{prefix}/media/{quoted}" if path else None,
+        }
+
+    def _plan_and_prepare(self, query: dict[str, Any]):
+        from ..modality import Item
+
+        plan = self.index.plan(**query)
+        item = Item(query.get("text"), query.get("image"), query.get("video"), query.get("instruction"))
+        return plan, self.index.encoder.prepare(item)
+
+    def _search(self, query: dict[str, Any], vector) -> list:
+        try:
+            return self.index.query_batch([query], vectors=[vector])[0]
+        except StaleReadError:  # our snapshot was pruned under us: the newest one answers
+            self.index.refresh()
+            return self.index.query_batch([query], vectors=[vector])[0]
+
+    def _answer(self, query: dict[str, Any], vector, plan, explain: bool, prefix: str) -> dict[str, Any]:
+        hits = self._search(query, vector)
+        return {"hits": [self.hit_json(h, prefix) for h in hits], "plan": plan.explain() if explain else None}
+
+    def _answer_like(self, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
+        """The answer of a ``like=`` query: it needs no encoding."""
+        return self._answer(query, None, self.index.plan(**query), explain, prefix)
+
+    async def run_query(self, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
+        """Plan, encode (in the batcher, with the queries of other requests) and search: the JSON answer."""
+        if query.get("like") is not None:  # one hop off the event loop: plan and search, no encoder
+            return await run_in_threadpool(self._answer_like, query, explain, prefix)
+        if query.get("image") is None and query.get("video") is None:
+            plan, prepared = await run_in_threadpool(self._plan_and_prepare, query)
+        else:
+            loop = asyncio.get_running_loop()
+            plan, prepared = await loop.run_in_executor(self.decode_pool(), self._plan_and_prepare, query)
+        vector = await asyncio.wrap_future(self.batcher.submit(prepared))
+        return await run_in_threadpool(self._answer, query, vector, plan, explain, prefix)
+
+    # ----------------------------------------------------------------- uploads
+    async def save_upload(self, upload: UploadFile, kind: str, folder: Path) -> str:
+        """Copy an uploaded image or video into ``folder``, checking its size and content; its path."""
+        from ..corpus import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, sniff
+
+        limit = self.max_image_bytes if kind == "image" else self.max_video_bytes
+        ext = Path(upload.filename or "").suffix.lower()
+        known = IMAGE_EXTENSIONS if kind == "image" else VIDEO_EXTENSIONS
+        path = folder / f"{kind}{ext if ext in known else ''}"
+        total, head = await run_in_threadpool(_copy_upload, upload.file, path, limit, kind)
+        if total == 0:
+            raise api_error(400, f"the {kind} upload is empty", "bad_input")
+        found = sniff(head)
+        if found != kind:
+            what = f"an {found}" if found == "image" else f"a {found}" if found else "no image or video format we read"
+            raise api_error(
+                415, f"the {kind} upload is not {'an' if kind == 'image' else 'a'} {kind}: its content is {what}"
+            )
+        if kind == "image":
+            await run_in_threadpool(_check_image, str(path))
+        return str(path)
+
+    # ----------------------------------------------------------------- files
+    def row_or_404(self, row_id: str) -> dict[str, Any]:
+        row = self.index.row(row_id)
+        if row is None:
+            raise api_error(404, f"no row with id {row_id!r} in this index")
+        return row
+
+    def file_of(self, row: dict[str, Any]) -> str:
+        """The row's file, symlinks resolved, when it lies inside the corpus folder; else a 404."""
+        rel = row.get("path")
+        missing = api_error(404, f"row {row['id']!r} has no file this server can send")
+        if not rel:
+            raise missing
+        from ..corpus import is_inside
+
+        root = self.index.manifest.get("corpus")
+        if not root:
+            raise missing
+        root_real = os.path.realpath(root)
+        real = os.path.realpath(os.path.join(root, rel))  # an absolute rel replaces root; checked below
+        if not is_inside(real, root_real) or not os.path.isfile(real):
+            raise missing  # the same answer whether the file is outside or absent
+        return real
+
+    def open_media(self, row_id: str) -> tuple[int, os.stat_result, bytes, str]:
+        row = self.row_or_404(row_id)
+        real = self.file_of(row)
+        try:
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            raise api_error(404, f"row {row_id!r} has no file this server can send") from None
+        st = os.fstat(fd)
+        return fd, st, os.pread(fd, 64, 0), real
+
+    def thumbnail(self, row_id: str) -> bytes:
+        row = self.row_or_404(row_id)
+        parts = set(row["modality"].split("+"))
+        if not parts & {"image", "video"}:
+            raise api_error(404, f"row {row_id!r} is a text: it has no thumbnail")
+        real = self.file_of(row)
+        st = os.stat(real)
+        tag = hashlib.sha256(row_id.encode()).hexdigest()[:24]
+        cached = self.thumbs_dir / f"{tag}-{st.st_size}-{st.st_mtime_ns}.jpg"
+        with contextlib.suppress(OSError):
+            return cached.read_bytes()
+        data = _make_thumbnail(real, row, "video" in parts)
+        self._store_thumbnail(cached, tag, data)
+        return data
+
+    def _store_thumbnail(self, path: Path, tag: str, data: bytes) -> None:
+        """Cache a thumbnail, replacing those of earlier versions of the file; a read-only index just skips it."""
+        try:
+            self.thumbs_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.thumbs_dir, prefix=".tmp-", suffix=".jpg")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            for old in self.thumbs_dir.glob(f"{tag}-*.jpg"):
+                if old != path:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+        except OSError as exc:
+            log.warning("thumbnail not cached in %s: %s", self.thumbs_dir, exc)
+
+    def info(self) -> dict[str, Any]:
+        from ..store import IndexStore
+
+        payload = IndexStore(self.index.path).info()
+        payload["serving_serial"] = self.index.manifest.get("serial", 0)
+        return payload
