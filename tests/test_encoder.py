@@ -367,3 +367,50 @@ def test_an_animated_gif_is_its_first_frame(encoder, tmp_path):
     rows = IndexStore(tmp_path / "index").read_rows("image").to_pylist()
     assert [(r["path"], r["modality"]) for r in rows] == [("anim.gif", "image")]
     assert np.abs(np.asarray(rows[0]["vector"]) - want).max() <= 1e-5
+
+
+def test_prepare_many_tokenizes_texts_in_one_call_with_the_same_results(encoder, media):
+    items = [
+        "a red fox",
+        {"text": "the same view at night", "instruction": "Find the edited image."},
+        {"image": media["image"]},
+        {"image": media["image"], "text": "with snow"},
+        "a " + "long " * 300 + "text",
+    ]
+    calls = []
+    real = encoder._tokenizer
+
+    class Counting:
+        def __call__(self, text, **kw):
+            calls.append(1 if isinstance(text, str) else len(text))
+            return real(text, **kw)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    singles = [encoder.prepare(x) for x in items]
+    encoder._tokenizer = Counting()
+    try:
+        many = encoder.prepare_many(items)
+    finally:
+        encoder._tokenizer = real
+    assert calls == [4]  # the four prompts with text in one call; the image-only prompt is cached
+    for a, b in zip(singles, many, strict=True):
+        assert np.array_equal(a.input_ids, b.input_ids)
+        assert (a.image is None) == (b.image is None)
+        if a.image is not None:
+            assert np.array_equal(a.image.pixel_values, b.image.pixel_values)
+    with pytest.raises(InputError, match=r"item 7.*reserved token"):
+        encoder.prepare_many(["fine", "bad <|image_pad|> text"], start=6)
+
+
+def test_encode_groups_texts_and_keeps_the_order(encoder, media):
+    from unite_search.encoder import TEXT_GROUP, _groups
+
+    items = [f"text {i}" for i in range(TEXT_GROUP + 3)] + [{"image": media["image"]}, "last one"]
+    groups = list(_groups(items))
+    assert [(start, len(values)) for start, values in groups] == [(0, TEXT_GROUP), (TEXT_GROUP, 3),
+                                                                  (TEXT_GROUP + 3, 1), (TEXT_GROUP + 4, 1)]  # fmt: skip
+    vecs = encoder.encode(items)
+    for i in (0, TEXT_GROUP - 1, TEXT_GROUP, TEXT_GROUP + 3, TEXT_GROUP + 4):
+        np.testing.assert_allclose(vecs[i], encoder.encode([items[i]])[0], atol=1e-5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,19 +271,52 @@ class Encoder:
                 self._prompt_cache[modalities] = ids
         return ids
 
+    def _prompt_ids_many(self, items: Sequence[Item]) -> list[np.ndarray]:
+        """The prompt token ids of many items: one tokenizer call for every prompt with text (the fast
+        tokenizer splits a batch over its own threads), the cached ids for media-only prompts."""
+        out: list[np.ndarray | None] = [None] * len(items)
+        texts = [i for i, item in enumerate(items) if item.full_text is not None]
+        if texts:
+            prompts = [render(items[i].modalities, items[i].full_text) for i in texts]
+            with self._tokenizer_lock:
+                encoded = self._tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            for i, ids in zip(texts, encoded, strict=True):
+                out[i] = np.asarray(ids, dtype=np.int64)
+        for i, item in enumerate(items):
+            if out[i] is None:
+                out[i] = self._prompt_ids(item.modalities, None)
+        return out  # type: ignore[return-value]
+
     def prepare(self, item: ItemLike, index: int | None = None) -> Prepared:
         """Read, decode and preprocess one item; raises :class:`InputError` naming the input."""
         item = as_item(item, index)
+        self._check_text(item, index)
+        return self._prepare(item, index, self._prompt_ids(item.modalities, item.full_text))
+
+    def prepare_many(self, items: Sequence[ItemLike], start: int = 0) -> list[Prepared]:
+        """:meth:`prepare` for many items, their texts tokenized in one call; the same results, in order.
+        An error names the item's position (``start`` + its index here)."""
+        checked = []
+        for i, value in enumerate(items):
+            item = as_item(value, start + i)
+            self._check_text(item, start + i)
+            checked.append(item)
+        ids = self._prompt_ids_many(checked)
+        return [self._prepare(item, start + i, ids[i]) for i, item in enumerate(checked)]
+
+    @staticmethod
+    def _check_text(item: Item, index: int | None) -> None:
         text = item.full_text
         reserved = [t for t in RESERVED_TOKENS if text is not None and t in text]
         if reserved:
             raise InputError(f"text contains the model's reserved token(s) {reserved}; remove them", index=index)
+
+    def _prepare(self, item: Item, index: int | None, ids: np.ndarray) -> Prepared:
         try:
             image = preprocess_image(item.image, self.preprocessing) if item.image is not None else None
             video = preprocess_video(item.video, self.preprocessing) if item.video is not None else None
         except InputError as exc:
             raise (exc.at(index) if index is not None else exc) from exc.__cause__
-        ids = self._prompt_ids(item.modalities, text)
         counts = np.ones_like(ids)
         for visual, token in ((image, self._image_id), (video, self._video_id)):
             if visual is not None:
@@ -397,21 +430,26 @@ class Encoder:
             memory.release(held)
             held = 0
 
-        def prep(pair):
-            return self.prepare(pair[1], index=pair[0])
+        def prep(group: tuple[int, list]) -> list[Prepared]:
+            start, values = group
+            return self.prepare_many(values, start) if len(values) > 1 else [self.prepare(values[0], start)]
 
-        def cost(pair) -> int:
-            return predicted_bytes(pair[1], self.preprocessing)
+        def cost(group: tuple[int, list]) -> int:
+            return sum(predicted_bytes(v, self.preprocessing) for v in group[1])
+
+        def kept(result: list[Prepared]) -> int:
+            return sum(p.nbytes for p in result)
 
         # decoding runs on (a byte budget ahead) while the model encodes the window before
-        prepared = admitted_map(prep, enumerate(items), self.workers, memory, cost, lambda p: p.nbytes, flush)
+        prepared = admitted_map(prep, _groups(items), self.workers, memory, cost, kept, flush)
         try:
-            for (i, _), p, size in prepared:
-                window.append((i, p))
-                window_tokens += p.length
-                window_bytes += p.nbytes
+            for (start, _), group, size in prepared:
+                for i, p in enumerate(group, start):
+                    window.append((i, p))
+                    window_tokens += p.length
+                    window_bytes += p.nbytes
                 held += size
-                del p  # the window holds it now: a flush frees it
+                del group, p  # the window holds them now: a flush frees them
                 # several batches per window let sorting by length keep padding small; the byte cap
                 # bounds host memory when the window is all pixels (about 19 KB per visual token)
                 if window_tokens >= 8 * budget or window_bytes >= WINDOW_BYTES or len(window) >= 1024:
@@ -424,6 +462,35 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_id!r}, dim={self.dim}, device={self.device})"
+
+
+TEXT_GROUP = 64  # consecutive text-only items prepared together: one tokenizer call
+
+
+def _text_only(value: ItemLike) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, Item):
+        return value.image is None and value.video is None
+    return isinstance(value, Mapping) and value.get("image") is None and value.get("video") is None
+
+
+def _groups(items: Sequence[ItemLike]) -> Iterator[tuple[int, list]]:
+    """``(position of the first, items)``: runs of up to :data:`TEXT_GROUP` text-only items, media alone."""
+    run: list = []
+    for i, value in enumerate(items):
+        if _text_only(value):
+            run.append(value)
+            if len(run) == TEXT_GROUP:
+                yield i + 1 - len(run), run
+                run = []
+            continue
+        if run:
+            yield i - len(run), run
+            run = []
+        yield i, [value]
+    if run:
+        yield len(items) - len(run), run
 
 
 def predicted_bytes(value: ItemLike, settings: EncoderSettings) -> int:
