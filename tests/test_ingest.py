@@ -393,6 +393,7 @@ def test_unit_cut_short_is_redone(tmp_path, encoder):
     store = IndexStore(index)
     victim = next(r["id"] for r in full.values() if r["start"] == 3.0)
     store.tables.open("video").delete(f"id = '{victim}'")
+    (index / "ingest.writing").touch()  # as the killed run left it: its table writes are not published
     report = ingest(root, index, encoder=encoder, **OPTS)
     assert report.redone_items == 1 and report.encoded_rows == 4
     assert_same_rows(full, rows_by_id(index))
@@ -721,3 +722,67 @@ def test_user_mistakes_are_typed_errors_that_are_still_value_errors(tmp_path, ti
         assert isinstance(info.value, ValueError)
     with pytest.raises(InputError, match=r"is a file, and ingest takes a folder.*folder of its own.*embed"):
         ingest(root / "a.png", encoder=encoder)
+
+
+# ------------------------------------------------------------------------------ no work, no model
+def test_a_rerun_that_needs_no_encoding_never_makes_the_encoder(tmp_path, tiny_dir, monkeypatch):
+    from unite_search import Encoder
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_photo(root / "b.png", seed=2)
+    write_clip(root / "clip.mp4", 16, fps=8, seed=1)
+    (root / "note.txt").write_text("a note about the harbour")
+    index = tmp_path / "index"
+    first = ingest(root, index, model=tiny_dir, device="cpu")
+    assert first.encoded_items == 4 and first.timings["load"] > 0
+    made = []
+    real_load = Encoder.load.__func__
+
+    def counting_load(cls, *args, **kwargs):
+        made.append(args)
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Encoder, "load", classmethod(counting_load))
+    same = ingest(root, index, model=tiny_dir, device="cpu")  # nothing changed: stops after the walk
+    assert (same.status, same.unchanged_items, same.encoded_items, same.published) == ("ok", 4, 0, False)
+    assert "read" not in same.timings and same.shards == first.shards
+
+    (root / "b.png").rename(root / "moved.png")  # a move and a removal: a full pass, still no encoding
+    (root / "note.txt").unlink()
+    moved = ingest(root, index, model=tiny_dir, device="cpu")
+    assert (moved.relabeled_items, moved.removed_items, moved.encoded_items) == (1, 1, 0)
+    assert moved.timings["load"] == 0 and made == []
+    assert ingest(root, index, model=tiny_dir, device="cpu").timings.get("read") is None  # stamped again
+
+    os.utime(root / "a.png", ns=(5, 5))  # same bytes, new mtime: read again, nothing to encode
+    touched = ingest(root, index, model=tiny_dir, device="cpu")
+    assert "read" in touched.timings and touched.encoded_items == 0 and made == []
+
+    write_photo(root / "new.png", seed=3)  # one new file: now the encoder is made, and only now
+    grown = ingest(root, index, model=tiny_dir, device="cpu")
+    assert grown.encoded_items == 1 and len(made) == 1 and grown.timings["load"] > 0
+    hits = [h.path for h in __import__("unite_search").Index.open(index).query(image=root / "new.png", k=1)]
+    assert hits == ["new.png"]
+
+
+def test_a_no_op_rerun_imports_neither_torch_nor_lancedb(tmp_path, tiny_dir):
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    (root / "note.txt").write_text("a note")
+    index = tmp_path / "index"
+    ingest(root, index, model=tiny_dir)
+    code = (
+        "import sys; from unite_search.ingestion import ingest; "
+        f"r = ingest({str(root)!r}, {str(index)!r}, model={str(tiny_dir)!r}); "
+        "print(r.status, r.unchanged_items, sorted(m for m in ('torch', 'transformers', 'lancedb', 'faiss') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "ok 2 []"
+    (index / "ingest.writing").touch()  # as a run killed before it published leaves it: a full pass
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok 2 ") and "lancedb" in out.stdout and "torch" not in out.stdout
+    assert not (index / "ingest.writing").exists()

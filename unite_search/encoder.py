@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,54 @@ def resolve_options(device="auto", dtype="auto", attn="auto"):
     return dev, torch_dtype, _resolve_attn(attn, dev, torch_dtype)
 
 
+class _Weights:
+    """The model, or how to load it: loaded once, on first use or on :meth:`start` (in the background),
+    whichever comes first; every :class:`Encoder` sharing the weights (``with_settings``) shares this."""
+
+    def __init__(self, model=None, loader: Callable[[], Any] | None = None):
+        self._model = model
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.seconds = 0.0  # how long the load took (0 for weights given loaded)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def start(self) -> None:
+        """Begin loading on a thread of its own, so that decoding can run meanwhile."""
+        with self._lock:
+            if self._model is not None or self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._load, name="unite-load", daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        import time
+
+        try:
+            t = time.perf_counter()
+            self._model = self._loader()
+            self.seconds = time.perf_counter() - t
+        except BaseException as exc:  # noqa: BLE001  raised in the thread that needs the weights
+            self._error = exc
+
+    def get(self):
+        if self._model is not None:
+            return self._model
+        with self._lock:
+            thread = self._thread
+            if thread is None and self._model is None and self._error is None:
+                self._load()  # here, holding the lock: other threads asking meanwhile wait for it
+        if thread is not None:
+            thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._model
+
+
 class Encoder:
     """Embeds texts, images, videos and their combinations with a UNITE checkpoint.
 
@@ -146,8 +194,11 @@ class Encoder:
         token_budget: int,
         workers: int,
         adapter: str | None = None,
+        config=None,
     ):
-        self._model = model  # Qwen2VLModel: .visual and .language_model
+        # ``model``: a Qwen2VLModel (.visual and .language_model), or a _Weights that loads it on first use,
+        # in which case ``config`` (its Qwen2VLConfig) says what preparation needs without the weights
+        self._weights = model if isinstance(model, _Weights) else _Weights(model)
         self._tokenizer = tokenizer
         self.model_id = model_id  # the base model (hub id, or absolute folder), with or without an adapter
         self.adapter = adapter  # absolute path of the LoRA adapter folder merged into the weights, or None
@@ -156,7 +207,8 @@ class Encoder:
         self.device = device
         self.token_budget = token_budget
         self.workers = workers
-        cfg = model.config
+        cfg = config if config is not None else self._weights.get().config
+        self.config = cfg
         self.dim = int(cfg.text_config.hidden_size)
         self._image_id = int(cfg.image_token_id)
         self._video_id = int(cfg.video_token_id)
@@ -181,6 +233,7 @@ class Encoder:
         token_budget: int | None = None,
         workers: int | None = None,
         adapter: str | os.PathLike | None = None,
+        lazy: bool = False,
     ) -> Encoder:
         """Load a UNITE checkpoint: an alias (``unite-base-2b``...), a hub id or a local folder.
 
@@ -191,36 +244,38 @@ class Encoder:
         ``adapter`` records the folder and the revision names it too, so indexes never mix its vectors
         with the base model's, and ``Encoder.load(enc.model_id, adapter=enc.adapter)`` loads it again.
         Nothing shipped as code in a model folder is ever run (``auto_map`` entries are ignored).
+        ``lazy=True`` reads the config and tokenizer now and the weights on the first forward (or from
+        :meth:`start_loading`, in the background), so inputs can be prepared meanwhile.
         """
-        from .models import fingerprint, load_model, load_tokenizer
+        from .models import load_model, load_tokenizer, read_config
 
         dev, torch_dtype, attn = resolve_options(device, dtype, attn)  # told before any download
-        resolved = resolve(model)
-        revision, adapter_path = resolved.revision, None
-        if adapter is not None:
-            from .train.merge import check_adapter
-
-            adapter_path = str(check_adapter(adapter))
-            revision = f"{revision}+lora-{fingerprint(Path(adapter_path))}"
+        resolved, adapter_path, revision = _identity(model, adapter)
         tokenizer = load_tokenizer(resolved.path)
-        full = load_model(resolved.path, dtype=torch_dtype, attn=attn)
-        inner = full.model
-        if adapter_path is not None:
-            from .train.merge import apply_adapter
 
-            inner = apply_adapter(inner, adapter_path)
-        inner = inner.to(dev).eval()  # lm_head is never used; dropping it frees memory when untied
-        del full
+        def weights():
+            full = load_model(resolved.path, dtype=torch_dtype, attn=attn)
+            inner = full.model
+            if adapter_path is not None:
+                from .train.merge import apply_adapter
+
+                inner = apply_adapter(inner, adapter_path)
+            return inner.to(dev).eval()  # lm_head is never used; dropping it frees memory when untied
+
+        model = _Weights(loader=weights)
+        if not lazy:
+            model.get()
         budget = token_budget or (32768 if dev.type == "cuda" else 4096)
         return cls(
-            inner,
+            model,
             tokenizer,
+            config=read_config(resolved.path),
             model_id=resolved.model_id,
             revision=revision,
             settings=settings or EncoderSettings(),
             device=dev,
             token_budget=budget,
-            workers=workers or min(8, os.cpu_count() or 1),
+            workers=workers or default_workers(),
             adapter=adapter_path,
         )
 
@@ -229,8 +284,9 @@ class Encoder:
         if settings == self.preprocessing:
             return self
         return Encoder(
-            self._model,
+            self._weights,
             self._tokenizer,
+            config=self.config,
             model_id=self.model_id,
             revision=self.revision,
             settings=settings,
@@ -239,6 +295,29 @@ class Encoder:
             workers=self.workers,
             adapter=self.adapter,
         )
+
+    @property
+    def _model(self):
+        """The Qwen2VLModel, loaded now if it was not yet."""
+        return self._weights.get()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (a ``lazy`` encoder loads them on first use)."""
+        return self._weights.loaded
+
+    @property
+    def load_seconds(self) -> float:
+        """How long loading the weights took (0 for weights handed over loaded)."""
+        return self._weights.seconds
+
+    def wait_loaded(self) -> None:
+        """Return once the weights are in memory (loading them now if nobody started)."""
+        self._weights.get()
+
+    def start_loading(self) -> None:
+        """Load the weights on a background thread now (no-op once started or loaded)."""
+        self._weights.start()
 
     @property
     def dtype(self):
@@ -322,7 +401,7 @@ class Encoder:
             if visual is not None:
                 counts[ids == token] = visual.tokens
         ids = np.repeat(ids, counts)
-        limit = self._model.config.text_config.max_position_embeddings
+        limit = self.config.text_config.max_position_embeddings
         if ids.shape[0] > limit:
             raise InputError(
                 f"item is {ids.shape[0]} tokens long, above the model's {limit}", index=index, source=item.describe()
@@ -462,6 +541,45 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_id!r}, dim={self.dim}, device={self.device})"
+
+
+def default_workers() -> int:
+    """Decode threads when none are asked for."""
+    return min(8, os.cpu_count() or 1)
+
+
+def _identity(model, adapter):
+    """(resolved model, absolute adapter path or None, revision) of ``Encoder.load(model, adapter=...)``."""
+    from .models import fingerprint
+
+    resolved = resolve(model)
+    revision, adapter_path = resolved.revision, None
+    if adapter is not None:
+        from .train.merge import check_adapter
+
+        adapter_path = str(check_adapter(adapter))
+        revision = f"{revision}+lora-{fingerprint(Path(adapter_path))}"
+    return resolved, adapter_path, revision
+
+
+def describe(
+    model: str | os.PathLike | None = None,
+    *,
+    adapter: str | os.PathLike | None = None,
+    settings: EncoderSettings | None = None,
+) -> dict[str, Any]:
+    """What ``Encoder.load(model, adapter=adapter, settings=settings).settings`` will be, found without
+    loading the tokenizer or the weights (nor importing torch): enough to check an index against."""
+    from .models import config_dim
+
+    resolved, adapter_path, revision = _identity(model, adapter)
+    return {
+        "model_id": resolved.model_id,
+        "adapter": adapter_path,
+        "revision": revision,
+        "dim": config_dim(resolved.path),
+        **(settings or EncoderSettings()).to_dict(),
+    }
 
 
 TEXT_GROUP = 64  # consecutive text-only items prepared together: one tokenizer call

@@ -10,6 +10,7 @@ Units (what becomes rows, and how each row's inputs are read) are in ``units.py`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -22,9 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from . import ann, decoderlog, filecache
+from . import manifest as manifests
 from .corpus import Problem, walk
 from .diskio import io_reason, remove_stale_temporaries
-from .errors import ConfigError, IndexWriteError, IngestCrashError, IngestError, InputError, UniteError
+from .errors import (
+    ConfigError,
+    IndexWriteError,
+    IngestCrashError,
+    IngestError,
+    InputError,
+    ModelLoadError,
+    UniteError,
+)
+from .manifest import MANIFEST
 from .memory import MEMORY_BYTES
 from .store import IndexStore
 from .units import IngestOptions, Task, Unit, declared_items, find_captions, plan_units, prepare_task, read_files
@@ -32,6 +43,7 @@ from .units import IngestOptions, Task, Unit, declared_items, find_captions, pla
 DEFAULT_HOME = "indexes"
 COMMIT_ROWS = 1024
 EXIT_OK, EXIT_FAILED, EXIT_WITH_FAILURES = 0, 1, 3
+WRITING = "ingest.writing"  # present from a run's first table write until it published
 SHOWN = 20  # failures (and skipped files) a summary names; the run log and --json hold them all
 
 # Report statuses. Run logs written before the rename call WITH_FAILURES "skipped" (runs.RENAMED_STATUS).
@@ -108,7 +120,9 @@ class IngestReport:
                 lines.append(f"  ... and {len(self.skipped) - SHOWN} more (unite-search info {self.index} --json)")
         if self.ignored_files:
             lines.append(f"ignored {self.ignored_files} file(s) of other types")
-        times = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        # the model loads on its own thread while the first inputs decode: its time overlaps theirs
+        times = ", ".join(f"{k} {v:.1f}s" + (" (beside decode)" if k == "load" else "")
+                          for k, v in self.timings.items() if k != "load" or v)  # fmt: skip
         lines.append(f"time: {times}")
         if self.memory_peak:
             lines.append(f"memory: decoded inputs held at most {self.memory_peak / 2**20:.0f} MiB (predicted peaks)")
@@ -204,6 +218,7 @@ def _encode_all(
         nonlocal window, tokens, nbytes, held, written, encode_time
         live = [w for w in window if w[0].unit not in failed]
         if live:
+            encoder.wait_loaded()  # the weights may still be loading: that wait is the load's, not encoding's
             t = time.perf_counter()
             vecs = encoder.encode_prepared([p for _, _, p in live])
             encode_time += time.perf_counter() - t
@@ -318,34 +333,37 @@ def ingest(
     root = os.path.abspath(os.path.expanduser(corpus))
     if not os.path.isdir(root):
         raise InputError(_not_a_folder(root), source=os.fspath(corpus))
+    index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
+    say = log or (lambda _msg: None)
     if encoder is not None:
         _check_encoder_arguments(encoder, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings)
-    else:
+    elif not (index_dir / MANIFEST).exists():
         from .encoder import resolve_options
 
         resolve_options(device, dtype)  # a device this machine lacks is told before the index folder is made
-    index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
+    slot = _EncoderSlot(encoder, model, adapter, device, dtype, settings, workers, say)  # no weights loaded yet
+    workers = workers or slot.workers
     store = IndexStore(index_dir)
-    say = log or (lambda _msg: None)
     t_start = time.perf_counter()
     with store.lock():
         remove_stale_temporaries(index_dir)  # a killed run's half-written manifest
-        if encoder is None:
-            from .encoder import Encoder
-
-            say("loading the encoder")
-            encoder = Encoder.load(
-                model, adapter=adapter, device=device, dtype=dtype, settings=settings, workers=workers
-            )
-        workers = workers or encoder.workers
-        report = IngestReport(str(index_dir), root, encoder.model_id)
+        report = IngestReport(str(index_dir), root, slot.model_id)
         error: BaseException | None = None
         try:
-            manifest = store.init(encoder.settings, options.to_dict(), root)
+            found = None
+            if not allow_outside:
+                t = time.perf_counter()
+                found = walk(root, exclude=(index_dir,), allow_outside=False)
+                report.timings["discover"] = round(time.perf_counter() - t, 3)
+                if _unchanged(report, store, slot.settings, options, root, found):
+                    report.timings["total"] = round(time.perf_counter() - t_start, 3)
+                    _write_run_log(store, report, index_dir, say)
+                    return report
+            manifest = store.init(slot.settings, options.to_dict(), root)
             with decoderlog.collecting() as messages:  # FFmpeg's complaints: into the run log, not the terminal
                 try:
-                    _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max,
-                         gpu, commit_rows, memory_bytes, allow_outside, progress, say)  # fmt: skip
+                    _run(report, store, manifest, slot, root, index_dir, options, workers, on_error, flat_max,
+                         gpu, commit_rows, memory_bytes, allow_outside, progress, say, found)  # fmt: skip
                 finally:
                     report.decoder_messages = list(messages)
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
@@ -358,21 +376,98 @@ def ingest(
             if _is_crash(error):
                 report.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
                 report.error += " (it stopped the run; the traceback is in this run log: unite-search info --json)"
+        report.timings["load"] = round(slot.load_seconds, 3)
         report.timings["total"] = round(time.perf_counter() - t_start, 3)
-        run_log: Path | None = None
-        try:
-            run_log = store.write_run(report.to_dict())
-        except Exception as exc:
-            reason = io_reason(exc)
-            if reason is None:
-                raise
-            # the run's own outcome (published or not) stands; only its log is lost
-            say(f"could not write the run report into {index_dir / 'runs'}: {reason}")
+        run_log = _write_run_log(store, report, index_dir, say)
         if error is not None:
             if _is_crash(error) and run_log is not None:
                 raise IngestCrashError(_crash_message(error, run_log), run_log=str(run_log)) from error
             raise error
     return report
+
+
+def _write_run_log(store: IndexStore, report: IngestReport, index_dir: Path, say) -> Path | None:
+    try:
+        return store.write_run(report.to_dict())
+    except Exception as exc:
+        reason = io_reason(exc)
+        if reason is None:
+            raise
+        # the run's own outcome (published or not) stands; only its log is lost
+        say(f"could not write the run report into {index_dir / 'runs'}: {reason}")
+        return None
+
+
+class _EncoderSlot:
+    """The encoder of one ingest: the one given, or one made only when a row needs encoding.
+
+    Until then everything an index is checked and planned against comes from :func:`describe` (the
+    model's config and fingerprint: no torch, no weights). The weights then load on a thread of their
+    own while the first inputs are decoded.
+    """
+
+    def __init__(self, encoder, model, adapter, device, dtype, settings, workers, say):
+        from .encoder import EncoderSettings, default_workers, describe
+
+        self._encoder = encoder
+        self._load_args = {"adapter": adapter, "device": device, "dtype": dtype, "settings": settings,
+                           "workers": workers}  # fmt: skip
+        self._model = model
+        self._say = say
+        self.settings = encoder.settings if encoder is not None else describe(model, adapter=adapter, settings=settings)
+        self.preprocessing = encoder.preprocessing if encoder is not None else (settings or EncoderSettings())
+        self.workers = encoder.workers if encoder is not None else (workers or default_workers())
+        self.model_id = self.settings["model_id"]
+        self._made = False
+
+    def get(self):
+        """The encoder, made now if it was not (its weights loading in the background)."""
+        if self._encoder is None:
+            from .encoder import Encoder
+
+            self._say("loading the encoder")
+            encoder = Encoder.load(self._model, lazy=True, **self._load_args)
+            if encoder.settings != self.settings:  # the model or adapter folder changed during this run
+                raise ModelLoadError(
+                    f"the model changed while ingesting: it was {self.settings['revision']}, it is now "
+                    f"{encoder.settings['revision']}; run ingest again"
+                )
+            encoder.start_loading()
+            self._encoder, self._made = encoder, True
+        return self._encoder
+
+    @property
+    def load_seconds(self) -> float:
+        return self._encoder.load_seconds if self._made else 0.0
+
+
+def _scan_stamp(found) -> str:
+    """A digest of what the walk found: every file's path, size, mtime and kind (what the read stage's
+    cache trusts a file by)."""
+    h = hashlib.sha256()
+    for e in sorted(found.entries, key=lambda e: e.rel):
+        h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.kind}\n".encode())
+    return h.hexdigest()
+
+
+def _unchanged(report: IngestReport, store: IndexStore, settings, options, root: str, found) -> bool:
+    """Whether the published index already holds exactly this corpus, as the last clean run left it: the
+    same files (by path, size and mtime), options and model, every FAISS file sound. Then the run is done
+    without opening a table or loading the model (fills ``report``)."""
+    manifest = store.read_manifest()
+    if manifest is None or found.failures or (store.path / WRITING).exists():
+        return False  # new, or files the walk could not read, or a run stopped before it published
+    scan = manifest.get("scan") or {}
+    if scan.get("stamp") != _scan_stamp(found):
+        return False
+    store.check(manifest, settings, options.to_dict(), root)  # another model or settings: refused as ever
+    if manifest["encoder"] != settings or store.needs_repair(manifest):
+        return False  # the weights' folder moved (recorded by a publish), or a FAISS file needs rebuilding
+    report.items = report.unchanged_items = int(scan.get("items", 0))
+    report.skipped, report.ignored_files = found.skipped, found.ignored
+    report.shards = {s: e["rows"] for s, e in manifest.get("shards", {}).items()}
+    report.status = OK
+    return True
 
 
 def _not_a_folder(path: str) -> str:
@@ -470,12 +565,13 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
         raise IngestError(f"{p.path} [{p.stage}]: {p.reason} (on_error='raise': nothing was published)", p)
 
 
-def _run(report, store, manifest, encoder, root, index_dir, options, workers, on_error, flat_max, gpu,
-         commit_rows, memory_bytes, allow_outside, progress, say) -> None:  # fmt: skip
+def _run(report, store, manifest, slot, root, index_dir, options, workers, on_error, flat_max, gpu,
+         commit_rows, memory_bytes, allow_outside, progress, say, found=None) -> None:  # fmt: skip
     timings = report.timings
-    t = time.perf_counter()
-    found = walk(root, exclude=(index_dir,), allow_outside=allow_outside)
-    timings["discover"] = round(time.perf_counter() - t, 3)
+    if found is None:
+        t = time.perf_counter()
+        found = walk(root, exclude=(index_dir,), allow_outside=allow_outside)
+        timings["discover"] = round(time.perf_counter() - t, 3)
     report.skipped, report.ignored_files = found.skipped, found.ignored
     failures: list[Problem] = list(found.failures)
     _fail_fast(on_error, failures)
@@ -495,7 +591,7 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     _fail_fast(on_error, failures)
 
     # plan: units by content, diffed against what the index holds
-    units = plan_units(facts, captions, sidecars, declared, options, encoder.preprocessing)
+    units = plan_units(facts, captions, sidecars, declared, options, slot.preprocessing)
     units = [u for u in units if u.tasks]
     report.items = len(units)
     by_key = {u.key: u for u in units}
@@ -524,18 +620,23 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     rows = sum(len(u.tasks) for u in todo)
     say(f"{len(units)} items: {len(todo)} to encode ({rows} rows), {report.removed_items} to remove")
 
-    # write: removals first, then new rows as they are encoded
+    # write: removals first, then new rows as they are encoded. Until this run has published, the tables
+    # may hold rows no manifest names: the marker says so, and the next run then does a full pass.
     failed: dict[str, Problem] = {}
+    (index_dir / WRITING).touch()
     try:
         t = time.perf_counter()
         for shard, keys in remove.items():
             store.tables.delete_units(shard, keys)
         edits = time.perf_counter() - t
         tasks = [task for unit in todo for task in unit.tasks]
-        report.encoded_rows, report.memory_peak = _encode_all(
-            encoder, store, tasks, by_key, workers=workers, on_error=on_error,
-            commit_rows=commit_rows, progress=progress, timings=timings, failed=failed, memory_bytes=memory_bytes,
-        )  # fmt: skip
+        if tasks:  # only now is the encoder made: a run with nothing to encode never loads the model
+            report.encoded_rows, report.memory_peak = _encode_all(
+                slot.get(), store, tasks, by_key, workers=workers, on_error=on_error,
+                commit_rows=commit_rows, progress=progress, timings=timings, failed=failed, memory_bytes=memory_bytes,
+            )  # fmt: skip
+        else:
+            timings.update(decode=0.0, encode=0.0, write=0.0, pipeline=0.0)
         _fail_fast(on_error, list(failed.values()))
         t = time.perf_counter()
         failed_by_shard: dict[str, set[str]] = defaultdict(set)
@@ -554,8 +655,15 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
     report.encoded_items = len({task.unit for task in tasks} - set(failed))
     report.failures = failures
 
-    # publish: FAISS over every changed shard, then the manifest (the commit point for readers)
+    # publish: FAISS over every changed shard, then the manifest (the commit point for readers). A clean
+    # run records what it walked, so that the next run over the same files can stop right after its walk.
     t = time.perf_counter()
+    scan = {"stamp": _scan_stamp(found), "items": report.items} if not failures and not allow_outside else None
+    if manifest.get("scan") != scan:
+        manifest = {**manifest, "scan": scan}
+        stamp_changed = True
+    else:
+        stamp_changed = False
     filecache.save(store.tables, [f.to_row() for f in facts.values()], cache)
     # every write (rows added, deleted or relabelled, here or by a killed run) moves a table's version
     published = manifest.get("shards", {})
@@ -569,6 +677,9 @@ def _run(report, store, manifest, encoder, root, index_dir, options, workers, on
         say(f"indexing shard(s): {', '.join(sorted(changed))}")
         manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, gpu=gpu)
         report.published = True
+    elif stamp_changed:
+        manifests.write(index_dir, manifest)  # the same published state, with what this run walked
+    (index_dir / WRITING).unlink(missing_ok=True)
     timings["index"] = round(time.perf_counter() - t, 3)
     report.shards = {s: e["rows"] for s, e in manifest.get("shards", {}).items()}
     report.status = WITH_FAILURES if report.failures else OK

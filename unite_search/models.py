@@ -9,6 +9,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import diskio
 from .diskio import write_json
@@ -164,16 +165,33 @@ def resolve(model: str | os.PathLike | None = None) -> ResolvedModel:
     return ResolvedModel(folder, hub_id, folder.name)
 
 
+def _raw_config(folder: Path) -> dict[str, Any]:
+    raw = json.loads((folder / "config.json").read_text())
+    claimed = raw.get("model_type", "qwen2_vl")
+    if claimed not in ("qwen2_vl", "unite_qwen2_vl"):
+        raise ModelLoadError(f"{folder}: model_type {claimed!r} is not a Qwen2-VL checkpoint")
+    return raw
+
+
+def config_dim(folder: Path) -> int:
+    """The vector size of the checkpoint in ``folder`` (its text model's hidden size), from config.json
+    alone: no transformers import, no weights."""
+    raw = _raw_config(folder)
+    text = raw.get("text_config") or {}
+    dim = text.get("hidden_size", raw.get("hidden_size"))
+    if not isinstance(dim, int) or dim < 1:
+        raise ModelLoadError(f"{folder}/config.json names no hidden_size")
+    return dim
+
+
 def read_config(folder: Path):
     """The folder's config as a Qwen2VLConfig, whatever model_type the checkpoint claims."""
     from transformers import Qwen2VLConfig
 
-    raw = json.loads((folder / "config.json").read_text())
-    claimed = raw.pop("model_type", "qwen2_vl")
+    raw = _raw_config(folder)
+    raw.pop("model_type", None)
     raw.pop("architectures", None)
     raw.pop("auto_map", None)  # never run remote code
-    if claimed not in ("qwen2_vl", "unite_qwen2_vl"):
-        raise ModelLoadError(f"{folder}: model_type {claimed!r} is not a Qwen2-VL checkpoint")
     return Qwen2VLConfig.from_dict(raw)
 
 
