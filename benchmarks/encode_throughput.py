@@ -9,28 +9,38 @@ image 448x448 (256 visual tokens), video 8 frames 336x336 (UNITE's
 processor raises each frame to >= 200,704 px, so 4 x 256 = 1024 visual tokens). The plain loop is what
 a hand-rolled script does: fixed batch size, left padding, Qwen2VLImageProcessorPil for images, the
 model's own forward (3-D M-RoPE positions) and the last position. Video frames for the plain loop come
-from our own preprocessing (transformers' video processor needs torchvision). The figure to read is the
-ratio of the two columns: machines are noisy, the ratio much less so.
+from our own preprocessing (transformers' video processor needs torchvision).
+
+Timing (benchmarks/timing.py ``compare``): per input kind, both arms first run once untimed on the very
+items they are timed on (so both have met their batch shapes: kernel choice and allocator growth happen
+on first sight of a shape), then ``--repeats`` rounds (default 5, at least 3) alternate the order, ours
+then plain, plain then ours, ... Each arm's items/s is reported as median (min..max) over the rounds, and
+the ratio (plain time / ours time, > 1: ours is faster) as the ratio of the medians with the range of
+the per-round ratios, each pair timed back to back. The machine (CPU, cores, torch and its threads, GPU)
+and the load average before and after are printed and written to ``--json`` with the arguments. A wide
+ratio range means a busy machine: rerun before quoting it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from unite_search.encoder import Encoder
-from unite_search.prompts import render
-from unite_search.settings import EncoderSettings
-from unite_search.testing import (
+from timing import compare, load, machine, rate, ratio, repeats_arg, span  # noqa: E402
+
+from unite_search.encoder import Encoder  # noqa: E402
+from unite_search.prompts import render  # noqa: E402
+from unite_search.settings import EncoderSettings  # noqa: E402
+from unite_search.testing import (  # noqa: E402
     QWEN2VL_2B_MROPE,
     QWEN2VL_2B_TEXT,
     QWEN2VL_2B_VISION,
@@ -39,7 +49,7 @@ from unite_search.testing import (
     tiny_model,
     write_tokenizer,
 )
-from unite_search.video import preprocess_video
+from unite_search.video import preprocess_video  # noqa: E402
 
 TEXT = "A man in a red jacket walks his dog along a snowy mountain path while the sun sets behind the peaks"
 
@@ -127,14 +137,6 @@ def plain_loop(encoder: Encoder, kind: str, items, batch_size: int) -> np.ndarra
     return np.concatenate(out)
 
 
-def timed(fn, sync):
-    sync()
-    t = time.perf_counter()
-    result = fn()
-    sync()
-    return time.perf_counter() - t, result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder, alias or hub id (default: a tiny random model)")
@@ -144,51 +146,71 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--plain-batch", default="text=256,image=32,video=8", help="fixed batch sizes of the plain loop")
+    ap.add_argument("--repeats", type=repeats_arg, default=5, help="timed rounds per kind, alternating (>= 3)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
     import torch
 
+    load_before = load()
     encoder = load_encoder(args)
     sync = torch.cuda.synchronize if encoder.device.type == "cuda" else (lambda: None)
     n = args.n or (512 if encoder.device.type == "cuda" else 64)
     plain_batch = {k: int(v) for k, v in (p.split("=") for p in args.plain_batch.split(","))}
     inputs = make_inputs(n)
-    device_name = torch.cuda.get_device_name() if encoder.device.type == "cuda" else platform.processor() or "cpu"
+    info = machine()
     rows = []
     print(
-        f"model {encoder.model_id}  device {encoder.device} ({device_name})  dtype {encoder._model.dtype}  "
-        f"torch {torch.__version__}  threads {torch.get_num_threads()}  n={n}"
+        f"model {encoder.model_id}  device {encoder.device} ({info.get('gpu') or info['cpu']}, "
+        f"{info['cpu_count']} cores)  dtype {encoder._model.dtype}  torch {torch.__version__}  "
+        f"threads {torch.get_num_threads()}  n={n}  repeats={args.repeats}  load {load_before}"
     )
-    print(f"{'input':<7}{'ours items/s':>14}{'plain items/s':>15}{'ratio':>8}{'max |diff|':>12}")
+    print("items/s and ratio: median (min..max) over alternating rounds; ratio = plain time / ours time")
+    print(f"{'input':<7}{'ours items/s':>24}{'plain items/s':>24}{'ratio':>20}{'max |diff|':>12}")
     for kind in args.kinds.split(","):
         items = inputs[kind]
-        # warm up on enough items that both loops have met their timed batch shapes (kernel choice and
-        # allocator growth happen on first sight of a shape and would otherwise be timed)
-        warm = items[: min(len(items), max(2 * plain_batch[kind], 160))]
-        encoder.encode(warm)
-        plain_loop(encoder, kind, warm, plain_batch[kind])
-        t_ours, ours = timed(lambda items=items: encoder.encode(items), sync)
-        t_plain, plain = timed(lambda items=items, kind=kind: plain_loop(encoder, kind, items, plain_batch[kind]), sync)
-        diff = float(np.abs(ours - plain).max()) if kind == "text" else float("nan")
+        out: dict[str, np.ndarray] = {}
+
+        def ours(items=items, out=out):
+            out["ours"] = encoder.encode(items)
+
+        def plain(items=items, kind=kind, out=out):
+            out["plain"] = plain_loop(encoder, kind, items, plain_batch[kind])
+
+        # warm-up (one untimed call of each arm) on the timed items themselves: both loops meet every
+        # batch shape they will be timed on
+        res = compare({"ours": ours, "plain": plain}, repeats=args.repeats, warmup=1, sync=sync)
+        diff = float(np.abs(out["ours"] - out["plain"]).max()) if kind == "text" else float("nan")
+        r = ratio(res, "ours", "plain")
         row = {
             "input": kind,
             "n": n,
-            "ours_items_s": n / t_ours,
-            "plain_items_s": n / t_plain,
-            "ratio": t_plain / t_ours,
+            "ours_items_s": rate(res["ours"], n),
+            "plain_items_s": rate(res["plain"], n),
+            "ratio": r,
             "text_max_abs_diff": diff,
+            "timing": res,
         }
         rows.append(row)
-        print(f"{kind:<7}{row['ours_items_s']:>14.1f}{row['plain_items_s']:>15.1f}{row['ratio']:>8.2f}{diff:>12.2e}")
+        print(
+            f"{kind:<7}{span(row['ours_items_s']):>24}{span(row['plain_items_s']):>24}{span(r, fmt='.2f'):>20}"
+            f"{diff:>12.2e}",
+            flush=True,
+        )
+    load_after = load()
+    print(f"load before {load_before}  after {load_after}")
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "model": encoder.model_id,
                     "device": str(encoder.device),
-                    "device_name": device_name,
-                    "torch": torch.__version__,
+                    "dtype": str(encoder._model.dtype),
+                    "machine": info,
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "n": n,
                     "rows": rows,
                 },
                 indent=2,

@@ -1,4 +1,5 @@
-"""Query latency: ``Index.query`` next to the bare minimum (encode the query + raw FAISS search), same run.
+"""Query latency: ``Index.query`` next to the bare minimum (encode the query + raw FAISS search), and the
+cost of ``like=``, same run.
 
     python benchmarks/query_latency.py                      # shards of 100k and 1M (about 13 GB of disk)
     python benchmarks/query_latency.py --sizes 20000,200000 # smaller
@@ -6,22 +7,36 @@
 Shards of random unit vectors (dim 1536, the 2B models' width) are written straight into an index
 (LanceDB rows with path, size and width columns; FAISS by the index's own rule, or forced exact with
 ``--flat``). The query encoder is a random one-layer Qwen2-VL with 1536-wide vectors, so encoding is
-real but cheap on a CPU. For each text query, in alternating order:
+real but cheap on a CPU. Four arms per shard, each a pass over the same ``--queries`` queries:
 
-- ``Index.query(text=q, target=shard, k=10)``: plan, encode, search, fetch the rows' metadata (held in
-  memory; on the text shard, each hit's text is read from the table), merge;
-- baseline: ``encoder.encode([q])`` and ``faiss_index.search(vector, 10)`` on the same FAISS index.
+- ``text``: ``Index.query(text=q, target=shard, k=10)`` on a warm encoder: plan, encode, search, fetch
+  the rows' metadata (held in memory; on the text shard, each hit's text is read from the table), merge;
+- ``base``: ``encoder.encode([q])`` and ``faiss_index.search(vector, 10)`` on the same FAISS index;
+- ``vector``: ``Index.query_batch([{"text": q, ...}], vectors=[v])`` with ``v`` computed beforehand:
+  the ``text`` arm's search path without the encoder;
+- ``like``: ``Index.query(like=row_id, k=10)`` for rows of that shard: the stored vector is read from the
+  FAISS index in memory, then the same search path.
 
-The difference is what the planner, the metadata fetch and the merge cost. Target: at most 10% of
-the baseline plus 2 ms, at p50 and p95.
+Timing (benchmarks/timing.py ``compare``): each arm first makes one untimed pass over the queries
+(caches, lazily opened tables, the IVF direct map, the allocator), then ``--repeats`` rounds (default 5,
+at least 3) run the arms in alternating order (text base vector like, like vector base text, ...), each
+query timed on its own. Per arm: the p50 and p95 of each round's per-query latencies, reported as median
+(min..max) over the rounds. Overheads are taken per round (p50 or p95 of one arm minus the other's in
+the same round), median (min..max) over rounds:
+
+- ``text - base``: what the planner, the metadata fetch and the merge cost. Target: ``text`` at most 10%
+  of ``base`` plus 2 ms, at p50 and p95 (medians over rounds);
+- ``like - vector``: the extra latency of a ``like=`` query over a query whose vector is already
+  computed. Target: at most 2 ms, at p50 and p95.
+
+The machine (CPU, cores, torch and its threads), the load average before and after, and the arguments
+are printed and written to ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -30,13 +45,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from unite_search import Encoder, Index
-from unite_search.schema import row_key
-from unite_search.store import IndexStore
-from unite_search.testing import QWEN2VL_2B_MROPE, TINY_TEXT, TINY_VISION, tiny_model
-from unite_search.units import IngestOptions
+from timing import compare, load, machine, repeats_arg, span, summary  # noqa: E402
+
+from unite_search import Encoder, Index  # noqa: E402
+from unite_search.schema import row_key  # noqa: E402
+from unite_search.store import IndexStore  # noqa: E402
+from unite_search.testing import QWEN2VL_2B_MROPE, TINY_TEXT, TINY_VISION, tiny_model  # noqa: E402
+from unite_search.units import IngestOptions  # noqa: E402
 
 DIM = 1536
 WIDE_TEXT = dict(TINY_TEXT, hidden_size=DIM, intermediate_size=DIM, num_hidden_layers=1, num_attention_heads=12)
@@ -63,15 +82,20 @@ def fill(store: IndexStore, shard: str, n: int, seed: int) -> None:
         store.tables.add_rows(shard, rows, vecs)
 
 
-def percentiles(values) -> dict[str, float]:
-    ms = np.asarray(values) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
+ARMS = ("text", "base", "vector", "like")
+PCTS = {"p50_ms": 50, "p95_ms": 95}
+
+
+def rounds(samples: list[list[float]], warmup: int, q: float) -> list[float]:
+    """The ``q``-th percentile (ms) of each timed round's per-query latencies (warm-up passes dropped)."""
+    return [float(np.percentile(np.asarray(s) * 1e3, q)) for s in samples[warmup:]]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000", help="rows per shard, comma-separated")
-    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--queries", type=int, default=50, help="queries per pass (one pass per arm and round)")
+    ap.add_argument("--repeats", type=repeats_arg, default=5, help="timed rounds per shard, alternating (>= 3)")
     ap.add_argument("--flat", action="store_true", help="exact search on every shard, whatever its size")
     ap.add_argument("--ivf-too", type=int, default=0, help="also a shard of this many rows forced to IVF")
     ap.add_argument("--dir", type=Path, default=None, help="where to build the index (default: a temporary folder)")
@@ -81,6 +105,7 @@ def main() -> None:
     import faiss
     import torch
 
+    load_before = load()
     work = args.dir or Path(tempfile.mkdtemp(prefix="unite-query-bench-"))
     try:
         encoder = Encoder.load(
@@ -99,62 +124,109 @@ def main() -> None:
 
             manifest = store.publish(manifest, [shard], flat_max=flat_max or ann.FLAT_MAX)
             names[label] = shard
-            info = manifest["shards"][shard]["index"]
+            built = manifest["shards"][shard]["index"]
             print(
-                f"shard {shard} ({label}): {n} rows, {info['type']} built in {time.perf_counter() - t:.0f}s", flush=True
+                f"shard {shard} ({label}): {n} rows, {built['type']} built in {time.perf_counter() - t:.0f}s",
+                flush=True,
             )
 
         idx = Index.open(work / "index", encoder=encoder)
         queries = [f"query {i}: a photo of something number {i * 7919 % 1000}" for i in range(args.queries)]
+        vectors = [encoder.encode([q])[0] for q in queries]  # the vector arm's inputs, made beforehand
+        info = machine()
+        load_start = load()
         print(
-            f"cpu {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-            f"{torch.__version__} threads {torch.get_num_threads()}, faiss {faiss.__version__}, {len(queries)} queries"
+            f"cpu {info['cpu']}, {info['cpu_count']} cores, torch {torch.__version__} threads "
+            f"{torch.get_num_threads()}, faiss {faiss.__version__}, {len(queries)} queries x {args.repeats} "
+            f"rounds (+1 warm-up pass), load {load_start}"
         )
-        print(f"{'shard':<14}{'index':<12}{'ours p50':>10}{'p95':>8}{'base p50':>10}{'p95':>8}"
-              f"{'over p50':>10}{'p95':>8}  target")  # fmt: skip
+        print("per-query ms: p50 / p95 of each round, median (min..max) over rounds; overheads taken per round")
         results = []
         for label, shard in names.items():
             entry = manifest["shards"][shard]
+            n_rows = entry["rows"]
             raw = idx._snapshot.readers[shard].index()
             params = (
                 faiss.SearchParametersIVF(nprobe=entry["index"]["nprobe"]) if entry["index"]["type"] == "ivf" else None
             )
+            like_ids = [f"{shard}-{i * 7919 % n_rows:07d}" for i in range(len(queries))]
+            calls = {
+                "text": [lambda q=q, shard=shard: idx.query(text=q, target=shard, k=10) for q in queries],
+                "base": [
+                    lambda q=q, raw=raw, params=params: raw.search(encoder.encode([q]), 10, params=params)
+                    for q in queries
+                ],
+                "vector": [
+                    lambda q=q, v=v, shard=shard: idx.query_batch([{"text": q, "target": shard, "k": 10}], vectors=[v])
+                    for q, v in zip(queries, vectors, strict=True)
+                ],
+                "like": [lambda rid=rid: idx.query(like=rid, k=10) for rid in like_ids],
+            }
+            samples: dict[str, list[list[float]]] = {arm: [] for arm in ARMS}
 
-            def ours(q, shard=shard):
-                return idx.query(text=q, target=shard, k=10)
-
-            def base(q, raw=raw, params=params):
-                vec = encoder.encode([q])
-                return raw.search(vec, 10, params=params)
-
-            for q in queries[:3]:  # warm: caches, lazily opened tables, allocator
-                ours(q)
-                base(q)
-            t_ours, t_base = [], []
-            for i, q in enumerate(queries):
-                order = ((ours, t_ours), (base, t_base)) if i % 2 == 0 else ((base, t_base), (ours, t_ours))
-                for fn, sink in order:
+            def run_pass(arm, calls=calls, samples=samples):
+                times = []
+                for fn in calls[arm]:
                     t = time.perf_counter()
-                    fn(q)
-                    sink.append(time.perf_counter() - t)
-            overhead = np.asarray(t_ours) - np.asarray(t_base)
-            row = {"shard": label, "rows": entry["rows"], "index": entry["index"]["type"], "ours": percentiles(t_ours),
-                   "base": percentiles(t_base), "overhead": percentiles(overhead)}  # fmt: skip
-            ok = all(row["ours"][p] <= 1.1 * row["base"][p] + 2.0 for p in ("p50_ms", "p95_ms"))
-            row["meets_target"] = ok
-            results.append(row)
+                    fn()
+                    times.append(time.perf_counter() - t)
+                samples[arm].append(times)
+
+            timing = compare({arm: (lambda arm=arm: run_pass(arm)) for arm in ARMS}, repeats=args.repeats, warmup=1)
+            w = timing["warmup"]
+            per_round = {arm: {p: rounds(samples[arm], w, q) for p, q in PCTS.items()} for arm in ARMS}
+            stats = {arm: {p: summary(v) for p, v in per_round[arm].items()} for arm in ARMS}
+
+            def over(a, b, per_round=per_round):
+                return {
+                    p: summary([x - y for x, y in zip(per_round[a][p], per_round[b][p], strict=True)]) for p in PCTS
+                }
+
+            overhead = {"text_minus_base": over("text", "base"), "like_minus_vector": over("like", "vector")}
+            meets = {
+                "text": all(
+                    stats["text"][p]["median"] <= 1.1 * stats["base"][p]["median"] + 2.0 for p in ("p50_ms", "p95_ms")
+                ),
+                "like": all(overhead["like_minus_vector"][p]["median"] <= 2.0 for p in ("p50_ms", "p95_ms")),
+            }
             kind = entry["index"]["type"] + (
                 f" np{entry['index']['nprobe']}" if entry["index"]["type"] == "ivf" else ""
             )
-            print(
-                f"{label:<14}{kind:<12}{row['ours']['p50_ms']:>10.1f}{row['ours']['p95_ms']:>8.1f}"
-                f"{row['base']['p50_ms']:>10.1f}{row['base']['p95_ms']:>8.1f}"
-                f"{row['overhead']['p50_ms']:>10.1f}{row['overhead']['p95_ms']:>8.1f}  {'met' if ok else 'MISSED'}",
-                flush=True,
-            )
+            print(f"\nshard {label} ({shard}, {n_rows} rows, {kind})", flush=True)
+            print(f"{'arm':<16}{'p50 ms':>22}{'p95 ms':>22}")
+            for arm in ARMS:
+                print(f"{arm:<16}" + "".join(f"{span(stats[arm][p], fmt='.2f'):>22}" for p in PCTS))
+            for name, key, target, ok in (
+                ("text - base", "text_minus_base", "text <= 1.1 x base + 2 ms", meets["text"]),
+                ("like - vector", "like_minus_vector", "like - vector <= 2 ms", meets["like"]),
+            ):
+                print(
+                    f"{name:<16}"
+                    + "".join(f"{span(overhead[key][p], fmt='.2f'):>22}" for p in PCTS)
+                    + f"  {target}: {'met' if ok else 'MISSED'}",
+                    flush=True,
+                )
+            results.append({"shard": label, "table": shard, "rows": n_rows, "index": entry["index"]["type"],
+                            "arms": stats, "per_round_ms": per_round, "overhead": overhead, "meets_target": meets,
+                            "passes": {arm: timing[arm] for arm in ARMS}, "order": timing["order"]})  # fmt: skip
+        load_after = load()
+        print(f"\nload before {load_before}  at the first round {load_start}  after {load_after}")
         if args.json:
-            args.json.write_text(json.dumps({"machine": platform.processor(), "cores": os.cpu_count(),
-                                             "results": results}, indent=2))  # fmt: skip
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "machine": info,
+                        "faiss": faiss.__version__,
+                        "load_before": load_before,
+                        "load_start": load_start,
+                        "load_after": load_after,
+                        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                        "queries": len(queries),
+                        "results": results,
+                    },
+                    indent=2,
+                )
+            )
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
