@@ -786,3 +786,31 @@ def test_a_no_op_rerun_imports_neither_torch_nor_lancedb(tmp_path, tiny_dir):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok 2 ") and "lancedb" in out.stdout and "torch" not in out.stdout
     assert not (index / "ingest.writing").exists()
+
+
+def test_the_encode_stage_takes_the_thread_counts_it_is_given(tmp_path, encoder, monkeypatch):
+    import torch
+
+    from unite_search.encoder import default_workers
+
+    root = tmp_path / "corpus"
+    for i in range(3):
+        write_photo(root / f"p{i}.png", seed=i)
+    seen, real_forward = [], encoder.forward
+
+    def watched(batch):
+        seen.append(torch.get_num_threads())
+        return real_forward(batch)
+
+    monkeypatch.setattr(encoder, "forward", watched)
+    before = torch.get_num_threads()
+    report = ingest(root, tmp_path / "index", encoder=encoder)
+    want_torch, want_decode = before, default_workers()  # torch as it was set, decoding min(8, cores)
+    assert report.threads == {"torch": want_torch, "decode": want_decode}
+    assert seen and set(seen) == {want_torch} and torch.get_num_threads() == before
+    write_photo(root / "p9.png", seed=9)
+    seen.clear()
+    torch.set_num_threads(2)
+    report = ingest(root, tmp_path / "index", encoder=encoder, torch_threads=1, workers=3)
+    assert report.threads == {"torch": 1, "decode": 3} and set(seen) == {1} and torch.get_num_threads() == 2
+    torch.set_num_threads(before)

@@ -10,6 +10,7 @@ Units (what becomes rows, and how each row's inputs are read) are in ``units.py`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -85,6 +86,7 @@ class IngestReport:
     error: str | None = None
     decoder_messages: list[str] = field(default_factory=list)  # FFmpeg's, kept here instead of printed
     traceback: str | None = None  # of an internal error (a bug) or MemoryError that stopped the run
+    threads: dict[str, int] = field(default_factory=dict)  # of the encode stage: torch's and decode workers
 
     @property
     def exit_code(self) -> int:
@@ -287,6 +289,7 @@ def ingest(
     dtype: Any = "auto",
     settings=None,
     workers: int | None = None,
+    torch_threads: int | None = None,
     segment_seconds: float = 30.0,
     segment_overlap: float | None = None,
     passage_chars: int = 2000,
@@ -308,7 +311,10 @@ def ingest(
     encodes only new or changed content and removes what left the corpus. ``on_error="skip"``
     records each bad input in the report and goes on; ``"raise"`` stops at the first one and
     publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`, or ``adapter``
-    (a LoRA folder from ``unite-search finetune``) to encode with ``model`` + adapter.
+    (a LoRA folder from ``unite-search finetune``) to encode with ``model`` + adapter. While rows are
+    encoded, decoding uses ``workers`` threads (default: the cores, at most 8) and torch
+    ``torch_threads`` (default: torch's own setting; set back afterwards). Splitting the cores between
+    them was measured slower than letting both use all of them (``benchmarks/RESULTS.md``).
     ``memory_bytes`` (default 2 GiB) bounds the inputs decoded or prepared and not yet encoded:
     decoding is admitted by each input's predicted peak, known from the read stage (image size,
     video frame size and count); one input larger than the budget is decoded alone. Only files
@@ -341,8 +347,9 @@ def ingest(
         from .encoder import resolve_options
 
         resolve_options(device, dtype)  # a device this machine lacks is told before the index folder is made
+    if any(n is not None and n < 1 for n in (workers, torch_threads)):
+        raise ConfigError("workers and torch_threads must be at least 1")
     slot = _EncoderSlot(encoder, model, adapter, device, dtype, settings, workers, say)  # no weights loaded yet
-    workers = workers or slot.workers
     store = IndexStore(index_dir)
     t_start = time.perf_counter()
     with store.lock():
@@ -362,8 +369,9 @@ def ingest(
             manifest = store.init(slot.settings, options.to_dict(), root)
             with decoderlog.collecting() as messages:  # FFmpeg's complaints: into the run log, not the terminal
                 try:
-                    _run(report, store, manifest, slot, root, index_dir, options, workers, on_error, flat_max,
-                         gpu, commit_rows, memory_bytes, allow_outside, progress, say, found)  # fmt: skip
+                    _run(report, store, manifest, slot, root, index_dir, options, (workers, torch_threads),
+                         on_error, flat_max, gpu, commit_rows, memory_bytes, allow_outside, progress, say,
+                         found)  # fmt: skip
                 finally:
                     report.decoder_messages = list(messages)
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
@@ -396,6 +404,20 @@ def _write_run_log(store: IndexStore, report: IngestReport, index_dir: Path, say
         # the run's own outcome (published or not) stands; only its log is lost
         say(f"could not write the run report into {index_dir / 'runs'}: {reason}")
         return None
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` for the block (a process-wide setting), then set back;
+    ``None`` leaves them as they are."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _EncoderSlot:
@@ -565,9 +587,12 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
         raise IngestError(f"{p.path} [{p.stage}]: {p.reason} (on_error='raise': nothing was published)", p)
 
 
-def _run(report, store, manifest, slot, root, index_dir, options, workers, on_error, flat_max, gpu,
+def _run(report, store, manifest, slot, root, index_dir, options, asked, on_error, flat_max, gpu,
          commit_rows, memory_bytes, allow_outside, progress, say, found=None) -> None:  # fmt: skip
+    from .encoder import default_workers
+
     timings = report.timings
+    workers = asked[0] or default_workers()  # the read stage: hashing and probing files
     if found is None:
         t = time.perf_counter()
         found = walk(root, exclude=(index_dir,), allow_outside=allow_outside)
@@ -631,10 +656,16 @@ def _run(report, store, manifest, slot, root, index_dir, options, workers, on_er
         edits = time.perf_counter() - t
         tasks = [task for unit in todo for task in unit.tasks]
         if tasks:  # only now is the encoder made: a run with nothing to encode never loads the model
-            report.encoded_rows, report.memory_peak = _encode_all(
-                slot.get(), store, tasks, by_key, workers=workers, on_error=on_error,
-                commit_rows=commit_rows, progress=progress, timings=timings, failed=failed, memory_bytes=memory_bytes,
-            )  # fmt: skip
+            import torch
+
+            encoder = slot.get()
+            decoders = asked[0] or default_workers()
+            report.threads = {"torch": asked[1] or torch.get_num_threads(), "decode": decoders}
+            with _torch_threads(asked[1]):
+                report.encoded_rows, report.memory_peak = _encode_all(
+                    encoder, store, tasks, by_key, workers=decoders, on_error=on_error, commit_rows=commit_rows,
+                    progress=progress, timings=timings, failed=failed, memory_bytes=memory_bytes,
+                )  # fmt: skip
         else:
             timings.update(decode=0.0, encode=0.0, write=0.0, pipeline=0.0)
         _fail_fast(on_error, list(failed.values()))
