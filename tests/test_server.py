@@ -555,6 +555,25 @@ def live(app):
         sock.close()
 
 
+def _all_at_once(n: int, ask) -> list:
+    """``ask(i)`` for i < n from n threads released together: each one's answer, or the exception it raised."""
+    start, results = threading.Barrier(n), [None] * n
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = ask(i)
+        except Exception as exc:  # noqa: BLE001  the caller's assertions report it
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
 def _post(url: str, body: dict) -> dict:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
@@ -565,21 +584,7 @@ def test_live_server_batches_concurrent_queries(built, encoder):
     app = create_app(Index.open(built[1], encoder=encoder), batch_window_ms=80)
     n = 16
     with live(app) as base:
-        start = threading.Barrier(n)
-        results: list = [None] * n
-
-        def ask(i: int) -> None:
-            start.wait()
-            try:
-                results[i] = _post(f"{base}/search", {"text": f"query number {i}", "k": 3})
-            except Exception as exc:  # noqa: BLE001  reported by the assertion below
-                results[i] = exc
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        results = _all_at_once(n, lambda i: _post(f"{base}/search", {"text": f"query number {i}", "k": 3}))
         assert all(isinstance(r, dict) and len(r["hits"]) == 3 for r in results), results
         metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
         batches = int(re.search(r"^unite_search_encoder_batches_total (\d+)$", metrics, re.M).group(1))
@@ -616,32 +621,16 @@ def test_uploads_are_decoded_by_a_bounded_pool(built, encoder):
     data = (root / "photos/small.jpg").read_bytes()
     n = 8
     with live(app) as base:
-        start, results = threading.Barrier(n), [None] * n
 
-        def ask(i: int) -> None:
+        def ask(i: int) -> dict:
             boundary = f"b{i}x"
-            body = (
-                (
-                    f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-                    f"Content-Type: image/jpeg\r\n\r\n"
-                ).encode()
-                + data
-                + f"\r\n--{boundary}--\r\n".encode()
-            )
-            req = urllib.request.Request(f"{base}/search", body,
-                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
-            start.wait()
-            try:
-                with urllib.request.urlopen(req, timeout=60) as r:
-                    results[i] = json.loads(r.read())
-            except Exception as exc:  # noqa: BLE001  reported by the assertion below
-                results[i] = exc
+            part = 'Content-Disposition: form-data; name="image"; filename="q.jpg"\r\nContent-Type: image/jpeg'
+            body = f"--{boundary}\r\n{part}\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            ctype = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            with urllib.request.urlopen(urllib.request.Request(f"{base}/search", body, ctype), timeout=60) as r:
+                return json.loads(r.read())
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        results = _all_at_once(n, ask)
     assert all(isinstance(r, dict) and r["hits"][0]["path"] == "photos/small.jpg" for r in results), results
     assert seen["max"] == 2, seen
     assert all(name.startswith("unite-search-decode") for name in seen["threads"]), seen
