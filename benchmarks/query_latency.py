@@ -19,15 +19,17 @@ real but cheap on a CPU. Four arms per shard, each a pass over the same ``--quer
 
 Timing (benchmarks/timing.py ``compare``): each arm first makes one untimed pass over the queries
 (caches, lazily opened tables, the IVF direct map, the allocator), then ``--repeats`` rounds (default 5,
-at least 3) run the arms in alternating order (text base vector like, like vector base text, ...), each
+at least 3) run the arms in alternating order (text base vector like stored, stored like vector base text, ...), each
 query timed on its own. Per arm: the p50 and p95 of each round's per-query latencies, reported as median
 (min..max) over the rounds. Overheads are taken per round (p50 or p95 of one arm minus the other's in
 the same round), median (min..max) over rounds:
 
 - ``text - base``: what the planner, the metadata fetch and the merge cost. Target: ``text`` at most 10%
   of ``base`` plus 2 ms, at p50 and p95 (medians over rounds);
-- ``like - vector``: the extra latency of a ``like=`` query over a query whose vector is already
-  computed. Target: at most 2 ms, at p50 and p95.
+- ``like - stored``: the extra latency of a ``like=`` query (find the row, take its stored vector,
+  leave the row out) over the very same search given that vector and ``exclude=`` by hand (the
+  ``stored`` arm). Target: at most 2 ms, at p50 and p95. ``like - vector`` (a text's precomputed vector
+  instead) is recorded too: its searches differ, so it carries their difference as well.
 
 The machine (CPU, cores, torch and its threads), the load average before and after, and the arguments
 are printed and written to ``--json``.
@@ -82,7 +84,7 @@ def fill(store: IndexStore, shard: str, n: int, seed: int) -> None:
         store.tables.add_rows(shard, rows, vecs)
 
 
-ARMS = ("text", "base", "vector", "like")
+ARMS = ("text", "base", "vector", "like", "stored")
 PCTS = {"p50_ms": 50, "p95_ms": 95}
 
 
@@ -150,6 +152,8 @@ def main() -> None:
                 faiss.SearchParametersIVF(nprobe=entry["index"]["nprobe"]) if entry["index"]["type"] == "ivf" else None
             )
             like_ids = [f"{shard}-{i * 7919 % n_rows:07d}" for i in range(len(queries))]
+            reader = idx._snapshot.readers[shard]
+            stored = [reader.vector(row_key(rid)).copy() for rid in like_ids]
             calls = {
                 "text": [lambda q=q, shard=shard: idx.query(text=q, target=shard, k=10) for q in queries],
                 "base": [
@@ -161,6 +165,13 @@ def main() -> None:
                     for q, v in zip(queries, vectors, strict=True)
                 ],
                 "like": [lambda rid=rid: idx.query(like=rid, k=10) for rid in like_ids],
+                # the same searches as like=, the stored vectors handed over and the row left out by hand
+                "stored": [
+                    lambda rid=rid, v=v, shard=shard: idx.query_batch(
+                        [{"text": "stored", "target": shard, "k": 10, "exclude": [rid]}], vectors=[v]
+                    )
+                    for rid, v in zip(like_ids, stored, strict=True)
+                ],
             }
             samples: dict[str, list[list[float]]] = {arm: [] for arm in ARMS}
 
@@ -182,12 +193,13 @@ def main() -> None:
                     p: summary([x - y for x, y in zip(per_round[a][p], per_round[b][p], strict=True)]) for p in PCTS
                 }
 
-            overhead = {"text_minus_base": over("text", "base"), "like_minus_vector": over("like", "vector")}
+            overhead = {"text_minus_base": over("text", "base"), "like_minus_stored": over("like", "stored"),
+                        "like_minus_vector": over("like", "vector")}  # fmt: skip
             meets = {
                 "text": all(
                     stats["text"][p]["median"] <= 1.1 * stats["base"][p]["median"] + 2.0 for p in ("p50_ms", "p95_ms")
                 ),
-                "like": all(overhead["like_minus_vector"][p]["median"] <= 2.0 for p in ("p50_ms", "p95_ms")),
+                "like": all(overhead["like_minus_stored"][p]["median"] <= 2.0 for p in ("p50_ms", "p95_ms")),
             }
             kind = entry["index"]["type"] + (
                 f" np{entry['index']['nprobe']}" if entry["index"]["type"] == "ivf" else ""
@@ -198,7 +210,7 @@ def main() -> None:
                 print(f"{arm:<16}" + "".join(f"{span(stats[arm][p], fmt='.2f'):>22}" for p in PCTS))
             for name, key, target, ok in (
                 ("text - base", "text_minus_base", "text <= 1.1 x base + 2 ms", meets["text"]),
-                ("like - vector", "like_minus_vector", "like - vector <= 2 ms", meets["like"]),
+                ("like - stored", "like_minus_stored", "like - stored <= 2 ms", meets["like"]),
             ):
                 print(
                     f"{name:<16}"

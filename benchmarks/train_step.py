@@ -4,7 +4,9 @@
     python benchmarks/train_step.py --random 2b      # 2B-shaped random weights (GPU), LoRA + checkpointing
 
 Each configuration runs in a fresh process (peaks do not carry over): a warm-up step, then
-``--steps`` timed steps of MAMCL with LoRA on a batch of text -> image pairs. Memory is the peak
+``--steps`` timed steps of MAMCL with LoRA on a batch of text -> image pairs. ``--rounds`` (at least
+3) such processes per configuration, the order of the configurations alternating from round to
+round; samples/s and peak memory as median (min..max), with the machine and its load. Memory is the peak
 resident set above the loaded model on the CPU, or ``torch.cuda.max_memory_allocated`` on a GPU.
 The gradient cache is what keeps memory flat as the contrastive batch grows; its price is a second
 forward pass.
@@ -14,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,6 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+
+from timing import load, machine, repeats_arg, span, summary  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -89,6 +91,7 @@ def main() -> None:
     ap.add_argument("--batches", default="16,64", help="contrastive batch sizes to try")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--chunk-tokens", type=int, default=2048, help="tokens per forward chunk with the cache")
+    ap.add_argument("--rounds", type=repeats_arg, default=3, help="fresh processes per arm, alternating (>= 3)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -102,24 +105,34 @@ def main() -> None:
         from unite_search.testing import tiny_model
 
         args.model = str(tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
-    rows = []
-    print(f"machine {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"{'batch':>6}{'grad cache':>12}{'samples/s':>11}{'peak MB':>10}")
-    for batch in (int(b) for b in args.batches.split(",")):
-        for cache in (1, 0):
+    before, runs = load(), {}
+    print(f"machine {machine()}\nload before {before}; {args.rounds} rounds, the order of the arms "
+          "alternating; samples/s and peak MB: median (min..max)")  # fmt: skip
+    arms = [(int(b), cache) for b in args.batches.split(",") for cache in (1, 0)]
+    order = []
+    for r in range(args.rounds):
+        for batch, cache in arms if r % 2 == 0 else arms[::-1]:
             cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--cache", str(cache), "--steps",
                    str(args.steps), "--chunk-tokens", str(args.chunk_tokens)]  # fmt: skip
             cmd += ["--model", args.model] if args.model else ["--random", args.random]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            order.append([batch, cache])
             if done.returncode:
                 print(f"{batch:>6}{'on' if cache else 'off':>12}  failed: {done.stderr.strip().splitlines()[-1:]}")
                 continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            mode = "on" if cache else "off"
-            print(f"{batch:>6}{mode:>12}{row['samples_s']:>11.1f}{row['peak_mb_above_model']:>10.0f}", flush=True)
+            runs.setdefault((batch, cache), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"{'batch':>6}{'grad cache':>12}{'samples/s':>22}{'peak MB':>22}")
+    rows = []
+    for (batch, cache), got in runs.items():
+        rate, peak = summary([g["samples_s"] for g in got]), summary([g["peak_mb_above_model"] for g in got])
+        rows.append({"batch": batch, "grad_cache": bool(cache), "samples_s": rate, "peak_mb_above_model": peak,
+                     "runs": got})  # fmt: skip
+        print(f"{batch:>6}{'on' if cache else 'off':>12}{span(rate):>22}{span(peak, fmt='.0f'):>22}", flush=True)
+    after = load()
+    print(f"load after {after}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"machine": machine(), "load_before": before, "load_after": after,
+                                         "order": order, "rows": rows}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

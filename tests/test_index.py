@@ -292,6 +292,10 @@ def test_like_reads_the_stored_vector_from_faiss_bit_for_bit(tmp_path, flat_max)
         got = reader.vector(key)
         assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
     assert reader.vector(row_key("not-a-row")) is None
+    coded = Snapshot.open(tmp_path / "index").readers["image"]  # a kind that keeps codes: the table's copy
+    coded.entry = {**coded.entry, "index": {**coded.entry["index"], "factory": "IVF16,SQ8"}}
+    coded.index = lambda: pytest.fail("an index of codes was asked for a vector")
+    assert coded.vector(key).tobytes() == want.tobytes()
 
 
 def test_concurrent_queries_on_a_fresh_index(built, encoder):
@@ -331,3 +335,37 @@ def test_search_holds_small_columns_and_fetches_text_caption_metadata_for_hits(t
     assert image.caption == "a striped picture" and image.text is None
     composed = idx.query(text="x", target="image+text")[0]
     assert composed.metadata == {"split": "test", "n": 3} and composed.text == "at night"
+
+
+@pytest.mark.parametrize("flat_max", [100_000, 1000])
+def test_leaving_a_few_rows_out_by_a_longer_top_k_gives_the_selectors_answer(tmp_path, flat_max, monkeypatch):
+    """exclude= and like='s own row drop a few ids from a top k + e; it must equal FAISS's selector."""
+    import unite_search.reader as readers
+    from unite_search.reader import Snapshot
+    from unite_search.schema import row_key
+    from unite_search.store import IndexStore
+
+    dim, n = 16, 3000
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(20, dim))
+    vecs = (centers[rng.integers(0, 20, n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = IndexStore(tmp_path / "index")
+    manifest = store.init({"dim": dim, "model_id": "m", "revision": "r"}, {}, "/corpus")
+    keys = [row_key(f"r{i}") for i in range(n)]
+    rows = [{"id": f"r{i}", "key": keys[i], "unit": f"r{i}", "unit_rows": 1, "modality": "image"} for i in range(n)]
+    store.tables.add_rows("image", rows, vecs)
+    store.publish(manifest, ["image"], flat_max=flat_max)
+    reader = Snapshot.open(tmp_path / "index").readers["image"]
+    for q in range(6):
+        near = np.argsort(-(vecs @ vecs[q]))[: 3 + q]  # the query's own row and its nearest neighbours
+        excluded = {keys[i] for i in near} | {row_key("not-in-this-shard")}
+        fast = reader.search(vecs[q], 10, allowed=None, excluded=excluded)
+        monkeypatch.setattr(readers, "POST_FILTER_MAX", 0)
+        with_selector = reader.search(vecs[q], 10, allowed=None, excluded=excluded)
+        monkeypatch.undo()
+        assert [k for k, _ in fast] == [k for k, _ in with_selector] and len(fast) == 10
+        assert not excluded & {k for k, _ in fast}
+        if flat_max > n:  # exact search: the brute-force answer
+            order = [i for i in np.argsort(-(vecs @ vecs[q]), kind="stable") if keys[i] not in excluded][:10]
+            assert [k for k, _ in fast] == [keys[i] for i in order]

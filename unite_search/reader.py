@@ -25,6 +25,7 @@ from .schema import LARGE_COLUMNS, SMALL_COLUMNS
 from .tables import READ_BATCH, ShardTables
 
 REPAIR = "run `unite-search ingest` on the corpus again to rebuild it"
+POST_FILTER_MAX = 64  # ids left out of a search by dropping them from a longer top k; more: a FAISS selector
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,17 @@ class ShardReader:
     def vector(self, key: int) -> np.ndarray | None:
         """The stored vector of the row with this key (``like=``), or None.
 
-        Read from the FAISS index in memory, which holds every vector unchanged (``IDMap2,Flat`` and
-        ``IVF,Flat`` both store raw float32), so it equals the table's copy bit for bit without a read
-        from disk. An IVF index gets a key -> list position map on the first such lookup (about 16
-        bytes a row)."""
-        if self.offsets([key])[0] < 0:
+        Read from the FAISS index in memory where it holds every vector unchanged (``IDMap2,Flat`` and
+        ``IVF,Flat`` store raw float32), so it equals the table's copy bit for bit without a read from
+        disk; an IVF index gets a key -> list position map on the first such lookup (about 16 bytes a
+        row). Any other kind stores codes, so the vector is read from the table."""
+        offset = int(self.offsets([key])[0])
+        if offset < 0:
             return None
+        if not str(self.entry.get("index", {}).get("factory", "IDMap2,Flat")).endswith(",Flat"):
+            # an index that stores codes, not the vectors themselves: the table's copy is the exact one
+            got = self.table().take_offsets([offset]).select(["vector"]).to_arrow()
+            return np.asarray(got.column("vector")[0].as_py(), dtype=np.float32)
         index = self.index()
         with self._lock:
             if not self._direct_map:
@@ -222,12 +228,22 @@ class ShardReader:
             if allowed.size == 0:
                 return []
             selector, matching = faiss.IDSelectorBatch(allowed), allowed.size
-        elif excluded:
+        elif excluded and len(excluded) > POST_FILTER_MAX:
             inner = faiss.IDSelectorBatch(np.fromiter(excluded, np.int64, count=len(excluded)))
             selector = faiss.IDSelectorNot(inner)
             selector.inner = inner  # keep the wrapped selector alive as long as the outer one
             matching = index.ntotal - len(excluded)
-        k = min(k, index.ntotal)
+        elif excluded:
+            # a few ids left out (like='s own row, exclude=): the top k + len(excluded) without them is
+            # the same top k, and spares a selector check on every vector scanned
+            found = self._search(index, vec, min(k + len(excluded), index.ntotal), None)
+            return [(key, score) for key, score in found if key not in excluded][:k]
+        return self._search(index, vec, min(k, index.ntotal), selector, matching)
+
+    def _search(self, index, vec: np.ndarray, k: int, selector, matching: int | None = None):
+        import faiss
+
+        matching = index.ntotal if matching is None else matching
         info = self.entry.get("index", {})
         if info.get("type") != "ivf":
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
