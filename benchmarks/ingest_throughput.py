@@ -29,7 +29,6 @@ as far as the cores they both keep busy allow.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -51,6 +50,7 @@ from timing import compare, load, machine, rate, repeats_arg, span, summary  # n
 
 from unite_search.batching import bounded_map  # noqa: E402
 from unite_search.corpus import walk  # noqa: E402
+from unite_search.ingestion import _torch_threads as threads  # noqa: E402
 from unite_search.ingestion import ingest  # noqa: E402
 from unite_search.units import IngestOptions, find_captions, plan_units, prepare_task, read_files  # noqa: E402
 
@@ -260,18 +260,6 @@ def main() -> None:
             }, indent=2, default=str))  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 if __name__ == "__main__":

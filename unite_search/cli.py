@@ -609,7 +609,7 @@ def info(index_dir, verify, as_json):
         )
         click.echo(f"shard   {name:<12} {entry['rows']:>9} rows  {kind}")
     if last:
-        from .ingestion import SHOWN, status_words
+        from .report import SHOWN, status_words
 
         if last.get("error") and not last.get("published"):  # stopped before its counts were known
             click.echo(f"last run {status_words(last['status'])}: {last['error']}")

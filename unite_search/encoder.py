@@ -20,14 +20,14 @@ import numpy as np
 from .batching import ByteBudget, admitted_map, plan_batches
 from .errors import ConfigError, DeviceError, InputError, ModelLoadError
 from .image import Visual, preprocess_image
+from .memory import MEMORY_BYTES, predicted_bytes
 from .modality import Item, Modality, as_item
 from .models import resolve
 from .prompts import IMAGE_PAD, POOL_TOKEN, RESERVED_TOKENS, VIDEO_PAD, render
 from .settings import EncoderSettings
-from .video import SampledFrames, preprocess_video
+from .video import preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
-MEMORY_BYTES = 2 << 30  # inputs decoded or prepared and not yet encoded, at most (memory.MEMORY_BYTES)
 WINDOW_BYTES = MEMORY_BYTES // 2  # a window of prepared inputs is encoded once it holds this much
 
 
@@ -609,56 +609,3 @@ def _groups(items: Sequence[ItemLike]) -> Iterator[tuple[int, list]]:
         yield i, [value]
     if run:
         yield len(items) - len(run), run
-
-
-def predicted_bytes(value: ItemLike, settings: EncoderSettings) -> int:
-    """Peak bytes of preparing one item, from its media's headers (nothing is decoded)."""
-    from .memory import TEXT_COST, UNKNOWN_COST, image_cost, video_cost
-
-    try:
-        item = as_item(value)
-    except InputError:
-        return TEXT_COST  # prepare() raises the error, naming the item
-    cost = TEXT_COST
-    if item.image is not None:
-        width, height = _image_header(item.image)
-        cost += image_cost(width, height, settings) if width else UNKNOWN_COST
-    if item.video is not None:
-        width, height, frames = _video_header(item.video, settings)
-        cost += video_cost(width, height, frames, settings) if width else UNKNOWN_COST
-    return cost
-
-
-def _image_header(source) -> tuple[int, int]:
-    from PIL import Image
-
-    if isinstance(source, Image.Image):
-        return source.size
-    if isinstance(source, np.ndarray) and source.ndim >= 2:
-        return int(source.shape[1]), int(source.shape[0])
-    try:
-        with Image.open(source) as img:  # reads the header only
-            return img.size
-    except Exception:  # noqa: BLE001  unreadable: prepare() raises the real error, naming the file
-        return 0, 0
-
-
-def _video_header(source, settings: EncoderSettings) -> tuple[int, int, int]:
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            import av
-
-            with av.open(os.fspath(source)) as container:  # the stream header: no frame is decoded
-                stream = container.streams.video[0]
-                width, height = stream.codec_context.width, stream.codec_context.height
-        except Exception:  # noqa: BLE001  unreadable: prepare() raises the real error, naming the file
-            return 0, 0, 0
-        return int(width or 0), int(height or 0), settings.frames or settings.max_frames
-    if isinstance(source, SampledFrames):
-        n, height, width = source.frames.shape[:3]
-        return int(width), int(height), int(n)
-    try:  # a list of frames: every one is kept, an odd count padded to even
-        width, height = _image_header(source[0])
-        return width, height, len(source) + len(source) % 2
-    except Exception:  # noqa: BLE001  not frames: prepare() raises the real error
-        return 0, 0, 0

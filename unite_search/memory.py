@@ -8,6 +8,10 @@ frame stack), then come both resizes and the float32 patches the model reads.
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
 from .errors import InputError
 from .settings import TEMPORAL_PATCH, EncoderSettings
 
@@ -52,3 +56,59 @@ def video_cost(width: int | None, height: int | None, frames: int | None, settin
     except InputError:
         return decoded
     return decoded + 2 * n * h1 * w1 * 3 + 2 * n * h2 * w2 * 3 + 2 * prepared_bytes(h2, w2, n)
+
+
+def predicted_bytes(value, settings: EncoderSettings) -> int:
+    """Peak bytes of preparing one item (an :class:`~unite_search.Item`, dict or text), from its media's
+    headers (nothing is decoded)."""
+    from .modality import as_item
+
+    try:
+        item = as_item(value)
+    except InputError:
+        return TEXT_COST  # prepare() raises the error, naming the item
+    cost = TEXT_COST
+    if item.image is not None:
+        width, height = _image_header(item.image)
+        cost += image_cost(width, height, settings) if width else UNKNOWN_COST
+    if item.video is not None:
+        width, height, frames = _video_header(item.video, settings)
+        cost += video_cost(width, height, frames, settings) if width else UNKNOWN_COST
+    return cost
+
+
+def _image_header(source) -> tuple[int, int]:
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source.size
+    if isinstance(source, np.ndarray) and source.ndim >= 2:
+        return int(source.shape[1]), int(source.shape[0])
+    try:
+        with Image.open(source) as img:  # reads the header only
+            return img.size
+    except Exception:  # noqa: BLE001  unreadable: prepare() raises the real error, naming the file
+        return 0, 0
+
+
+def _video_header(source, settings: EncoderSettings) -> tuple[int, int, int]:
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            import av
+
+            with av.open(os.fspath(source)) as container:  # the stream header: no frame is decoded
+                stream = container.streams.video[0]
+                width, height = stream.codec_context.width, stream.codec_context.height
+        except Exception:  # noqa: BLE001  unreadable: prepare() raises the real error, naming the file
+            return 0, 0, 0
+        return int(width or 0), int(height or 0), settings.frames or settings.max_frames
+    from .video import SampledFrames
+
+    if isinstance(source, SampledFrames):
+        n, height, width = source.frames.shape[:3]
+        return int(width), int(height), int(n)
+    try:  # a list of frames: every one is kept, an odd count padded to even
+        width, height = _image_header(source[0])
+        return width, height, len(source) + len(source) % 2
+    except Exception:  # noqa: BLE001  not frames: prepare() raises the real error
+        return 0, 0, 0
