@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,9 @@ TARGET_RECALL = 0.95
 RECALL_QUERIES = 1000
 RECALL_K = 10
 TUNE_QUERIES = 200  # queries the nprobe is chosen on; the rest measure the recall recorded
+RETRAIN_GROWTH = 2.0  # an IVF index is retrained once its shard is this factor larger (or smaller) than when trained
+FRESH_QUERIES = 200  # added rows that check an updated IVF index's recall against exact search
+FRESH_MIN = 50  # fewer rows added than this: no recall check at this publish (too few to measure)
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # () -> iter of (keys int64, vectors float32)
 
@@ -85,6 +89,7 @@ def build(
         index.clustering_index = None
     for keys, vecs in batches():
         index.add_with_ids(vecs, keys)
+    trained_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     pick = rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)
     truth = exact_top(batches, train[pick], RECALL_K + 1, index.metric_type)  # +1: each query finds itself
@@ -97,6 +102,8 @@ def build(
         "flat_max": flat_max,
         "nlist": nlist,
         "trained_on": int(n_train),
+        "trained_rows": int(n),
+        "trained_at": trained_at,
         "nprobe": nprobe,
         "recall_at_10": round(recall, 4),
         "recall_target": target,
@@ -109,6 +116,91 @@ def build(
         "gpu_trained": bool(on_gpu),
     }
     return index, info
+
+
+def ids(index) -> np.ndarray:
+    """Every id an ``IDMap2`` or IVF index holds, ``(ntotal,)`` int64 (in no particular order)."""
+    faiss = _faiss()
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    sizes = [(i, lists.list_size(i)) for i in range(ivf.nlist)]
+    out = [faiss.rev_swig_ptr(lists.get_ids(i), size).copy() for i, size in sizes if size]
+    return np.concatenate(out).astype(np.int64) if out else np.empty(0, np.int64)
+
+
+def rebuild_reason(info: dict[str, Any], n: int, flat_max: int) -> str | None:
+    """Why a shard of ``n`` rows needs a new index rather than an update of the one ``info`` describes."""
+    kind = info.get("type", "flat")
+    if kind == "flat":
+        return f"{n} rows, above the exact-search limit of {flat_max}" if n > flat_max else None
+    if kind != "ivf":
+        return f"index kind {kind!r} is not updated in place"
+    if n <= flat_max:
+        return f"{n} rows, within the exact-search limit of {flat_max}"
+    trained = int(info.get("trained_rows") or 0)
+    if not trained:
+        return "the index does not record the rows it was trained at (made by an older unite-search)"
+    if n > RETRAIN_GROWTH * trained or n * RETRAIN_GROWTH < trained:
+        return f"{n} rows, past {RETRAIN_GROWTH:g}x the {trained} it was trained at"
+    return None
+
+
+def update(index, removed: np.ndarray, added: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
+    """Remove the ``removed`` ids from a built index and add the (keys, vectors) of ``added``, in place.
+
+    An IVF index puts each new vector in the list of its nearest centroid, trained before: the caller
+    checks the recall (:func:`fresh_recall`) and retrains when it falls. Returns (removed, added) counts."""
+    faiss = _faiss()
+    gone = 0
+    if len(removed):
+        gone = int(index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(removed, dtype=np.int64))))
+    if gone != len(removed):
+        raise RuntimeError(f"FAISS removed {gone} of the {len(removed)} ids asked")
+    count = 0
+    for keys, vecs in added:
+        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(keys, dtype=np.int64))
+        count += len(keys)
+    return gone, count
+
+
+def _ivf_lists(index, group: int = 65536) -> Batches:
+    """(ids, vectors) of an ``IVF,Flat`` index's lists, a few lists joined into batches of about ``group``."""
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    lists, d = ivf.invlists, ivf.d
+
+    def gen():
+        keys, vecs, held = [], [], 0
+        for i in range(ivf.nlist):
+            size = lists.list_size(i)
+            if not size:
+                continue
+            keys.append(faiss.rev_swig_ptr(lists.get_ids(i), size).astype(np.int64))
+            codes = faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
+            vecs.append(codes.view(np.float32).reshape(size, d))  # IVF,Flat codes: raw vectors
+            held += size
+            if held >= group:
+                yield np.concatenate(keys), np.concatenate(vecs)
+                keys, vecs, held = [], [], 0
+        if held:
+            yield np.concatenate(keys), np.concatenate(vecs)
+
+    return gen
+
+
+def fresh_recall(index, queries: np.ndarray, query_keys: np.ndarray, nprobe: int) -> float:
+    """recall@10 at ``nprobe`` of an updated ``IVF,Flat`` index on rows it holds (each query's own id left
+    out), against an exact flat search over every vector the index holds."""
+    faiss = _faiss()
+    k = min(RECALL_K, index.ntotal - 1)
+    if k < 1:
+        return 1.0
+    truth = _without(exact_top(_ivf_lists(index), queries, k + 1, index.metric_type), query_keys, k)
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    found = _without(index.search(queries, k + 1, params=params)[1], query_keys, k)
+    return recall_at_k(found, truth)
 
 
 def _gather(batches: Batches, positions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -602,12 +602,7 @@ def info(index_dir, verify, as_json):
         click.echo("shards  none published yet")
     for name, entry in sorted(payload["shards"].items()):
         idx = entry["index"]
-        kind = (
-            idx["type"]
-            if idx["type"] == "flat"
-            else f"ivf nlist {idx['nlist']} nprobe {idx['nprobe']} (recall@10 {idx['recall_at_10']})"
-        )
-        click.echo(f"shard   {name:<12} {entry['rows']:>9} rows  {kind}")
+        click.echo(f"shard   {name:<12} {entry['rows']:>9} rows  {_index_words(idx)}")
     if last:
         from .report import SHOWN, status_words
 
@@ -630,6 +625,17 @@ def info(index_dir, verify, as_json):
                 click.echo(f"  {p['path']} [{p['reason']}]")
             if len(skipped) > SHOWN:
                 click.echo(f"  ... and {len(skipped) - SHOWN} more (--json)")
+
+
+def _index_words(idx: dict) -> str:
+    """One line on a shard's index: its kind, its tuning, and whether the last publish updated or built it."""
+    words = idx["type"]
+    if idx["type"] == "ivf":
+        words = f"ivf nlist {idx['nlist']} nprobe {idx['nprobe']} (recall@10 {idx['recall_at_10']})"
+    since = idx.get("since_training")
+    if idx.get("built") == "updated" and since:
+        words += f"; updated {since['publishes']}x since built (+{since['added']} -{since['removed']} rows)"
+    return words
 
 
 def _verify(index_dir: str, as_json: bool) -> None:

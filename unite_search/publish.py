@@ -1,5 +1,12 @@
 """Publishing: compact the changed shards, build their FAISS files, then replace the manifest.
 
+A shard published before is updated, not rebuilt: its previous FAISS index is read, the rows the
+table lost are removed from it and the rows it gained added (``add_with_ids`` on the trained index).
+It is built anew (k-means, nprobe tuning) only when :func:`unite_search.ann.rebuild_reason` says so
+(the shard crossed the exact-search limit, or grew or shrank past a factor of the rows the index was
+trained at), when an IVF index's recall@10 on the newly added rows falls under the target, or when the
+previous file is missing or damaged. Each entry's ``index`` says how it was made (``built``).
+
 The order is the crash guarantee. Until the manifest is replaced, readers (and a crashed run's
 successor) see the previous state, whose table versions and FAISS files are still on disk: they are
 kept until no kept state names them (see :func:`unite_search.manifest.kept_states`). Each FAISS
@@ -36,6 +43,80 @@ def _batches(table, dim: int):
     return gen
 
 
+def _keys(table) -> np.ndarray:
+    """Every row's key in the table's row order (offsets for ``take_offsets``)."""
+    batches = table.search().select(["key"]).limit(None).to_batches(READ_BATCH)
+    parts = [b.column("key").to_numpy().astype(np.int64) for b in batches]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _rows_at(table, offsets: np.ndarray, dim: int, chunk: int = 16384):
+    """(keys, vectors) of the rows at these offsets, a chunk at a time."""
+    for i in range(0, len(offsets), chunk):
+        got = table.take_offsets([int(o) for o in offsets[i : i + chunk]]).select(["key", "vector"]).to_arrow()
+        keys = got.column("key").to_numpy().astype(np.int64)
+        vecs = np.asarray(got.column("vector").combine_chunks().flatten().to_numpy(), dtype=np.float32)
+        yield keys, np.ascontiguousarray(vecs.reshape(-1, dim))
+
+
+def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_max: int, target: float):
+    """The previous index of a shard brought to the pinned table version, and its entry; or (None, why not)."""
+    from . import ann
+
+    info = dict(old.get("index", {}))
+    why = ann.rebuild_reason(info, n, flat_max) or manifests.faiss_problem(folder, old, trust_stat=True)
+    if why is not None:
+        return None, why
+    try:
+        index = ann.read(folder / old["faiss"])
+    except RuntimeError as exc:
+        return None, f"{old['faiss']} is unreadable ({exc})"
+    if index.ntotal != int(old["rows"]) or index.d != dim:
+        return None, f"{old['faiss']} holds {index.ntotal} vectors of dim {index.d}, not {old['rows']} of {dim}"
+    keys = _keys(pinned)
+    held = ann.ids(index)
+    removed = np.setdiff1d(held, keys)
+    added = np.flatnonzero(~np.isin(keys, held))
+    fresh: list[tuple[np.ndarray, np.ndarray]] = []
+    rng = np.random.default_rng(int(old["version"]))
+    pick = set(rng.choice(len(added), size=min(ann.FRESH_QUERIES, len(added)), replace=False).tolist())
+
+    def batches():
+        at = 0
+        for keys_, vecs in _rows_at(pinned, added, dim):
+            mine = [i for i in range(len(keys_)) if at + i in pick]
+            if mine:
+                fresh.append((keys_[mine], vecs[mine]))
+            at += len(keys_)
+            yield keys_, vecs
+
+    gone, count = ann.update(index, removed, batches())
+    if index.ntotal != n:
+        return None, f"the updated index holds {index.ntotal} vectors, the table {n} (keys repeated?)"
+    since = dict(info.get("since_training") or {"publishes": 0, "added": 0, "removed": 0})
+    since = {"publishes": since["publishes"] + 1, "added": since["added"] + count, "removed": since["removed"] + gone}
+    info.update(built="updated", last_update={"added": count, "removed": gone}, since_training=since)
+    info.pop("rebuild_reason", None)
+    if info.get("type") == "ivf" and count >= ann.FRESH_MIN:
+        queries = np.concatenate([v for _, v in fresh])
+        recall = ann.fresh_recall(index, queries, np.concatenate([k for k, _ in fresh]), int(info["nprobe"]))
+        info["fresh_recall"] = {"recall_at_10": round(recall, 4), "queries": len(queries)}
+        if recall < target:
+            return None, f"recall@10 on {len(queries)} newly added rows is {recall:.3f}, under {target}"
+    return index, info
+
+
+def _must_build(old: dict[str, Any] | None, version: int, incremental: bool) -> str | None:
+    """Why a shard's index is built anew whatever its size (None: try updating the previous one)."""
+    if old is None:
+        return "a new shard"
+    if not incremental:
+        return "a full build was asked for"
+    if old["version"] == version:  # the table did not move: its FAISS file is being repaired
+        return "repairing its FAISS file"
+    return None
+
+
 def faiss_entry(folder: Path, rel: str) -> dict[str, Any]:
     """What a reader checks a FAISS file against (size, sha256), and the stat the writer trusts until it changes."""
     path = folder / rel
@@ -51,8 +132,11 @@ def publish(
     *,
     flat_max: int,
     gpu: bool | str = "auto",
+    incremental: bool = True,
 ) -> dict[str, Any]:
-    """Publish the given shards at their latest table version; returns the new manifest (written)."""
+    """Publish the given shards at their latest table version; returns the new manifest (written).
+
+    ``incremental=False`` builds every given shard's index anew."""
     from . import ann
 
     shards = sorted(shards)
@@ -66,7 +150,14 @@ def publish(
         version = tables.compact(shard, keep)
         pinned = tables.open(shard, version)
         n = pinned.count_rows()
-        index, info = ann.build(_batches(pinned, dim), n, dim, flat_max=flat_max, gpu=gpu)
+        old = manifest.get("shards", {}).get(shard)
+        index, why = None, _must_build(old, version, incremental)
+        if why is None:
+            index, info = _update(folder, old, pinned, n, dim, flat_max, ann.TARGET_RECALL)
+            why = info if index is None else None
+        if index is None:
+            index, info = ann.build(_batches(pinned, dim), n, dim, flat_max=flat_max, gpu=gpu)
+            info = {**info, "built": "full", "rebuild_reason": why}
         if index.ntotal != n:
             raise UniteError(f"shard {shard}: FAISS holds {index.ntotal} vectors, the table {n}")
         rel = f"{FAISS_DIR}/{table_name(shard)}.v{version}.faiss"
