@@ -107,7 +107,7 @@ def test_ingest_then_info(runner, tiny_dir, tmp_path):
     assert "encoded 2" in result.stdout
     info = runner.invoke(main, ["info", str(index)])
     assert info.exit_code == 0, info.output
-    assert "shard   image" in info.stdout and "1 rows  flat" in info.stdout
+    assert "shard   image" in info.stdout and "1 rows  exact" in info.stdout
     assert "last run ok: encoded 2, removed 0, failed 0" in info.stdout
     payload = json.loads(runner.invoke(main, ["info", str(index), "--json"]).stdout)
     assert payload["shards"]["text"]["rows"] == 1 and payload["dim"] == 64

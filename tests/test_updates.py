@@ -210,4 +210,6 @@ def test_info_says_an_index_was_updated_since_it_was_built(ivf_shard):
     result = CliRunner().invoke(main, ["info", str(store.path)])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("shard"))
-    assert "2600 rows  ivf nlist" in line and "updated 1x since built (+100 -0 rows)" in line
+    assert (
+        f"2600 rows  IVF{ann.nlist_for(2500)},Flat nprobe" in line and "updated 1x since built (+100 -0 rows)" in line
+    )

@@ -36,6 +36,9 @@ TUNE_QUERIES = 200  # queries the nprobe is chosen on; the rest measure the reca
 RETRAIN_GROWTH = 2.0  # an IVF index is retrained once its shard is this factor larger (or smaller) than when trained
 FRESH_QUERIES = 200  # added rows that check an updated IVF index's recall against exact search
 FRESH_MIN = 50  # fewer rows added than this: no recall check at this publish (too few to measure)
+MEMORY_FRACTION = 0.5  # default memory budget of one shard's index: this share of the machine's RAM
+PQ_DIMS = 16  # dimensions per PQ sub-quantizer (8-bit codes): 1536 -> PQ96, 96 bytes a vector
+RERANK = {"sq8": 4, "pq": 10}  # an index of codes returns this many candidates per hit, re-ranked exactly
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # () -> iter of (keys int64, vectors float32)
 
@@ -57,30 +60,82 @@ def nlist_for(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
+def default_memory() -> int:
+    """The default memory budget of one shard's index: :data:`MEMORY_FRACTION` of this machine's RAM."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return int(total * MEMORY_FRACTION)
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ sub-quantizers: one per :data:`PQ_DIMS` dimensions (1536 -> 96), a divisor of ``dim``."""
+    m = max(1, dim // PQ_DIMS)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def index_bytes(codes: str, n: int, dim: int, nlist: int = 0) -> int:
+    """Memory an index of ``n`` vectors holds: its codes and ids, plus the IVF centroids (and codebooks)."""
+    per_row = {"exact": 4 * dim + 16, "flat": 4 * dim, "sq8": dim, "pq": pq_subquantizers(dim)}[codes]
+    fixed = {"exact": 0, "flat": 0, "sq8": 8 * dim, "pq": 256 * dim * 4}[codes]
+    return n * (per_row + 8) + fixed + nlist * dim * 4
+
+
+def choose(n: int, dim: int, flat_max: int = FLAT_MAX, memory: int | None = None) -> dict[str, Any]:
+    """The index kind for ``n`` vectors: exact up to ``flat_max`` rows, else the first IVF kind whose
+    memory fits ``memory`` (IVF-Flat, then SQ8 codes, then PQ codes; both re-ranked exactly from the
+    table's vectors). Nothing fitting: PQ, marked ``over_budget``."""
+    memory = default_memory() if memory is None else memory
+    exact = index_bytes("exact", n, dim)
+    if n <= flat_max and exact <= memory:
+        return {"type": "flat", "codes": "exact", "factory": "IDMap2,Flat", "memory_bytes": exact}
+    nlist = nlist_for(n)
+    options = [("flat", "Flat"), ("sq8", "SQ8")]
+    if min(n, 64 * nlist) >= 256:  # a PQ codebook of 256 centroids needs that many training vectors
+        options.append(("pq", f"PQ{pq_subquantizers(dim)}"))
+    for codes, suffix in options:
+        need = index_bytes(codes, n, dim, nlist)
+        if need <= memory or codes == options[-1][0]:
+            out = {"type": "ivf", "codes": codes, "factory": f"IVF{nlist},{suffix}", "nlist": nlist}
+            out.update(memory_bytes=need, rerank=RERANK.get(codes, 1))
+            if need > memory:
+                out["over_budget"] = True
+            return out
+    raise AssertionError("unreachable")
+
+
 def build(
     batches: Batches,
     n: int,
     dim: int,
     *,
     flat_max: int = FLAT_MAX,
+    memory: int | None = None,
     target: float = TARGET_RECALL,
     gpu: bool | str = "auto",
     seed: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
-    """A FAISS index over ``n`` vectors streamed by ``batches`` (callable twice), and its manifest entry."""
+    """A FAISS index over ``n`` vectors streamed by ``batches`` (callable twice), and its manifest entry.
+
+    The kind comes from :func:`choose` (``flat_max``, ``memory``: bytes the index may hold)."""
     faiss = _faiss()
-    if n <= flat_max:
+    kind = choose(n, dim, flat_max, memory)
+    common = {"metric": "inner_product", "flat_max": flat_max, "memory_budget": memory or default_memory()}
+    if kind["type"] == "flat":
         index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         for keys, vecs in batches():
             index.add_with_ids(vecs, keys)
-        return index, {"type": "flat", "factory": "IDMap2,Flat", "metric": "inner_product", "flat_max": flat_max}
+        return index, {**kind, **common}
 
-    nlist = nlist_for(n)
+    nlist = kind["nlist"]
     rng = np.random.default_rng(seed)
     n_train = min(n, 64 * nlist)
     train_at = np.sort(rng.choice(n, size=n_train, replace=False))
     train, train_keys = _gather(batches, train_at, dim)  # (n_train, dim), (n_train,)
-    index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, kind["factory"], faiss.METRIC_INNER_PRODUCT)
     on_gpu = gpu is True or (gpu == "auto" and gpu_count() > 0)
     if on_gpu:  # k-means assignment on the GPU; the index itself stays on the CPU
         index.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim))
@@ -93,14 +148,15 @@ def build(
 
     pick = rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)
     truth = exact_top(batches, train[pick], RECALL_K + 1, index.metric_type)  # +1: each query finds itself
-    nprobe, recall, curve = tune_nprobe(index, train[pick], target, exclude=train_keys[pick], truth=truth)
+    width = RECALL_K * kind["rerank"]
+    nprobe, recall, curve = tune_nprobe(
+        index, train[pick], target, exclude=train_keys[pick], truth=truth, candidates=width
+    )
     index.nprobe = nprobe
+    reranked = f", the top {width} candidates re-ranked exactly" if kind["rerank"] > 1 else ""
     info = {
-        "type": "ivf",
-        "factory": f"IVF{nlist},Flat",
-        "metric": "inner_product",
-        "flat_max": flat_max,
-        "nlist": nlist,
+        **kind,
+        **common,
         "trained_on": int(n_train),
         "trained_rows": int(n),
         "trained_at": trained_at,
@@ -110,7 +166,7 @@ def build(
         "recall_queries": len(pick) - min(TUNE_QUERIES, len(pick) // 2),
         "recall_method": (
             "leave-one-out on the shard's own vectors against an exact (flat) search; nprobe chosen by "
-            f"bisection on {min(TUNE_QUERIES, len(pick) // 2)} queries, recall measured on the others"
+            f"bisection on {min(TUNE_QUERIES, len(pick) // 2)} queries, recall measured on the others{reranked}"
         ),
         "recall_curve": curve,
         "gpu_trained": bool(on_gpu),
@@ -130,15 +186,23 @@ def ids(index) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.empty(0, np.int64)
 
 
-def rebuild_reason(info: dict[str, Any], n: int, flat_max: int) -> str | None:
-    """Why a shard of ``n`` rows needs a new index rather than an update of the one ``info`` describes."""
-    kind = info.get("type", "flat")
-    if kind == "flat":
-        return f"{n} rows, above the exact-search limit of {flat_max}" if n > flat_max else None
-    if kind != "ivf":
-        return f"index kind {kind!r} is not updated in place"
-    if n <= flat_max:
-        return f"{n} rows, within the exact-search limit of {flat_max}"
+def rebuild_reason(
+    info: dict[str, Any], n: int, dim: int, flat_max: int = FLAT_MAX, memory: int | None = None
+) -> str | None:
+    """Why a shard of ``n`` rows needs a new index rather than an update of the one ``info`` describes:
+    :func:`choose` now picks another kind, or an IVF index's size moved past :data:`RETRAIN_GROWTH`."""
+    have_type = info.get("type", "flat")
+    have = info.get("codes") or ("exact" if have_type == "flat" else "flat")  # entries made before kinds
+    want = choose(n, dim, flat_max, memory)
+    if (want["type"], want["codes"]) != (have_type, have):
+        if have_type == "flat" and n > flat_max:
+            return f"{n} rows, above the exact-search limit of {flat_max}"
+        if want["type"] == "flat":
+            return f"{n} rows, within the exact-search limit of {flat_max}"
+        budget = (memory if memory is not None else default_memory()) >> 20
+        return f"{n} rows: {want['factory']} is the index that fits the memory budget of {budget} MB now"
+    if have_type == "flat":
+        return None
     trained = int(info.get("trained_rows") or 0)
     if not trained:
         return "the index does not record the rows it was trained at (made by an older unite-search)"
@@ -190,16 +254,26 @@ def _ivf_lists(index, group: int = 65536) -> Batches:
     return gen
 
 
-def fresh_recall(index, queries: np.ndarray, query_keys: np.ndarray, nprobe: int) -> float:
-    """recall@10 at ``nprobe`` of an updated ``IVF,Flat`` index on rows it holds (each query's own id left
-    out), against an exact flat search over every vector the index holds."""
+def fresh_recall(index, queries: np.ndarray, query_keys: np.ndarray, nprobe: int, candidates: int = RECALL_K) -> float:
+    """recall@10 at ``nprobe`` of an updated IVF index on rows it holds (each query's own id left out).
+
+    ``IVF,Flat``: against an exact flat search over every vector the index holds. An index of codes
+    (re-ranked from its top ``candidates``): against the same codes with every list probed, which
+    measures what an update can spoil, the lists new rows were put in."""
     faiss = _faiss()
     k = min(RECALL_K, index.ntotal - 1)
     if k < 1:
         return 1.0
-    truth = _without(exact_top(_ivf_lists(index), queries, k + 1, index.metric_type), query_keys, k)
-    params = faiss.SearchParametersIVF(nprobe=nprobe)
-    found = _without(index.search(queries, k + 1, params=params)[1], query_keys, k)
+    ivf = faiss.extract_index_ivf(index)
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        truth = exact_top(_ivf_lists(index), queries, k + 1, index.metric_type)
+    else:
+        truth = index.search(queries, k + 1, params=faiss.SearchParametersIVF(nprobe=ivf.nlist))[1]
+    truth = _without(truth, query_keys, k)
+    width = min(max(candidates, k), index.ntotal - 1)
+    found = _without(
+        index.search(queries, width + 1, params=faiss.SearchParametersIVF(nprobe=nprobe))[1], query_keys, width
+    )
     return recall_at_k(found, truth)
 
 
@@ -257,7 +331,12 @@ def exact_top(batches: Batches, queries: np.ndarray, k: int, metric) -> np.ndarr
 
 
 def tune_nprobe(
-    index, queries: np.ndarray, target: float, exclude: np.ndarray | None = None, truth: np.ndarray | None = None
+    index,
+    queries: np.ndarray,
+    target: float,
+    exclude: np.ndarray | None = None,
+    truth: np.ndarray | None = None,
+    candidates: int = RECALL_K,
 ) -> tuple[int, float, dict[str, float]]:
     """Smallest power-of-two nprobe whose recall@10 against exact search reaches ``target``.
 
@@ -268,6 +347,8 @@ def tune_nprobe(
     on the first :data:`TUNE_QUERIES` queries (recall grows with nprobe); the recall returned is
     measured on the others, which took no part in the choice, and nprobe doubles while they miss the
     target. The curve holds every recall measured (``"N"``: tuning queries, ``"N held-out"``).
+    ``candidates`` > 10: an index of codes whose top ``candidates`` are re-ranked exactly; a true top-10
+    id among them is then in the final top 10, so recall counts the truth found among the candidates.
     """
     k = min(RECALL_K, index.ntotal)
     extra = 0 if exclude is None else 1
@@ -282,25 +363,26 @@ def tune_nprobe(
     def recall(nprobe: int, part: slice, label: str) -> float:
         index.nprobe = nprobe
         ex = exclude[part] if exclude is not None else None
-        found = _without(index.search(queries[part], k + extra)[1], ex, k)
+        width = min(max(candidates, k), index.ntotal - extra)
+        found = _without(index.search(queries[part], width + extra)[1], ex, width)
         curve[label] = round(recall_at_k(found, truth[part]), 4)
         return curve[label]
 
-    candidates = sorted({*(2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist), index.nlist})
-    lo, hi = 0, len(candidates) - 1  # the answer is candidates[hi] once lo == hi
+    probes = sorted({*(2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist), index.nlist})
+    lo, hi = 0, len(probes) - 1  # the answer is probes[hi] once lo == hi
     while lo < hi:
         mid = (lo + hi) // 2
-        if recall(candidates[mid], tune, str(candidates[mid])) >= target:
+        if recall(probes[mid], tune, str(probes[mid])) >= target:
             hi = mid
         else:
             lo = mid + 1
     at = hi
     while True:
         if held.start >= len(queries):  # too few queries to hold any out: the tuning recall is all there is
-            return candidates[at], recall(candidates[at], tune, str(candidates[at])), curve
-        got = recall(candidates[at], held, f"{candidates[at]} held-out")
-        if got >= target or at == len(candidates) - 1:
-            return candidates[at], got, curve
+            return probes[at], recall(probes[at], tune, str(probes[at])), curve
+        got = recall(probes[at], held, f"{probes[at]} held-out")
+        if got >= target or at == len(probes) - 1:
+            return probes[at], got, curve
         at += 1
 
 
@@ -313,6 +395,12 @@ def write(index, path: str | os.PathLike) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def stores_vectors(index) -> bool:
+    """Whether the index holds the vectors themselves (``IDMap2,Flat``, ``IVF,Flat``), not codes."""
+    faiss = _faiss()
+    return isinstance(index, faiss.IndexIDMap2) or isinstance(faiss.extract_index_ivf(index), faiss.IndexIVFFlat)
 
 
 def stored(index) -> tuple[np.ndarray, np.ndarray]:

@@ -208,6 +208,9 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
     default=None,
     help="Shards above this many rows get an IVF index (default 100000).",
 )
+@click.option("--index-memory", type=str, default=None, metavar="SIZE",
+              help="Most memory one shard's ANN index may hold, e.g. 8G or 512M (default: half the RAM); "
+                   "larger shards get compressed codes (SQ8, PQ), re-ranked exactly.")  # fmt: skip
 @click.option("--memory-mb", type=click.IntRange(1), default=2048, show_default=True,
               help="Most memory held by inputs decoded and not yet encoded (a larger input runs alone).")  # fmt: skip
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
@@ -217,8 +220,8 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, workers, segment_seconds,
-           segment_overlap, passage_chars, pairs, on_error, flat_max, memory_mb, adapter, allow_outside, as_json,
-           quiet):  # fmt: skip
+           segment_overlap, passage_chars, pairs, on_error, flat_max, index_memory, memory_mb, adapter, allow_outside,
+           as_json, quiet):  # fmt: skip
     """Index a folder of texts, images, videos and *.jsonl manifests.
 
     \b
@@ -232,6 +235,7 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
     if os.path.isfile(corpus):
         raise _usage_mistake(_one_file_help(corpus))
     settings = _settings(fps, max_frames, frames)
+    index_bytes = _size(index_memory, "--index-memory") if index_memory is not None else None
 
     def log(msg: str) -> None:
         if not quiet:
@@ -242,7 +246,8 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
             corpus, index_dir, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings,
             workers=workers, segment_seconds=segment_seconds, segment_overlap=segment_overlap,
             passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max or ann.FLAT_MAX,
-            memory_bytes=memory_mb << 20, allow_outside=allow_outside, progress=not quiet, log=log,
+            index_memory=index_bytes, memory_bytes=memory_mb << 20, allow_outside=allow_outside, progress=not quiet,
+            log=log,
         )  # fmt: skip
 
     try:
@@ -627,11 +632,30 @@ def info(index_dir, verify, as_json):
                 click.echo(f"  ... and {len(skipped) - SHOWN} more (--json)")
 
 
+def _size(text: str, option: str) -> int:
+    """Bytes from '8G', '512M', '64k' or a plain number; a usage error otherwise."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise click.BadParameter(f"{text!r} is not a size such as 8G, 512M or 1000000", param_hint=option)
+    return int(value)
+
+
 def _index_words(idx: dict) -> str:
     """One line on a shard's index: its kind, its tuning, and whether the last publish updated or built it."""
-    words = idx["type"]
+    words = "exact" if idx["type"] == "flat" else idx["factory"]
     if idx["type"] == "ivf":
-        words = f"ivf nlist {idx['nlist']} nprobe {idx['nprobe']} (recall@10 {idx['recall_at_10']})"
+        rerank = f", top {10 * idx['rerank']} re-ranked" if (idx.get("rerank") or 1) > 1 else ""
+        words += f" nprobe {idx['nprobe']}{rerank} (recall@10 {idx['recall_at_10']})"
+    if idx.get("memory_bytes") is not None:
+        words += f", {idx['memory_bytes'] / 1e6:.1f} MB" + (
+            " (over the memory budget)" if idx.get("over_budget") else ""
+        )
     since = idx.get("since_training")
     if idx.get("built") == "updated" and since:
         words += f"; updated {since['publishes']}x since built (+{since['added']} -{since['removed']} rows)"

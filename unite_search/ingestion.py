@@ -209,6 +209,7 @@ def ingest(
     pairs: str = "none",
     on_error: str = "skip",
     flat_max: int = ann.FLAT_MAX,
+    index_memory: int | None = None,
     gpu: bool | str = "auto",
     commit_rows: int = COMMIT_ROWS,
     memory_bytes: int = MEMORY_BYTES,
@@ -232,7 +233,9 @@ def ingest(
     decoding is admitted by each input's predicted peak, known from the read stage (image size,
     video frame size and count); one input larger than the budget is decoded alone. Only files
     under ``corpus`` are read (symlinks resolved; a manifest's media paths too) unless
-    ``allow_outside=True``.
+    ``allow_outside=True``. Each shard's FAISS index is exact up to ``flat_max`` rows, else the
+    first IVF kind that fits ``index_memory`` bytes (default: half this machine's RAM): IVF-Flat, then
+    SQ8 or PQ codes re-ranked exactly from the table (``indexes/README.md``).
 
     Given ``encoder``, a ``model``, ``adapter``, ``device``, ``dtype`` or ``settings`` that differ from
     its own raise :class:`~unite_search.ConfigError`. A file's decode or I/O error fails that file; a
@@ -283,8 +286,8 @@ def ingest(
             with decoderlog.collecting() as messages:  # FFmpeg's complaints: into the run log, not the terminal
                 try:
                     _run(report, store, manifest, slot, root, index_dir, options, (workers, torch_threads),
-                         on_error, flat_max, gpu, commit_rows, memory_bytes, allow_outside, progress, say,
-                         found)  # fmt: skip
+                         on_error, (flat_max, index_memory), gpu, commit_rows, memory_bytes, allow_outside, progress,
+                         say, found)  # fmt: skip
                 finally:
                     report.decoder_messages = list(messages)
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
@@ -499,7 +502,7 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
         raise IngestError(f"{p.path} [{p.stage}]: {p.reason} (on_error='raise': nothing was published)", p)
 
 
-def _run(report, store, manifest, slot, root, index_dir, options, asked, on_error, flat_max, gpu,
+def _run(report, store, manifest, slot, root, index_dir, options, asked, on_error, kinds, gpu,
          commit_rows, memory_bytes, allow_outside, progress, say, found=None) -> None:  # fmt: skip
     from .encoder import default_workers
 
@@ -618,7 +621,8 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     report.repaired = sorted(repair)
     if changed:
         say(f"indexing shard(s): {', '.join(sorted(changed))}")
-        manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, gpu=gpu)
+        flat_max, index_memory = kinds
+        manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, memory=index_memory, gpu=gpu)
         report.published = True
     elif stamp_changed:
         manifests.write(index_dir, manifest)  # the same published state, with what this run walked

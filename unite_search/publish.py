@@ -59,12 +59,12 @@ def _rows_at(table, offsets: np.ndarray, dim: int, chunk: int = 16384):
         yield keys, np.ascontiguousarray(vecs.reshape(-1, dim))
 
 
-def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_max: int, target: float):
+def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_max: int, memory: int | None):
     """The previous index of a shard brought to the pinned table version, and its entry; or (None, why not)."""
     from . import ann
 
     info = dict(old.get("index", {}))
-    why = ann.rebuild_reason(info, n, flat_max) or manifests.faiss_problem(folder, old, trust_stat=True)
+    why = ann.rebuild_reason(info, n, dim, flat_max, memory) or manifests.faiss_problem(folder, old, trust_stat=True)
     if why is not None:
         return None, why
     try:
@@ -97,10 +97,14 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
     since = {"publishes": since["publishes"] + 1, "added": since["added"] + count, "removed": since["removed"] + gone}
     info.update(built="updated", last_update={"added": count, "removed": gone}, since_training=since)
     info.pop("rebuild_reason", None)
+    info.pop("fresh_recall", None)  # measured again below when enough rows were added, else not this time
     if info.get("type") == "ivf" and count >= ann.FRESH_MIN:
         queries = np.concatenate([v for _, v in fresh])
-        recall = ann.fresh_recall(index, queries, np.concatenate([k for k, _ in fresh]), int(info["nprobe"]))
+        width = ann.RECALL_K * int(info.get("rerank") or 1)
+        keys_ = np.concatenate([k for k, _ in fresh])
+        recall = ann.fresh_recall(index, queries, keys_, int(info["nprobe"]), candidates=width)
         info["fresh_recall"] = {"recall_at_10": round(recall, 4), "queries": len(queries)}
+        target = ann.TARGET_RECALL
         if recall < target:
             return None, f"recall@10 on {len(queries)} newly added rows is {recall:.3f}, under {target}"
     return index, info
@@ -131,12 +135,15 @@ def publish(
     shards: Iterable[str],
     *,
     flat_max: int,
+    memory: int | None = None,
     gpu: bool | str = "auto",
     incremental: bool = True,
 ) -> dict[str, Any]:
     """Publish the given shards at their latest table version; returns the new manifest (written).
 
-    ``incremental=False`` builds every given shard's index anew."""
+    ``memory``: bytes one shard's index may hold (default: :func:`unite_search.ann.default_memory`), which
+    with ``flat_max`` picks its kind (:func:`unite_search.ann.choose`). ``incremental=False`` builds every
+    given shard's index anew."""
     from . import ann
 
     shards = sorted(shards)
@@ -153,10 +160,10 @@ def publish(
         old = manifest.get("shards", {}).get(shard)
         index, why = None, _must_build(old, version, incremental)
         if why is None:
-            index, info = _update(folder, old, pinned, n, dim, flat_max, ann.TARGET_RECALL)
+            index, info = _update(folder, old, pinned, n, dim, flat_max, memory)
             why = info if index is None else None
         if index is None:
-            index, info = ann.build(_batches(pinned, dim), n, dim, flat_max=flat_max, gpu=gpu)
+            index, info = ann.build(_batches(pinned, dim), n, dim, flat_max=flat_max, memory=memory, gpu=gpu)
             info = {**info, "built": "full", "rebuild_reason": why}
         if index.ntotal != n:
             raise UniteError(f"shard {shard}: FAISS holds {index.ntotal} vectors, the table {n}")

@@ -77,10 +77,9 @@ class IndexStore:
     def lock(self):
         return writer_lock(self.path)
 
-    def publish(
-        self, manifest: dict[str, Any], shards: Iterable[str], *, flat_max: int, gpu="auto", incremental: bool = True
-    ):
-        return publish(self.path, self.tables, manifest, shards, flat_max=flat_max, gpu=gpu, incremental=incremental)
+    def publish(self, manifest: dict[str, Any], shards: Iterable[str], *, flat_max: int, **options):
+        """:func:`unite_search.publish.publish` on this index (``memory``, ``gpu``, ``incremental``)."""
+        return publish(self.path, self.tables, manifest, shards, flat_max=flat_max, **options)
 
     def needs_repair(self, manifest: dict[str, Any]) -> dict[str, str]:
         return needs_repair(self.path, manifest)

@@ -2,7 +2,8 @@
 
 For each published shard: the FAISS file's size and sha256 against the manifest, that it loads
 with the recorded row count and dim; the table version is present and every column of every row
-reads; the table's keys are exactly the FAISS ids and each stored vector equals its FAISS copy.
+reads; the table's keys are exactly the FAISS ids and each stored vector equals its FAISS copy (an index of
+SQ8 or PQ codes holds no copy: its ids are checked).
 For the earlier states the manifest still keeps (``history``), their FAISS files and table
 versions are present.
 """
@@ -77,6 +78,8 @@ def _check_faiss(folder: Path, shard: str, entry: dict[str, Any], out: Verificat
     if index.ntotal != entry["rows"] or index.d != entry.get("dim", index.d):
         out.problems.append(f"{path}: {index.ntotal} vectors of dim {index.d}, the manifest says {entry['rows']}")
         return None
+    if not ann.stores_vectors(index):  # SQ8 / PQ codes: ids are checked, vectors live in the table only
+        return ann.ids(index), None
     return ann.stored(index)
 
 
@@ -102,6 +105,8 @@ def _check_table(tables: ShardTables, shard: str, entry: dict[str, Any], faiss_i
     table_order, faiss_order = np.argsort(keys_all), np.argsort(ids)
     if not np.array_equal(keys_all[table_order], ids[faiss_order]):
         out.problems.append(f"{where}: its keys are not the FAISS file's ids")
+        return
+    if stored is None:
         return
     table_vecs = np.concatenate(vecs)[table_order] if vecs else np.empty((0, stored.shape[1]), np.float32)
     diff = float(np.abs(table_vecs - stored[faiss_order]).max()) if len(ids) else 0.0

@@ -1,0 +1,120 @@
+"""Index kinds chosen by size and memory budget: exact, IVF-Flat, IVF with SQ8 or PQ codes re-ranked
+exactly from the table's vectors; each tuned to recall@10 >= 0.95, updated in place, filtered to
+exactly k hits, verified."""
+
+import shutil
+
+import numpy as np
+import pytest
+from test_ann import clustered
+from test_updates import brute_top, new_store, rows_for, table_state
+
+from unite_search import ann
+from unite_search.reader import Snapshot
+from unite_search.store import IndexStore
+from unite_search.verify import verify
+
+DIM = 64
+N = 4000
+
+
+def budget_for(codes, n=N, dim=DIM):
+    """A memory budget that the given kind fits and every larger one does not."""
+    return ann.index_bytes(codes, n, dim, ann.nlist_for(n))
+
+
+def test_choose_follows_size_then_memory():
+    nlist = ann.nlist_for(N)
+    assert ann.choose(500, DIM, flat_max=1000, memory=1 << 30)["type"] == "flat"
+    assert ann.choose(N, DIM, flat_max=1000, memory=1 << 30)["factory"] == f"IVF{nlist},Flat"
+    got = ann.choose(N, DIM, flat_max=1000, memory=budget_for("flat") - 1)
+    assert got["factory"] == f"IVF{nlist},SQ8" and got["rerank"] == ann.RERANK["sq8"]
+    got = ann.choose(N, DIM, flat_max=1000, memory=budget_for("sq8") - 1)
+    assert got["factory"] == f"IVF{nlist},PQ{DIM // ann.PQ_DIMS}" and "over_budget" not in got
+    got = ann.choose(N, DIM, flat_max=1000, memory=1000)
+    assert got["codes"] == "pq" and got["over_budget"] is True
+    # exact search that does not fit the budget goes to IVF, whatever flat_max says
+    assert ann.choose(900, DIM, flat_max=1000, memory=ann.index_bytes("exact", 900, DIM) - 1)["type"] == "ivf"
+    assert ann.pq_subquantizers(1536) == 96 and ann.pq_subquantizers(1000) == 50  # a divisor of the dim
+
+
+@pytest.fixture(scope="module", params=["exact", "flat", "sq8", "pq"])
+def built(request, tmp_path_factory):
+    """One published shard of each kind, built once (PQ training is the slow part)."""
+    codes = request.param
+    memory = {"exact": 1 << 30, "flat": 1 << 30, "sq8": budget_for("flat") - 1, "pq": budget_for("sq8") - 1}[codes]
+    flat_max = 10_000 if codes == "exact" else 1000
+    store, manifest = new_store(tmp_path_factory.mktemp(codes), dim=DIM)
+    vecs = clustered(N + 300, dim=DIM)
+    names = [f"k{i}" for i in range(N + 300)]
+    store.tables.add_rows("text", rows_for(names[:N]), vecs[:N])
+    manifest = store.publish(manifest, ["text"], flat_max=flat_max, memory=memory)
+    return codes, store.path, manifest, names, vecs, (flat_max, memory)
+
+
+@pytest.fixture
+def kind_shard(built, tmp_path):
+    """A copy of a built shard, for this test alone."""
+    codes, folder, manifest, names, vecs, options = built
+    shutil.copytree(folder, tmp_path / "index")
+    return codes, IndexStore(tmp_path / "index"), manifest, names, vecs, options
+
+
+def test_each_kind_reaches_the_recall_target_against_exact_search(kind_shard):
+    codes, store, manifest, _, _, _ = kind_shard
+    info = manifest["shards"]["text"]["index"]
+    assert info["codes"] == codes and info["memory_bytes"] == ann.index_bytes(codes, N, DIM, info.get("nlist", 0))
+    if codes != "exact":
+        assert info["recall_at_10"] >= ann.TARGET_RECALL, info
+    reader = Snapshot.open(store.path).readers["text"]
+    keys, table_vecs = table_state(store, manifest["shards"]["text"]["version"])
+    queries = clustered(200, dim=DIM, noise_seed=8)
+    truth = brute_top(keys, table_vecs, queries, 10)
+    found = []
+    for q in queries:
+        hits = reader.search(q, 10, allowed=None, excluded=set())
+        by_key = dict(zip(keys.tolist(), table_vecs, strict=True))
+        for key, score in hits:  # the scores are exact cosines, re-ranked or not
+            assert score == pytest.approx(float(by_key[key] @ q), abs=1e-5)
+        found.append([key for key, _ in hits])
+    recall = ann.recall_at_k(np.array(found), truth)
+    assert recall >= (1.0 if codes == "exact" else 0.93), recall
+
+
+def test_each_kind_is_updated_in_place(kind_shard):
+    codes, store, manifest, names, vecs, (flat_max, memory) = kind_shard
+    store.tables.add_rows("text", rows_for(names[N : N + 300]), vecs[N : N + 300])
+    store.tables.delete_units("text", [f"u-k{i}" for i in range(100)])
+    manifest = store.publish(manifest, ["text"], flat_max=flat_max, memory=memory)
+    info = manifest["shards"]["text"]["index"]
+    assert (
+        info["built"] == "updated" and info["codes"] == codes and info["last_update"] == {"added": 300, "removed": 100}
+    )
+    if codes != "exact":
+        assert info["fresh_recall"]["recall_at_10"] >= ann.TARGET_RECALL
+    reader = Snapshot.open(store.path).readers["text"]
+    found = [reader.search(v, 1, allowed=None, excluded=set())[0][0] for v in vecs[N : N + 300 : 10]]
+    assert found == [rows_for([n])[0]["key"] for n in names[N : N + 300 : 10]]  # each new row finds itself
+    assert not verify(store.path).damaged
+
+
+@pytest.mark.parametrize("allowed_rows", [5, 15, 400])
+def test_a_filter_returns_exactly_k_hits_whenever_k_rows_match(kind_shard, allowed_rows):
+    _codes, store, manifest, _, _vecs, _ = kind_shard
+    reader = Snapshot.open(store.path).readers["text"]
+    keys, table_vecs = table_state(store, manifest["shards"]["text"]["version"])
+    rng = np.random.default_rng(allowed_rows)
+    allowed = np.sort(rng.choice(keys, size=allowed_rows, replace=False))
+    q = clustered(1, dim=DIM, noise_seed=11)[0]
+    hits = reader.search(q, 10, allowed=allowed, excluded=set())
+    assert len(hits) == min(10, allowed_rows) and {k for k, _ in hits} <= set(allowed.tolist())
+    if allowed_rows <= 15:  # few matches: every one of them is scanned, so the answer is the exact one
+        mask = np.isin(keys, allowed)
+        assert [k for k, _ in hits] == brute_top(keys[mask], table_vecs[mask], q[None, :], 10)[0].tolist()[: len(hits)]
+
+
+def test_like_on_an_index_of_codes_reads_the_tables_vector(kind_shard):
+    _codes, store, _manifest, names, vecs, _ = kind_shard
+    reader = Snapshot.open(store.path).readers["text"]
+    key = rows_for([names[7]])[0]["key"]
+    np.testing.assert_array_equal(reader.vector(key), vecs[7])  # bit for bit, whatever the index stores
