@@ -312,7 +312,12 @@ def test_concurrent_queries_on_a_fresh_index(built, encoder):
     assert got == expected
 
 
-def test_search_holds_small_columns_and_fetches_text_caption_metadata_for_hits(tmp_path, encoder):
+def test_search_holds_a_key_map_and_a_bounded_cache_and_fetches_the_hits_rows(tmp_path, encoder, monkeypatch):
+    import dataclasses
+
+    import unite_search.reader as readers
+
+    monkeypatch.setattr(readers, "ROW_CACHE", 3)
     root = tmp_path / "corpus"
     (root / "notes").mkdir(parents=True)
     long_text = "The harbour at dawn, gulls over the water. " * 100
@@ -325,8 +330,9 @@ def test_search_holds_small_columns_and_fetches_text_caption_metadata_for_hits(t
     ingest(root, tmp_path / "index", encoder=encoder, passage_chars=2000)
     idx = Index.open(tmp_path / "index", encoder=encoder)
     hits = idx.query(text="harbour", target="text", k=10)
-    meta = idx._snapshot.readers["text"].meta()
-    assert not {"text", "caption", "metadata"} & set(meta.table.column_names)  # not held for the whole shard
+    reader = idx._snapshot.readers["text"]
+    assert [f.name for f in dataclasses.fields(reader.meta())] == ["sorted_keys", "order"]  # no columns held
+    assert len(hits) == reader.rows > 3 and len(reader._rows) == 3  # the cache keeps 3 of the hits' rows
     by_path = {h.path: h for h in hits}
     first = by_path["notes/harbour.txt"]
     assert first.text == long_text[first.row["char_start"] : first.row["char_end"]]

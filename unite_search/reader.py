@@ -5,13 +5,15 @@ against the recorded size and sha256 before use) and the rows of that version. I
 ``manifest.json``, so it cannot pair a new FAISS file with an old table. A :class:`Snapshot` holds
 the readers of every shard of one manifest; :meth:`unite_search.Index.refresh` swaps snapshots whole.
 
-Each shard's small columns are held in memory after its first search (about 200-300 bytes a row);
-the columns of unbounded size (``text``, ``caption``, ``metadata``) are fetched for the hits only.
+Of a shard's rows a reader holds only a key -> row offset map (12 bytes a row, loaded on first use)
+and a bounded cache of recent hits (:data:`ROW_CACHE` rows): a search fetches its hits' columns from
+the pinned table by row offset, so a reader's memory is its ANN index plus that map and cache.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,19 +23,20 @@ import numpy as np
 from . import manifest as manifests
 from .diskio import brief
 from .errors import IndexDamagedError, StaleReadError
-from .schema import LARGE_COLUMNS, SMALL_COLUMNS
+from .schema import ROW_COLUMNS
 from .tables import READ_BATCH, ShardTables
 
 REPAIR = "run `unite-search ingest` on the corpus again to rebuild it"
 POST_FILTER_MAX = 64  # ids left out of a search by dropping them from a longer top k; more: a FAISS selector
 
 
+ROW_CACHE = 4096  # rows a shard reader keeps after fetching them for hits (least recently used go first)
+
+
 @dataclass(frozen=True)
 class _Meta:
-    table: Any  # pyarrow Table of SMALL_COLUMNS, in the version's row order
     sorted_keys: np.ndarray  # (n,) int64
-    order: np.ndarray  # (n,) row offset of each sorted key
-    large: np.ndarray  # (n,) bool: the row has text, caption or metadata to fetch
+    order: np.ndarray  # (n,) int32 or int64: the row offset of each sorted key
 
 
 class ShardReader:
@@ -49,6 +52,7 @@ class ShardReader:
         self._table = None
         self._index = None
         self._meta: _Meta | None = None
+        self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()  # recent hits' rows, ROW_CACHE at most
         self._direct_map = False  # the FAISS index can reconstruct a vector by key
 
     @property
@@ -116,27 +120,20 @@ class ShardReader:
             return self._meta
 
     def _load_meta(self) -> _Meta:
-        import pyarrow as pa
-
-        columns = {c: c for c in SMALL_COLUMNS}
-        columns["large"] = " OR ".join(f"{c} IS NOT NULL" for c in LARGE_COLUMNS)
         try:
-            batches = list(self.table().search().select(columns).limit(None).to_batches(READ_BATCH))
+            batches = list(self.table().search().select(["key"]).limit(None).to_batches(READ_BATCH))
         except (StaleReadError, IndexDamagedError):
             raise
         except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
             raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
-        table = pa.Table.from_batches(batches).combine_chunks() if batches else None
-        if table is None or table.num_rows != self.rows:
-            got = 0 if table is None else table.num_rows
+        keys = np.concatenate([b.column("key").to_numpy() for b in batches]) if batches else np.empty(0, np.int64)
+        if len(keys) != self.rows:
             raise IndexDamagedError(
-                f"{self.folder}: shard {self.name!r} table version {self.entry['version']} holds {got} rows, "
+                f"{self.folder}: shard {self.name!r} table version {self.entry['version']} holds {len(keys)} rows, "
                 f"the manifest says {self.rows}; {REPAIR}"
             )
-        keys = table.column("key").to_numpy()
-        order = np.argsort(keys, kind="stable")
-        large = table.column("large").to_numpy(zero_copy_only=False)
-        return _Meta(table.drop_columns(["large"]), keys[order], order, large)
+        order = np.argsort(keys, kind="stable").astype(np.int32 if len(keys) < 2**31 else np.int64)
+        return _Meta(np.ascontiguousarray(keys[order], dtype=np.int64), order)
 
     # ----------------------------------------------------------------- lookups
     def offsets(self, keys) -> np.ndarray:
@@ -148,13 +145,8 @@ class ShardReader:
         at = np.minimum(np.searchsorted(meta.sorted_keys, wanted), len(meta.sorted_keys) - 1)
         return np.where(meta.sorted_keys[at] == wanted, meta.order[at], -1)
 
-    def rows_of(self, keys) -> dict[int, dict[str, Any]]:
-        """Every stored column but the vector of the rows with these keys; a key not found is damage."""
-        import pyarrow as pa
-
-        keys = [int(k) for k in keys]
-        if not keys:
-            return {}
+    def _offsets_or_damage(self, keys: list[int]) -> np.ndarray:
+        """Row offsets of keys FAISS returned; one the pinned table lacks means the two disagree."""
         offsets = self.offsets(keys)
         if (offsets < 0).any():
             missing = [k for k, o in zip(keys, offsets, strict=True) if o < 0]
@@ -162,18 +154,35 @@ class ShardReader:
                 f"{self.folder}: shard {self.name!r}: FAISS returned key(s) {missing[:3]} that table version "
                 f"{self.entry['version']} does not hold; the FAISS file and the table disagree; {REPAIR}"
             )
-        meta = self.meta()
-        rows = meta.table.take(pa.array(offsets)).to_pylist()
-        for row in rows:
-            for column in LARGE_COLUMNS:
-                row[column] = None
-        fetch = [int(o) for o in offsets if meta.large[o]]
+        return offsets
+
+    def rows_of(self, keys) -> dict[int, dict[str, Any]]:
+        """Every stored column but the vector of the rows with these keys; a key not found is damage."""
+        keys = [int(k) for k in keys]
+        if not keys:
+            return {}
+        offsets = self._offsets_or_damage(keys)
+        with self._lock:
+            out = {k: self._rows[k] for k in keys if k in self._rows}
+            for k in out:
+                self._rows.move_to_end(k)
+        fetch = sorted({int(o) for k, o in zip(keys, offsets, strict=True) if k not in out})
         if fetch:
-            got = self.table().take_offsets(fetch).select(["key", *LARGE_COLUMNS]).to_arrow().to_pylist()
-            by_key = {r.pop("key"): r for r in got}
-            for row in rows:
-                row.update(by_key.get(row["key"], {}))
-        return {row["key"]: row for row in rows}
+            try:
+                got = self.table().take_offsets(fetch).select(list(ROW_COLUMNS)).to_arrow().to_pylist()
+            except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
+                raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
+            with self._lock:
+                for row in got:
+                    out[row["key"]] = self._rows[row["key"]] = row
+                while len(self._rows) > ROW_CACHE:
+                    self._rows.popitem(last=False)
+        if len(out) != len(set(keys)):
+            raise IndexDamagedError(
+                f"{self.folder}: shard {self.name!r}: table version {self.entry['version']} returned other rows "
+                f"than asked by offset; {REPAIR}"
+            )
+        return {k: dict(out[k]) for k in keys}
 
     def vector(self, key: int) -> np.ndarray | None:
         """The stored vector of the row with this key (``like=``), or None.
@@ -207,10 +216,10 @@ class ShardReader:
         return got.column("key").to_numpy().astype(np.int64)
 
     def keys_with_hash(self, content_hash: str) -> set[int]:
-        import pyarrow.compute as pc
-
-        table = self.meta().table
-        return set(table.filter(pc.equal(table.column("content_hash"), content_hash)).column("key").to_pylist())
+        """Keys of the rows made from these bytes (a query file that is itself in the index)."""
+        if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
+            raise ValueError(f"not a sha256 hex digest: {content_hash!r}")
+        return set(self.keys_where(f"content_hash = '{content_hash}'").tolist())
 
     # ------------------------------------------------------------------ search
     def search(
@@ -249,12 +258,27 @@ class ShardReader:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
             return _pairs(*index.search(vec[None, :], k, params=params))
         nprobe = int(info.get("nprobe") or 1)
-        found = _pairs(*index.search(vec[None, :], k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)))
-        if len(found) < min(k, matching):
+        rerank = int(info.get("rerank") or 1)  # an index of codes: its top k * rerank, re-ranked exactly
+        width = min(k * rerank, index.ntotal)
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        found = _pairs(*index.search(vec[None, :], width, params=params))
+        if len(found) < min(width, matching):
             # a selective filter can leave the probed lists short of k matches: probe them all
             params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nlist)
-            found = _pairs(*index.search(vec[None, :], k, params=params))
-        return found
+            found = _pairs(*index.search(vec[None, :], width, params=params))
+        return self._rerank(vec, found, k) if rerank > 1 else found
+
+    def _rerank(self, vec: np.ndarray, found: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+        """The top ``k`` of FAISS's candidates by exact cosine, from the table's float32 vectors."""
+        if not found:
+            return found
+        offsets = self._offsets_or_damage([key for key, _ in found])
+        got = self.table().take_offsets([int(o) for o in offsets]).select(["key", "vector"]).to_arrow()
+        keys = got.column("key").to_numpy()
+        vecs = np.asarray(got.column("vector").combine_chunks().flatten().to_numpy(), dtype=np.float32)
+        scores = vecs.reshape(len(keys), -1) @ vec
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(keys[i]), float(scores[i])) for i in order]
 
 
 def _direct_map(index) -> None:
