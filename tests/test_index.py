@@ -312,12 +312,14 @@ def test_concurrent_queries_on_a_fresh_index(built, encoder):
     assert got == expected
 
 
-def test_search_holds_a_key_map_and_a_bounded_cache_and_fetches_the_hits_rows(tmp_path, encoder, monkeypatch):
-    import dataclasses
-
+@pytest.mark.parametrize("memory_rows", [1_000_000, 0])
+def test_search_fetches_what_it_does_not_hold_for_its_hits(tmp_path, encoder, monkeypatch, memory_rows):
+    """Up to MEMORY_ROWS rows: small columns held, text/caption/metadata fetched for hits; above: a key
+    map and a bounded cache of rows fetched for hits."""
     import unite_search.reader as readers
 
     monkeypatch.setattr(readers, "ROW_CACHE", 3)
+    monkeypatch.setattr(readers, "MEMORY_ROWS", memory_rows)
     root = tmp_path / "corpus"
     (root / "notes").mkdir(parents=True)
     long_text = "The harbour at dawn, gulls over the water. " * 100
@@ -331,8 +333,12 @@ def test_search_holds_a_key_map_and_a_bounded_cache_and_fetches_the_hits_rows(tm
     idx = Index.open(tmp_path / "index", encoder=encoder)
     hits = idx.query(text="harbour", target="text", k=10)
     reader = idx._snapshot.readers["text"]
-    assert [f.name for f in dataclasses.fields(reader.meta())] == ["sorted_keys", "order"]  # no columns held
-    assert len(hits) == reader.rows > 3 and len(reader._rows) == 3  # the cache keeps 3 of the hits' rows
+    assert len(hits) == reader.rows > 3
+    if memory_rows:
+        assert not {"text", "caption", "metadata"} & set(reader.meta().table.column_names)  # not held for all
+        assert not reader._rows
+    else:
+        assert reader.meta().table is None and len(reader._rows) == 3  # the cache keeps 3 of the hits' rows
     by_path = {h.path: h for h in hits}
     first = by_path["notes/harbour.txt"]
     assert first.text == long_text[first.row["char_start"] : first.row["char_end"]]

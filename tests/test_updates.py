@@ -70,7 +70,10 @@ def test_an_ivf_shard_is_updated_in_place_not_retrained(ivf_shard):
     assert info["last_update"] == {"added": 200, "removed": 150}
     assert info["since_training"] == {"publishes": 1, "added": 200, "removed": 150}
     assert info["trained_at"] == first["index"]["trained_at"] and info["nprobe"] == first["index"]["nprobe"]
-    assert info["fresh_recall"]["queries"] == 200 and info["fresh_recall"]["recall_at_10"] >= ann.TARGET_RECALL
+    assert (
+        info["fresh_recall"]["queries"] == ann.FRESH_QUERIES
+        and info["fresh_recall"]["recall_at_10"] >= ann.TARGET_RECALL
+    )
     assert entry["rows"] == 2550 and entry["faiss"] != first["faiss"]
     after = Snapshot.open(store.path).readers["text"].index()
     # the same trained quantizer: the centroids did not move
@@ -142,7 +145,7 @@ def test_recall_on_new_rows_under_target_retrains(ivf_shard, monkeypatch):
     monkeypatch.setattr(ann, "TARGET_RECALL", 1.01)  # no recall reaches it: the check must send it to a rebuild
     manifest = store.publish(manifest, ["text"], flat_max=1000)
     info = manifest["shards"]["text"]["index"]
-    assert info["built"] == "full" and "recall@10 on 100 newly added rows" in info["rebuild_reason"]
+    assert info["built"] == "full" and f"recall@10 on {ann.FRESH_QUERIES} newly added rows" in info["rebuild_reason"]
 
 
 def test_fresh_recall_is_measured_against_brute_force():
@@ -213,3 +216,45 @@ def test_info_says_an_index_was_updated_since_it_was_built(ivf_shard):
     assert (
         f"2600 rows  IVF{ann.nlist_for(2500)},Flat nprobe" in line and "updated 1x since built (+100 -0 rows)" in line
     )
+
+
+def test_the_sha256_recorded_is_the_written_files(ivf_shard):
+    from unite_search.diskio import file_sha256
+
+    store, manifest, names, vecs = ivf_shard
+    store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    for entry in (manifest["shards"]["text"], *manifest["history"][0]["shards"].values()):
+        assert entry["faiss_sha256"] == file_sha256(store.path / entry["faiss"])
+
+
+def test_a_large_table_is_compacted_only_when_it_is_worth_it(tmp_path, monkeypatch):
+    from unite_search import tables
+
+    monkeypatch.setattr(tables, "COMPACT_ALWAYS_ROWS", 1000)  # "large" from 1,000 rows
+    monkeypatch.setattr(tables, "COMPACT_FRAGMENTS", 3)
+    store, manifest = new_store(tmp_path)
+    vecs = clustered(3000)
+    names = [f"p{i}" for i in range(3000)]
+    store.tables.add_rows("text", rows_for(names[:1500]), vecs[:1500])
+    manifest = store.publish(manifest, ["text"], flat_max=5000)
+    frags = lambda: store.tables.open("text").stats()["fragment_stats"]["num_fragments"]  # noqa: E731
+    assert frags() == 1
+    for i in range(2):  # two small appends (3 fragments): left as they are, no rewrite of 1,500 rows each time
+        store.tables.add_rows(
+            "text", rows_for(names[1500 + 100 * i : 1600 + 100 * i]), vecs[1500 + 100 * i : 1600 + 100 * i]
+        )
+        version = store.tables.open("text").version
+        manifest = store.publish(manifest, ["text"], flat_max=5000)
+        assert manifest["shards"]["text"]["version"] == version and frags() == 2 + i
+    store.tables.add_rows("text", rows_for(names[1800:1900]), vecs[1800:1900])
+    manifest = store.publish(manifest, ["text"], flat_max=5000)  # a fourth fragment, over 3: now compacted
+    assert frags() == 1 and manifest["shards"]["text"]["rows"] == 1800
+    keys, _ = table_state(store, manifest["shards"]["text"]["version"])
+    assert sorted(keys.tolist()) == sorted(r["key"] for r in rows_for(names[:1700] + names[1800:1900]))
+    store.tables.delete_units("text", [f"u-p{i}" for i in range(200)])  # a tenth of the rows deleted: compacted
+    manifest = store.publish(manifest, ["text"], flat_max=5000)
+    table = store.tables.open("text")
+    latest = max(table.list_versions(), key=lambda v: v["version"])["metadata"]
+    assert latest["total_deletion_file_rows"] == "0" and latest["total_rows"] == "1600"  # rewritten without them
+    assert manifest["shards"]["text"]["rows"] == 1600

@@ -34,7 +34,7 @@ RECALL_QUERIES = 1000
 RECALL_K = 10
 TUNE_QUERIES = 200  # queries the nprobe is chosen on; the rest measure the recall recorded
 RETRAIN_GROWTH = 2.0  # an IVF index is retrained once its shard is this factor larger (or smaller) than when trained
-FRESH_QUERIES = 200  # added rows that check an updated IVF index's recall against exact search
+FRESH_QUERIES = 64  # added rows that check an updated IVF index's recall against exact search
 FRESH_MIN = 50  # fewer rows added than this: no recall check at this publish (too few to measure)
 MEMORY_FRACTION = 0.5  # default memory budget of one shard's index: this share of the machine's RAM
 PQ_DIMS = 16  # dimensions per PQ sub-quantizer (8-bit codes): 1536 -> PQ96, 96 bytes a vector
@@ -229,27 +229,19 @@ def update(index, removed: np.ndarray, added: Iterator[tuple[np.ndarray, np.ndar
     return gone, count
 
 
-def _ivf_lists(index, group: int = 65536) -> Batches:
-    """(ids, vectors) of an ``IVF,Flat`` index's lists, a few lists joined into batches of about ``group``."""
+def _ivf_lists(index) -> Batches:
+    """(ids, vectors) of each non-empty list of an ``IVF,Flat`` index, as views of its memory (no copy)."""
     faiss = _faiss()
     ivf = faiss.extract_index_ivf(index)
     lists, d = ivf.invlists, ivf.d
 
     def gen():
-        keys, vecs, held = [], [], 0
         for i in range(ivf.nlist):
             size = lists.list_size(i)
-            if not size:
-                continue
-            keys.append(faiss.rev_swig_ptr(lists.get_ids(i), size).astype(np.int64))
-            codes = faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
-            vecs.append(codes.view(np.float32).reshape(size, d))  # IVF,Flat codes: raw vectors
-            held += size
-            if held >= group:
-                yield np.concatenate(keys), np.concatenate(vecs)
-                keys, vecs, held = [], [], 0
-        if held:
-            yield np.concatenate(keys), np.concatenate(vecs)
+            if size:
+                keys = faiss.rev_swig_ptr(lists.get_ids(i), size)
+                codes = faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
+                yield keys, codes.view(np.float32).reshape(size, d)  # IVF,Flat codes: the raw vectors
 
     return gen
 
@@ -386,15 +378,28 @@ def tune_nprobe(
         at += 1
 
 
-def write(index, path: str | os.PathLike) -> None:
-    """Write atomically: a reader never sees a half-written file."""
+def write(index, path: str | os.PathLike) -> str:
+    """Write atomically (a reader never sees a half-written file); returns the file's sha256, computed
+    on the bytes as they are written rather than by reading the file back."""
+    import hashlib
+
     faiss = _faiss()
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    faiss.write_index(index, tmp)
-    with open(tmp, "rb") as fh:
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as fh:
+
+        def put(data: bytes) -> None:
+            digest.update(data)
+            fh.write(data)
+
+        writer = faiss.PyCallbackIOWriter(put, 8 << 20)
+        faiss.write_index(index, writer)
+        del writer  # flushes its last block
+        fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    return digest.hexdigest()
 
 
 def stores_vectors(index) -> bool:

@@ -121,11 +121,11 @@ def _must_build(old: dict[str, Any] | None, version: int, incremental: bool) -> 
     return None
 
 
-def faiss_entry(folder: Path, rel: str) -> dict[str, Any]:
+def faiss_entry(folder: Path, rel: str, sha256: str | None = None) -> dict[str, Any]:
     """What a reader checks a FAISS file against (size, sha256), and the stat the writer trusts until it changes."""
     path = folder / rel
     stat = manifests.file_stat(path)
-    return {"faiss": rel, "faiss_bytes": stat[0], "faiss_sha256": file_sha256(path), "faiss_stat": stat}
+    return {"faiss": rel, "faiss_bytes": stat[0], "faiss_sha256": sha256 or file_sha256(path), "faiss_stat": stat}
 
 
 def publish(
@@ -168,9 +168,9 @@ def publish(
         if index.ntotal != n:
             raise UniteError(f"shard {shard}: FAISS holds {index.ntotal} vectors, the table {n}")
         rel = f"{FAISS_DIR}/{table_name(shard)}.v{version}.faiss"
-        ann.write(index, folder / rel)
+        sha256 = ann.write(index, folder / rel)
         entry = {"table": table_name(shard), "version": version, "rows": n, "dim": dim}
-        new["shards"][shard] = {**entry, **faiss_entry(folder, rel), "index": info}
+        new["shards"][shard] = {**entry, **faiss_entry(folder, rel, sha256), "index": info}
     new["format"] = manifests.FORMAT
     new["serial"] = int(manifest.get("serial", 0)) + 1  # tells readers a newer state replaced theirs
     new["published"] = manifests.now()

@@ -5,9 +5,12 @@ against the recorded size and sha256 before use) and the rows of that version. I
 ``manifest.json``, so it cannot pair a new FAISS file with an old table. A :class:`Snapshot` holds
 the readers of every shard of one manifest; :meth:`unite_search.Index.refresh` swaps snapshots whole.
 
-Of a shard's rows a reader holds only a key -> row offset map (12 bytes a row, loaded on first use)
-and a bounded cache of recent hits (:data:`ROW_CACHE` rows): a search fetches its hits' columns from
-the pinned table by row offset, so a reader's memory is its ANN index plus that map and cache.
+A reader of a shard up to :data:`MEMORY_ROWS` rows holds its small columns in memory after the first
+search (about 250 bytes a row) and fetches the columns of unbounded size (``text``, ``caption``,
+``metadata``) for the hits only. Of a larger shard it holds only a key -> row offset map (12 bytes a
+row) and a bounded cache of recent hits (:data:`ROW_CACHE` rows), and fetches its hits' rows from the
+pinned table by row offset (a few ms a search through LanceDB): its memory is the ANN index plus the
+map and the cache.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from . import manifest as manifests
 from .diskio import brief
 from .errors import IndexDamagedError, StaleReadError
-from .schema import ROW_COLUMNS
+from .schema import LARGE_COLUMNS, ROW_COLUMNS, SMALL_COLUMNS
 from .tables import READ_BATCH, ShardTables
 
 REPAIR = "run `unite-search ingest` on the corpus again to rebuild it"
@@ -31,12 +34,15 @@ POST_FILTER_MAX = 64  # ids left out of a search by dropping them from a longer 
 
 
 ROW_CACHE = 4096  # rows a shard reader keeps after fetching them for hits (least recently used go first)
+MEMORY_ROWS = 1_000_000  # shards up to this many rows hold their small columns in memory (~250 bytes a row)
 
 
 @dataclass(frozen=True)
 class _Meta:
     sorted_keys: np.ndarray  # (n,) int64
     order: np.ndarray  # (n,) int32 or int64: the row offset of each sorted key
+    table: Any = None  # pyarrow Table of SMALL_COLUMNS in row order, for a shard of at most MEMORY_ROWS rows
+    large: np.ndarray | None = None  # (n,) bool with ``table``: the row has text, caption or metadata to fetch
 
 
 class ShardReader:
@@ -120,20 +126,32 @@ class ShardReader:
             return self._meta
 
     def _load_meta(self) -> _Meta:
+        import pyarrow as pa
+
+        held = self.rows <= MEMORY_ROWS
+        columns = {c: c for c in (SMALL_COLUMNS if held else ("key",))}
+        if held:
+            columns["large"] = " OR ".join(f"{c} IS NOT NULL" for c in LARGE_COLUMNS)
         try:
-            batches = list(self.table().search().select(["key"]).limit(None).to_batches(READ_BATCH))
+            batches = list(self.table().search().select(columns).limit(None).to_batches(READ_BATCH))
         except (StaleReadError, IndexDamagedError):
             raise
         except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
             raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
-        keys = np.concatenate([b.column("key").to_numpy() for b in batches]) if batches else np.empty(0, np.int64)
-        if len(keys) != self.rows:
+        table = pa.Table.from_batches(batches).combine_chunks() if batches else None
+        got = 0 if table is None else table.num_rows
+        if got != self.rows:
             raise IndexDamagedError(
-                f"{self.folder}: shard {self.name!r} table version {self.entry['version']} holds {len(keys)} rows, "
+                f"{self.folder}: shard {self.name!r} table version {self.entry['version']} holds {got} rows, "
                 f"the manifest says {self.rows}; {REPAIR}"
             )
+        keys = table.column("key").to_numpy() if table is not None else np.empty(0, np.int64)
         order = np.argsort(keys, kind="stable").astype(np.int32 if len(keys) < 2**31 else np.int64)
-        return _Meta(np.ascontiguousarray(keys[order], dtype=np.int64), order)
+        sorted_keys = np.ascontiguousarray(keys[order], dtype=np.int64)
+        if not held or table is None:
+            return _Meta(sorted_keys, order)
+        large = table.column("large").to_numpy(zero_copy_only=False)
+        return _Meta(sorted_keys, order, table.drop_columns(["large"]), large)
 
     # ----------------------------------------------------------------- lookups
     def offsets(self, keys) -> np.ndarray:
@@ -162,16 +180,16 @@ class ShardReader:
         if not keys:
             return {}
         offsets = self._offsets_or_damage(keys)
+        meta = self.meta()
+        if meta.table is not None:
+            return self._held_rows(meta, offsets)
         with self._lock:
             out = {k: self._rows[k] for k in keys if k in self._rows}
             for k in out:
                 self._rows.move_to_end(k)
         fetch = sorted({int(o) for k, o in zip(keys, offsets, strict=True) if k not in out})
         if fetch:
-            try:
-                got = self.table().take_offsets(fetch).select(list(ROW_COLUMNS)).to_arrow().to_pylist()
-            except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
-                raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
+            got = self._take(fetch, list(ROW_COLUMNS))
             with self._lock:
                 for row in got:
                     out[row["key"]] = self._rows[row["key"]] = row
@@ -183,6 +201,26 @@ class ShardReader:
                 f"than asked by offset; {REPAIR}"
             )
         return {k: dict(out[k]) for k in keys}
+
+    def _held_rows(self, meta: _Meta, offsets: np.ndarray) -> dict[int, dict[str, Any]]:
+        import pyarrow as pa
+
+        rows = meta.table.take(pa.array(offsets)).to_pylist()
+        for row in rows:
+            for column in LARGE_COLUMNS:
+                row[column] = None
+        fetch = [int(o) for o in offsets if meta.large[o]]
+        if fetch:
+            by_key = {r.pop("key"): r for r in self._take(fetch, ["key", *LARGE_COLUMNS])}
+            for row in rows:
+                row.update(by_key.get(row["key"], {}))
+        return {row["key"]: row for row in rows}
+
+    def _take(self, offsets: list[int], columns: list[str]) -> list[dict[str, Any]]:
+        try:
+            return self.table().take_offsets(offsets).select(columns).to_arrow().to_pylist()
+        except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
+            raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
 
     def vector(self, key: int) -> np.ndarray | None:
         """The stored vector of the row with this key (``like=``), or None.
@@ -217,6 +255,11 @@ class ShardReader:
 
     def keys_with_hash(self, content_hash: str) -> set[int]:
         """Keys of the rows made from these bytes (a query file that is itself in the index)."""
+        import pyarrow.compute as pc
+
+        table = self.meta().table
+        if table is not None:
+            return set(table.filter(pc.equal(table.column("content_hash"), content_hash)).column("key").to_pylist())
         if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
             raise ValueError(f"not a sha256 hex digest: {content_hash!r}")
         return set(self.keys_where(f"content_hash = '{content_hash}'").tolist())

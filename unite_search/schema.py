@@ -19,6 +19,9 @@ ROW_COLUMNS = (
     "id", "key", "unit", "unit_rows", "modality", "source", "path", "paths", "content_hash", "size", "mtime",
     "width", "height", "duration", "frames", "start", "end", "char_start", "char_end", "text", "caption", "metadata",
 )  # fmt: skip
+# Columns of unbounded size: a search holds the others in memory and fetches these for its top k.
+LARGE_COLUMNS = ("text", "caption", "metadata")
+SMALL_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in LARGE_COLUMNS)
 # Columns a ``where`` filter may name (the vector is not filterable).
 FILTER_COLUMNS = frozenset(ROW_COLUMNS)
 

@@ -23,6 +23,9 @@ from .schema import FILES_TABLE, row_schema, shard_of_table, sql_list, table_nam
 READ_BATCH = 65536
 NEVER = dt.timedelta(days=365 * 100)  # "prune nothing" for LanceDB's optimize
 PRUNE_MARGIN = 1.0  # seconds kept before the oldest version that must stay
+COMPACT_ALWAYS_ROWS = 100_000  # tables below this are compacted at every publish
+COMPACT_FRAGMENTS = 20  # ... larger ones once they have more small fragments than this
+COMPACT_DELETED = 100_000  # ... or this many deleted rows (or a tenth of their rows)
 
 
 def lancedb():
@@ -152,10 +155,16 @@ class ShardTables:
 
     def compact(self, shard: str, keep: Iterable[int] = ()) -> int:
         """Merge a run's many small commits into few files, and drop the versions older than both the
-        oldest of ``keep`` and :data:`~unite_search.manifest.KEEP_RECENT_SECONDS`. Returns the new version."""
+        oldest of ``keep`` and :data:`~unite_search.manifest.KEEP_RECENT_SECONDS`. Returns the new version.
+
+        LanceDB rewrites every fragment under about a million rows when it compacts, so a table past
+        :data:`COMPACT_ALWAYS_ROWS` rows is compacted only once it is worth it (:func:`worth_compacting`):
+        else a few new rows would cost a rewrite of the whole shard at each publish."""
         from .manifest import KEEP_RECENT_SECONDS
 
         table = self.open(shard)
+        if not worth_compacting(table):
+            return table.version
         stamps = {v["version"]: v["timestamp"].timestamp() for v in table.list_versions()}  # naive local -> epoch
         oldest = min([stamps[v] for v in keep if v in stamps], default=None)
         cutoff = time.time() - KEEP_RECENT_SECONDS
@@ -164,6 +173,21 @@ class ShardTables:
         age = time.time() - cutoff + PRUNE_MARGIN
         table.optimize(cleanup_older_than=dt.timedelta(seconds=age) if age > PRUNE_MARGIN else NEVER)
         return table.version
+
+
+def worth_compacting(table) -> bool:
+    """LanceDB's own rule of thumb for ``optimize``: a small table always; a large one after
+    :data:`COMPACT_FRAGMENTS` small fragments (appends, each a commit) or :data:`COMPACT_DELETED` rows
+    deleted (or a tenth of its rows)."""
+    stats = table.stats()
+    rows = int(stats["num_rows"])
+    if rows < COMPACT_ALWAYS_ROWS:
+        return True
+    if int(stats["fragment_stats"]["num_small_fragments"]) > COMPACT_FRAGMENTS:
+        return True
+    latest = max(table.list_versions(), key=lambda v: v["version"])
+    deleted = int(latest.get("metadata", {}).get("total_deletion_file_rows", 0))
+    return deleted >= min(COMPACT_DELETED, rows // 10)
 
 
 def _set(table, column: str, values: list):
