@@ -118,3 +118,14 @@ def test_like_on_an_index_of_codes_reads_the_tables_vector(kind_shard):
     reader = Snapshot.open(store.path).readers["text"]
     key = rows_for([names[7]])[0]["key"]
     np.testing.assert_array_equal(reader.vector(key), vecs[7])  # bit for bit, whatever the index stores
+
+
+def test_an_ivf_reader_maps_its_file_instead_of_copying_it(kind_shard):
+    from pathlib import Path
+
+    codes, store, manifest, _, vecs, _ = kind_shard
+    reader = Snapshot.open(store.path).readers["text"]
+    reader.index()
+    path = str((store.path / manifest["shards"]["text"]["faiss"]).resolve())
+    assert (path in Path("/proc/self/maps").read_text()) == (codes != "exact")
+    assert reader.search(vecs[3], 1, allowed=None, excluded=set())[0][0] == rows_for(["k3"])[0]["key"]

@@ -258,3 +258,12 @@ def test_a_large_table_is_compacted_only_when_it_is_worth_it(tmp_path, monkeypat
     latest = max(table.list_versions(), key=lambda v: v["version"])["metadata"]
     assert latest["total_deletion_file_rows"] == "0" and latest["total_rows"] == "1600"  # rewritten without them
     assert manifest["shards"]["text"]["rows"] == 1600
+
+
+def test_which_kinds_store_their_vectors():
+    vecs = clustered(3000)
+    keys = np.arange(3000, dtype=np.int64)
+    flat, _ = ann.build(stream(keys, vecs), 3000, 32, flat_max=5000)
+    ivf, _ = ann.build(stream(keys, vecs), 3000, 32, flat_max=1000)
+    sq8, _ = ann.build(stream(keys, vecs), 3000, 32, flat_max=1000, memory=ann.index_bytes("flat", 3000, 32, 1) - 1)
+    assert [ann.stores_vectors(i) for i in (flat, ivf, sq8)] == [True, True, False]

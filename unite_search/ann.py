@@ -56,6 +56,12 @@ def gpu_count() -> int:
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
 
+def _ivf(index):
+    """The IVF index inside ``index`` as its own class (``extract_index_ivf`` gives the base class)."""
+    faiss = _faiss()
+    return faiss.downcast_index(faiss.extract_index_ivf(index))
+
+
 def nlist_for(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
@@ -256,7 +262,7 @@ def fresh_recall(index, queries: np.ndarray, query_keys: np.ndarray, nprobe: int
     k = min(RECALL_K, index.ntotal - 1)
     if k < 1:
         return 1.0
-    ivf = faiss.extract_index_ivf(index)
+    ivf = _ivf(index)
     if isinstance(ivf, faiss.IndexIVFFlat):
         truth = exact_top(_ivf_lists(index), queries, k + 1, index.metric_type)
     else:
@@ -405,7 +411,7 @@ def write(index, path: str | os.PathLike) -> str:
 def stores_vectors(index) -> bool:
     """Whether the index holds the vectors themselves (``IDMap2,Flat``, ``IVF,Flat``), not codes."""
     faiss = _faiss()
-    return isinstance(index, faiss.IndexIDMap2) or isinstance(faiss.extract_index_ivf(index), faiss.IndexIVFFlat)
+    return isinstance(index, faiss.IndexIDMap2) or isinstance(_ivf(index), faiss.IndexIVFFlat)
 
 
 def stored(index) -> tuple[np.ndarray, np.ndarray]:
@@ -430,5 +436,8 @@ def stored(index) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids).astype(np.int64), np.concatenate(vecs)
 
 
-def read(path: str | os.PathLike):
-    return _faiss().read_index(os.fspath(path))
+def read(path: str | os.PathLike, mmap: bool = False):
+    """A FAISS index from its file; ``mmap``: an IVF index's lists stay in the file, mapped, not copied
+    (pages the searches touch are shared page cache; the file must then never change, and ours never do)."""
+    faiss = _faiss()
+    return faiss.read_index(os.fspath(path), faiss.IO_FLAG_MMAP if mmap else 0)

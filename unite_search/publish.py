@@ -50,6 +50,14 @@ def _keys(table) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
+def _within(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+    """For each value, whether it is in ``sorted_pool`` (a sorted int64 array): a binary search each."""
+    if not len(sorted_pool):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_pool, values), len(sorted_pool) - 1)
+    return sorted_pool[at] == values
+
+
 def _rows_at(table, offsets: np.ndarray, dim: int, chunk: int = 16384):
     """(keys, vectors) of the rows at these offsets, a chunk at a time."""
     for i in range(0, len(offsets), chunk):
@@ -74,9 +82,9 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
     if index.ntotal != int(old["rows"]) or index.d != dim:
         return None, f"{old['faiss']} holds {index.ntotal} vectors of dim {index.d}, not {old['rows']} of {dim}"
     keys = _keys(pinned)
-    held = ann.ids(index)
-    removed = np.setdiff1d(held, keys)
-    added = np.flatnonzero(~np.isin(keys, held))
+    held = np.sort(ann.ids(index))
+    removed = held[~_within(held, np.sort(keys))]
+    added = np.flatnonzero(~_within(keys, held))
     fresh: list[tuple[np.ndarray, np.ndarray]] = []
     rng = np.random.default_rng(int(old["version"]))
     pick = set(rng.choice(len(added), size=min(ann.FRESH_QUERIES, len(added)), replace=False).tolist())

@@ -107,8 +107,8 @@ class ShardReader:
         problem = manifests.faiss_problem(self.folder, self.entry)
         if problem is not None:
             raise IndexDamagedError(f"{self.folder}: {problem}; {REPAIR}")
-        try:
-            index = ann.read(path)
+        try:  # IVF lists are mapped from the checked file (it is never rewritten: each version has its own)
+            index = ann.read(path, mmap=self.entry.get("index", {}).get("type") == "ivf")
         except RuntimeError as exc:
             raise IndexDamagedError(f"{path}: unreadable FAISS file ({brief(exc)}); {REPAIR}") from None
         dim = self.entry.get("dim")
