@@ -81,16 +81,20 @@ def test_each_kind_reaches_the_recall_target_against_exact_search(kind_shard):
     assert recall >= (1.0 if codes == "exact" else 0.93), recall
 
 
-def test_each_kind_is_updated_in_place(kind_shard):
+@pytest.mark.parametrize("delta_max", [0.1, 0])
+def test_each_kind_is_updated_in_place(kind_shard, delta_max, monkeypatch):
+    monkeypatch.setattr(ann, "DELTA_MAX", delta_max)  # 0.1: IVF changes go to a delta; 0: the base is rewritten
     codes, store, manifest, names, vecs, (flat_max, memory) = kind_shard
     store.tables.add_rows("text", rows_for(names[N : N + 300]), vecs[N : N + 300])
     store.tables.delete_units("text", [f"u-k{i}" for i in range(100)])
     manifest = store.publish(manifest, ["text"], flat_max=flat_max, memory=memory)
     info = manifest["shards"]["text"]["index"]
-    assert (
-        info["built"] == "updated" and info["codes"] == codes and info["last_update"] == {"added": 300, "removed": 100}
-    )
-    if codes != "exact":
+    assert info["codes"] == codes
+    if codes != "exact" and delta_max:
+        assert info["built"] == "delta" and info["delta"] == {"added": 300, "removed": 100}
+    else:
+        assert info["built"] == "updated" and info["last_update"] == {"added": 300, "removed": 100}
+    if codes != "exact" and not delta_max:
         assert info["fresh_recall"]["recall_at_10"] >= ann.TARGET_RECALL
     reader = Snapshot.open(store.path).readers["text"]
     found = [reader.search(v, 1, allowed=None, excluded=set())[0][0] for v in vecs[N : N + 300 : 10]]

@@ -142,6 +142,7 @@ def test_crossing_the_exact_limit_rebuilds_both_ways(tmp_path):
 def test_recall_on_new_rows_under_target_retrains(ivf_shard, monkeypatch):
     store, manifest, names, vecs = ivf_shard
     store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])
+    monkeypatch.setattr(ann, "DELTA_MAX", 0)  # rewrite the base (where the recall is checked), no delta
     monkeypatch.setattr(ann, "TARGET_RECALL", 1.01)  # no recall reaches it: the check must send it to a rebuild
     manifest = store.publish(manifest, ["text"], flat_max=1000)
     info = manifest["shards"]["text"]["index"]
@@ -161,7 +162,8 @@ def test_fresh_recall_is_measured_against_brute_force():
     assert got < ann.fresh_recall(index, queries, query_keys, nprobe=index.nlist) == 1.0
 
 
-def test_few_new_rows_are_added_without_a_recall_check(ivf_shard):
+def test_few_new_rows_are_added_without_a_recall_check(ivf_shard, monkeypatch):
+    monkeypatch.setattr(ann, "DELTA_MAX", 0)
     store, manifest, names, vecs = ivf_shard
     store.tables.add_rows("text", rows_for(names[2500:2510]), vecs[2500:2510])
     manifest = store.publish(manifest, ["text"], flat_max=1000)
@@ -198,8 +200,8 @@ def test_a_crash_before_the_manifest_swap_leaves_the_published_state(ivf_shard, 
     assert reader.index().ntotal == 2500  # the old file, checked against its sha256 on load
     assert reader.rows == 2500 and len(reader.offsets([row_key(names[2600])])) == 1
     assert reader.offsets([row_key(names[2600])])[0] == -1  # the unpublished rows are not visible
-    manifest = store.publish(published, ["text"], flat_max=1000)  # the next run publishes them, updated
-    assert manifest["shards"]["text"]["rows"] == 2700 and manifest["shards"]["text"]["index"]["built"] == "updated"
+    manifest = store.publish(published, ["text"], flat_max=1000)  # the next run publishes them, as a delta
+    assert manifest["shards"]["text"]["rows"] == 2700 and manifest["shards"]["text"]["index"]["built"] == "delta"
 
 
 def test_info_says_an_index_was_updated_since_it_was_built(ivf_shard):
@@ -213,9 +215,7 @@ def test_info_says_an_index_was_updated_since_it_was_built(ivf_shard):
     result = CliRunner().invoke(main, ["info", str(store.path)])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("shard"))
-    assert (
-        f"2600 rows  IVF{ann.nlist_for(2500)},Flat nprobe" in line and "updated 1x since built (+100 -0 rows)" in line
-    )
+    assert f"2600 rows  IVF{ann.nlist_for(2500)},Flat nprobe" in line and "+100 -0 rows beside its base file" in line
 
 
 def test_the_sha256_recorded_is_the_written_files(ivf_shard):
@@ -267,3 +267,81 @@ def test_which_kinds_store_their_vectors():
     ivf, _ = ann.build(stream(keys, vecs), 3000, 32, flat_max=1000)
     sq8, _ = ann.build(stream(keys, vecs), 3000, 32, flat_max=1000, memory=ann.index_bytes("flat", 3000, 32, 1) - 1)
     assert [ann.stores_vectors(i) for i in (flat, ivf, sq8)] == [True, True, False]
+
+
+def test_a_delta_publish_leaves_the_base_file_and_writes_the_changes_beside_it(ivf_shard, monkeypatch):
+    monkeypatch.setattr(manifests, "KEEP_RECENT_SECONDS", 0)  # keep the current and previous states only
+    store, manifest, names, vecs = ivf_shard
+    first = manifest["shards"]["text"]
+    store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])
+    store.tables.delete_units("text", [f"u-r{i}" for i in range(50)])
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    entry = manifest["shards"]["text"]
+    assert entry["index"]["built"] == "delta" and entry["index"]["delta"] == {"added": 100, "removed": 50}
+    assert entry["faiss"] == first["faiss"] and entry["faiss_sha256"] == first["faiss_sha256"]  # base untouched
+    assert entry["rows"] == 2550 and entry["base_rows"] == 2500
+    assert (store.path / entry["delta"]["faiss"]).is_file() and (store.path / entry["removed"]["faiss"]).is_file()
+    reader = Snapshot.open(store.path).readers["text"]
+    new_keys = [row_key(n) for n in names[2500:2600]]
+    gone = {row_key(n) for n in names[:50]}
+    assert [reader.search(v, 1, allowed=None, excluded=set())[0][0] for v in vecs[2500:2600]] == new_keys
+    for v in vecs[:50]:  # a removed row is never found, whatever the query and filter
+        assert not {k for k, _ in reader.search(v, 20, allowed=None, excluded=set())} & gone
+        assert not {k for k, _ in reader.search(v, 20, allowed=None, excluded=set(range(100)))} & gone
+    allowed = np.array(sorted(gone | set(new_keys[:5])), dtype=np.int64)
+    hits = reader.search(vecs[0], 10, allowed=allowed, excluded=set())
+    assert sorted(k for k, _ in hits) == sorted(new_keys[:5])  # exactly the live rows the filter allows
+    np.testing.assert_array_equal(reader.vector(new_keys[7]), vecs[2507])  # like= on a delta row, bit for bit
+    keys, table_vecs = table_state(store, entry["version"])
+    queries = clustered(100, noise_seed=6)
+    found = [[k for k, _ in reader.search(q, 10, allowed=None, excluded=set())] for q in queries]
+    assert ann.recall_at_k(np.array(found), brute_top(keys, table_vecs, queries, 10)) >= 0.93
+    assert not verify_damaged(store)
+    # a second delta publish: the changes are counted from the base file, the first delta's files go
+    store.tables.add_rows("text", rows_for(names[2600:2650]), vecs[2600:2650])
+    second = store.publish(manifest, ["text"], flat_max=1000)["shards"]["text"]
+    assert second["index"]["delta"] == {"added": 150, "removed": 50} and second["faiss"] == first["faiss"]
+    assert (store.path / entry["delta"]["faiss"]).is_file()  # the previous state's files stay for its readers
+    store.tables.add_rows("text", rows_for(names[2650:2660]), vecs[2650:2660])
+    store.publish(store.require_manifest(), ["text"], flat_max=1000)
+    assert not (store.path / entry["delta"]["faiss"]).exists() and not (store.path / entry["removed"]["faiss"]).exists()
+    assert (store.path / first["faiss"]).is_file() and (store.path / second["delta"]["faiss"]).is_file()
+
+
+def verify_damaged(store):
+    from unite_search.verify import verify
+
+    return verify(store.path).damaged
+
+
+def test_changes_past_a_tenth_of_the_base_rewrite_it(ivf_shard):
+    store, manifest, names, vecs = ivf_shard
+    store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    assert manifest["shards"]["text"]["index"]["built"] == "delta"
+    store.tables.add_rows("text", rows_for(names[2600:2800]), vecs[2600:2800])  # 300 since the base: past 250
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    entry = manifest["shards"]["text"]
+    assert entry["index"]["built"] == "updated" and entry["index"]["last_update"] == {"added": 300, "removed": 0}
+    assert "delta" not in entry and "removed" not in entry and entry["rows"] == 2800
+    assert Snapshot.open(store.path).readers["text"].index().ntotal == 2800
+    assert not verify_damaged(store)
+
+
+def test_a_damaged_delta_is_an_error_for_readers_and_rebuilt_by_the_writer(ivf_shard):
+    from unite_search.errors import IndexDamagedError
+
+    store, manifest, names, vecs = ivf_shard
+    store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    path = store.path / manifest["shards"]["text"]["delta"]["faiss"]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexDamagedError, match=r"delta\.faiss does not match its recorded sha256"):
+        Snapshot.open(store.path).readers["text"].index()
+    assert verify_damaged(store)
+    assert "text" in store.needs_repair(manifest)
+    manifest = store.publish(manifest, ["text"], flat_max=1000)  # what ingest does with a damaged shard
+    assert manifest["shards"]["text"]["index"]["built"] == "full" and "delta" not in manifest["shards"]["text"]
+    assert Snapshot.open(store.path).readers["text"].index().ntotal == 2600

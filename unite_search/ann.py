@@ -38,6 +38,7 @@ FRESH_QUERIES = 64  # added rows that check an updated IVF index's recall agains
 FRESH_MIN = 50  # fewer rows added than this: no recall check at this publish (too few to measure)
 MEMORY_FRACTION = 0.5  # default memory budget of one shard's index: this share of the machine's RAM
 PQ_DIMS = 16  # dimensions per PQ sub-quantizer (8-bit codes): 1536 -> PQ96, 96 bytes a vector
+DELTA_MAX = 0.1  # an IVF shard's changes stay beside its base file until they reach this share of it
 RERANK = {"sq8": 4, "pq": 10}  # an index of codes returns this many candidates per hit, re-ranked exactly
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # () -> iter of (keys int64, vectors float32)
@@ -215,6 +216,18 @@ def rebuild_reason(
     if n > RETRAIN_GROWTH * trained or n * RETRAIN_GROWTH < trained:
         return f"{n} rows, past {RETRAIN_GROWTH:g}x the {trained} it was trained at"
     return None
+
+
+def empty_like(index):
+    """``index`` (IVF, freshly read) emptied: its trained quantizer and codebooks, with new empty lists."""
+    faiss = _faiss()
+    ivf = _ivf(index)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns it now
+    ivf.ntotal = 0
+    index.ntotal = 0
+    return index
 
 
 def update(index, removed: np.ndarray, added: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:

@@ -657,7 +657,9 @@ def _index_words(idx: dict) -> str:
             " (over the memory budget)" if idx.get("over_budget") else ""
         )
     since = idx.get("since_training")
-    if idx.get("built") == "updated" and since:
+    if idx.get("built") == "delta":
+        words += f"; +{idx['delta']['added']} -{idx['delta']['removed']} rows beside its base file"
+    elif idx.get("built") == "updated" and since:
         words += f"; updated {since['publishes']}x since built (+{since['added']} -{since['removed']} rows)"
     return words
 

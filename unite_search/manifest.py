@@ -130,12 +130,30 @@ def file_stat(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
+DELTA_PARTS = ("delta", "removed")  # files a shard entry may name beside its base FAISS file
+
+
+def files_of(entry: dict[str, Any]) -> list[str]:
+    """Every file under ``faiss/`` a shard entry names: the base index, and its delta parts if any."""
+    return [entry["faiss"], *(entry[part]["faiss"] for part in DELTA_PARTS if part in entry)]
+
+
 def faiss_problem(folder: Path, entry: dict[str, Any], *, trust_stat: bool = False) -> str | None:
-    """What is wrong with the FAISS file a manifest entry names (missing, size, sha256), or None.
+    """What is wrong with the files a shard entry names (missing, size, sha256): its FAISS file and, after
+    a delta publish, the delta index and the removed ids beside it; or None.
 
     ``trust_stat`` skips hashing a file whose stat is still the one recorded when it was written
     (the writer's cheap check before each run); readers and ``--verify`` always hash.
     """
+    for part in DELTA_PARTS:
+        if part in entry:
+            problem = _file_problem(folder, entry[part], trust_stat)
+            if problem is not None:
+                return problem
+    return _file_problem(folder, entry, trust_stat)
+
+
+def _file_problem(folder: Path, entry: dict[str, Any], trust_stat: bool) -> str | None:
     from .diskio import file_sha256
 
     rel = entry["faiss"]
@@ -156,7 +174,7 @@ def faiss_problem(folder: Path, entry: dict[str, Any], *, trust_stat: bool = Fal
 
 def state(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a published manifest names on disk: its time and, per shard, the table version and FAISS file."""
-    keys = ("version", "faiss", "faiss_bytes", "faiss_sha256")
+    keys = ("version", "faiss", "faiss_bytes", "faiss_sha256", *DELTA_PARTS)
     shards = {name: {k: e[k] for k in keys if k in e} for name, e in manifest.get("shards", {}).items()}
     return {"published": manifest.get("published") or manifest.get("updated") or now(), "shards": shards}
 

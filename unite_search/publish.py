@@ -19,6 +19,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,24 +68,47 @@ def _rows_at(table, offsets: np.ndarray, dim: int, chunk: int = 16384):
         yield keys, np.ascontiguousarray(vecs.reshape(-1, dim))
 
 
+@dataclass
+class _Delta:
+    """A publish that leaves an IVF shard's base file as it is: the rows added since, in a small index
+    of their own, and the ids removed since."""
+
+    index: Any
+    removed: np.ndarray  # sorted int64
+
+
 def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_max: int, memory: int | None):
-    """The previous index of a shard brought to the pinned table version, and its entry; or (None, why not)."""
+    """The shard's previous index brought to the pinned table version: (index, info), (_Delta, info) or
+    (None, why it must be built anew)."""
     from . import ann
 
     info = dict(old.get("index", {}))
     why = ann.rebuild_reason(info, n, dim, flat_max, memory) or manifests.faiss_problem(folder, old, trust_stat=True)
     if why is not None:
         return None, why
+    ivf = info.get("type") == "ivf"
     try:
-        index = ann.read(folder / old["faiss"])
+        base = ann.read(folder / old["faiss"], mmap=ivf)  # mapped: only its ids are read unless it is rewritten
     except RuntimeError as exc:
         return None, f"{old['faiss']} is unreadable ({exc})"
-    if index.ntotal != int(old["rows"]) or index.d != dim:
-        return None, f"{old['faiss']} holds {index.ntotal} vectors of dim {index.d}, not {old['rows']} of {dim}"
+    base_rows = int(old.get("base_rows", old["rows"]))
+    if base.ntotal != base_rows or base.d != dim:
+        return None, f"{old['faiss']} holds {base.ntotal} vectors of dim {base.d}, not {base_rows} of {dim}"
     keys = _keys(pinned)
-    held = np.sort(ann.ids(index))
+    held = np.sort(ann.ids(base))
     removed = held[~_within(held, np.sort(keys))]
     added = np.flatnonzero(~_within(keys, held))
+    for key in ("fresh_recall", "rebuild_reason", "delta"):
+        info.pop(key, None)
+    if ivf and len(added) + len(removed) <= ann.DELTA_MAX * len(held):
+        delta = ann.empty_like(ann.read(folder / old["faiss"], mmap=True))
+        ann.update(delta, np.empty(0, np.int64), _rows_at(pinned, added, dim))
+        if base.ntotal - len(removed) + delta.ntotal != n:
+            return None, f"base {base.ntotal} - removed {len(removed)} + added {delta.ntotal} is not the table's {n}"
+        info.update(built="delta", delta={"added": int(delta.ntotal), "removed": len(removed)})
+        return _Delta(delta, removed), info
+    if ivf:
+        base = ann.read(folder / old["faiss"])  # rewritten: loaded whole
     fresh: list[tuple[np.ndarray, np.ndarray]] = []
     rng = np.random.default_rng(int(old["version"]))
     pick = set(rng.choice(len(added), size=min(ann.FRESH_QUERIES, len(added)), replace=False).tolist())
@@ -98,24 +122,22 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
             at += len(keys_)
             yield keys_, vecs
 
-    gone, count = ann.update(index, removed, batches())
-    if index.ntotal != n:
-        return None, f"the updated index holds {index.ntotal} vectors, the table {n} (keys repeated?)"
+    gone, count = ann.update(base, removed, batches())
+    if base.ntotal != n:
+        return None, f"the updated index holds {base.ntotal} vectors, the table {n} (keys repeated?)"
     since = dict(info.get("since_training") or {"publishes": 0, "added": 0, "removed": 0})
     since = {"publishes": since["publishes"] + 1, "added": since["added"] + count, "removed": since["removed"] + gone}
     info.update(built="updated", last_update={"added": count, "removed": gone}, since_training=since)
-    info.pop("rebuild_reason", None)
-    info.pop("fresh_recall", None)  # measured again below when enough rows were added, else not this time
-    if info.get("type") == "ivf" and count >= ann.FRESH_MIN:
+    if ivf and count >= ann.FRESH_MIN:
         queries = np.concatenate([v for _, v in fresh])
         width = ann.RECALL_K * int(info.get("rerank") or 1)
         keys_ = np.concatenate([k for k, _ in fresh])
-        recall = ann.fresh_recall(index, queries, keys_, int(info["nprobe"]), candidates=width)
+        recall = ann.fresh_recall(base, queries, keys_, int(info["nprobe"]), candidates=width)
         info["fresh_recall"] = {"recall_at_10": round(recall, 4), "queries": len(queries)}
         target = ann.TARGET_RECALL
         if recall < target:
             return None, f"recall@10 on {len(queries)} newly added rows is {recall:.3f}, under {target}"
-    return index, info
+    return base, info
 
 
 def _must_build(old: dict[str, Any] | None, version: int, incremental: bool) -> str | None:
@@ -173,12 +195,24 @@ def publish(
         if index is None:
             index, info = ann.build(_batches(pinned, dim), n, dim, flat_max=flat_max, memory=memory, gpu=gpu)
             info = {**info, "built": "full", "rebuild_reason": why}
+        entry = {"table": table_name(shard), "version": version, "rows": n, "dim": dim}
+        stem = f"{FAISS_DIR}/{table_name(shard)}.v{version}"
+        if isinstance(index, _Delta):  # the base file stays; the changes since it go beside it
+            base = {k: old[k] for k in ("faiss", "faiss_bytes", "faiss_sha256", "faiss_stat")}
+            entry.update(base, base_rows=int(old.get("base_rows", old["rows"])))
+            entry["delta"] = faiss_entry(
+                folder, f"{stem}.delta.faiss", ann.write(index.index, folder / f"{stem}.delta.faiss")
+            )
+            if len(index.removed):
+                entry["removed"] = faiss_entry(
+                    folder, f"{stem}.removed.npy", _write_ids(index.removed, folder / f"{stem}.removed.npy")
+                )
+            new["shards"][shard] = {**entry, "index": info}
+            continue
         if index.ntotal != n:
             raise UniteError(f"shard {shard}: FAISS holds {index.ntotal} vectors, the table {n}")
-        rel = f"{FAISS_DIR}/{table_name(shard)}.v{version}.faiss"
-        sha256 = ann.write(index, folder / rel)
-        entry = {"table": table_name(shard), "version": version, "rows": n, "dim": dim}
-        new["shards"][shard] = {**entry, **faiss_entry(folder, rel, sha256), "index": info}
+        sha256 = ann.write(index, folder / f"{stem}.faiss")
+        new["shards"][shard] = {**entry, **faiss_entry(folder, f"{stem}.faiss", sha256), "index": info}
     new["format"] = manifests.FORMAT
     new["serial"] = int(manifest.get("serial", 0)) + 1  # tells readers a newer state replaced theirs
     new["published"] = manifests.now()
@@ -189,15 +223,37 @@ def publish(
     return new
 
 
+def _write_ids(ids: np.ndarray, path: Path) -> str:
+    """Write ids as a .npy file (int64, no pickle) atomically; returns its sha256."""
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(ids, dtype=np.int64), allow_pickle=False)
+    data = buf.getvalue()
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_ids(path: Path) -> np.ndarray:
+    """The ids a ``.removed.npy`` file holds (checked against the manifest before)."""
+    return np.load(path, allow_pickle=False).astype(np.int64, copy=False)
+
+
 def prune_faiss(folder: Path, states: list[dict[str, Any]]) -> list[str]:
     """Delete FAISS files (and temporaries of killed writers) that no kept state names."""
     faiss_dir = folder / FAISS_DIR
     if not faiss_dir.is_dir():
         return []
     remove_stale_temporaries(faiss_dir)
-    live = {entry["faiss"] for s in states for entry in s["shards"].values()}
+    live = {rel for s in states for entry in s["shards"].values() for rel in manifests.files_of(entry)}
     removed = []
-    for path in faiss_dir.glob("*.faiss"):
+    for path in [*faiss_dir.glob("*.faiss"), *faiss_dir.glob("*.npy")]:
         rel = f"{FAISS_DIR}/{path.name}"
         if rel not in live:
             with contextlib.suppress(OSError):

@@ -15,6 +15,7 @@ map and the cache.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ REPAIR = "run `unite-search ingest` on the corpus again to rebuild it"
 POST_FILTER_MAX = 64  # ids left out of a search by dropping them from a longer top k; more: a FAISS selector
 
 
+_NONE = np.empty(0, np.int64)
 ROW_CACHE = 4096  # rows a shard reader keeps after fetching them for hits (least recently used go first)
 MEMORY_ROWS = 1_000_000  # shards up to this many rows hold their small columns in memory (~250 bytes a row)
 
@@ -60,6 +62,9 @@ class ShardReader:
         self._meta: _Meta | None = None
         self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()  # recent hits' rows, ROW_CACHE at most
         self._direct_map = False  # the FAISS index can reconstruct a vector by key
+        self._delta = None  # after a delta publish: the rows added since the base FAISS file
+        self._removed = _NONE  # ... and the sorted ids removed since
+        self._dead = None  # a FAISS selector that skips the removed ids
 
     @property
     def rows(self) -> int:
@@ -100,23 +105,39 @@ class ShardReader:
 
     def _load_index(self):
         from . import ann
+        from .publish import read_ids
 
-        path = self.folder / self.entry["faiss"]
-        if "faiss_sha256" in self.entry and not path.is_file():
-            raise self._missing(self.entry["faiss"])  # pruned after a later publish, or deleted
+        for rel in manifests.files_of(self.entry):
+            if "faiss_sha256" in self.entry and not (self.folder / rel).is_file():
+                raise self._missing(rel)  # pruned after a later publish, or deleted
         problem = manifests.faiss_problem(self.folder, self.entry)
         if problem is not None:
             raise IndexDamagedError(f"{self.folder}: {problem}; {REPAIR}")
+        path = self.folder / self.entry["faiss"]
         try:  # IVF lists are mapped from the checked file (it is never rewritten: each version has its own)
             index = ann.read(path, mmap=self.entry.get("index", {}).get("type") == "ivf")
-        except RuntimeError as exc:
+            if "delta" in self.entry:
+                self._delta = ann.read(self.folder / self.entry["delta"]["faiss"])
+            if "removed" in self.entry:
+                self._removed = np.sort(read_ids(self.folder / self.entry["removed"]["faiss"]))
+        except (RuntimeError, ValueError) as exc:
             raise IndexDamagedError(f"{path}: unreadable FAISS file ({brief(exc)}); {REPAIR}") from None
         dim = self.entry.get("dim")
-        if index.ntotal != self.rows or (dim is not None and index.d != dim):
+        base_rows = int(self.entry.get("base_rows", self.rows))
+        added = self._delta.ntotal if self._delta is not None else 0
+        if (
+            index.ntotal != base_rows
+            or index.ntotal - len(self._removed) + added != self.rows
+            or (dim is not None and index.d != dim)
+        ):
             raise IndexDamagedError(
-                f"{path}: holds {index.ntotal} vectors of dim {index.d}, the manifest says {self.rows} of {dim}; "
-                f"{REPAIR}"
+                f"{path}: holds {index.ntotal} vectors of dim {index.d} (+{added} -{len(self._removed)} since), "
+                f"the manifest says {self.rows} of {dim}; {REPAIR}"
             )
+        if len(self._removed):
+            inner = faiss_module().IDSelectorBatch(self._removed)
+            self._dead = faiss_module().IDSelectorNot(inner)
+            self._dead.inner = inner  # keep the wrapped selector alive as long as the outer one
         return index
 
     def meta(self) -> _Meta:
@@ -239,8 +260,13 @@ class ShardReader:
         index = self.index()
         with self._lock:
             if not self._direct_map:
-                _direct_map(index)
+                for one in (index, self._delta):
+                    if one is not None:
+                        _direct_map(one)
                 self._direct_map = True
+        if self._delta is not None:  # added since the base file: in the delta index
+            with contextlib.suppress(RuntimeError):
+                return self._delta.reconstruct(int(key))
         try:
             return index.reconstruct(int(key))
         except RuntimeError as exc:  # the table holds the key, the checked FAISS file does not
@@ -268,15 +294,27 @@ class ShardReader:
     def search(
         self, vec: np.ndarray, k: int, *, allowed: np.ndarray | None, excluded: set[int]
     ) -> list[tuple[int, float]]:
-        """(key, cosine) of the top ``k``, only among ``allowed`` keys when given, never ``excluded`` ones."""
-        import faiss
+        """(key, cosine) of the top ``k``, only among ``allowed`` keys when given, never ``excluded`` ones.
 
+        After a delta publish: the base index without the ids removed since, and the delta index of the
+        rows added since, merged by score."""
         index = self.index()
-        if index.ntotal == 0:
+        found = self._search_in(index, self._dead, self._removed, vec, k, allowed, excluded)
+        if self._delta is not None and self._delta.ntotal:
+            more = self._search_in(self._delta, None, _NONE, vec, k, allowed, excluded)
+            found = sorted(found + more, key=lambda hit: -hit[1])[:k]
+        return found
+
+    def _search_in(self, index, dead, removed: np.ndarray, vec, k: int, allowed, excluded: set[int]):
+        faiss = faiss_module()
+        live = index.ntotal - len(removed)
+        if live <= 0:
             return []
-        selector, matching = None, index.ntotal
+        selector, matching = dead, live
         if allowed is not None:
             allowed = np.setdiff1d(allowed, np.fromiter(excluded, np.int64, count=len(excluded)))
+            if len(removed):
+                allowed = allowed[~np.isin(allowed, removed)]
             if allowed.size == 0:
                 return []
             selector, matching = faiss.IDSelectorBatch(allowed), allowed.size
@@ -284,13 +322,17 @@ class ShardReader:
             inner = faiss.IDSelectorBatch(np.fromiter(excluded, np.int64, count=len(excluded)))
             selector = faiss.IDSelectorNot(inner)
             selector.inner = inner  # keep the wrapped selector alive as long as the outer one
-            matching = index.ntotal - len(excluded)
+            if dead is not None:
+                both = faiss.IDSelectorAnd(selector, dead)
+                both.parts = (selector, dead)
+                selector = both
+            matching = live - len(excluded)
         elif excluded:
             # a few ids left out (like='s own row, exclude=): the top k + len(excluded) without them is
             # the same top k, and spares a selector check on every vector scanned
-            found = self._search(index, vec, min(k + len(excluded), index.ntotal), None)
+            found = self._search(index, vec, min(k + len(excluded), live), dead, live)
             return [(key, score) for key, score in found if key not in excluded][:k]
-        return self._search(index, vec, min(k, index.ntotal), selector, matching)
+        return self._search(index, vec, min(k, live), selector, matching)
 
     def _search(self, index, vec: np.ndarray, k: int, selector, matching: int | None = None):
         import faiss
@@ -322,6 +364,12 @@ class ShardReader:
         scores = vecs.reshape(len(keys), -1) @ vec
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(keys[i]), float(scores[i])) for i in order]
+
+
+def faiss_module():
+    import faiss
+
+    return faiss
 
 
 def _direct_map(index) -> None:

@@ -64,6 +64,7 @@ def verify(folder: str | Path) -> Verification:
 
 def _check_faiss(folder: Path, shard: str, entry: dict[str, Any], out: Verification):
     from . import ann
+    from .publish import read_ids
 
     path = folder / entry["faiss"]
     problem = manifests.faiss_problem(folder, entry)
@@ -71,16 +72,31 @@ def _check_faiss(folder: Path, shard: str, entry: dict[str, Any], out: Verificat
         out.problems.append(f"shard {shard}: {problem}")
         return None
     try:
-        index = ann.read(path)
-    except RuntimeError as exc:
+        index = ann.read(path, mmap="delta" in entry)
+        delta = ann.read(folder / entry["delta"]["faiss"]) if "delta" in entry else None
+        removed = read_ids(folder / entry["removed"]["faiss"]) if "removed" in entry else np.empty(0, np.int64)
+    except (RuntimeError, ValueError) as exc:
         out.problems.append(f"{path}: unreadable ({brief(exc)})")
         return None
-    if index.ntotal != entry["rows"] or index.d != entry.get("dim", index.d):
-        out.problems.append(f"{path}: {index.ntotal} vectors of dim {index.d}, the manifest says {entry['rows']}")
+    added = delta.ntotal if delta is not None else 0
+    if index.ntotal - len(removed) + added != entry["rows"] or index.d != entry.get("dim", index.d):
+        out.problems.append(
+            f"{path}: {index.ntotal} vectors of dim {index.d} (+{added} -{len(removed)} since), "
+            f"the manifest says {entry['rows']}"
+        )
         return None
+    parts = [index] if delta is None else [index, delta]
     if not ann.stores_vectors(index):  # SQ8 / PQ codes: ids are checked, vectors live in the table only
-        return ann.ids(index), None
-    return ann.stored(index)
+        ids = [ann.ids(one) for one in parts]
+        vecs = None
+    else:
+        ids, vecs = zip(*(ann.stored(one) for one in parts), strict=True)
+    live = ~np.isin(ids[0], removed)  # the base's ids removed since it was written
+    if live.sum() != index.ntotal - len(removed):
+        out.problems.append(f"shard {shard}: {entry['removed']['faiss']} names ids its base index does not hold")
+        return None
+    all_ids = np.concatenate([ids[0][live], *ids[1:]])
+    return all_ids, (np.concatenate([vecs[0][live], *vecs[1:]]) if vecs is not None else None)
 
 
 def _check_table(tables: ShardTables, shard: str, entry: dict[str, Any], faiss_ids, out: Verification) -> None:
