@@ -124,12 +124,16 @@ def test_like_on_an_index_of_codes_reads_the_tables_vector(kind_shard):
     np.testing.assert_array_equal(reader.vector(key), vecs[7])  # bit for bit, whatever the index stores
 
 
-def test_an_ivf_reader_maps_its_file_instead_of_copying_it(kind_shard):
+@pytest.mark.parametrize("mmap_min", [0, 1 << 40])
+def test_a_large_ivf_file_is_mapped_instead_of_copied(kind_shard, mmap_min, monkeypatch):
     from pathlib import Path
 
+    import unite_search.reader as readers
+
+    monkeypatch.setattr(readers, "MMAP_MIN_BYTES", mmap_min)
     codes, store, manifest, _, vecs, _ = kind_shard
     reader = Snapshot.open(store.path).readers["text"]
     reader.index()
     path = str((store.path / manifest["shards"]["text"]["faiss"]).resolve())
-    assert (path in Path("/proc/self/maps").read_text()) == (codes != "exact")
+    assert (path in Path("/proc/self/maps").read_text()) == (codes != "exact" and mmap_min == 0)
     assert reader.search(vecs[3], 1, allowed=None, excluded=set())[0][0] == rows_for(["k3"])[0]["key"]

@@ -184,10 +184,10 @@ def publish(
     new = {**manifest, "shards": dict(manifest.get("shards", {}))}
     for shard in shards:
         keep = [s["shards"][shard]["version"] for s in kept if shard in s["shards"]]
-        version = tables.compact(shard, keep)
+        old = manifest.get("shards", {}).get(shard)
+        version = tables.compact(shard, keep, always=old is None or not incremental)
         pinned = tables.open(shard, version)
         n = pinned.count_rows()
-        old = manifest.get("shards", {}).get(shard)
         index, why = None, _must_build(old, version, incremental)
         if why is None:
             index, info = _update(folder, old, pinned, n, dim, flat_max, memory)

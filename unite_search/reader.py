@@ -35,6 +35,7 @@ POST_FILTER_MAX = 64  # ids left out of a search by dropping them from a longer 
 
 
 _NONE = np.empty(0, np.int64)
+MMAP_MIN_BYTES = 8 << 30  # IVF files this large are mapped by readers rather than read into memory
 ROW_CACHE = 4096  # rows a shard reader keeps after fetching them for hits (least recently used go first)
 MEMORY_ROWS = 1_000_000  # shards up to this many rows hold their small columns in memory (~250 bytes a row)
 
@@ -114,8 +115,11 @@ class ShardReader:
         if problem is not None:
             raise IndexDamagedError(f"{self.folder}: {problem}; {REPAIR}")
         path = self.folder / self.entry["faiss"]
-        try:  # IVF lists are mapped from the checked file (it is never rewritten: each version has its own)
-            index = ann.read(path, mmap=self.entry.get("index", {}).get("type") == "ivf")
+        # a large IVF file is mapped, not copied (never rewritten: each version has its own); searches then
+        # pay a page fault on each page's first touch, so files that fit easily are read into memory
+        mapped = self.entry.get("index", {}).get("type") == "ivf" and self.entry.get("faiss_bytes", 0) >= MMAP_MIN_BYTES
+        try:
+            index = ann.read(path, mmap=mapped)
             if "delta" in self.entry:
                 self._delta = ann.read(self.folder / self.entry["delta"]["faiss"])
             if "removed" in self.entry:

@@ -153,17 +153,18 @@ class ShardTables:
             query = query.select(columns)
         return query.to_arrow()
 
-    def compact(self, shard: str, keep: Iterable[int] = ()) -> int:
+    def compact(self, shard: str, keep: Iterable[int] = (), *, always: bool = False) -> int:
         """Merge a run's many small commits into few files, and drop the versions older than both the
         oldest of ``keep`` and :data:`~unite_search.manifest.KEEP_RECENT_SECONDS`. Returns the new version.
 
         LanceDB rewrites every fragment under about a million rows when it compacts, so a table past
         :data:`COMPACT_ALWAYS_ROWS` rows is compacted only once it is worth it (:func:`worth_compacting`):
-        else a few new rows would cost a rewrite of the whole shard at each publish."""
+        else a few new rows would cost a rewrite of the whole shard at each publish. ``always``: a shard's
+        first publish (or a full build), whose many commits are merged whatever their count."""
         from .manifest import KEEP_RECENT_SECONDS
 
         table = self.open(shard)
-        if not worth_compacting(table):
+        if not always and not worth_compacting(table):
             return table.version
         stamps = {v["version"]: v["timestamp"].timestamp() for v in table.list_versions()}  # naive local -> epoch
         oldest = min([stamps[v] for v in keep if v in stamps], default=None)
