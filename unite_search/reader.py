@@ -305,11 +305,16 @@ class ShardReader:
         index = self.index()
         found = self._search_in(index, self._dead, self._removed, vec, k, allowed, excluded)
         if self._delta is not None and self._delta.ntotal:
-            more = self._search_in(self._delta, None, _NONE, vec, k, allowed, excluded)
+            # the delta's probed lists hold few rows: fewer than k from it is normal, the base has the rest;
+            # only when both together fall short are all its lists probed
+            more = self._search_in(self._delta, None, _NONE, vec, k, allowed, excluded, short_ok=True)
+            if len(found) + len(more) < k:
+                more = self._search_in(self._delta, None, _NONE, vec, k, allowed, excluded)
             found = sorted(found + more, key=lambda hit: -hit[1])[:k]
         return found
 
-    def _search_in(self, index, dead, removed: np.ndarray, vec, k: int, allowed, excluded: set[int]):
+    def _search_in(self, index, dead, removed: np.ndarray, vec, k: int, allowed, excluded: set[int], short_ok=False):
+        """One index's top k; ``short_ok``: fewer than k from the probed lists is accepted as it is."""
         faiss = faiss_module()
         live = index.ntotal - len(removed)
         if live <= 0:
@@ -334,9 +339,9 @@ class ShardReader:
         elif excluded:
             # a few ids left out (like='s own row, exclude=): the top k + len(excluded) without them is
             # the same top k, and spares a selector check on every vector scanned
-            found = self._search(index, vec, min(k + len(excluded), live), dead, live)
+            found = self._search(index, vec, min(k + len(excluded), live), dead, 0 if short_ok else live)
             return [(key, score) for key, score in found if key not in excluded][:k]
-        return self._search(index, vec, min(k, live), selector, matching)
+        return self._search(index, vec, min(k, live), selector, 0 if short_ok else matching)
 
     def _search(self, index, vec: np.ndarray, k: int, selector, matching: int | None = None):
         import faiss
