@@ -435,17 +435,10 @@ def stored(index) -> tuple[np.ndarray, np.ndarray]:
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
         vecs = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d) if index.ntotal else np.empty(0, np.float32)
         return ids, np.array(vecs, dtype=np.float32).reshape(-1, index.d)
-    index = faiss.extract_index_ivf(index)
-    lists = index.invlists
-    ids, vecs = [], []
-    for i in range(index.nlist):
-        n = lists.list_size(i)
-        if n:
-            ids.append(faiss.rev_swig_ptr(lists.get_ids(i), n).copy())
-            codes = faiss.rev_swig_ptr(lists.get_codes(i), n * lists.code_size).copy()
-            vecs.append(codes.view(np.float32).reshape(n, index.d))  # IVF,Flat codes are the raw vectors
-    if not ids:
+    parts = list(_ivf_lists(index)())  # views of the index's memory: concatenated into copies below
+    if not parts:
         return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
+    ids, vecs = zip(*parts, strict=True)
     return np.concatenate(ids).astype(np.int64), np.concatenate(vecs)
 
 

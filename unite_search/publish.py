@@ -1,11 +1,12 @@
 """Publishing: compact the changed shards, build their FAISS files, then replace the manifest.
 
-A shard published before is updated, not rebuilt: its previous FAISS index is read, the rows the
-table lost are removed from it and the rows it gained added (``add_with_ids`` on the trained index).
-It is built anew (k-means, nprobe tuning) only when :func:`unite_search.ann.rebuild_reason` says so
-(the shard crossed the exact-search limit, or grew or shrank past a factor of the rows the index was
-trained at), when an IVF index's recall@10 on the newly added rows falls under the target, or when the
-previous file is missing or damaged. Each entry's ``index`` says how it was made (``built``).
+A shard published before is not rebuilt. While an IVF shard's changes since its base file are under
+:data:`unite_search.ann.DELTA_MAX` of it, the base stays and the changes go beside it (a delta index of
+the rows added, a ``.npy`` of the ids removed); past that, or for an exact shard, the previous index
+is updated (``remove_ids``, ``add_with_ids`` on the trained index) and written as the new base. It is
+built anew (k-means, nprobe tuning) only when :func:`unite_search.ann.rebuild_reason` says so, when an
+IVF rewrite's recall@10 on its new rows falls under the target, or when a file is missing or damaged.
+Each entry's ``index`` says how it was made (``built``: full, delta or updated).
 
 The order is the crash guarantee. Until the manifest is replaced, readers (and a crashed run's
 successor) see the previous state, whose table versions and FAISS files are still on disk: they are
@@ -101,10 +102,10 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
     for key in ("fresh_recall", "rebuild_reason", "delta"):
         info.pop(key, None)
     if ivf and len(added) + len(removed) <= ann.DELTA_MAX * len(held):
-        delta = ann.empty_like(ann.read(folder / old["faiss"], mmap=True))
+        delta = ann.empty_like(base)  # the mapped base, its lists swapped for empty ones (its file untouched)
         ann.update(delta, np.empty(0, np.int64), _rows_at(pinned, added, dim))
-        if base.ntotal - len(removed) + delta.ntotal != n:
-            return None, f"base {base.ntotal} - removed {len(removed)} + added {delta.ntotal} is not the table's {n}"
+        if len(held) - len(removed) + delta.ntotal != n:
+            return None, f"base {len(held)} - removed {len(removed)} + added {delta.ntotal} is not the table's {n}"
         info.update(built="delta", delta={"added": int(delta.ntotal), "removed": len(removed)})
         return _Delta(delta, removed), info
     if ivf:
