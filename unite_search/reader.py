@@ -9,8 +9,8 @@ A reader of a shard up to :data:`MEMORY_ROWS` rows holds its small columns in me
 search (about 250 bytes a row) and fetches the columns of unbounded size (``text``, ``caption``,
 ``metadata``) for the hits only. Of a larger shard it holds only a key -> row offset map (12 bytes a
 row) and a bounded cache of recent hits (:data:`ROW_CACHE` rows), and fetches its hits' rows from the
-pinned table by row offset (a few ms a search through LanceDB): its memory is the ANN index plus the
-map and the cache.
+pinned table by row offset through the Lance dataset, without the columns that hold one value in every
+row (4.2 ms p50 for 10 rows at 10M rows): its memory is the ANN index plus the map and the cache.
 """
 
 from __future__ import annotations
@@ -38,6 +38,26 @@ _NONE = np.empty(0, np.int64)
 MMAP_MIN_BYTES = 8 << 30  # IVF files this large are mapped by readers rather than read into memory
 ROW_CACHE = 4096  # rows a shard reader keeps after fetching them for hits (least recently used go first)
 MEMORY_ROWS = 1_000_000  # shards up to this many rows hold their small columns in memory (~250 bytes a row)
+# Columns a larger shard's reader checks for one value throughout (modality always; source, unit_rows, a
+# video's frames, an image shard's nulls often): those are not fetched. Lance reads a point of a
+# constant column ~8x slower than of a varied one (4.5 ms against 0.5 ms for 10 rows of a 1M-row page).
+MAYBE_SAME = (
+    "unit_rows",
+    "modality",
+    "source",
+    "size",
+    "mtime",
+    "width",
+    "height",
+    "duration",
+    "frames",
+    "start",
+    "end",
+    "char_start",
+    "char_end",
+    "caption",
+    "metadata",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,7 @@ class _Meta:
     order: np.ndarray  # (n,) int32 or int64: the row offset of each sorted key
     table: Any = None  # pyarrow Table of SMALL_COLUMNS in row order, for a shard of at most MEMORY_ROWS rows
     large: np.ndarray | None = None  # (n,) bool with ``table``: the row has text, caption or metadata to fetch
+    same: dict[str, Any] | None = None  # without ``table``: columns of one value in every row, and that value
 
 
 class ShardReader:
@@ -59,6 +80,7 @@ class ShardReader:
         self.serial = serial  # which publish of the index this entry belongs to
         self._lock = threading.RLock()  # lazy loads happen once, whichever thread asks first
         self._table = None
+        self._dataset: Any = None  # the pinned version as a Lance dataset (pylance), False without one
         self._index = None
         self._meta: _Meta | None = None
         self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()  # recent hits' rows, ROW_CACHE at most
@@ -154,11 +176,21 @@ class ShardReader:
         import pyarrow as pa
 
         held = self.rows <= MEMORY_ROWS
-        columns = {c: c for c in (SMALL_COLUMNS if held else ("key",))}
+        columns = {c: c for c in SMALL_COLUMNS}
         if held:
             columns["large"] = " OR ".join(f"{c} IS NOT NULL" for c in LARGE_COLUMNS)
+        same: dict[str, Any] = {}
         try:
-            batches = list(self.table().search().select(columns).limit(None).to_batches(READ_BATCH))
+            if not held:  # the columns of one value in a first batch; then only they are checked in all rows
+                first = self.table().search().select(list(MAYBE_SAME)).limit(READ_BATCH).to_arrow()
+                same = _one_value(first, {c: None for c in MAYBE_SAME}, first=True)
+                columns = {c: c for c in ("key", *same)}
+            batches = []
+            for batch in self.table().search().select(columns).limit(None).to_batches(READ_BATCH):
+                if not held:  # keep the keys, and which columns hold one value throughout
+                    same = _one_value(batch, same, first=False)
+                    batch = batch.select(["key"])
+                batches.append(batch)
         except (StaleReadError, IndexDamagedError):
             raise
         except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
@@ -174,7 +206,7 @@ class ShardReader:
         order = np.argsort(keys, kind="stable").astype(np.int32 if len(keys) < 2**31 else np.int64)
         sorted_keys = np.ascontiguousarray(keys[order], dtype=np.int64)
         if not held or table is None:
-            return _Meta(sorted_keys, order)
+            return _Meta(sorted_keys, order, same=same)
         large = table.column("large").to_numpy(zero_copy_only=False)
         return _Meta(sorted_keys, order, table.drop_columns(["large"]), large)
 
@@ -214,9 +246,11 @@ class ShardReader:
                 self._rows.move_to_end(k)
         fetch = sorted({int(o) for k, o in zip(keys, offsets, strict=True) if k not in out})
         if fetch:
-            got = self._take(fetch, list(ROW_COLUMNS))
+            same = meta.same or {}
+            got = self._take(fetch, [c for c in ROW_COLUMNS if c not in same])
             with self._lock:
                 for row in got:
+                    row.update(same)
                     out[row["key"]] = self._rows[row["key"]] = row
                 while len(self._rows) > ROW_CACHE:
                     self._rows.popitem(last=False)
@@ -242,10 +276,37 @@ class ShardReader:
         return {row["key"]: row for row in rows}
 
     def _take(self, offsets: list[int], columns: list[str]) -> list[dict[str, Any]]:
+        return self._take_arrow(offsets, columns).to_pylist()
+
+    def _take_arrow(self, offsets: list[int], columns: list[str]):
+        """These row offsets' columns from the pinned table version, as a pyarrow Table.
+
+        Read through the Lance dataset itself where pylance is installed: at 10M rows LanceDB's
+        ``take_offsets`` costs ~11 ms for every column of 10 rows, the dataset's ``take`` ~4 ms
+        (``benchmarks/RESULTS.md``). A dataset that cannot read the table (a pylance older than the
+        table's format) falls back to LanceDB, which wrote it; only when that fails too is it damage."""
+        dataset = self._lance()
+        if dataset is not None:
+            try:
+                return dataset.take(offsets, columns=columns)
+            except Exception:  # noqa: BLE001  judged below by LanceDB, the table's own reader
+                with self._lock:
+                    self._dataset = False
         try:
-            return self.table().take_offsets(offsets).select(columns).to_arrow().to_pylist()
+            return self.table().take_offsets(offsets).select(columns).to_arrow()
         except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
             raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
+
+    def _lance(self):
+        """The pinned table version as a ``lance`` dataset; None without pylance."""
+        with self._lock:
+            if self._dataset is None:
+                table = self.table()
+                try:
+                    self._dataset = table.to_lance()
+                except Exception:  # noqa: BLE001  ImportError without pylance; LanceDB's own path is used then
+                    self._dataset = False
+            return self._dataset or None
 
     def vector(self, key: int) -> np.ndarray | None:
         """The stored vector of the row with this key (``like=``), or None.
@@ -259,7 +320,7 @@ class ShardReader:
             return None
         if not str(self.entry.get("index", {}).get("factory", "IDMap2,Flat")).endswith(",Flat"):
             # an index that stores codes, not the vectors themselves: the table's copy is the exact one
-            got = self.table().take_offsets([offset]).select(["vector"]).to_arrow()
+            got = self._take_arrow([offset], ["vector"])
             return np.asarray(got.column("vector")[0].as_py(), dtype=np.float32)
         index = self.index()
         with self._lock:
@@ -367,12 +428,27 @@ class ShardReader:
         if not found:
             return found
         offsets = self._offsets_or_damage([key for key, _ in found])
-        got = self.table().take_offsets([int(o) for o in offsets]).select(["key", "vector"]).to_arrow()
+        got = self._take_arrow([int(o) for o in offsets], ["key", "vector"])
         keys = got.column("key").to_numpy()
         vecs = np.asarray(got.column("vector").combine_chunks().flatten().to_numpy(), dtype=np.float32)
         scores = vecs.reshape(len(keys), -1) @ vec
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(keys[i]), float(scores[i])) for i in order]
+
+
+def _one_value(batch, same: dict[str, Any], first: bool) -> dict[str, Any]:
+    """Of the columns in ``same``, those of one value (null included) in ``batch`` and, unless ``first``,
+    of the value ``same`` holds for them."""
+    import pyarrow.compute as pc
+
+    out = {}
+    for column in same:
+        values = batch.column(column)
+        if len(values) and pc.count_distinct(values, mode="all").as_py() == 1:
+            value = values[0].as_py()
+            if first or same[column] == value:
+                out[column] = value
+    return out
 
 
 def faiss_module():
