@@ -4,6 +4,7 @@
     python benchmarks/ingest_throughput.py --random 2b      # random weights with Qwen2-VL-2B shapes
     python benchmarks/ingest_throughput.py --model DIR      # a real checkpoint
     python benchmarks/ingest_throughput.py --configs auto,t2w2,t1w1,t2w1,t1w2   # thread budgets side by side
+    python benchmarks/ingest_throughput.py --ray            # local ingest beside Ray with 1 and 2 encoder actors
 
 The corpus: JPEG photos (480-800 px wide), H.264 clips (4 s, 24 fps, 320x240) and text files of
 600-1,500 characters, written to a temporary folder. Three measurements over the same rows:
@@ -24,6 +25,12 @@ rows/s median (min..max) of each arm, and ingest's pipeline time over the slower
 pipeline over its CPU floor: the process CPU seconds of decode and encode alone (all threads, measured
 per call) divided by the cores, or the slower stage if longer: a pipeline can overlap its stages only
 as far as the cores they both keep busy allow.
+
+``--ray [ADDRESS]``: three ingest arms instead, alternating as above: the local ingest (its defaults),
+and ``engine="ray"`` with ``--ray-encoders`` 1 and 2 (or the counts given) on a Ray cluster joined
+once before the timings (``auto``: a local one of this machine's cores; else its address). Each Ray run
+pays what a user's run pays: the actors start and load the model, the driver commits the fragments.
+Needs a model folder the actors can load (the tiny model by default, or ``--model``; not ``--random``).
 """
 
 from __future__ import annotations
@@ -155,7 +162,12 @@ def main() -> None:
     ap.add_argument("--configs", default="auto", help="thread budgets to compare, comma-separated (see above)")
     ap.add_argument("--repeats", type=repeats_arg, default=3, help="alternating rounds (at least 3)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                    help="compare the local ingest with ingest on Ray (see above)")  # fmt: skip
+    ap.add_argument("--ray-encoders", default="1,2", help="encoder actor counts of the Ray arms")
     args = ap.parse_args()
+    if args.ray and args.random:
+        raise SystemExit("--ray needs a model folder its actors can load: --model DIR, or the tiny default")
 
     import torch
 
@@ -180,6 +192,8 @@ def main() -> None:
         options = IngestOptions()
         tasks = plan_tasks(root, encoder, options, os.cpu_count() or 1)
         rows = len(tasks)
+        if args.ray:
+            return ray_arms(args, encoder, root, tmp, rows, sizes, info, load_before, sync)
         prepared = [prepare_task(encoder, task)[1] for task in tasks]  # the encode arm's inputs, made once
         runs = {"n": 0}
 
@@ -260,6 +274,58 @@ def main() -> None:
             }, indent=2, default=str))  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ray_arms(args, encoder, root: Path, tmp: Path, rows: int, sizes, info, load_before, sync) -> None:
+    """Local ingest beside ingest on Ray with each encoder count, alternating."""
+    import ray
+
+    if args.ray == "auto":
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    else:
+        ray.init(address=args.ray, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    print(f"ray cluster: {ray.cluster_resources()}", flush=True)
+    counts = [int(n) for n in args.ray_encoders.split(",") if n.strip()]
+    runs = {"n": 0}
+    timings: dict[str, list] = {}
+
+    def run(name, **how):
+        def arm():
+            runs["n"] += 1
+            folder = tmp / f"index{runs['n']}"
+            report = ingest(root, folder, encoder=encoder, gpu=False, **how)
+            if report.failures or report.encoded_rows != rows:
+                raise SystemExit(f"{name}: ingest did not index the corpus cleanly:\n{report.summary()}")
+            timings.setdefault(name, []).append(report.timings)
+            shutil.rmtree(folder, ignore_errors=True)
+
+        return arm
+
+    arms = {"local": run("local")}
+    for n in counts:
+        arms[f"ray x{n}"] = run(f"ray x{n}", engine="ray", ray_encoders=n)
+    try:
+        res = compare(arms, repeats=args.repeats, warmup=1, sync=sync)
+    finally:
+        ray.shutdown()
+    load_after = load()
+    print(f"\n{rows} rows; rows/s median (min..max) over {args.repeats} alternating rounds; load after {load_after}")
+    print(f"{'arm':<10}{'ingest rows/s':>22}{'pipeline s':>14}{'/ local':>20}")
+    results = []
+    for name in arms:
+        times = res[name]["times"]
+        ratio = summary([t / base for t, base in zip(times, res["local"]["times"], strict=True)])
+        pipe = summary([t["pipeline"] for t in timings[name][-args.repeats :]])["median"]
+        row = {"arm": name, "rows": rows, "ingest_rows_s": rate(res[name], rows), "time_over_local": ratio,
+               "pipeline_s_median": pipe, "times": times, "ingest_timings": timings[name][-args.repeats :]}  # fmt: skip
+        results.append(row)
+        print(f"{name:<10}{span(row['ingest_rows_s']):>22}{pipe:>14.2f}{span(ratio, fmt='.2f'):>20}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": info, "load_before": load_before, "load_after": load_after, "args": vars(args) | {
+                "json": str(args.json)}, "model": encoder.model_id, "device": str(encoder.device),
+            "corpus": sizes, "order": res["order"], "results": results,
+        }, indent=2, default=str))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -217,11 +217,16 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
               help="LoRA adapter folder (from finetune) applied to --model.")  # fmt: skip
 @click.option("--allow-outside", is_flag=True,
               help="Also read files outside the corpus folder (symlinks, *.jsonl paths); off by default.")  # fmt: skip
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[auto|ADDRESS]",
+              help="Decode, encode and write on a Ray cluster (pip install -e '.[ray]'): 'auto' (the default "
+                   "value) joins this machine's cluster or starts one; else its address.")  # fmt: skip
+@click.option("--ray-encoders", type=click.IntRange(1), default=None, metavar="N",
+              help="Encoder actors on Ray (default: one per GPU of the cluster, else 1).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, workers, segment_seconds,
            segment_overlap, passage_chars, pairs, on_error, flat_max, index_memory, memory_mb, adapter, allow_outside,
-           as_json, quiet):  # fmt: skip
+           ray_address, ray_encoders, as_json, quiet):  # fmt: skip
     """Index a folder of texts, images, videos and *.jsonl manifests.
 
     \b
@@ -247,7 +252,8 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
             workers=workers, segment_seconds=segment_seconds, segment_overlap=segment_overlap,
             passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max or ann.FLAT_MAX,
             index_memory=index_bytes, memory_bytes=memory_mb << 20, allow_outside=allow_outside, progress=not quiet,
-            log=log,
+            log=log, engine="ray" if ray_address or ray_encoders else "local", ray_address=ray_address,
+            ray_encoders=ray_encoders,
         )  # fmt: skip
 
     try:

@@ -216,6 +216,9 @@ def ingest(
     allow_outside: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_encoders: int | None = None,
 ) -> IngestReport:
     """Index a folder of texts, images, videos and ``*.jsonl`` manifests into ``index``.
 
@@ -243,11 +246,25 @@ def ingest(
     kept in the run log. Ctrl-C (``KeyboardInterrupt``) is recorded as ``interrupted`` and raised again;
     what was written is kept, and the same call continues.
 
+    ``engine="ray"`` runs decode, encode and write on a Ray cluster (``ray_address``: ``"auto"`` or
+    None joins the one this machine runs, or starts a local one; else ``host:port`` or ``ray://...``):
+    one encoder actor per GPU, or ``ray_encoders`` CPU actors (default 1) where there is none. The rest
+    (discovery, read, plan, publish) is the same, and so are the rows (``unite_search.distributed``).
+
     >>> report = ingest("photos/", model="unite-base-2b")   # doctest: +SKIP
     >>> print(report.summary())                              # doctest: +SKIP
     """
     if on_error not in ("skip", "raise"):
         raise ConfigError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine must be 'local' or 'ray', not {engine!r}")
+    if engine == "ray":
+        from .distributed import check_address, ray_module
+
+        ray_module()  # not installed, or a cluster that cannot be reached: said before anything is read
+        check_address(ray_address)
+    if ray_encoders is not None and ray_encoders < 1:
+        raise ConfigError("ray_encoders must be at least 1")
     if memory_bytes < 1:
         raise ConfigError("memory_bytes must be positive")
     overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
@@ -285,9 +302,11 @@ def ingest(
             manifest = store.init(slot.settings, options.to_dict(), root)
             with decoderlog.collecting() as messages:  # FFmpeg's complaints: into the run log, not the terminal
                 try:
+                    on_ray = encoder.dtype if encoder is not None else dtype
+                    ray = (ray_address, ray_encoders, on_ray) if engine == "ray" else None
                     _run(report, store, manifest, slot, root, index_dir, options, (workers, torch_threads),
                          on_error, (flat_max, index_memory), gpu, commit_rows, memory_bytes, allow_outside, progress,
-                         say, found)  # fmt: skip
+                         say, found, ray)  # fmt: skip
                 finally:
                     report.decoder_messages = list(messages)
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
@@ -503,7 +522,7 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
 
 
 def _run(report, store, manifest, slot, root, index_dir, options, asked, on_error, kinds, gpu,
-         commit_rows, memory_bytes, allow_outside, progress, say, found=None) -> None:  # fmt: skip
+         commit_rows, memory_bytes, allow_outside, progress, say, found=None, ray=None) -> None:  # fmt: skip
     from .encoder import default_workers
 
     timings = report.timings
@@ -570,7 +589,17 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
             store.tables.delete_units(shard, keys)
         edits = time.perf_counter() - t
         tasks = [task for unit in todo for task in unit.tasks]
-        if tasks:  # only now is the encoder made: a run with nothing to encode never loads the model
+        if tasks and ray is not None:  # decode, encode and write on the Ray cluster; the model loads there
+            from .distributed import encode_on_ray
+
+            address, encoders, dtype = ray
+            say(f"encoding {len(tasks)} rows on Ray ({address or 'auto'})")
+            report.encoded_rows = encode_on_ray(
+                slot, store, tasks, by_key, address=address, encoders=encoders, dtype=dtype, on_error=on_error,
+                commit_rows=commit_rows, progress=progress, timings=timings, failed=failed,
+            )  # fmt: skip
+            report.threads = {"ray_encoders": int(timings.pop("encoders"))}
+        elif tasks:  # only now is the encoder made: a run with nothing to encode never loads the model
             import torch
 
             encoder = slot.get()

@@ -1,0 +1,211 @@
+"""Ingest on Ray Data (``engine="ray"``), on a local Ray cluster started here with two encoder actors:
+the same rows as a local ingest, bad files reported the same, a killed worker retried without duplicate
+rows, and a killed driver resumed by a rerun."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from corpora import make_bad_corpus, make_good_corpus, write_photo
+from test_ingest import OPTS, assert_same_rows, rows_by_id
+
+from unite_search.ingestion import ingest
+from unite_search.store import IndexStore
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """A local Ray cluster of this test module: 4 logical CPUs on this machine's cores."""
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def texts(root: Path, n: int) -> None:
+    (root / "notes").mkdir(parents=True)
+    for i in range(n):
+        (root / f"notes/n{i:03d}.txt").write_text(f"note {i}: " + "gulls over the harbour " * (1 + i % 7))
+
+
+def test_a_ray_ingest_equals_a_local_one(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    make_good_corpus(root)
+    local = ingest(root, tmp_path / "local", encoder=encoder, pairs="composed", **OPTS)
+    remote = ingest(root, tmp_path / "ray", encoder=encoder, pairs="composed", engine="ray", ray_encoders=2, **OPTS)
+    assert remote.status == local.status == "ok", remote.summary()
+    for field in ("items", "encoded_items", "encoded_rows", "shards"):
+        assert getattr(remote, field) == getattr(local, field), field
+    assert remote.threads == {"ray_encoders": 2}
+    assert {"decode", "encode", "write", "pipeline"} <= set(remote.timings)
+    assert_same_rows(rows_by_id(tmp_path / "ray"), rows_by_id(tmp_path / "local"))
+    again = ingest(root, tmp_path / "ray", encoder=encoder, pairs="composed", engine="ray", **OPTS)
+    assert again.encoded_rows == 0 and again.unchanged_items == local.items
+
+
+def test_bad_files_are_reported_as_by_a_local_ingest(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    make_bad_corpus(root)
+    local = ingest(root, tmp_path / "local", encoder=encoder)
+    remote = ingest(root, tmp_path / "ray", encoder=encoder, engine="ray", ray_encoders=2)
+    assert remote.status == local.status == "finished_with_failures"
+
+    def failures(report):
+        return sorted((p.path, p.stage, p.reason) for p in report.failures)
+
+    assert failures(remote) == failures(local)
+    assert any(stage == "decode" for _, stage, _ in failures(remote))  # found by a Ray decode task
+    assert_same_rows(rows_by_id(tmp_path / "ray"), rows_by_id(tmp_path / "local"))
+
+
+def actor_pids() -> list[int]:
+    """Processes of this machine's encoder actors (Ray titles each worker after what it runs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if title.startswith(b"ray::") and b"_EncodeWrite" in title:
+                found.append(int(entry.name))
+    return found
+
+
+def data_files(index: Path) -> int:
+    return len(list((index / "tables").glob("*.lance/data/*.lance")))
+
+
+def test_a_killed_encoder_worker_is_retried_without_duplicate_rows(tmp_path, encoder):
+    root = tmp_path / "corpus"
+    texts(root, 240)
+    for i in range(12):
+        write_photo(root / f"photos/p{i}.png", seed=i, size=(320, 240))
+    index = tmp_path / "ray"
+    killed: dict[str, object] = {}
+
+    def kill_one_after_its_first_write():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "pid" not in killed:
+            pids = actor_pids()
+            if pids and index.exists() and data_files(index):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.update(pid=pids[0], files=data_files(index))
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one_after_its_first_write)
+    killer.start()
+    report = ingest(root, index, encoder=encoder, engine="ray", ray_encoders=2, commit_rows=16)
+    killer.join()
+    assert "pid" in killed, "no encoder actor was seen writing"
+    assert data_files(index) > killed["files"]  # the run went on after the kill
+    assert report.status == "ok" and report.encoded_rows == 252, report.summary()
+    local = ingest(root, tmp_path / "local", encoder=encoder)
+    assert_same_rows(rows_by_id(index), rows_by_id(tmp_path / "local"))  # rows_by_id fails on a duplicate
+    assert local.encoded_rows == 252
+
+
+DRIVER = """
+import sys
+from unite_search.ingestion import ingest
+ingest(sys.argv[1], sys.argv[2], model=sys.argv[3], device="cpu", engine="ray", ray_encoders=1, commit_rows=8)
+"""
+
+
+def test_a_killed_driver_is_resumed_by_a_rerun(tmp_path, encoder, tiny_dir):
+    root = tmp_path / "corpus"
+    texts(root, 300)
+    index = tmp_path / "index"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(root), str(index), str(tiny_dir)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        killed_mid_run(driver, index)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # the Ray processes the driver started, after it
+    kept = IndexStore(index).tables.unit_states("text")
+    assert 0 < len(kept) < 300  # killed mid-run, with committed rows
+    again = ingest(root, index, encoder=encoder)  # the rerun, without Ray
+    assert again.status == "ok", again.summary()
+    assert again.unchanged_items == len(kept) and again.encoded_items == 300 - len(kept)  # one row an item
+    ingest(root, tmp_path / "local", encoder=encoder)
+    assert_same_rows(rows_by_id(index), rows_by_id(tmp_path / "local"))
+
+
+def killed_mid_run(driver, index: Path) -> None:
+    """SIGKILL the driver once its table has two commits of rows."""
+    deadline = time.monotonic() + 180
+    table = index / "tables/text.lance/_versions"
+    while time.monotonic() < deadline and driver.poll() is None:
+        if table.exists() and len(list(table.glob("*.manifest"))) >= 3:  # created, then two commits
+            break
+        time.sleep(0.02)
+    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+
+
+def test_an_address_nothing_answers_on_is_told_before_anything_is_read(tmp_path, encoder, monkeypatch):
+    from unite_search.errors import ConfigError, IngestError, MissingDependencyError
+
+    root = tmp_path / "corpus"
+    texts(root, 2)
+    with pytest.raises(IngestError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1 .*ray start --head"):
+        ingest(root, tmp_path / "index", encoder=encoder, engine="ray", ray_address="127.0.0.1:1")
+    with pytest.raises(ConfigError, match="not a cluster address"):
+        ingest(root, tmp_path / "index", encoder=encoder, engine="ray", ray_address="nonsense")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[ray\]'"):
+        ingest(root, tmp_path / "index", encoder=encoder, engine="ray")
+    assert not (tmp_path / "index").exists()
+
+
+def test_the_command_line_ingests_on_ray(tmp_path, tiny_dir):
+    import json
+
+    from click.testing import CliRunner
+
+    from unite_search.cli import main
+
+    root = tmp_path / "corpus"
+    texts(root, 12)
+    args = ["ingest", str(root), "--index", str(tmp_path / "index"), "--model", str(tiny_dir), "--device", "cpu",
+            "--ray", "--ray-encoders", "2", "--json", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["status"] == "ok" and report["encoded_rows"] == 12 and report["threads"] == {"ray_encoders": 2}
+
+
+def test_a_run_that_starts_ray_shows_our_progress_and_none_of_rays_lines(tmp_path, tiny_dir):
+    """The command line in a process of its own: it starts a local Ray cluster, and its stderr holds the
+    local ingest's messages and progress bar only."""
+    root = tmp_path / "corpus"
+    texts(root, 20)
+    (root / "notes/broken.txt").write_bytes(b"\xff\xfe not utf-8 \xff")
+    exe = Path(sys.executable).with_name("unite-search")
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    args = [str(exe), "ingest", str(root), "--index", str(tmp_path / "index"), "--model", str(tiny_dir), "--device",
+            "cpu", "--ray"]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-3000:]  # finished, one file failed
+    assert "encoding 20 rows on Ray (auto)" in done.stderr and "encode: 100%" in done.stderr
+    assert "notes/broken.txt [read] text is not valid UTF-8" in done.stdout
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    ours = ("read:", "encode:", "20 items: 20 to encode", "encoding 20 rows", "indexing shard")
+    assert [line for line in lines if not line.startswith(ours)] == []
+    # nor inside a line (a log line lands after a progress bar's carriage return)
+    assert not re.search(r"\[\d{4}-\d\d-\d\d[ T]\d|core_worker|raylet|WARN|ERROR", done.stderr), done.stderr
