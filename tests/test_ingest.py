@@ -652,7 +652,7 @@ def test_an_encoder_with_conflicting_arguments_is_refused(tmp_path, tiny_dir, en
 
 def test_a_bug_or_memory_error_stops_the_run_with_its_traceback_in_the_run_log(tmp_path, encoder, monkeypatch):
     """Faults injected into real workers: a file's I/O error fails that file, a bug or MemoryError stops the run."""
-    import unite_search.ingestion as ingestion
+    import unite_search.pipeline as pipeline
     import unite_search.units as units
     from unite_search import IngestCrashError
 
@@ -661,7 +661,7 @@ def test_a_bug_or_memory_error_stops_the_run_with_its_traceback_in_the_run_log(t
     write_photo(root / "b.png", seed=2)
     (root / "note.txt").write_text("a short note")
     index = tmp_path / "index"
-    real_prepare, real_read = ingestion.prepare_task, units.read_file
+    real_prepare, real_read = pipeline.prepare_task, units.read_file
 
     def out_of_memory(enc, task):  # a decode worker
         if str(task.item.get("image", "")).endswith("b.png"):
@@ -674,7 +674,7 @@ def test_a_bug_or_memory_error_stops_the_run_with_its_traceback_in_the_run_log(t
         return real_read(entry, **kwargs)
 
     for target, name, fake, cause, said in [
-        (ingestion, "prepare_task", out_of_memory, MemoryError, "ran out of memory"),
+        (pipeline, "prepare_task", out_of_memory, MemoryError, "ran out of memory"),
         (units, "read_file", bug, TypeError, "internal error"),
     ]:
         with monkeypatch.context() as m:

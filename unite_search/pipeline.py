@@ -1,0 +1,175 @@
+"""The local decode -> encode -> write stage of an ingest, overlapped in one process.
+
+Decode workers prepare the model inputs of each task (admitted by predicted memory), the calling
+thread encodes them in token-budget windows, and a writer thread appends the rows to the shard
+tables. ``distributed.py`` runs the same stage on a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from .corpus import Problem
+from .diskio import io_reason
+from .errors import InputError
+from .store import IndexStore
+from .units import Task, prepare_task
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` for the block (a process-wide setting), then set back;
+    ``None`` leaves them as they are."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Writer:
+    """Appends encoded rows on its own thread so that encoding does not wait on disk."""
+
+    def __init__(self, store: IndexStore):
+        self.store = store
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.busy = 0.0
+        self.thread = threading.Thread(target=self._run, name="unite-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                t = time.perf_counter()
+                for shard, (rows, vecs) in job.items():
+                    self.store.tables.add_rows(shard, rows, vecs)
+                self.busy += time.perf_counter() - t
+            except BaseException as exc:  # noqa: BLE001  handed to the main thread, which re-raises it
+                self.error = exc
+
+    def put(self, job) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(job)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def encode_all(
+    encoder, store, tasks, units_by_key, *, workers, on_error, commit_rows, progress, timings, failed, memory_bytes
+):
+    """Decode -> encode -> write, overlapped. Returns (rows written, peak bytes held); fills ``failed``.
+
+    Decoding is admitted by each task's predicted peak memory, so inputs decoded or prepared and not
+    yet encoded (in flight, ready, or waiting in the window) stay within ``memory_bytes``.
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .batching import ByteBudget, admitted_map
+
+    writer = Writer(store)
+    decode_busy = [0.0]
+    lock = threading.Lock()
+    budget = ByteBudget(memory_bytes)
+    window_bytes = max(1, memory_bytes // 2)  # the other half lets decoding run on while the encoder works
+
+    def work(task: Task):
+        # A file's own fault (bad content, a decoder's complaint, an I/O error) fails that file; anything
+        # else (a bug, MemoryError) stops the run, its traceback kept in the run log.
+        t = time.perf_counter()
+        try:
+            out: Any = prepare_task(encoder, task)
+        except InputError as exc:
+            out = exc
+        except OSError as exc:
+            out = InputError(f"cannot read file: {io_reason(exc)}", detail=f"{type(exc).__name__}: {exc}")
+        finally:
+            with lock:
+                decode_busy[0] += time.perf_counter() - t
+        return out
+
+    window: list[tuple[Task, str | None, Any]] = []
+    tokens = nbytes = held = 0
+    written = 0
+    encode_time = 0.0
+    # the bar counts items, as the report does: an item is done when its last row (segment, passage) is
+    rows_left: dict[str, int] = defaultdict(int)
+    for task in tasks:
+        rows_left[task.unit] += 1
+    bar = tqdm(total=len(rows_left), unit="item", desc="encode", disable=not progress or not tasks)
+
+    def flush():
+        nonlocal window, tokens, nbytes, held, written, encode_time
+        live = [w for w in window if w[0].unit not in failed]
+        if live:
+            encoder.wait_loaded()  # the weights may still be loading: that wait is the load's, not encoding's
+            t = time.perf_counter()
+            vecs = encoder.encode_prepared([p for _, _, p in live])
+            encode_time += time.perf_counter() - t
+            job: dict[str, tuple[list, list]] = {}
+            for (task, text, _), vec in zip(live, vecs, strict=True):
+                row = dict(task.row)
+                if text is not None:
+                    row["text"] = text
+                rows, vs = job.setdefault(task.shard, ([], []))
+                rows.append(row)
+                vs.append(vec)
+            writer.put({s: (rows, np.stack(vs)) for s, (rows, vs) in job.items()})
+            written += len(live)
+        window, tokens, nbytes = [], 0, 0
+        budget.release(held)
+        held = 0
+
+    def kept_bytes(out) -> int:
+        return out[1].nbytes if isinstance(out, tuple) else 0
+
+    t0 = time.perf_counter()
+    decoded = admitted_map(work, tasks, workers, budget, lambda task: task.cost, kept_bytes, flush)
+    try:
+        for task, out, size in decoded:
+            rows_left[task.unit] -= 1
+            if not rows_left[task.unit]:
+                bar.update(1)
+            if isinstance(out, InputError):
+                if task.unit not in failed:
+                    label = units_by_key[task.unit].label
+                    failed[task.unit] = Problem(label, "decode", out.reason, out.detail)
+                    bar.set_postfix(failed=len(failed))
+                if on_error == "raise":
+                    break
+                continue
+            text, prepared = out
+            window.append((task, text, prepared))
+            tokens += prepared.length
+            nbytes += prepared.nbytes
+            held += size
+            del out, prepared  # the window holds them now: a flush frees them
+            if tokens >= 8 * encoder.token_budget or nbytes >= window_bytes or len(window) >= commit_rows:
+                flush()
+        else:
+            flush()
+    finally:
+        decoded.close()
+        bar.close()
+        writer.close()
+    timings["decode"] = round(decode_busy[0], 3)
+    timings["encode"] = round(encode_time, 3)
+    timings["write"] = round(writer.busy, 3)
+    timings["pipeline"] = round(time.perf_counter() - t0, 3)
+    return written, budget.peak
