@@ -237,7 +237,7 @@ def test_decoders_print_nothing_and_their_messages_go_to_the_run_log(tiny_dir, t
 
 def test_ctrl_c_says_nothing_finished_is_lost_and_the_same_command_continues(tiny_dir, encoder, tmp_path):
     from corpora import write_photo
-    from test_ingest import _committed_versions
+    from test_ingest_runs import _committed_versions
 
     from unite_search.ingestion import ingest
     from unite_search.store import IndexStore
@@ -291,14 +291,14 @@ def test_ingest_given_a_file_says_it_takes_a_folder(runner, tiny_dir, tmp_path):
 
 def test_a_crash_is_one_line_naming_the_run_log(runner, tiny_dir, tmp_path, monkeypatch):
     """A bug injected into a real decode worker: one line on the console, the traceback in the run log."""
-    import unite_search.ingestion as ingestion
+    import unite_search.pipeline as pipeline
 
     root = _corpus(tmp_path / "corpus")
 
     def bug(enc, task):
         raise AttributeError("'NoneType' object has no attribute 'shape'")
 
-    monkeypatch.setattr(ingestion, "prepare_task", bug)
+    monkeypatch.setattr(pipeline, "prepare_task", bug)
     args = ["ingest", str(root), "--index", str(tmp_path / "index"), "--model", str(tiny_dir), "-q"]
     result = runner.invoke(main, args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
