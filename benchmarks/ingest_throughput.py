@@ -57,8 +57,8 @@ from timing import compare, load, machine, rate, repeats_arg, span, summary  # n
 
 from unite_search.batching import bounded_map  # noqa: E402
 from unite_search.corpus import walk  # noqa: E402
-from unite_search.pipeline import torch_threads as threads  # noqa: E402
 from unite_search.ingestion import ingest  # noqa: E402
+from unite_search.pipeline import torch_threads as threads  # noqa: E402
 from unite_search.units import IngestOptions, find_captions, plan_units, prepare_task, read_files  # noqa: E402
 
 WORDS = [
