@@ -47,7 +47,7 @@ def test_a_ray_ingest_equals_a_local_one(tmp_path, encoder):
     assert remote.status == local.status == "ok", remote.summary()
     for field in ("items", "encoded_items", "encoded_rows", "shards"):
         assert getattr(remote, field) == getattr(local, field), field
-    assert remote.threads == {"ray_encoders": 2}
+    assert remote.threads == {"ray_encoders": 2, "ray_encoders_busy": 2}  # two worker processes encoded rows
     assert {"decode", "encode", "write", "pipeline"} <= set(remote.timings)
     assert_same_rows(rows_by_id(tmp_path / "ray"), rows_by_id(tmp_path / "local"))
     again = ingest(root, tmp_path / "ray", encoder=encoder, pairs="composed", engine="ray", **OPTS)
@@ -187,7 +187,7 @@ def test_the_command_line_ingests_on_ray(tmp_path, tiny_dir):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["status"] == "ok" and report["encoded_rows"] == 12 and report["threads"] == {"ray_encoders": 2}
+    assert report["status"] == "ok" and report["encoded_rows"] == 12 and report["threads"]["ray_encoders"] == 2
 
 
 def test_a_run_that_starts_ray_shows_our_progress_and_none_of_rays_lines(tmp_path, tiny_dir):

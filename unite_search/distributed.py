@@ -259,7 +259,8 @@ def encode_on_ray(
             actor = {"num_cpus": share}
             device, threads = "cpu", max(1, int(cpus // (n + 1)) or 1)
         items = [{"task": pickle.dumps(task)} for task in tasks]
-        data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // RAY_BATCH, 200)))
+        # blocks of at most RAY_BATCH rows: a short run still gives each encoder actor some to encode
+        data = ray.data.from_items(items, override_num_blocks=max(1, min(-(-len(items) // RAY_BATCH), 200)))
         # Ray Data's defaults retry a decode task, restart an encoder actor and re-run its batch whenever
         # their worker process dies (not when our code raises: that is a failure of the run)
         # each decode task reserves the memory a batch of the corpus's largest inputs may take at its peak
@@ -304,6 +305,7 @@ def _drain(data, store, tables, by_key, tasks, *, on_error, commit_rows, progres
     pending: dict[str, list] = defaultdict(list)
     held = written = 0
     spent = defaultdict(float)
+    busy: set[int] = set()  # the encoder processes that encoded rows
     t0 = time.perf_counter()
 
     def commit() -> None:
@@ -332,6 +334,8 @@ def _drain(data, store, tables, by_key, tasks, *, on_error, commit_rows, progres
                     pending[shard] += [FragmentMetadata.from_json(f) for f in fragments]
                 held += len(out["units"])
                 written += len(out["units"])
+                if out["units"]:
+                    busy.add(out["pid"])
                 for unit in out["units"]:
                     finish(unit)
                 for unit, reason, detail in out["failures"]:
@@ -354,4 +358,5 @@ def _drain(data, store, tables, by_key, tasks, *, on_error, commit_rows, progres
         shown.close()
     timings.update({key: round(value, 3) for key, value in spent.items()})
     timings["pipeline"] = round(time.perf_counter() - t0, 3)
+    timings["encoders_busy"] = len(busy)
     return written

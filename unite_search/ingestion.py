@@ -443,7 +443,8 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
                 slot, store, tasks, by_key, address=address, encoders=encoders, dtype=dtype, on_error=on_error,
                 commit_rows=commit_rows, progress=progress, timings=timings, failed=failed,
             )  # fmt: skip
-            report.threads = {"ray_encoders": int(timings.pop("encoders"))}
+            report.threads = {"ray_encoders": int(timings.pop("encoders")),
+                              "ray_encoders_busy": int(timings.pop("encoders_busy", 0))}  # fmt: skip
         elif tasks:  # only now is the encoder made: a run with nothing to encode never loads the model
             import torch
 

@@ -49,7 +49,7 @@ class IngestReport:
     error: str | None = None
     decoder_messages: list[str] = field(default_factory=list)  # FFmpeg's, kept here instead of printed
     traceback: str | None = None  # of an internal error (a bug) or MemoryError that stopped the run
-    threads: dict[str, int] = field(default_factory=dict)  # of the encode stage: torch's and decode workers
+    threads: dict[str, int] = field(default_factory=dict)  # of the encode stage: torch, decode threads; or Ray actors
 
     @property
     def exit_code(self) -> int:
