@@ -1,0 +1,183 @@
+"""``unite-search serve`` live: uvicorn on loopback batching concurrent queries and decoding uploads on a
+bounded pool, and the command itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner
+from test_server import ODD_IMAGE_ID, build_served_index
+
+from unite_search import Index
+from unite_search.cli import main
+from unite_search.server import create_app
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, encoder):
+    return build_served_index(tmp_path_factory.mktemp("serve"), encoder)
+
+
+@contextmanager
+def live(app):
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _all_at_once(n: int, ask) -> list:
+    """``ask(i)`` for i < n from n threads released together: each one's answer, or the exception it raised."""
+    start, results = threading.Barrier(n), [None] * n
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = ask(i)
+        except Exception as exc:  # noqa: BLE001  the caller's assertions report it
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_live_server_batches_concurrent_queries(built, encoder):
+    app = create_app(Index.open(built[1], encoder=encoder), batch_window_ms=80)
+    n = 16
+    with live(app) as base:
+        results = _all_at_once(n, lambda i: _post(f"{base}/search", {"text": f"query number {i}", "k": 3}))
+        assert all(isinstance(r, dict) and len(r["hits"]) == 3 for r in results), results
+        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+        batches = int(re.search(r"^unite_search_encoder_batches_total (\d+)$", metrics, re.M).group(1))
+        encoded = int(re.search(r"^unite_search_encoder_batch_size_sum (\d+)$", metrics, re.M).group(1))
+        assert encoded == n and batches < n, metrics
+        assert re.search(rf'^unite_search_requests_total\{{endpoint="/search",status="200"\}} {n}$', metrics, re.M)
+        odd = urllib.request.urlopen(f"{base}/items/{quote(ODD_IMAGE_ID, safe='')}", timeout=10)
+        assert json.loads(odd.read())["id"] == ODD_IMAGE_ID
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"{base}/search", {"text": "x", "where": "1=1; DROP TABLE x"})
+        assert err.value.code == 400 and json.loads(err.value.read())["error"] == "bad_query"
+
+
+def test_uploads_are_decoded_by_a_bounded_pool(built, encoder):
+    """However many uploads arrive together, at most ``decode_workers`` are decoded at once."""
+    root, index = built
+    app = create_app(Index.open(index, encoder=encoder), decode_workers=2, batch_window_ms=20)
+    server = app.state.server
+    real, lock, running, seen = server._plan_and_prepare, threading.Lock(), [0], {"max": 0, "threads": set()}
+
+    def watched(query):
+        with lock:
+            running[0] += 1
+            seen["max"] = max(seen["max"], running[0])
+            seen["threads"].add(threading.current_thread().name)
+        try:
+            time.sleep(0.05)  # long enough for the other uploads to arrive meanwhile
+            return real(query)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    server._plan_and_prepare = watched
+    data = (root / "photos/small.jpg").read_bytes()
+    n = 8
+    with live(app) as base:
+
+        def ask(i: int) -> dict:
+            boundary = f"b{i}x"
+            part = 'Content-Disposition: form-data; name="image"; filename="q.jpg"\r\nContent-Type: image/jpeg'
+            body = f"--{boundary}\r\n{part}\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            ctype = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            with urllib.request.urlopen(urllib.request.Request(f"{base}/search", body, ctype), timeout=60) as r:
+                return json.loads(r.read())
+
+        results = _all_at_once(n, ask)
+    assert all(isinstance(r, dict) and r["hits"][0]["path"] == "photos/small.jpg" for r in results), results
+    assert seen["max"] == 2, seen
+    assert all(name.startswith("unite-search-decode") for name in seen["threads"]), seen
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serve_runs_uvicorn(built, tmp_path):
+    _, index = built
+    port = _free_port()
+    env = {**os.environ, "UNITE_SEARCH_TOKEN": "t0ken"}
+    cmd = [sys.executable, "-m", "unite_search.cli", "serve", str(index), "--port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.2)
+        req = urllib.request.Request(
+            f"{base}/search", b'{"text": "a red fox", "k": 2}',
+            {"Content-Type": "application/json", "Authorization": "Bearer t0ken"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert len(json.loads(r.read())["hits"]) == 2
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/info", timeout=10)
+        assert err.value.code == 401
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=20)
+    assert "warning" not in stderr.lower()
+
+
+def test_cli_serve_warns_without_a_token_off_loopback(tmp_path):
+    runner = CliRunner()
+    not_an_index = tmp_path / "empty"
+    not_an_index.mkdir()
+    r = runner.invoke(main, ["serve", str(not_an_index), "--host", "0.0.0.0"])
+    assert r.exit_code == 1 and "warning: serving 0.0.0.0 without a token" in r.stderr
+    assert "holds no unite-search index" in r.output
+    r = runner.invoke(main, ["serve", str(not_an_index), "--host", "0.0.0.0", "--token", "t"])
+    assert r.exit_code == 1 and "warning" not in r.stderr
+    r = runner.invoke(main, ["serve", str(not_an_index), "--host", "localhost"])
+    assert "warning" not in r.stderr
