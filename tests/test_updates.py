@@ -345,3 +345,41 @@ def test_a_damaged_delta_is_an_error_for_readers_and_rebuilt_by_the_writer(ivf_s
     manifest = store.publish(manifest, ["text"], flat_max=1000)  # what ingest does with a damaged shard
     assert manifest["shards"]["text"]["index"]["built"] == "full" and "delta" not in manifest["shards"]["text"]
     assert Snapshot.open(store.path).readers["text"].index().ntotal == 2600
+
+
+def test_rows_read_by_offset_are_the_pinned_versions_whether_in_runs_or_scattered(tmp_path, monkeypatch):
+    """What an update reads of the rows a table gained: runs of consecutive offsets by a scan, scattered
+    ones by take, through LanceDB where the dataset cannot be had; a row other than asked is damage."""
+    from unite_search import publish
+    from unite_search.errors import IndexDamagedError
+
+    store, _ = new_store(tmp_path, dim=8)
+    vecs = clustered(900, dim=8)
+    names = [f"r{i}" for i in range(900)]
+    for part in range(3):  # three fragments
+        store.tables.add_rows(
+            "text", rows_for(names[part * 300 : (part + 1) * 300]), vecs[part * 300 : (part + 1) * 300]
+        )
+    store.tables.delete_units("text", {f"u-r{i}" for i in range(0, 900, 7)})  # deletion files in every fragment
+    version = store.tables.versions()["text"]
+    pinned = store.tables.open("text", version)
+    keys = publish._keys(pinned)
+    all_keys, all_vecs = table_state(store, version)
+    np.testing.assert_array_equal(keys, all_keys)
+    offsets = np.array(sorted({*range(180, 420), 3, 9, 10, 600, len(keys) - 1}))  # a run across fragments, and singles
+
+    def read():
+        got = list(publish._rows_at(pinned, offsets, keys, 8, chunk=100))
+        return np.concatenate([k for k, _ in got]), np.concatenate([v for _, v in got])
+
+    got_keys, got_vecs = read()
+    assert sorted(got_keys.tolist()) == sorted(keys[offsets].tolist())
+    where = {int(k): i for i, k in enumerate(all_keys)}
+    np.testing.assert_array_equal(got_vecs, all_vecs[[where[int(k)] for k in got_keys]])
+    with monkeypatch.context() as m:  # no dataset: LanceDB's take_offsets, the same rows
+        m.setattr(type(pinned), "to_lance", lambda self: (_ for _ in ()).throw(ImportError("no pylance")))
+        fallback_keys, fallback_vecs = read()
+    np.testing.assert_array_equal(np.sort(fallback_keys), np.sort(got_keys))
+    np.testing.assert_array_equal(fallback_vecs[np.argsort(fallback_keys)], got_vecs[np.argsort(got_keys)])
+    with pytest.raises(IndexDamagedError, match="other rows than asked"):
+        list(publish._rows_at(pinned, offsets, np.roll(keys, 1), 8))

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import manifest as manifests
 from .diskio import file_sha256, remove_stale_temporaries
-from .errors import UniteError
+from .errors import IndexDamagedError, UniteError
 from .schema import table_name
 from .tables import READ_BATCH, ShardTables
 
@@ -60,13 +60,61 @@ def _within(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
     return sorted_pool[at] == values
 
 
-def _rows_at(table, offsets: np.ndarray, dim: int, chunk: int = 16384):
-    """(keys, vectors) of the rows at these offsets, a chunk at a time."""
-    for i in range(0, len(offsets), chunk):
-        got = table.take_offsets([int(o) for o in offsets[i : i + chunk]]).select(["key", "vector"]).to_arrow()
-        keys = got.column("key").to_numpy().astype(np.int64)
+def _diff(keys: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids of ``held`` the table's ``keys`` lack, sorted; row offsets of the keys ``held`` lacks, ascending).
+
+    Both sides are searched in sorted order: keys in row order are hashes, and a binary search for each
+    of 10M of them misses the cache at every step (7.7 s at 10M rows, against ~1 s sorted first)."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    removed = held[~_within(held, sorted_keys)]
+    added = np.sort(order[~_within(sorted_keys, held)])
+    return removed, added
+
+
+def _rows_at(table, offsets: np.ndarray, keys: np.ndarray, dim: int, chunk: int = 16384):
+    """(keys, vectors) of the rows at these ascending offsets, a chunk at a time; ``keys`` are the keys
+    the table holds at them (checked: the pinned version cannot change, so a difference is damage).
+
+    Read through the pinned version's Lance dataset where pylance can: runs of consecutive offsets (rows
+    appended together) by a scan from the run's start, the scattered rest by ``take``. At 10M rows,
+    16,384 rows of the last fragment took 9.5 s by ``take`` (10.7 s by LanceDB's ``take_offsets``) and
+    0.03 s by a scan. Without a dataset, LanceDB reads them."""
+    try:
+        dataset = table.to_lance()
+    except Exception:  # noqa: BLE001  no pylance, or one too old for the table: LanceDB reads it
+        dataset = None
+    columns = ["key", "vector"]
+
+    def read(part: np.ndarray):
+        nonlocal dataset
+        first, count = int(part[0]), len(part)
+        if dataset is not None:
+            try:
+                if int(part[-1]) - first + 1 == count:
+                    return dataset.to_table(columns=columns, offset=first, limit=count)
+                return dataset.take([int(o) for o in part], columns=columns)
+            except Exception:  # noqa: BLE001  judged below by LanceDB, which wrote the table
+                dataset = None
+        return table.take_offsets([int(o) for o in part]).select(columns).to_arrow()
+
+    def pieces():
+        runs = np.split(offsets, np.flatnonzero(np.diff(offsets) != 1) + 1) if len(offsets) else []
+        scattered = np.concatenate([r for r in runs if len(r) < 64] or [np.empty(0, np.int64)])
+        for run in [r for r in runs if len(r) >= 64]:
+            for i in range(0, len(run), chunk):
+                yield run[i : i + chunk]
+        for i in range(0, len(scattered), chunk):
+            yield scattered[i : i + chunk]
+
+    for part in pieces():
+        got = read(part)
+        got_keys = got.column("key").to_numpy().astype(np.int64)
+        if not np.array_equal(got_keys, keys[part]):
+            raise IndexDamagedError(f"table version {table.version} returned other rows than asked by offset "
+                                    f"(from {int(part[0])}); run ingest again to rebuild the index")  # fmt: skip
         vecs = np.asarray(got.column("vector").combine_chunks().flatten().to_numpy(), dtype=np.float32)
-        yield keys, np.ascontiguousarray(vecs.reshape(-1, dim))
+        yield got_keys, np.ascontiguousarray(vecs.reshape(-1, dim))
 
 
 @dataclass
@@ -95,15 +143,14 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
     base_rows = int(old.get("base_rows", old["rows"]))
     if base.ntotal != base_rows or base.d != dim:
         return None, f"{old['faiss']} holds {base.ntotal} vectors of dim {base.d}, not {base_rows} of {dim}"
-    keys = _keys(pinned)
     held = np.sort(ann.ids(base))
-    removed = held[~_within(held, np.sort(keys))]
-    added = np.flatnonzero(~_within(keys, held))
+    keys = _keys(pinned)
+    removed, added = _diff(keys, held)
     for key in ("fresh_recall", "rebuild_reason", "delta"):
         info.pop(key, None)
     if ivf and len(added) + len(removed) <= ann.DELTA_MAX * len(held):
         delta = ann.empty_like(base)  # the mapped base, its lists swapped for empty ones (its file untouched)
-        ann.update(delta, np.empty(0, np.int64), _rows_at(pinned, added, dim))
+        ann.update(delta, np.empty(0, np.int64), _rows_at(pinned, added, keys, dim))
         if len(held) - len(removed) + delta.ntotal != n:
             return None, f"base {len(held)} - removed {len(removed)} + added {delta.ntotal} is not the table's {n}"
         info.update(built="delta", delta={"added": int(delta.ntotal), "removed": len(removed)})
@@ -116,7 +163,7 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
 
     def batches():
         at = 0
-        for keys_, vecs in _rows_at(pinned, added, dim):
+        for keys_, vecs in _rows_at(pinned, added, keys, dim):
             mine = [i for i in range(len(keys_)) if at + i in pick]
             if mine:
                 fresh.append((keys_[mine], vecs[mine]))
