@@ -46,7 +46,7 @@ def _batches(table, dim: int):
 
 
 def _keys(table) -> np.ndarray:
-    """Every row's key in the table's row order (offsets for ``take_offsets``)."""
+    """Every row's key in the table's row order (a row's position is its offset for :func:`_rows_at`)."""
     batches = table.search().select(["key"]).limit(None).to_batches(READ_BATCH)
     parts = [b.column("key").to_numpy().astype(np.int64) for b in batches]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
