@@ -47,7 +47,9 @@ def test_a_ray_ingest_equals_a_local_one(tmp_path, encoder):
     assert remote.status == local.status == "ok", remote.summary()
     for field in ("items", "encoded_items", "encoded_rows", "shards"):
         assert getattr(remote, field) == getattr(local, field), field
-    assert remote.threads == {"ray_encoders": 2, "ray_encoders_busy": 2}  # two worker processes encoded rows
+    # two encoder actors; Ray starts them asynchronously, so on a corpus this short the first one up may
+    # take every batch (it did in a CI run): one or both encoded rows
+    assert remote.threads["ray_encoders"] == 2 and remote.threads["ray_encoders_busy"] in (1, 2), remote.threads
     assert {"decode", "encode", "write", "pipeline"} <= set(remote.timings)
     assert_same_rows(rows_by_id(tmp_path / "ray"), rows_by_id(tmp_path / "local"))
     again = ingest(root, tmp_path / "ray", encoder=encoder, pairs="composed", engine="ray", **OPTS)
