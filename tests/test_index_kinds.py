@@ -11,6 +11,7 @@ from test_updates import brute_top, new_store, rows_for, table_state
 
 from unite_search import ann
 from unite_search.reader import Snapshot
+from unite_search.schema import row_key
 from unite_search.store import IndexStore
 from unite_search.verify import verify
 
@@ -91,7 +92,7 @@ def test_each_kind_is_updated_in_place(kind_shard, delta_max, monkeypatch):
     info = manifest["shards"]["text"]["index"]
     assert info["codes"] == codes
     if codes != "exact" and delta_max:
-        assert info["built"] == "delta" and info["delta"] == {"added": 300, "removed": 100}
+        assert info["built"] == "delta" and info["delta"] == {"added": 300, "removed": 100, "kept": 0}
     else:
         assert info["built"] == "updated" and info["last_update"] == {"added": 300, "removed": 100}
     if codes != "exact" and not delta_max:
@@ -137,3 +138,85 @@ def test_a_large_ivf_file_is_mapped_instead_of_copied(kind_shard, mmap_min, monk
     path = str((store.path / manifest["shards"]["text"]["faiss"]).resolve())
     assert (path in Path("/proc/self/maps").read_text()) == (codes != "exact" and mmap_min == 0)
     assert reader.search(vecs[3], 1, allowed=None, excluded=set())[0][0] == rows_for(["k3"])[0]["key"]
+
+
+def lists_of(index):
+    """Each inverted list of an IVF index as (ids, codes), sorted by id: the index's content, whatever
+    order its lists were filled in."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    out = []
+    for i in range(ivf.nlist):
+        size = ivf.invlists.list_size(i)
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(i), size).copy() if size else np.empty(0, np.int64)
+        codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(i), size * ivf.code_size).copy() if size else np.empty(0)
+        order = np.argsort(ids)
+        out.append((ids[order], codes.reshape(size, ivf.code_size)[order] if size else codes))
+    return out
+
+
+@pytest.mark.parametrize("built", ["flat", "sq8", "pq"], indirect=True)
+def test_a_delta_publish_carries_the_previous_delta_forward(kind_shard, monkeypatch):
+    from unite_search import publish
+
+    _, store, manifest, names, vecs, (flat_max, memory) = kind_shard
+    store.tables.add_rows("text", rows_for(names[N : N + 150]), vecs[N : N + 150])
+    store.tables.delete_units("text", [f"u-k{i}" for i in range(50)])
+    first = store.publish(manifest, ["text"], flat_max=flat_max, memory=memory)
+    assert first["shards"]["text"]["index"]["delta"] == {"added": 150, "removed": 50, "kept": 0}
+    # then: 150 more rows; 30 rows of the first delta and 30 more of the base deleted
+    store.tables.add_rows("text", rows_for(names[N + 150 : N + 300]), vecs[N + 150 : N + 300])
+    store.tables.delete_units("text", [f"u-k{i}" for i in [*range(N, N + 30), *range(50, 80)]])
+    read = []
+    rows_at = publish._rows_at
+
+    def counted(table, offsets, keys, dim):
+        read.append(len(offsets))
+        return rows_at(table, offsets, keys, dim)
+
+    monkeypatch.setattr(publish, "_rows_at", counted)
+    monkeypatch.setattr(publish, "REUSE_DELTA", False)  # the same state from the rows, to compare with
+    entry = store.publish(first, ["text"], flat_max=flat_max, memory=memory)["shards"]["text"]
+    from_rows = lists_of(ann.read(store.path / entry["delta"]["faiss"]))
+    assert read == [270] and entry["index"]["delta"] == {"added": 270, "removed": 80, "kept": 0}
+    monkeypatch.setattr(publish, "REUSE_DELTA", True)
+    read.clear()
+    entry = store.publish(first, ["text"], flat_max=flat_max, memory=memory)["shards"]["text"]
+    assert read == [150], "only the rows added since the last publish are read"
+    assert entry["index"]["built"] == "delta"
+    assert entry["index"]["delta"] == {"added": 270, "removed": 80, "kept": 120}
+    carried = lists_of(ann.read(store.path / entry["delta"]["faiss"]))
+    for (ids_a, codes_a), (ids_b, codes_b) in zip(from_rows, carried, strict=True):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(codes_a, codes_b)  # the same codes in the same lists: bit for bit
+    reader = Snapshot.open(store.path).readers["text"]
+    gone = {rows_for([n])[0]["key"] for n in names[N : N + 30]}
+    for v in vecs[N : N + 30]:  # rows dropped from the carried delta are never found
+        assert not {k for k, _ in reader.search(v, 20, allowed=None, excluded=set())} & gone
+    found = [reader.search(v, 1, allowed=None, excluded=set())[0][0] for v in vecs[N + 30 : N + 300 : 10]]
+    assert found == [rows_for([n])[0]["key"] for n in names[N + 30 : N + 300 : 10]]
+    assert not verify(store.path).damaged
+
+
+@pytest.mark.parametrize("built", ["flat", "sq8", "pq"], indirect=True)
+def test_a_previous_delta_trained_otherwise_is_not_carried(kind_shard):
+    from unite_search import publish
+
+    _, store, manifest, names, vecs, (flat_max, memory) = kind_shard
+    base = ann.read(store.path / manifest["shards"]["text"]["faiss"])
+    assert ann.same_trained(base, ann.empty_like(ann.read(store.path / manifest["shards"]["text"]["faiss"])))
+    rows = (np.arange(N, dtype=np.int64), vecs[300 : N + 300])  # other rows: other centroids
+    other, _ = ann.build(lambda: iter([rows]), N, DIM, flat_max=flat_max, memory=memory)
+    assert not ann.same_trained(base, other)
+    unchanged = names[: N + 1]
+    store.tables.add_rows("text", rows_for(unchanged[N:]), vecs[N : N + 1])
+    first = store.publish(manifest, ["text"], flat_max=flat_max, memory=memory)
+    # the published delta's one row, in an index trained otherwise (as a delta made against another base)
+    ann.update(ann.empty_like(other), np.empty(0, np.int64), iter([(np.array([row_key(names[N])]), vecs[N : N + 1])]))
+    ann.write(other, store.path / first["shards"]["text"]["delta"]["faiss"])
+    first["shards"]["text"]["delta"] = publish.faiss_entry(store.path, first["shards"]["text"]["delta"]["faiss"])
+    store.tables.add_rows("text", rows_for(names[N + 1 : N + 3]), vecs[N + 1 : N + 3])
+    entry = store.publish(first, ["text"], flat_max=flat_max, memory=memory)["shards"]["text"]
+    assert entry["index"]["delta"] == {"added": 3, "removed": 0, "kept": 0}  # built from the rows instead
+    assert ann.read(store.path / entry["delta"]["faiss"]).ntotal == 3

@@ -277,7 +277,7 @@ def test_a_delta_publish_leaves_the_base_file_and_writes_the_changes_beside_it(i
     store.tables.delete_units("text", [f"u-r{i}" for i in range(50)])
     manifest = store.publish(manifest, ["text"], flat_max=1000)
     entry = manifest["shards"]["text"]
-    assert entry["index"]["built"] == "delta" and entry["index"]["delta"] == {"added": 100, "removed": 50}
+    assert entry["index"]["built"] == "delta" and entry["index"]["delta"] == {"added": 100, "removed": 50, "kept": 0}
     assert entry["faiss"] == first["faiss"] and entry["faiss_sha256"] == first["faiss_sha256"]  # base untouched
     assert entry["rows"] == 2550 and entry["base_rows"] == 2500
     assert (store.path / entry["delta"]["faiss"]).is_file() and (store.path / entry["removed"]["faiss"]).is_file()
@@ -300,7 +300,7 @@ def test_a_delta_publish_leaves_the_base_file_and_writes_the_changes_beside_it(i
     # a second delta publish: the changes are counted from the base file, the first delta's files go
     store.tables.add_rows("text", rows_for(names[2600:2650]), vecs[2600:2650])
     second = store.publish(manifest, ["text"], flat_max=1000)["shards"]["text"]
-    assert second["index"]["delta"] == {"added": 150, "removed": 50} and second["faiss"] == first["faiss"]
+    assert second["index"]["delta"] == {"added": 150, "removed": 50, "kept": 100} and second["faiss"] == first["faiss"]
     assert (store.path / entry["delta"]["faiss"]).is_file()  # the previous state's files stay for its readers
     store.tables.add_rows("text", rows_for(names[2650:2660]), vecs[2650:2660])
     store.publish(store.require_manifest(), ["text"], flat_max=1000)

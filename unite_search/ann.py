@@ -230,6 +230,25 @@ def empty_like(index):
     return index
 
 
+def same_trained(a, b) -> bool:
+    """Whether two IVF indexes share their training: kind, centroids and, for codes, the codebooks."""
+    faiss = _faiss()
+    x, y = _ivf(a), _ivf(b)
+    shape = lambda ivf: (type(ivf), ivf.d, ivf.nlist, ivf.code_size, ivf.metric_type)  # noqa: E731
+    if shape(x) != shape(y):
+        return False
+
+    def trained(ivf) -> list[np.ndarray]:
+        parts = [ivf.quantizer.reconstruct_n(0, ivf.nlist)]
+        if isinstance(ivf, faiss.IndexIVFScalarQuantizer):
+            parts.append(faiss.vector_to_array(ivf.sq.trained))
+        elif isinstance(ivf, faiss.IndexIVFPQ):
+            parts.append(faiss.vector_to_array(ivf.pq.centroids))
+        return parts
+
+    return all(np.array_equal(p, q) for p, q in zip(trained(x), trained(y), strict=True))
+
+
 def update(index, removed: np.ndarray, added: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
     """Remove the ``removed`` ids from a built index and add the (keys, vectors) of ``added``, in place.
 

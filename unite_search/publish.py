@@ -2,7 +2,8 @@
 
 A shard published before is not rebuilt. While an IVF shard's changes since its base file are under
 :data:`unite_search.ann.DELTA_MAX` of it, the base stays and the changes go beside it (a delta index of
-the rows added, a ``.npy`` of the ids removed); past that, or for an exact shard, the previous index
+the rows added, a ``.npy`` of the ids removed; the previous delta index is carried forward, so only the
+rows added since the last publish are read and assigned); past that, or for an exact shard, the previous index
 is updated (``remove_ids``, ``add_with_ids`` on the trained index) and written as the new base. It is
 built anew (k-means, nprobe tuning) only when :func:`unite_search.ann.rebuild_reason` says so, when an
 IVF rewrite's recall@10 on its new rows falls under the target, or when a file is missing or damaged.
@@ -33,6 +34,7 @@ from .schema import table_name
 from .tables import READ_BATCH, ShardTables
 
 FAISS_DIR = "faiss"
+REUSE_DELTA = True  # a delta publish adds to the previous state's delta index (False: rebuilt from the rows)
 
 
 def _batches(table, dim: int):
@@ -149,11 +151,12 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
     for key in ("fresh_recall", "rebuild_reason", "delta"):
         info.pop(key, None)
     if ivf and len(added) + len(removed) <= ann.DELTA_MAX * len(held):
-        delta = ann.empty_like(base)  # the mapped base, its lists swapped for empty ones (its file untouched)
-        ann.update(delta, np.empty(0, np.int64), _rows_at(pinned, added, keys, dim))
+        delta, dropped, to_read = _delta_start(folder, old, base, keys, added)
+        kept = delta.ntotal - len(dropped)
+        ann.update(delta, dropped, _rows_at(pinned, to_read, keys, dim))
         if len(held) - len(removed) + delta.ntotal != n:
             return None, f"base {len(held)} - removed {len(removed)} + added {delta.ntotal} is not the table's {n}"
-        info.update(built="delta", delta={"added": int(delta.ntotal), "removed": len(removed)})
+        info.update(built="delta", delta={"added": int(delta.ntotal), "removed": len(removed), "kept": int(kept)})
         return _Delta(delta, removed), info
     if ivf:
         base = ann.read(folder / old["faiss"])  # rewritten: loaded whole
@@ -186,6 +189,29 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
         if recall < target:
             return None, f"recall@10 on {len(queries)} newly added rows is {recall:.3f}, under {target}"
     return base, info
+
+
+def _delta_start(folder: Path, old: dict[str, Any], base, keys: np.ndarray, added: np.ndarray):
+    """(delta index to add to, ids to remove from it, offsets of the rows to add) for a delta publish.
+
+    The previous state's delta index, when it has one (its files were checked with the base's): the
+    rows it holds that are still added since the base stay, the others are removed from it, and only
+    the rows it lacks are read and assigned to lists. Else an empty copy of the base's trained index,
+    every row added since the base to be read."""
+    from . import ann
+
+    if REUSE_DELTA and "delta" in old:
+        try:
+            previous = ann.read(folder / old["delta"]["faiss"])
+        except RuntimeError:
+            previous = None
+        if previous is not None and ann.same_trained(previous, base):
+            have = np.sort(ann.ids(previous))
+            added_keys = keys[added]
+            dropped = have[~_within(have, np.sort(added_keys))]
+            return previous, dropped, added[~_within(added_keys, have)]
+    # the mapped base, its lists swapped for empty ones (its file untouched)
+    return ann.empty_like(base), np.empty(0, np.int64), added
 
 
 def _must_build(old: dict[str, Any] | None, version: int, incremental: bool) -> str | None:
