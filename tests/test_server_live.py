@@ -142,7 +142,8 @@ def test_cli_serve_runs_uvicorn(built, tmp_path):
     _, index = built
     port = _free_port()
     env = {**os.environ, "UNITE_SEARCH_TOKEN": "t0ken"}
-    cmd = [sys.executable, "-m", "unite_search.cli", "serve", str(index), "--port", str(port), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "unite_search.cli", "serve", str(index), "--port", str(port), "--device", "cpu",
+           "--gpu-search"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -168,6 +169,11 @@ def test_cli_serve_runs_uvicorn(built, tmp_path):
         proc.terminate()
         _, stderr = proc.communicate(timeout=20)
     assert "warning" not in stderr.lower()
+    from unite_search import ann
+
+    said = "searched on the GPU" if ann.gpu_count() else "FAISS sees no GPU"
+    shards = json.loads((index / "manifest.json").read_text())["shards"]
+    assert all(f"shard {name}: {said}" in stderr for name in shards), stderr  # where each shard is searched
 
 
 def test_cli_serve_warns_without_a_token_off_loopback(tmp_path):

@@ -13,7 +13,9 @@ The rule (recorded in each shard's manifest entry):
 
 Vectors are L2-normalised, so inner product is cosine similarity. Indexes are written with
 ``faiss.write_index`` (FAISS's own binary format), never pickled. FAISS GPU, when installed and a
-GPU is visible, trains the IVF quantizer; the stored index is always a CPU index.
+GPU is visible, trains the IVF quantizer and takes the exact answers the tuning measures against; the
+stored index is always a CPU index. A reader asked to (``gpu_search``) searches a GPU copy of it
+(:func:`gpu_copy`) when it fits.
 """
 
 from __future__ import annotations
@@ -55,6 +57,65 @@ def _faiss():
 def gpu_count() -> int:
     faiss = _faiss()
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+GPU_SHARE = 0.5  # a GPU copy is made only of an index that takes at most this share of the GPU's free memory
+GPU_MAX_K = 2048  # FAISS on the GPU returns at most this many hits a query, and probes at most this many lists
+
+
+def gpu_free_bytes(device: int = 0) -> int | None:
+    """Free memory of a CUDA device (through torch), or None when there is none to ask."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.mem_get_info(device)[0])
+    except (ImportError, RuntimeError):
+        return None
+
+
+_GPU_RESOURCES: list[Any] = []  # one StandardGpuResources for the process (scratch memory, streams)
+
+
+def gpu_resources():
+    faiss = _faiss()
+    if not _GPU_RESOURCES:
+        _GPU_RESOURCES.append(faiss.StandardGpuResources())
+    return _GPU_RESOURCES[0]
+
+
+def gpu_copy(index, info: dict[str, Any], removed: np.ndarray | None = None) -> tuple[Any, str]:
+    """(a copy of ``index`` on GPU 0 to search, what was done) or (None, why not).
+
+    ``removed``: ids taken out of ``index`` first, in place (a delta publish's removed ids: FAISS on the
+    GPU ignores ID selectors; pass an index read for this alone, not a mapped one). An IVF copy probes
+    the entry's ``nprobe`` lists. Made only where FAISS sees a GPU and the index takes at most
+    :data:`GPU_SHARE` of its free memory; a PQ index keeps float16 lookup tables there (its candidates
+    are re-ranked exactly anyway)."""
+    faiss = _faiss()
+    if gpu_count() == 0:
+        return None, "FAISS sees no GPU (faiss-cpu is installed, or no device is visible)"
+    codes = info.get("codes") or ("exact" if info.get("type", "flat") == "flat" else "flat")
+    need = index_bytes(codes, index.ntotal, index.d, int(info.get("nlist") or 0))
+    free = gpu_free_bytes()
+    if free is None or need > GPU_SHARE * free:
+        have = "unknown" if free is None else f"{free >> 20} MB"
+        return None, f"the index ({need >> 20} MB) does not fit in {GPU_SHARE:.0%} of the GPU's free memory ({have})"
+    nprobe = int(info.get("nprobe") or 1)
+    if nprobe > GPU_MAX_K:
+        return None, f"nprobe {nprobe} is over the {GPU_MAX_K} lists FAISS probes on a GPU"
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = codes == "pq"
+    try:
+        if removed is not None and len(removed):
+            update(index, removed, iter(()))
+        copy = faiss.index_cpu_to_gpu(gpu_resources(), 0, index, options)
+        if info.get("type") == "ivf":
+            faiss.GpuParameterSpace().set_index_parameter(copy, "nprobe", nprobe)
+    except RuntimeError as exc:
+        return None, f"FAISS could not copy it to the GPU ({str(exc).strip().splitlines()[-1][:200]})"
+    return copy, f"searched on the GPU ({need >> 20} MB)"
 
 
 def _ivf(index):
@@ -154,7 +215,7 @@ def build(
     trained_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     pick = rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)
-    truth = exact_top(batches, train[pick], RECALL_K + 1, index.metric_type)  # +1: each query finds itself
+    truth = exact_top(batches, train[pick], RECALL_K + 1, index.metric_type, gpu=on_gpu)  # +1: finds itself
     width = RECALL_K * kind["rerank"]
     nprobe, recall, curve = tune_nprobe(
         index, train[pick], target, exclude=train_keys[pick], truth=truth, candidates=width
@@ -343,13 +404,17 @@ def _without(found: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarra
     return out
 
 
-def exact_top(batches: Batches, queries: np.ndarray, k: int, metric) -> np.ndarray:
+def exact_top(batches: Batches, queries: np.ndarray, k: int, metric, gpu: bool = False) -> np.ndarray:
     """The ids of each query's exact top ``k`` over every vector ``batches`` streams (inner product):
-    a flat search, one batch in memory at a time. ``(len(queries), k)`` int64, -1 pads."""
+    a flat search, one batch in memory at a time (``gpu``: each batch's on GPU 0, by ``faiss.knn_gpu``).
+    ``(len(queries), k)`` int64, -1 pads."""
     faiss = _faiss()
     heap = faiss.ResultHeap(len(queries), k, keep_max=metric == faiss.METRIC_INNER_PRODUCT)
     for keys, vecs in batches():
-        scores, at = faiss.knn(queries, vecs, min(k, len(vecs)), metric=metric)
+        if gpu:
+            scores, at = faiss.knn_gpu(gpu_resources(), queries, vecs, min(k, len(vecs)), metric=metric)
+        else:
+            scores, at = faiss.knn(queries, vecs, min(k, len(vecs)), metric=metric)
         if scores.shape[1] < k:  # a batch smaller than k: pad to the heap's width
             pad = k - scores.shape[1]
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)

@@ -72,8 +72,9 @@ def _file_sha256(value) -> str | None:
 class Index:
     """A built index, opened for search. Create with :meth:`Index.open`."""
 
-    def __init__(self, folder: Path, snapshot: Snapshot, *, model, adapter, device, dtype, encoder):
+    def __init__(self, folder: Path, snapshot: Snapshot, *, model, adapter, device, dtype, encoder, gpu_search=False):
         self.path = folder
+        self._gpu_search = gpu_search
         self._snapshot = snapshot
         self._model = model
         self._adapter = adapter
@@ -94,16 +95,23 @@ class Index:
         model: str | os.PathLike | None = None,
         adapter: str | os.PathLike | None = None,
         encoder=None,
+        gpu_search: bool = False,
     ) -> Index:
         """Open ``path``. The index's own model (and LoRA adapter, if it was built with one) is used unless
-        ``model``/``adapter``/``encoder`` says otherwise, and then it must match the one the index was built with."""
+        ``model``/``adapter``/``encoder`` says otherwise, and then it must match the one the index was built with.
+
+        ``gpu_search``: search a GPU copy of each shard's FAISS index where FAISS sees a GPU (faiss-gpu) and
+        the copy fits in half its free memory; filtered searches stay on the CPU. ``info()`` says per shard."""
         folder = Path(os.path.expanduser(path))
-        snapshot = Snapshot.open(folder)
-        return cls(folder, snapshot, model=model, adapter=adapter, device=device, dtype=dtype, encoder=encoder)
+        snapshot = Snapshot.open(folder, gpu_search=gpu_search)
+        return cls(
+            folder, snapshot, model=model, adapter=adapter, device=device, dtype=dtype, encoder=encoder,
+            gpu_search=gpu_search,
+        )  # fmt: skip
 
     def refresh(self) -> None:
         """See what an ingest published since the index was opened: the whole snapshot is replaced at once."""
-        self._snapshot = Snapshot.open(self.path)
+        self._snapshot = Snapshot.open(self.path, gpu_search=self._gpu_search)
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -113,6 +121,15 @@ class Index:
     def shards(self) -> dict[str, int]:
         """Rows per published shard."""
         return {name: int(entry["rows"]) for name, entry in sorted(self.manifest["shards"].items())}
+
+    def gpu_states(self, load: bool = False) -> dict[str, str]:
+        """Per shard, where its searches run with ``gpu_search``: "searched on the GPU (N MB)", or why not
+        ("not asked", "not loaded yet", no GPU, too large). ``load``: make the GPU copies now."""
+        readers = self._snapshot.readers
+        if load:
+            for reader in readers.values():
+                reader.gpu_index()
+        return {name: reader.gpu_state for name, reader in readers.items()}
 
     def __repr__(self) -> str:
         return f"Index({str(self.path)!r}, shards={self.shards})"

@@ -73,7 +73,9 @@ class _Meta:
 class ShardReader:
     """One published shard: table version, FAISS index and row metadata, loaded on first use."""
 
-    def __init__(self, folder: Path, tables: ShardTables, name: str, entry: dict[str, Any], serial: int):
+    def __init__(
+        self, folder: Path, tables: ShardTables, name: str, entry: dict[str, Any], serial: int, gpu_search=False
+    ):
         self.folder = folder
         self.tables = tables
         self.name = name
@@ -89,6 +91,10 @@ class ShardReader:
         self._delta = None  # after a delta publish: the rows added since the base FAISS file
         self._removed = _NONE  # ... and the sorted ids removed since
         self._dead = None  # a FAISS selector that skips the removed ids
+        self._gpu_search = gpu_search  # search a GPU copy of the base index where it fits (ann.gpu_copy)
+        self._gpu = None  # that copy, without the removed ids, made on the first search
+        self._gpu_lock = threading.Lock()  # FAISS's GPU indexes are not thread-safe, even to search
+        self.gpu_state = "not asked" if not gpu_search else "not loaded yet"  # made, or why not
 
     @property
     def rows(self) -> int:
@@ -365,7 +371,11 @@ class ShardReader:
         After a delta publish: the base index without the ids removed since, and the delta index of the
         rows added since, merged by score."""
         index = self.index()
-        found = self._search_in(index, self._dead, self._removed, vec, k, allowed, excluded)
+        gpu = self.gpu_index() if allowed is None and len(excluded) <= POST_FILTER_MAX else None
+        if gpu is not None:  # FAISS on the GPU ignores selectors: unfiltered searches only, removed ids left out
+            found = self._search_in(gpu, None, _NONE, vec, k, None, excluded, on_gpu=True)
+        else:
+            found = self._search_in(index, self._dead, self._removed, vec, k, allowed, excluded)
         if self._delta is not None and self._delta.ntotal:
             # the delta's probed lists hold few rows: fewer than k from it is normal, the base has the rest;
             # only when both together fall short are all its lists probed
@@ -375,7 +385,23 @@ class ShardReader:
             found = sorted(found + more, key=lambda hit: -hit[1])[:k]
         return found
 
-    def _search_in(self, index, dead, removed: np.ndarray, vec, k: int, allowed, excluded: set[int], short_ok=False):
+    def gpu_index(self):
+        """The GPU copy of the base index, when asked for and it could be made (see ``gpu_state``), else None."""
+        if self.gpu_state != "not loaded yet":  # not asked, made, or refused: settled
+            return self._gpu
+        with self._lock:
+            if self.gpu_state == "not loaded yet":
+                from . import ann
+
+                base = self.index()
+                if len(self._removed):  # taken out of a copy read for this alone, not the mapped base
+                    base = ann.read(self.folder / self.entry["faiss"])
+                self._gpu, self.gpu_state = ann.gpu_copy(base, self.entry.get("index", {}), self._removed)
+            return self._gpu
+
+    def _search_in(
+        self, index, dead, removed: np.ndarray, vec, k: int, allowed, excluded: set[int], short_ok=False, on_gpu=False
+    ):
         """One index's top k; ``short_ok``: fewer than k from the probed lists is accepted as it is."""
         faiss = faiss_module()
         live = index.ntotal - len(removed)
@@ -401,15 +427,26 @@ class ShardReader:
         elif excluded:
             # a few ids left out (like='s own row, exclude=): the top k + len(excluded) without them is
             # the same top k, and spares a selector check on every vector scanned
-            found = self._search(index, vec, min(k + len(excluded), live), dead, 0 if short_ok else live)
+            found = self._search(index, vec, min(k + len(excluded), live), dead, 0 if short_ok else live, on_gpu)
             return [(key, score) for key, score in found if key not in excluded][:k]
-        return self._search(index, vec, min(k, live), selector, 0 if short_ok else matching)
+        return self._search(index, vec, min(k, live), selector, 0 if short_ok else matching, on_gpu)
 
-    def _search(self, index, vec: np.ndarray, k: int, selector, matching: int | None = None):
+    def _search(self, index, vec: np.ndarray, k: int, selector, matching: int | None = None, on_gpu=False):
         import faiss
+
+        from .ann import GPU_MAX_K
 
         matching = index.ntotal if matching is None else matching
         info = self.entry.get("index", {})
+        if on_gpu:  # the GPU copy: no selector, nprobe set on it; what it cannot answer goes to the CPU index
+            rerank = int(info.get("rerank") or 1)
+            width = min(k * rerank, index.ntotal)
+            if width <= GPU_MAX_K:
+                with self._gpu_lock:
+                    found = _pairs(*index.search(vec[None, :], width))
+                if len(found) >= min(width, matching):
+                    return self._rerank(vec, found, k) if rerank > 1 else found
+            return self._search(self.index(), vec, k, self._dead, matching)
         if info.get("type") != "ivf":
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
             return _pairs(*index.search(vec[None, :], k, params=params))
@@ -477,15 +514,20 @@ def _pairs(scores: np.ndarray, keys: np.ndarray) -> list[tuple[int, float]]:
 class Snapshot:
     """Readers of every shard of one published manifest."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], tables: ShardTables | None = None):
+    def __init__(
+        self, folder: Path, manifest: dict[str, Any], tables: ShardTables | None = None, *, gpu_search: bool = False
+    ):
         self.folder = folder
         self.manifest = manifest
         tables = tables or ShardTables(folder / "tables")
         serial = manifest.get("serial", 0)
         self.readers = {
-            name: ShardReader(folder, tables, name, entry, serial) for name, entry in manifest["shards"].items()
+            name: ShardReader(folder, tables, name, entry, serial, gpu_search)
+            for name, entry in manifest["shards"].items()
         }
 
     @classmethod
-    def open(cls, folder: Path) -> Snapshot:
-        return cls(folder, manifests.require(folder))
+    def open(cls, folder: Path, *, gpu_search: bool = False) -> Snapshot:
+        """The published state of ``folder``; ``gpu_search``: each shard searches a GPU copy of its index
+        where FAISS sees a GPU and the copy fits (:func:`unite_search.ann.gpu_copy`)."""
+        return cls(folder, manifests.require(folder), gpu_search=gpu_search)

@@ -333,7 +333,10 @@ def _verify(index_dir: str, as_json: bool) -> None:
                    "(default: $UNITE_SEARCH_TOKEN).")  # fmt: skip
 @click.option("--batch-window-ms", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Queries arriving within this window share one encoder forward pass.")  # fmt: skip
-def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_window_ms):
+@click.option("--gpu-search", is_flag=True,
+              help="Search a GPU copy of each shard's FAISS index where faiss-gpu sees a GPU and it fits in "
+                   "half its free memory (filtered searches stay on the CPU).")  # fmt: skip
+def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_window_ms, gpu_search):
     """Serve an index over HTTP: search, items, media, thumbnails, info and metrics (docs at /docs).
 
     \b
@@ -350,8 +353,11 @@ def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_win
     def work():
         from ..index import Index
 
-        index = Index.open(index_dir, device=device, dtype=dtype, model=model, adapter=adapter)
+        index = Index.open(index_dir, device=device, dtype=dtype, model=model, adapter=adapter, gpu_search=gpu_search)
         index.encoder  # noqa: B018  load now: a wrong model or device fails here, not on the first query
+        if gpu_search:  # the GPU copies now too, and where each shard is searched
+            for shard, state in index.gpu_states(load=True).items():
+                click.echo(f"shard {shard}: {state}", err=True)
         return create_app(index, token=token, batch_window_ms=batch_window_ms)
 
     app = _run(work)

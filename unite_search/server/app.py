@@ -95,6 +95,7 @@ def create_app(
     model: str | os.PathLike | None = None,
     adapter: str | os.PathLike | None = None,
     encoder=None,
+    gpu_search: bool = False,
 ) -> FastAPI:
     """The HTTP API of an index (a path, opened with ``device``/``dtype``/``model``/``adapter``/``encoder``,
     or an open :class:`~unite_search.Index`).
@@ -106,11 +107,14 @@ def create_app(
     ``<index>/thumbs``). Queries arriving within ``batch_window_ms`` of each other share a forward
     pass of at most ``max_batch`` queries. Query images and videos are decoded by ``decode_workers``
     threads (default: the number of cores, at most 4), however many requests send them at once.
+    ``gpu_search`` (a path only): see :meth:`unite_search.Index.open`.
     """
     from ..index import Index
 
     if not isinstance(index, Index):
-        index = Index.open(index, device=device, dtype=dtype, model=model, adapter=adapter, encoder=encoder)
+        index = Index.open(
+            index, device=device, dtype=dtype, model=model, adapter=adapter, encoder=encoder, gpu_search=gpu_search
+        )
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
     if batch_window_ms < 0 or max_batch < 1:
