@@ -218,6 +218,16 @@ def test_info_says_an_index_was_updated_since_it_was_built(ivf_shard):
     assert f"2600 rows  IVF{ann.nlist_for(2500)},Flat nprobe" in line and "+100 -0 rows beside its base file" in line
 
 
+def test_info_says_when_the_recall_target_was_not_reached():
+    from unite_search.cli.index import _index_words
+
+    idx = {"type": "ivf", "factory": "IVF692,PQ4", "nprobe": 692, "rerank": 10, "recall_target": 0.95}
+    assert _index_words({**idx, "recall_at_10": 0.8109}).startswith(
+        "IVF692,PQ4 nprobe 692, top 100 re-ranked (recall@10 0.8109, under its 0.95 target even with every list probed)"
+    )
+    assert _index_words({**idx, "recall_at_10": 0.96}) == "IVF692,PQ4 nprobe 692, top 100 re-ranked (recall@10 0.96)"
+
+
 def test_the_sha256_recorded_is_the_written_files(ivf_shard):
     from unite_search.diskio import file_sha256
 

@@ -287,7 +287,10 @@ def _index_words(idx: dict) -> str:
     words = "exact" if idx["type"] == "flat" else idx["factory"]
     if idx["type"] == "ivf":
         rerank = f", top {10 * idx['rerank']} re-ranked" if (idx.get("rerank") or 1) > 1 else ""
-        words += f" nprobe {idx['nprobe']}{rerank} (recall@10 {idx['recall_at_10']})"
+        words += f" nprobe {idx['nprobe']}{rerank} (recall@10 {idx['recall_at_10']}"
+        target = idx.get("recall_target") or 0
+        short = idx["recall_at_10"] < target  # the tuning then probes every list
+        words += f", under its {target} target even with every list probed)" if short else ")"
     if idx.get("memory_bytes") is not None:
         words += f", {idx['memory_bytes'] / 1e6:.1f} MB" + (
             " (over the memory budget)" if idx.get("over_budget") else ""
