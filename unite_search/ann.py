@@ -96,7 +96,7 @@ def gpu_copy(index, info: dict[str, Any], removed: np.ndarray | None = None) -> 
     faiss = _faiss()
     if gpu_count() == 0:
         return None, "FAISS sees no GPU (faiss-cpu is installed, or no device is visible)"
-    codes = info.get("codes") or ("exact" if info.get("type", "flat") == "flat" else "flat")
+    codes = codes_of(info)
     need = index_bytes(codes, index.ntotal, index.d, int(info.get("nlist") or 0))
     free = gpu_free_bytes()
     if free is None or need > GPU_SHARE * free:
@@ -116,6 +116,11 @@ def gpu_copy(index, info: dict[str, Any], removed: np.ndarray | None = None) -> 
     except RuntimeError as exc:
         return None, f"FAISS could not copy it to the GPU ({str(exc).strip().splitlines()[-1][:200]})"
     return copy, f"searched on the GPU ({need >> 20} MB)"
+
+
+def codes_of(info: dict[str, Any]) -> str:
+    """The codes a manifest entry's index holds (entries made before kinds had no ``codes``)."""
+    return info.get("codes") or ("exact" if info.get("type", "flat") == "flat" else "flat")
 
 
 def _ivf(index):
@@ -260,7 +265,7 @@ def rebuild_reason(
     """Why a shard of ``n`` rows needs a new index rather than an update of the one ``info`` describes:
     :func:`choose` now picks another kind, or an IVF index's size moved past :data:`RETRAIN_GROWTH`."""
     have_type = info.get("type", "flat")
-    have = info.get("codes") or ("exact" if have_type == "flat" else "flat")  # entries made before kinds
+    have = codes_of(info)
     want = choose(n, dim, flat_max, memory)
     if (want["type"], want["codes"]) != (have_type, have):
         if have_type == "flat" and n > flat_max:

@@ -101,7 +101,7 @@ class Index:
         ``model``/``adapter``/``encoder`` says otherwise, and then it must match the one the index was built with.
 
         ``gpu_search``: search a GPU copy of each shard's FAISS index where FAISS sees a GPU (faiss-gpu) and
-        the copy fits in half its free memory; filtered searches stay on the CPU. ``info()`` says per shard."""
+        the copy fits in half its free memory; filtered searches stay on the CPU. :meth:`gpu_states` says per shard."""
         folder = Path(os.path.expanduser(path))
         snapshot = Snapshot.open(folder, gpu_search=gpu_search)
         return cls(
