@@ -95,7 +95,7 @@ def main() -> None:
 
     def new():
         truth = ann.exact_top(batches, queries, ann.RECALL_K + 1, faiss.METRIC_INNER_PRODUCT)
-        nprobe, recall, _ = ann.tune_nprobe(index, queries, ann.TARGET_RECALL, exclude=exclude, truth=truth)
+        nprobe, recall = ann.tune_nprobe(index, queries, ann.TARGET_RECALL, exclude=exclude, truth=truth)[:2]
         chosen["new"].append((nprobe, recall))
 
     before = load()

@@ -5,7 +5,7 @@ no device), the first test shows the readers say so and search on the CPU; the o
 import numpy as np
 import pytest
 from test_ann import clustered, stream
-from test_index_kinds import DIM, N, budget_for
+from test_index_kinds import DIM, KINDS, N, memory_for
 from test_updates import new_store, rows_for
 
 from unite_search import ann
@@ -16,7 +16,7 @@ on_gpu = pytest.mark.skipif(ann.gpu_count() == 0, reason="FAISS sees no GPU (fai
 
 def shard(tmp_path, codes):
     """A published shard of the kind asked, then a delta publish: rows added, rows of the base removed."""
-    memory = {"exact": 1 << 30, "flat": 1 << 30, "sq8": budget_for("flat") - 1, "pq": budget_for("sq8") - 1}[codes]
+    memory = memory_for(codes)
     flat_max = 10_000 if codes == "exact" else 1000
     store, manifest = new_store(tmp_path, dim=DIM)
     vecs = clustered(N + 300, dim=DIM)
@@ -51,7 +51,7 @@ def test_without_a_gpu_readers_say_why_and_search_on_the_cpu(tmp_path):
 
 
 @on_gpu
-@pytest.mark.parametrize("codes", ["exact", "flat", "sq8", "pq"])
+@pytest.mark.parametrize("codes", KINDS)
 def test_gpu_search_answers_as_the_cpu_index(tmp_path, codes):
     store, _, names, vecs = shard(tmp_path, codes)
     gpu = Snapshot.open(store.path, gpu_search=True).readers["text"]

@@ -1,4 +1,4 @@
-"""Index kinds chosen by size and memory budget: exact, IVF-Flat, IVF with SQ8 or PQ codes re-ranked
+"""Index kinds chosen by size and memory budget: exact, IVF-Flat, IVF with SQ8, SQ4 or PQ codes re-ranked
 exactly from the table's vectors; each tuned to recall@10 >= 0.95, updated in place, filtered to
 exactly k hits, verified."""
 
@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_ann import clustered
+from test_ann import clustered, exact_top, stream
 from test_updates import brute_top, new_store, rows_for, table_state
 
 from unite_search import ann
@@ -31,6 +31,8 @@ def test_choose_follows_size_then_memory():
     got = ann.choose(N, DIM, flat_max=1000, memory=budget_for("flat") - 1)
     assert got["factory"] == f"IVF{nlist},SQ8" and got["rerank"] == ann.RERANK["sq8"]
     got = ann.choose(N, DIM, flat_max=1000, memory=budget_for("sq8") - 1)
+    assert got["factory"] == f"IVF{nlist},SQ4" and got["rerank"] == ann.RERANK["sq4"]
+    got = ann.choose(N, DIM, flat_max=1000, memory=budget_for("sq4") - 1)
     assert got["factory"] == f"IVF{nlist},PQ{DIM // ann.PQ_DIMS}" and "over_budget" not in got
     got = ann.choose(N, DIM, flat_max=1000, memory=1000)
     assert got["codes"] == "pq" and got["over_budget"] is True
@@ -39,11 +41,19 @@ def test_choose_follows_size_then_memory():
     assert ann.pq_subquantizers(1536) == 96 and ann.pq_subquantizers(1000) == 50  # a divisor of the dim
 
 
-@pytest.fixture(scope="module", params=["exact", "flat", "sq8", "pq"])
+KINDS = ["exact", "flat", "sq8", "sq4", "pq"]
+
+
+def memory_for(codes):
+    """The budget that makes the rule pick ``codes`` for N rows (flat_max 1000; exact: flat_max 10,000)."""
+    return {"exact": 1 << 30, "flat": 1 << 30}.get(codes) or budget_for(KINDS[KINDS.index(codes) - 1]) - 1
+
+
+@pytest.fixture(scope="module", params=KINDS)
 def built(request, tmp_path_factory):
     """One published shard of each kind, built once (PQ training is the slow part)."""
     codes = request.param
-    memory = {"exact": 1 << 30, "flat": 1 << 30, "sq8": budget_for("flat") - 1, "pq": budget_for("sq8") - 1}[codes]
+    memory = memory_for(codes)
     flat_max = 10_000 if codes == "exact" else 1000
     store, manifest = new_store(tmp_path_factory.mktemp(codes), dim=DIM)
     vecs = clustered(N + 300, dim=DIM)
@@ -156,7 +166,7 @@ def lists_of(index):
     return out
 
 
-@pytest.mark.parametrize("built", ["flat", "sq8", "pq"], indirect=True)
+@pytest.mark.parametrize("built", ["flat", "sq8", "sq4", "pq"], indirect=True)
 def test_a_delta_publish_carries_the_previous_delta_forward(kind_shard, monkeypatch):
     from unite_search import publish
 
@@ -199,7 +209,7 @@ def test_a_delta_publish_carries_the_previous_delta_forward(kind_shard, monkeypa
     assert not verify(store.path).damaged
 
 
-@pytest.mark.parametrize("built", ["flat", "sq8", "pq"], indirect=True)
+@pytest.mark.parametrize("built", ["flat", "sq8", "sq4", "pq"], indirect=True)
 def test_a_previous_delta_trained_otherwise_is_not_carried(kind_shard):
     from unite_search import publish
 
@@ -220,3 +230,32 @@ def test_a_previous_delta_trained_otherwise_is_not_carried(kind_shard):
     entry = store.publish(first, ["text"], flat_max=flat_max, memory=memory)["shards"]["text"]
     assert entry["index"]["delta"] == {"added": 3, "removed": 0, "kept": 0}  # built from the rows instead
     assert ann.read(store.path / entry["delta"]["faiss"]).ntotal == 3
+
+
+def test_codes_too_coarse_for_the_target_get_more_candidates_re_ranked(monkeypatch):
+    """20,000 clustered rows in PQ codes of 16 dims each: the true top 10 is too rarely among 100
+    candidates, even with every list probed, so the tuning doubles the candidates until it is."""
+    n = 20_000
+    vecs = clustered(n, dim=DIM)
+    keys = np.arange(n, dtype=np.int64)
+    memory = budget_for("sq4", n=n) - 1
+    monkeypatch.setattr(ann, "RERANK_MAX", ann.RERANK["pq"])  # no widening: the target is missed
+    narrow, info = ann.build(stream(keys, vecs), n, DIM, flat_max=1000, memory=memory)
+    assert info["codes"] == "pq" and info["rerank"] == ann.RERANK["pq"]
+    assert info["nprobe"] == info["nlist"] and info["recall_at_10"] < ann.TARGET_RECALL, info
+    monkeypatch.undo()
+    index, info = ann.build(stream(keys, vecs), n, DIM, flat_max=1000, memory=memory)
+    width = ann.RECALL_K * info["rerank"]
+    assert info["rerank"] > ann.RERANK["pq"] and info["recall_at_10"] >= ann.TARGET_RECALL, info
+    assert f"the top {width} candidates re-ranked exactly (widened from 100" in info["recall_method"]
+    assert info["recall_curve"][str(info["nlist"])] < ann.TARGET_RECALL  # every list, 100 candidates
+    assert info["recall_curve"][f"{info['nprobe']} held-out top {width}"] == round(info["recall_at_10"], 4)
+    # new queries: the chosen nprobe and width, re-ranked exactly, against brute force
+    queries = clustered(300, dim=DIM, noise_seed=21)
+    truth = exact_top(vecs, queries, 10)
+    index.nprobe = info["nprobe"]
+    _, candidates = index.search(queries, width)
+    found = [c[np.argsort(-(vecs[c] @ q), kind="stable")[:10]] for c, q in zip(candidates, queries, strict=True)]
+    assert ann.recall_at_k(np.array(found), truth) >= 0.93
+    narrow.nprobe = narrow.nlist
+    assert ann.recall_at_k(narrow.search(queries, ann.RECALL_K * ann.RERANK["pq"])[1], truth) < ann.TARGET_RECALL

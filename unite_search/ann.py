@@ -10,6 +10,10 @@ The rule (recorded in each shard's manifest entry):
   query's own vector is left out of both result lists, so a vector finding itself does not count.
   nprobe is chosen by bisection on 200 of the queries, and the recall recorded is measured on the
   others (held out from the choice).
+- past a memory budget: IVF with 8-bit scalar (SQ8), 4-bit scalar (SQ4) or PQ codes, the finest that
+  fits, whose top candidates are re-ranked exactly from the table's float32 vectors. When the target
+  is missed with every list probed, the candidates double (up to :data:`RERANK_MAX` per hit) until
+  it is reached, and the entry's ``rerank`` records the width chosen.
 
 Vectors are L2-normalised, so inner product is cosine similarity. Indexes are written with
 ``faiss.write_index`` (FAISS's own binary format), never pickled. FAISS GPU, when installed and a
@@ -24,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +45,8 @@ FRESH_MIN = 50  # fewer rows added than this: no recall check at this publish (t
 MEMORY_FRACTION = 0.5  # default memory budget of one shard's index: this share of the machine's RAM
 PQ_DIMS = 16  # dimensions per PQ sub-quantizer (8-bit codes): 1536 -> PQ96, 96 bytes a vector
 DELTA_MAX = 0.1  # an IVF shard's changes stay beside its base file until they reach this share of it
-RERANK = {"sq8": 4, "pq": 10}  # an index of codes returns this many candidates per hit, re-ranked exactly
+RERANK = {"sq8": 4, "sq4": 4, "pq": 10}  # an index of codes returns this many candidates per hit, re-ranked exactly
+RERANK_MAX = 100  # ... and up to this many when the tuning finds too few true neighbours among them
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # () -> iter of (keys int64, vectors float32)
 
@@ -152,21 +157,21 @@ def pq_subquantizers(dim: int) -> int:
 
 def index_bytes(codes: str, n: int, dim: int, nlist: int = 0) -> int:
     """Memory an index of ``n`` vectors holds: its codes and ids, plus the IVF centroids (and codebooks)."""
-    per_row = {"exact": 4 * dim + 16, "flat": 4 * dim, "sq8": dim, "pq": pq_subquantizers(dim)}[codes]
-    fixed = {"exact": 0, "flat": 0, "sq8": 8 * dim, "pq": 256 * dim * 4}[codes]
-    return n * (per_row + 8) + fixed + nlist * dim * 4
+    per_row = {"exact": 4 * dim + 16, "flat": 4 * dim, "sq8": dim, "sq4": (dim + 1) // 2, "pq": pq_subquantizers(dim)}
+    fixed = {"exact": 0, "flat": 0, "sq8": 8 * dim, "sq4": 8 * dim, "pq": 256 * dim * 4}[codes]
+    return n * (per_row[codes] + 8) + fixed + nlist * dim * 4
 
 
 def choose(n: int, dim: int, flat_max: int = FLAT_MAX, memory: int | None = None) -> dict[str, Any]:
     """The index kind for ``n`` vectors: exact up to ``flat_max`` rows, else the first IVF kind whose
-    memory fits ``memory`` (IVF-Flat, then SQ8 codes, then PQ codes; both re-ranked exactly from the
+    memory fits ``memory`` (IVF-Flat, then SQ8, SQ4 and PQ codes, all re-ranked exactly from the
     table's vectors). Nothing fitting: PQ, marked ``over_budget``."""
     memory = default_memory() if memory is None else memory
     exact = index_bytes("exact", n, dim)
     if n <= flat_max and exact <= memory:
         return {"type": "flat", "codes": "exact", "factory": "IDMap2,Flat", "memory_bytes": exact}
     nlist = nlist_for(n)
-    options = [("flat", "Flat"), ("sq8", "SQ8")]
+    options = [("flat", "Flat"), ("sq8", "SQ8"), ("sq4", "SQ4")]
     if min(n, 64 * nlist) >= 256:  # a PQ codebook of 256 centroids needs that many training vectors
         options.append(("pq", f"PQ{pq_subquantizers(dim)}"))
     for codes, suffix in options:
@@ -221,15 +226,28 @@ def build(
 
     pick = rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)
     truth = exact_top(batches, train[pick], RECALL_K + 1, index.metric_type, gpu=on_gpu)  # +1: finds itself
-    width = RECALL_K * kind["rerank"]
-    nprobe, recall, curve = tune_nprobe(
-        index, train[pick], target, exclude=train_keys[pick], truth=truth, candidates=width
+    rerank = kind["rerank"]
+    tuned = tune_nprobe(
+        index,
+        train[pick],
+        target,
+        exclude=train_keys[pick],
+        truth=truth,
+        candidates=RECALL_K * rerank,
+        max_candidates=RECALL_K * RERANK_MAX if rerank > 1 else None,
     )
+    nprobe, recall, curve = tuned.nprobe, tuned.recall, tuned.curve
     index.nprobe = nprobe
-    reranked = f", the top {width} candidates re-ranked exactly" if kind["rerank"] > 1 else ""
+    reranked = ""
+    if rerank > 1:
+        reranked = f", the top {tuned.candidates} candidates re-ranked exactly"
+        if tuned.candidates > RECALL_K * rerank:
+            reranked += f" (widened from {RECALL_K * rerank}: too few true neighbours among them)"
+        rerank = -(-tuned.candidates // RECALL_K)
     info = {
         **kind,
         **common,
+        "rerank": rerank,
         "trained_on": int(n_train),
         "trained_rows": int(n),
         "trained_at": trained_at,
@@ -430,6 +448,13 @@ def exact_top(batches: Batches, queries: np.ndarray, k: int, metric, gpu: bool =
     return heap.I
 
 
+class Tuned(NamedTuple):
+    nprobe: int
+    recall: float  # recall@10 on the held-out queries (the tuning queries' when too few to hold any out)
+    curve: dict[str, float]  # every recall measured: "N" (tuning queries), "N held-out", "N top W" (wider)
+    candidates: int  # candidates a search re-ranks: ``candidates`` asked, or wider where that missed
+
+
 def tune_nprobe(
     index,
     queries: np.ndarray,
@@ -437,7 +462,8 @@ def tune_nprobe(
     exclude: np.ndarray | None = None,
     truth: np.ndarray | None = None,
     candidates: int = RECALL_K,
-) -> tuple[int, float, dict[str, float]]:
+    max_candidates: int | None = None,
+) -> Tuned:
     """Smallest power-of-two nprobe whose recall@10 against exact search reaches ``target``.
 
     ``truth``: each query's exact top ids (``exact_top``); without it, the index with every list
@@ -446,9 +472,11 @@ def tune_nprobe(
     is left out of both lists (leave-one-out). The nprobe is found by bisection over the powers of two
     on the first :data:`TUNE_QUERIES` queries (recall grows with nprobe); the recall returned is
     measured on the others, which took no part in the choice, and nprobe doubles while they miss the
-    target. The curve holds every recall measured (``"N"``: tuning queries, ``"N held-out"``).
-    ``candidates`` > 10: an index of codes whose top ``candidates`` are re-ranked exactly; a true top-10
-    id among them is then in the final top 10, so recall counts the truth found among the candidates.
+    target. ``candidates`` > 10: an index of codes whose top ``candidates`` are re-ranked exactly; a
+    true top-10 id among them is then in the final top 10, so recall counts the truth found among the
+    candidates. ``max_candidates``: when even every list probed misses the target, the candidates
+    double, up to this many, and the nprobe is found again for the wider list (each nprobe is searched
+    once, at the widest, and every width read from that one answer).
     """
     k = min(RECALL_K, index.ntotal)
     extra = 0 if exclude is None else 1
@@ -458,32 +486,46 @@ def tune_nprobe(
     truth = _without(truth, exclude, k)
     n_tune = min(TUNE_QUERIES, len(queries) // 2) or len(queries)
     tune, held = slice(0, n_tune), slice(n_tune, len(queries))
+    widths = [candidates]
+    while max_candidates is not None and widths[-1] < max_candidates:
+        widths.append(min(2 * widths[-1], max_candidates))
+    widths = [min(max(w, k), index.ntotal - extra) for w in widths]
+    widest = widths[-1]
+    searched: dict[tuple[int, int], np.ndarray] = {}  # (nprobe, first query) -> top ``widest`` ids
     curve: dict[str, float] = {}
 
-    def recall(nprobe: int, part: slice, label: str) -> float:
-        index.nprobe = nprobe
-        ex = exclude[part] if exclude is not None else None
-        width = min(max(candidates, k), index.ntotal - extra)
-        found = _without(index.search(queries[part], width + extra)[1], ex, width)
-        curve[label] = round(recall_at_k(found, truth[part]), 4)
+    def recall(nprobe: int, width: int, part: slice, held_out: bool = False) -> float:
+        if (nprobe, part.start) not in searched:
+            index.nprobe = nprobe
+            ex = exclude[part] if exclude is not None else None
+            searched[nprobe, part.start] = _without(index.search(queries[part], widest + extra)[1], ex, widest)
+        label = str(nprobe) + (" held-out" if held_out else "") + ("" if width == widths[0] else f" top {width}")
+        curve[label] = round(recall_at_k(searched[nprobe, part.start][:, :width], truth[part]), 4)
         return curve[label]
 
     probes = sorted({*(2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist), index.nlist})
-    lo, hi = 0, len(probes) - 1  # the answer is probes[hi] once lo == hi
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if recall(probes[mid], tune, str(probes[mid])) >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    at = hi
-    while True:
-        if held.start >= len(queries):  # too few queries to hold any out: the tuning recall is all there is
-            return probes[at], recall(probes[at], tune, str(probes[at])), curve
-        got = recall(probes[at], held, f"{probes[at]} held-out")
-        if got >= target or at == len(probes) - 1:
-            return probes[at], got, curve
-        at += 1
+    for w, width in enumerate(widths):
+        last_width = w == len(widths) - 1
+        lo, hi = 0, len(probes) - 1  # the answer is probes[hi] once lo == hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if recall(probes[mid], width, tune) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        at = hi
+        if not last_width and at == len(probes) - 1 and recall(probes[at], width, tune) < target:
+            continue  # not even every list probed reaches the target with this few candidates: wider
+        while True:
+            if held.start >= len(queries):  # too few queries to hold any out: the tuning recall is all there is
+                return Tuned(probes[at], recall(probes[at], width, tune), curve, width)
+            got = recall(probes[at], width, held, held_out=True)
+            if got >= target or at == len(probes) - 1:
+                break
+            at += 1
+        if got >= target or last_width:
+            return Tuned(probes[at], got, curve, width)
+    raise AssertionError("unreachable")
 
 
 def write(index, path: str | os.PathLike) -> str:
