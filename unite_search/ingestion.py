@@ -97,7 +97,7 @@ def ingest(
     under ``corpus`` are read (symlinks resolved; a manifest's media paths too) unless
     ``allow_outside=True``. Each shard's FAISS index is exact up to ``flat_max`` rows, else the
     first IVF kind that fits ``index_memory`` bytes (default: half this machine's RAM): IVF-Flat, then
-    SQ8 or PQ codes re-ranked exactly from the table (``indexes/README.md``).
+    SQ8, SQ4 or PQ codes re-ranked exactly from the table (``indexes/README.md``).
 
     Given ``encoder``, a ``model``, ``adapter``, ``device``, ``dtype`` or ``settings`` that differ from
     its own raise :class:`~unite_search.ConfigError`. A file's decode or I/O error fails that file; a

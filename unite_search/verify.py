@@ -3,7 +3,7 @@
 For each published shard: the FAISS file's size and sha256 against the manifest, that it loads
 with the recorded row count and dim; the table version is present and every column of every row
 reads; the table's keys are exactly the FAISS ids and each stored vector equals its FAISS copy (an index of
-SQ8 or PQ codes holds no copy: its ids are checked).
+SQ8, SQ4 or PQ codes holds no copy: its ids are checked).
 For the earlier states the manifest still keeps (``history``), their FAISS files and table
 versions are present.
 """
@@ -86,7 +86,7 @@ def _check_faiss(folder: Path, shard: str, entry: dict[str, Any], out: Verificat
         )
         return None
     parts = [index] if delta is None else [index, delta]
-    if not ann.stores_vectors(index):  # SQ8 / PQ codes: ids are checked, vectors live in the table only
+    if not ann.stores_vectors(index):  # SQ8 / SQ4 / PQ codes: ids are checked, vectors live in the table only
         ids = [ann.ids(one) for one in parts]
         vecs = None
     else:

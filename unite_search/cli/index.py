@@ -63,7 +63,7 @@ from ._common import _encoder_options, _run, _settings, _usage_mistake, main
 )
 @click.option("--index-memory", type=str, default=None, metavar="SIZE",
               help="Most memory one shard's ANN index may hold, e.g. 8G or 512M (default: half the RAM); "
-                   "larger shards get compressed codes (SQ8, PQ), re-ranked exactly.")  # fmt: skip
+                   "larger shards get compressed codes (SQ8, SQ4, PQ), re-ranked exactly.")  # fmt: skip
 @click.option("--memory-mb", type=click.IntRange(1), default=2048, show_default=True,
               help="Most memory held by inputs decoded and not yet encoded (a larger input runs alone).")  # fmt: skip
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
