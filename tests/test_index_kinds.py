@@ -251,6 +251,7 @@ def test_codes_too_coarse_for_the_target_get_more_candidates_re_ranked(monkeypat
     index, info = ann.build(stream(keys, vecs), n, DIM, flat_max=1000, memory=memory)
     width = ann.RECALL_K * info["rerank"]
     assert info["rerank"] > ann.RERANK["pq"] and info["recall_at_10"] >= ann.TARGET_RECALL, info
+    assert info["rerank_max"] == ann.RERANK_MAX
     assert f"the top {width} candidates re-ranked exactly (widened from 100" in info["recall_method"]
     assert info["recall_curve"][str(info["nlist"])] < ann.TARGET_RECALL  # every list, 100 candidates
     assert info["recall_curve"][f"{info['nprobe']} held-out top {width}"] == round(info["recall_at_10"], 4)
@@ -263,3 +264,15 @@ def test_codes_too_coarse_for_the_target_get_more_candidates_re_ranked(monkeypat
     assert ann.recall_at_k(np.array(found), truth) >= 0.93
     narrow.nprobe = narrow.nlist
     assert ann.recall_at_k(narrow.search(queries, ann.RECALL_K * ann.RERANK["pq"])[1], truth) < ann.TARGET_RECALL
+
+
+def test_an_index_of_codes_short_of_its_target_before_widening_existed_is_rebuilt():
+    n = 20_000
+    memory = budget_for("sq4", n=n) - 1
+    kind = ann.choose(n, DIM, flat_max=1000, memory=memory)
+    old = {**kind, "trained_rows": n, "recall_at_10": 0.64, "recall_target": 0.95}  # no rerank_max: older
+    reason = ann.rebuild_reason(old, n, DIM, flat_max=1000, memory=memory)
+    assert reason == "recall@10 0.64 under its 0.95 target, tuned before candidates could widen"
+    # tuned with widening (short even at the widest) or on target: updated, not rebuilt
+    assert ann.rebuild_reason({**old, "rerank_max": ann.RERANK_MAX}, n, DIM, flat_max=1000, memory=memory) is None
+    assert ann.rebuild_reason({**old, "recall_at_10": 0.97}, n, DIM, flat_max=1000, memory=memory) is None

@@ -248,6 +248,7 @@ def build(
         **kind,
         **common,
         "rerank": rerank,
+        **({"rerank_max": RERANK_MAX} if kind["rerank"] > 1 else {}),
         "trained_on": int(n_train),
         "trained_rows": int(n),
         "trained_at": trained_at,
@@ -281,7 +282,8 @@ def rebuild_reason(
     info: dict[str, Any], n: int, dim: int, flat_max: int = FLAT_MAX, memory: int | None = None
 ) -> str | None:
     """Why a shard of ``n`` rows needs a new index rather than an update of the one ``info`` describes:
-    :func:`choose` now picks another kind, or an IVF index's size moved past :data:`RETRAIN_GROWTH`."""
+    :func:`choose` now picks another kind, an index of codes missed its target when the tuning could
+    not yet widen its candidates, or an IVF index's size moved past :data:`RETRAIN_GROWTH`."""
     have_type = info.get("type", "flat")
     have = codes_of(info)
     want = choose(n, dim, flat_max, memory)
@@ -294,6 +296,10 @@ def rebuild_reason(
         return f"{n} rows: {want['factory']} is the index that fits the memory budget of {budget} MB now"
     if have_type == "flat":
         return None
+    if int(info.get("rerank") or 1) > 1 and "rerank_max" not in info:
+        recall, target = info.get("recall_at_10"), info.get("recall_target") or TARGET_RECALL
+        if recall is not None and recall < target:
+            return f"recall@10 {recall} under its {target} target, tuned before candidates could widen"
     trained = int(info.get("trained_rows") or 0)
     if not trained:
         return "the index does not record the rows it was trained at (made by an older unite-search)"
