@@ -115,3 +115,42 @@ def test_publish_writes_faiss_per_version_and_drops_old_files(tmp_path, monkeypa
     manifest = store.publish(manifest, ["text"], flat_max=1000)
     assert not (store.path / first).exists() and (store.path / second).exists()
     assert store.require_manifest() == manifest
+
+
+class CountedSearches:
+    """An index whose searches are recorded as (nprobe, queries): everything else goes to ``index``."""
+
+    def __init__(self, index):
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "calls", [])
+
+    def __getattr__(self, name):
+        return getattr(self.index, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.index, name, value)
+
+    def search(self, queries, k):
+        self.calls.append((self.index.nprobe, len(queries), k))
+        return self.index.search(queries, k)
+
+
+def test_widening_searches_each_nprobe_once_at_the_widest():
+    import faiss
+
+    n = 8000
+    vecs = clustered(n, dim=64)
+    keys = np.arange(n, dtype=np.int64)
+    index = faiss.index_factory(64, "IVF64,PQ2", faiss.METRIC_INNER_PRODUCT)  # 32 dims a code: coarse
+    index.train(vecs)
+    index.add_with_ids(vecs, keys)
+    queries = vecs[:600]
+    truth = ann.exact_top(stream(keys, vecs), queries, 11, index.metric_type)
+    counted = CountedSearches(index)
+    tuned = ann.tune_nprobe(
+        counted, queries, 0.95, exclude=keys[:600], truth=truth, candidates=100, max_candidates=1000
+    )
+    assert tuned.candidates > 100 and tuned.recall >= 0.95
+    assert str(index.nlist) in tuned.curve and tuned.curve[str(index.nlist)] < 0.95  # 100 missed at every list
+    assert len(counted.calls) == len(set(counted.calls)), counted.calls  # no (nprobe, queries) searched twice
+    assert {k for _, _, k in counted.calls} == {1001}  # always at the widest (+1: the query's own row)

@@ -495,7 +495,7 @@ def tune_nprobe(
     widths = [candidates]
     while max_candidates is not None and widths[-1] < max_candidates:
         widths.append(min(2 * widths[-1], max_candidates))
-    widths = [min(max(w, k), index.ntotal - extra) for w in widths]
+    widths = list(dict.fromkeys(min(max(w, k), index.ntotal - extra) for w in widths))  # a small shard caps them
     widest = widths[-1]
     searched: dict[tuple[int, int], np.ndarray] = {}  # (nprobe, first query) -> top ``widest`` ids
     curve: dict[str, float] = {}
