@@ -220,18 +220,21 @@ def build(
     index.train(train)
     if on_gpu:
         index.clustering_index = None
+    # the tuning's queries come from the sample; the rest of it (5 GB at 10M x 1536) is freed before the add
+    pick = rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)
+    queries, query_keys = train[pick], train_keys[pick]
+    del train, train_keys
     for keys, vecs in batches():
         index.add_with_ids(vecs, keys)
     trained_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-    pick = rng.choice(n_train, size=min(RECALL_QUERIES, n_train), replace=False)
-    truth = exact_top(batches, train[pick], RECALL_K + 1, index.metric_type, gpu=on_gpu)  # +1: finds itself
+    truth = exact_top(batches, queries, RECALL_K + 1, index.metric_type, gpu=on_gpu)  # +1: finds itself
     rerank = kind["rerank"]
     tuned = tune_nprobe(
         index,
-        train[pick],
+        queries,
         target,
-        exclude=train_keys[pick],
+        exclude=query_keys,
         truth=truth,
         candidates=RECALL_K * rerank,
         max_candidates=RECALL_K * RERANK_MAX if rerank > 1 else None,
