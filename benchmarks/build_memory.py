@@ -57,8 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     srcs = [s.resolve() for s in (args.src or [Path(__file__).resolve().parent.parent])]
 
-    import pyarrow as pa
-    from scale import CHUNK, Mixture, _rows_table
+    from scale import Mixture, _rows_in_pieces
 
     from unite_search.store import IndexStore
 
@@ -69,9 +68,7 @@ def main() -> None:
         mix = Mixture(args.dim, 2000, 1.0)
         table = store.tables.open_or_create("text", args.dim)
         for start in range(0, args.rows, 1_048_576):
-            n = min(1_048_576, args.rows - start)
-            table.add(pa.concat_tables([_rows_table(start + i, mix.draw(min(CHUNK, n - i)), args.dim)
-                                        for i in range(0, n, CHUNK)]))  # fmt: skip
+            table.add(_rows_in_pieces(start, min(1_048_576, args.rows - start), mix, args.dim))
         for r in range(args.repeats):
             for src in srcs if r % 2 == 0 else srcs[::-1]:
                 cmd = [sys.executable, "-c", CHILD, str(src), str(store.path), str(args.dim), str(args.index_memory)]

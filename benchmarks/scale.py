@@ -100,6 +100,15 @@ def _rows_table(start: int, vecs: np.ndarray, dim: int):
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _rows_in_pieces(start: int, n: int, mix: Mixture, dim: int):
+    """``n`` new rows from ``mix``, keys from ``start``, as one table of ``CHUNK``-row pieces: Lance writes
+    each piece as a page of its own, and a reader holds a whole page (one table of 1,048,576 x 1536 rows
+    in one piece made one 6.4 GB page, and the publish ran out of 24 GB reading it)."""
+    import pyarrow as pa
+
+    return pa.concat_tables([_rows_table(start + i, mix.draw(min(CHUNK, n - i)), dim) for i in range(0, n, CHUNK)])
+
+
 def _lance_rows(table):
     import pyarrow as pa
 
@@ -209,8 +218,6 @@ def main() -> None:
         print(json.dumps(run_reader(args.reader, args.dir, w / "queries.npy", truth, args.lancedb_refine)))
         return
 
-    import pyarrow as pa
-
     from unite_search import ann, publish
     from unite_search import manifest as manifests
     from unite_search.store import IndexStore
@@ -239,12 +246,7 @@ def main() -> None:
     table = lance = None
     for start in range(0, args.rows, args.write_rows):
         n = min(args.write_rows, args.rows - start)
-        # drawn and kept in pieces of CHUNK rows: Lance writes each piece as a page of its own, and a reader
-        # holds a whole page (one table of 1,048,576 x 1536 rows made one 6.4 GB page, and the publish ran
-        # out of 24 GB reading it)
-        rows = pa.concat_tables(
-            [_rows_table(start + i, mix.draw(min(CHUNK, n - i)), args.dim) for i in range(0, n, CHUNK)]
-        )
+        rows = _rows_in_pieces(start, n, mix, args.dim)
         table = store.tables.open_or_create("text", args.dim)
         table.add(rows)
         if lance_db is not None:
