@@ -56,3 +56,20 @@ def test_gpu_ingest_matches_cpu(tiny_dir, encoder, tmp_path):
     # cuDNN runs float32 convolutions (the vision patch embedding) in TF32 by default: 1.1e-4 was
     # measured on an H100 for this corpus
     assert max(np.abs(tables["cpu"][k] - tables["gpu"][k]).max() for k in tables["cpu"]) <= 5e-4
+
+
+@pytest.mark.parametrize("switches", ["none", "vision_runs", "overlap", "compile", "vision_runs,overlap,compile"])
+def test_each_speed_switch_keeps_gpu_bf16_vectors_faithful_and_batch_invariant(tiny_dir, encoder, gpu_items, switches):
+    """Issue 17's levers change speed, not vectors: bf16 on CUDA against CPU float32, batched against one
+    at a time, within the tolerance above."""
+    from unite_search import Encoder
+    from unite_search.speed import RUNS_ATTENTION, Speed
+
+    gpu = Encoder.load(tiny_dir, device="cuda", dtype="bfloat16", speed=Speed.parse(switches))
+    batched = gpu.encode(gpu_items * 3, token_budget=10**6)[: len(gpu_items)]
+    singles = np.stack([gpu.encode([it])[0] for it in gpu_items])
+    cpu = encoder.encode(gpu_items)
+    assert np.abs(batched - singles).max() <= 3e-2
+    assert np.abs(batched - cpu).max() <= 3e-2
+    if gpu._model.language_model.config._attn_implementation == "sdpa":  # flash-attention 2 is left alone
+        assert (gpu._model.visual.config._attn_implementation == RUNS_ATTENTION) == ("vision_runs" in switches)

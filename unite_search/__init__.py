@@ -28,6 +28,7 @@ from .errors import (
 )
 from .modality import Item, Modality
 from .settings import EncoderSettings
+from .speed import Speed
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,7 @@ __all__ = [
     "ModelLoadError",
     "PlanError",
     "QueryPlan",
+    "Speed",
     "StaleReadError",
     "UniteError",
     "__version__",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .batching import ByteBudget, admitted_map, plan_batches
+from .batching import ByteBudget, admitted_map, bounded_map, plan_batches
 from .errors import ConfigError, DeviceError, InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .memory import MEMORY_BYTES, predicted_bytes
@@ -25,6 +25,7 @@ from .modality import Item, Modality, as_item
 from .models import resolve
 from .prompts import IMAGE_PAD, POOL_TOKEN, RESERVED_TOKENS, VIDEO_PAD, render
 from .settings import EncoderSettings
+from .speed import Speed, chunk_runs, set_compiled, set_runs_attention
 from .video import preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
@@ -195,6 +196,7 @@ class Encoder:
         workers: int,
         adapter: str | None = None,
         config=None,
+        speed: Speed | None = None,
     ):
         # ``model``: a Qwen2VLModel (.visual and .language_model), or a _Weights that loads it on first use,
         # in which case ``config`` (its Qwen2VLConfig) says what preparation needs without the weights
@@ -207,6 +209,7 @@ class Encoder:
         self.device = device
         self.token_budget = token_budget
         self.workers = workers
+        self.speed = speed or Speed()  # how it runs, never what it computes (unite_search.speed)
         cfg = config if config is not None else self._weights.get().config
         self.config = cfg
         self.dim = int(cfg.text_config.hidden_size)
@@ -234,6 +237,7 @@ class Encoder:
         workers: int | None = None,
         adapter: str | os.PathLike | None = None,
         lazy: bool = False,
+        speed: Speed | None = None,
     ) -> Encoder:
         """Load a UNITE checkpoint: an alias (``unite-base-2b``...), a hub id or a local folder.
 
@@ -245,7 +249,8 @@ class Encoder:
         with the base model's, and ``Encoder.load(enc.model_id, adapter=enc.adapter)`` loads it again.
         Nothing shipped as code in a model folder is ever run (``auto_map`` entries are ignored).
         ``lazy=True`` reads the config and tokenizer now and the weights on the first forward (or from
-        :meth:`start_loading`, in the background), so inputs can be prepared meanwhile.
+        :meth:`start_loading`, in the background), so inputs can be prepared meanwhile. ``speed``
+        switches how the forward runs, not what it computes (:class:`~unite_search.speed.Speed`).
         """
         from .models import load_model, load_tokenizer, read_config
 
@@ -277,11 +282,15 @@ class Encoder:
             token_budget=budget,
             workers=workers or default_workers(),
             adapter=adapter_path,
+            speed=speed,
         )
 
-    def with_settings(self, settings: EncoderSettings) -> Encoder:
-        """The same weights with other preprocessing (benchmarks fix their own frame counts)."""
-        if settings == self.preprocessing:
+    def with_settings(self, settings: EncoderSettings | None = None, *, speed: Speed | None = None) -> Encoder:
+        """The same weights with other preprocessing (benchmarks fix their own frame counts) or speed
+        switches."""
+        settings = settings or self.preprocessing
+        speed = speed or self.speed
+        if settings == self.preprocessing and speed == self.speed:
             return self
         return Encoder(
             self._weights,
@@ -294,6 +303,7 @@ class Encoder:
             token_budget=self.token_budget,
             workers=self.workers,
             adapter=self.adapter,
+            speed=speed,
         )
 
     @property
@@ -409,20 +419,9 @@ class Encoder:
         return Prepared(ids, image, video)
 
     # ---------------------------------------------------------------- forward
-    def _visual_features(self, visuals: list[Visual]):
-        import torch
-
-        pv = torch.from_numpy(np.concatenate([v.pixel_values for v in visuals]))
-        grid = torch.tensor([v.grid_thw for v in visuals], dtype=torch.long)
-        visual = self._model.visual
-        out = visual(pv.to(self.device, visual.dtype), grid_thw=grid.to(self.device))
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    def embed(self, batch: Sequence[Prepared]):
-        """The forward as a torch tensor, (len(batch), dim) float32, L2-normalised; keeps gradients.
-
-        Training calls this directly; :meth:`forward` wraps it for inference.
-        """
+    def host_batch(self, batch: Sequence[Prepared], *, pin: bool = False) -> dict[str, Any]:
+        """A batch's inputs as host tensors (in pinned memory when ``pin``): the CPU half of a forward,
+        which :meth:`embed` finishes on the device."""
         import torch
 
         n, width = len(batch), max(p.length for p in batch)
@@ -431,24 +430,64 @@ class Encoder:
         for row, p in enumerate(batch):  # right padding: real tokens keep positions 0..len-1
             ids[row, : p.length] = torch.from_numpy(p.input_ids)
             mask[row, : p.length] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        lengths = mask.sum(dim=1)
-        embeds = self._model.get_input_embeddings()(ids)
-        for key, token in (("image", self._image_id), ("video", self._video_id)):
+        host: dict[str, Any] = {"ids": ids, "mask": mask, "pinned": pin}
+        for key in ("image", "video"):
             visuals = [getattr(p, key) for p in batch if getattr(p, key) is not None]
             if visuals:
-                embeds = embeds.masked_scatter(
-                    (ids == token)[..., None].expand_as(embeds), self._visual_features(visuals).to(embeds.dtype)
-                )
+                pixels = torch.from_numpy(np.concatenate([v.pixel_values for v in visuals]))
+                host[key] = (pixels, [v.grid_thw for v in visuals])
+        if pin:
+            for name in ("ids", "mask"):
+                host[name] = host[name].pin_memory()
+            for key in ("image", "video"):
+                if key in host:
+                    host[key] = (host[key][0].pin_memory(), host[key][1])
+        return host
+
+    def _visual_features(self, pixels, grids: list[tuple[int, int, int]], non_blocking: bool):
+        import torch
+
+        visual = self._model.visual
+        kwargs = {}
+        if set_runs_attention(visual, self.speed.vision_runs):
+            # the chunk lengths from the host: the tower never reads them back from the device
+            kwargs = {"unite_runs": chunk_runs(grids), "max_seqlen": max(h * w for _, h, w in grids)}
+        pixels = pixels.to(self.device, non_blocking=non_blocking).to(visual.dtype)
+        grid = torch.tensor(grids, dtype=torch.long).to(self.device)
+        out = visual(pixels, grid_thw=grid, **kwargs)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def embed(self, batch: Sequence[Prepared] | dict[str, Any]):
+        """The forward as a torch tensor, (len(batch), dim) float32, L2-normalised; keeps gradients.
+
+        ``batch``: prepared items, or their :meth:`host_batch`. Training calls this directly;
+        :meth:`forward` wraps it for inference.
+        """
+        import torch
+
+        host = batch if isinstance(batch, dict) else self.host_batch(batch)
+        model = self._model
+        set_compiled(model, self.speed.compile)
+        non_blocking = bool(host["pinned"]) and self.device.type == "cuda"
+        ids = host["ids"].to(self.device, non_blocking=non_blocking)
+        mask = host["mask"].to(self.device, non_blocking=non_blocking)
+        n, width = ids.shape
+        lengths = mask.sum(dim=1)
+        embeds = model.get_input_embeddings()(ids)
+        for key, token in (("image", self._image_id), ("video", self._video_id)):
+            if key in host:
+                features = self._visual_features(*host[key], non_blocking)
+                embeds = embeds.masked_scatter((ids == token)[..., None].expand_as(embeds), features.to(embeds.dtype))
         positions = torch.arange(width, device=self.device).expand(3, n, width)  # 1-D on all 3 axes
-        hidden = self._model.language_model(
+        hidden = model.language_model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
         ).last_hidden_state
         last = hidden[torch.arange(n, device=self.device), lengths - 1].float()
         return torch.nn.functional.normalize(last, dim=-1)
 
-    def forward(self, batch: Sequence[Prepared]) -> np.ndarray:
-        """One padded forward pass over prepared items: (len(batch), dim) float32, L2-normalised."""
+    def forward(self, batch: Sequence[Prepared] | dict[str, Any]) -> np.ndarray:
+        """One padded forward pass over prepared items (or their :meth:`host_batch`): (len(batch), dim)
+        float32, L2-normalised."""
         import torch
 
         with torch.inference_mode():
@@ -467,8 +506,19 @@ class Encoder:
         """Vectors for already prepared items, batched by token budget, in input order."""
         out = np.empty((len(prepared), self.dim), dtype=np.float32)
         lengths = [p.length for p in prepared]
-        for group in plan_batches(lengths, token_budget or self.token_budget, batch_size):
-            out[group] = self.forward([prepared[i] for i in group])
+        groups = plan_batches(lengths, token_budget or self.token_budget, batch_size)
+        if self.speed.overlap:
+            # the next batches are assembled on a thread (in pinned memory on CUDA) while this one runs
+            pin = self.device.type == "cuda"
+
+            def host(group: list[int]) -> dict[str, Any]:
+                return self.host_batch([prepared[i] for i in group], pin=pin)
+
+            batches = bounded_map(host, groups, workers=2, lookahead=2)
+        else:
+            batches = ([prepared[i] for i in group] for group in groups)
+        for group, batch in zip(groups, batches, strict=True):
+            out[group] = self.forward(batch)
             if progress is not None:
                 progress.update(len(group))
         return out

@@ -1,0 +1,136 @@
+"""Speed switches (issue 17's levers) change how the forward runs, never the vectors."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from unite_search import ConfigError, Encoder
+from unite_search.speed import RUNS_ATTENTION, Speed, chunk_runs, compiled_parts, set_runs_attention
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def mixed(media):
+    rng = np.random.default_rng(3)
+    return [
+        {"image": rng.integers(0, 256, (448, 448, 3), dtype=np.uint8)},
+        {"image": rng.integers(0, 256, (448, 448, 3), dtype=np.uint8)},
+        {"image": rng.integers(0, 256, (300, 600, 3), dtype=np.uint8), "text": "composed"},
+        {"video": media["video"], "text": "at night"},
+        {"video": media["video2"]},
+        {"text": "a plain text"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_dir):
+    """The same weights with every switch off: transformers' own sdpa path."""
+    return Encoder.load(tiny_dir, device="cpu", workers=2, speed=Speed.parse("none"))
+
+
+def test_chunk_runs_follow_the_towers_chunks():
+    assert chunk_runs([(1, 32, 32), (1, 32, 32), (4, 24, 24), (1, 20, 30)]) == [(1024, 2), (576, 4), (600, 1)]
+    assert chunk_runs([(2, 10, 10), (1, 10, 10), (1, 12, 10)]) == [(100, 3), (120, 1)]
+    assert chunk_runs([]) == []
+
+
+def test_vision_runs_give_the_same_vectors_bit_for_bit(plain, mixed):
+    fast = plain.with_settings(speed=Speed(vision_runs=True))
+    base = plain.encode(mixed, token_budget=10**6)
+    assert plain._model.visual.config._attn_implementation == "sdpa"
+    got = fast.encode(mixed, token_budget=10**6)
+    assert plain._model.visual.config._attn_implementation == RUNS_ATTENTION
+    np.testing.assert_array_equal(got, base)
+    # one at a time (other runs, other batch shapes): the same bits as the plain path one at a time
+    singles = np.stack([fast.encode([it])[0] for it in mixed])
+    np.testing.assert_array_equal(singles, np.stack([plain.encode([it])[0] for it in mixed]))
+    plain.encode(mixed[:1])  # switching back restores transformers' path
+    assert plain._model.visual.config._attn_implementation == "sdpa"
+
+
+def test_vision_runs_make_one_attention_call_per_run_and_read_nothing_back(plain, mixed, monkeypatch):
+    """Four same-size images are one run: one attention call per vision layer instead of four, and the
+    chunk lengths come from the host (no read-back of the boundaries)."""
+    import unite_search.speed as speed
+
+    calls, readbacks = [], []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    counted = lambda *a, **k: calls.append(1) or sdpa(*a, **k)  # noqa: E731
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    original = speed._runs_from_boundaries
+    monkeypatch.setattr(speed, "_runs_from_boundaries", lambda cu: readbacks.append(1) or original(cu))
+    images = [mixed[0], mixed[1], mixed[0], mixed[1]]
+    depth = len(plain._model.visual.blocks)
+    layers = len(plain._model.language_model.layers)
+    counts = {}
+    for name in ("none", "vision_runs"):
+        calls.clear()
+        plain.with_settings(speed=Speed.parse(name)).encode(images, token_budget=10**6)
+        counts[name] = len(calls)
+    assert counts == {"none": 4 * depth + layers, "vision_runs": depth + layers}
+    assert readbacks == []
+
+
+def test_runs_attention_called_without_runs_reads_the_boundaries(plain, mixed):
+    """A caller of the tower that passes no runs (as transformers' own model forward does) still gets
+    attention within each chunk."""
+    batch = plain.prepare_many(mixed[:3])
+    pixels = torch.from_numpy(np.concatenate([p.image.pixel_values for p in batch]))
+    grid = torch.tensor([p.image.grid_thw for p in batch])
+    visual = plain._model.visual
+    with torch.inference_mode():
+        set_runs_attention(visual, False)
+        expected = visual(pixels, grid_thw=grid).pooler_output
+        set_runs_attention(visual, True)
+        got = visual(pixels, grid_thw=grid).pooler_output
+    set_runs_attention(visual, False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_a_tower_not_under_sdpa_is_left_alone(tiny_dir, media):
+    eager = Encoder.load(tiny_dir, device="cpu", attn="eager")
+    assert eager.speed.vision_runs
+    eager.encode([{"image": media["image"]}])
+    assert eager._model.visual.config._attn_implementation == "eager"
+    assert not set_runs_attention(eager._model.visual, True)
+
+
+def test_overlap_assembles_the_next_batches_on_a_thread_and_keeps_the_order(plain, mixed, monkeypatch):
+    overlapped = plain.with_settings(speed=Speed(overlap=True))
+    threads = []
+    host_batch = Encoder.host_batch
+
+    def spy(self, batch, **kw):
+        threads.append(threading.current_thread().name)
+        return host_batch(self, batch, **kw)
+
+    monkeypatch.setattr(Encoder, "host_batch", spy)
+    base = plain.encode(mixed, token_budget=600)  # several batches
+    assert threads and set(threads) == {threading.current_thread().name}
+    threads.clear()
+    got = overlapped.encode(mixed, token_budget=600)
+    assert len(threads) > 1 and threading.current_thread().name not in threads
+    np.testing.assert_array_equal(got, base)
+
+
+def test_compiled_layers_give_the_same_vectors_and_can_be_switched_off(plain, mixed):
+    items = [mixed[0], mixed[2], mixed[5]]
+    base = plain.encode(items)
+    compiled = plain.with_settings(speed=Speed(compile=True))
+    got = compiled.encode(items)
+    layers = compiled_parts(plain._model)
+    assert len(layers) == len(plain._model.visual.blocks) + len(plain._model.language_model.layers)
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert np.abs(got - base).max() <= 1e-5
+    np.testing.assert_array_equal(plain.encode(items), base)  # off again: the eager path, same bits
+    assert all(layer._compiled_call_impl is None for layer in layers)
+
+
+def test_speed_switches_parse_and_say_what_is_wrong():
+    assert Speed.parse("default") == Speed()
+    assert Speed.parse("none") == Speed(vision_runs=False, overlap=False, compile=False)
+    assert Speed.parse("compile, overlap") == Speed(vision_runs=False, overlap=True, compile=True)
+    with pytest.raises(ConfigError, match="unknown speed switch cuda_graphs; known: compile, overlap, vision_runs"):
+        Speed.parse("vision_runs,cuda_graphs")

@@ -1,0 +1,151 @@
+"""How the encoder runs, never what it computes: switches that change speed, not vectors.
+
+Each switch is measured beside the plain loop by ``benchmarks/encode_throughput.py --levers`` and is on
+by default only where a recorded run showed it pays (``benchmarks/RESULTS.md``).
+
+``vision_runs``
+    Qwen2-VL's vision tower attends within each image and each pair of video frames separately. Under
+    sdpa, transformers runs one attention call per chunk and reads the chunk lengths back from the
+    device in every layer (32 host-device round trips a batch on the 2B model). With this switch, the
+    tower's attention is one call per run of consecutive chunks of equal length (a batch of same-size
+    images is one run), with the lengths handed over from the host. Same arithmetic per chunk; on the
+    CPU the vectors are bit-identical.
+``overlap``
+    (CUDA only) The next forward batch's tensors are assembled in pinned host memory on a thread and
+    copied without blocking, while the current batch runs on the device.
+``compile``
+    ``torch.compile`` with dynamic shapes of each decoder layer and each vision block's MLP (the vision
+    attention stays as above: its chunk runs are Python values, which would recompile per batch). The
+    layers of a kind share one compiled graph; the first batches pay the compile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+from .errors import ConfigError
+
+RUNS_ATTENTION = "unite_runs_flash_varlen"  # "flash" in the name: the tower hands it the chunk boundaries
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Speed switches of an :class:`~unite_search.encoder.Encoder` (see the module docstring)."""
+
+    vision_runs: bool = True
+    overlap: bool = False
+    compile: bool = False
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, spec: str) -> Speed:
+        """``"vision_runs,compile"``: those on, the others off; ``"none"``: all off; ``"default"``."""
+        spec = spec.strip()
+        if spec == "default":
+            return cls()
+        names = {f.name for f in fields(cls)}
+        on = set() if spec in ("", "none") else {s.strip() for s in spec.split(",")}
+        unknown = on - names
+        if unknown:
+            raise ConfigError(f"unknown speed switch {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+        return cls(**{n: n in on for n in names})
+
+
+def chunk_runs(grids: Sequence[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """(length, count) runs of the vision tower's attention chunks, in order.
+
+    The tower attends within each temporal patch of each input: ``t`` chunks of ``h * w`` patches.
+
+    >>> chunk_runs([(1, 32, 32), (1, 32, 32), (4, 24, 24), (1, 20, 30)])
+    [(1024, 2), (576, 4), (600, 1)]
+    """
+    runs: list[tuple[int, int]] = []
+    for t, h, w in grids:
+        length = h * w
+        if runs and runs[-1][0] == length:
+            runs[-1] = (length, runs[-1][1] + t)
+        else:
+            runs.append((length, t))
+    return runs
+
+
+def _runs_from_boundaries(cu_seqlens) -> list[tuple[int, int]]:
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # one read-back: only when no runs were given
+    runs: list[tuple[int, int]] = []
+    for length in lengths:
+        if runs and runs[-1][0] == length:
+            runs[-1] = (length, runs[-1][1] + 1)
+        else:
+            runs.append((length, 1))
+    return runs
+
+
+def runs_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """Attention within each chunk of a packed sequence: one sdpa call per run of equal-length chunks.
+
+    ``query``/``key``/``value``: (1, heads, tokens, head_dim), the chunks back to back. Returns
+    (1, tokens, heads, head_dim) as transformers' attention functions do.
+    """
+    import torch
+
+    runs = kwargs.get("unite_runs")
+    if runs is None:
+        runs = _runs_from_boundaries(kwargs["cu_seq_lens_q"])
+    heads, dim = query.shape[1], query.shape[-1]
+    outs, start = [], 0
+    for length, count in runs:
+        stop = start + length * count
+
+        def chunks(t, start=start, stop=stop, length=length, count=count):
+            return t[0, :, start:stop].reshape(t.shape[1], count, length, t.shape[-1]).transpose(0, 1)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            chunks(query), chunks(key), chunks(value), dropout_p=dropout if module.training else 0.0, scale=scaling
+        )  # (count, heads, length, dim)
+        outs.append(out.transpose(1, 2).reshape(length * count, heads, dim))
+        start = stop
+    if start != query.shape[2]:
+        raise ValueError(f"chunk runs cover {start} of {query.shape[2]} vision tokens")
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out.unsqueeze(0), None
+
+
+_registered = False
+
+
+def set_runs_attention(visual, on: bool) -> bool:
+    """Route the vision tower's attention through :func:`runs_attention` (``on``) or back to sdpa.
+
+    Only a tower under sdpa is switched (flash-attention and eager are left as they are). Returns
+    whether the tower now uses it."""
+    global _registered
+    config = visual.config
+    current = config._attn_implementation
+    if current not in ("sdpa", RUNS_ATTENTION):
+        return False
+    if on and not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(RUNS_ATTENTION, runs_attention)
+        _registered = True
+    config._attn_implementation = RUNS_ATTENTION if on else "sdpa"
+    return on
+
+
+def compiled_parts(model) -> list:
+    """The modules :func:`set_compiled` compiles: each decoder layer, each vision block's MLP."""
+    return [*model.language_model.layers, *(block.mlp for block in model.visual.blocks)]
+
+
+def set_compiled(model, on: bool) -> None:
+    """``torch.compile`` the :func:`compiled_parts` in place (``on``), or drop their compiled code.
+
+    Regional compilation: the parts of a kind share one compiled graph, so compiling is quick."""
+    for part in compiled_parts(model):
+        if on and part._compiled_call_impl is None:
+            part.compile(dynamic=True)
+        elif not on:
+            part._compiled_call_impl = None
