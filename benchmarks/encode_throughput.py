@@ -4,7 +4,17 @@
     python benchmarks/encode_throughput.py --random 2b     # random weights with Qwen2-VL-2B shapes
     python benchmarks/encode_throughput.py --model DIR     # a real checkpoint
 
-Inputs: text (about 32 words; ~230 tokens with the byte-level test tokenizer of `--random 2b`),
+Issue 17's run (one GPU, every lever beside the plain loop, inputs read from files, a profile per kind):
+
+    python benchmarks/encode_throughput.py --random 2b --from-files \
+        --speeds none,vision_runs,overlap,compile,default,all --profile results/profiles --json results/encode.json
+
+``--speeds`` lists our arms by their speed switches (``unite_search.speed``; ``default`` is what users get,
+``all`` every switch on, ``none`` every switch off); each is timed beside the plain loop in the same
+rounds. ``--from-files`` writes 448x448 JPEGs, 8-frame MP4s (PyAV) and texts of ``--text-tokens``
+tokens to a temporary folder and encodes the paths (videos at a fixed 8 frames).
+
+Inputs otherwise (in memory): text (about 32 words; ~230 tokens with the byte-level test tokenizer of `--random 2b`),
 image 448x448 (256 visual tokens), video 8 frames 336x336 (UNITE's
 processor raises each frame to >= 200,704 px, so 4 x 256 = 1024 visual tokens). The plain loop is what
 a hand-rolled script does: fixed batch size, left padding, Qwen2VLImageProcessorPil for images, the
@@ -24,7 +34,9 @@ ratio range means a busy machine: rerun before quoting it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -93,6 +105,16 @@ def load_encoder(args):
     return Encoder.load(model, token_budget=args.token_budget, workers=args.workers)
 
 
+def open_rgb(image):
+    """A path read as a hand-rolled script reads it (PIL, RGB); an in-memory image as it is."""
+    from PIL import Image
+
+    if isinstance(image, Path):
+        with Image.open(image) as img:
+            return img.convert("RGB")
+    return image
+
+
 def plain_loop(encoder: Encoder, kind: str, items, batch_size: int) -> np.ndarray:
     """A hand-rolled embedding loop on the same weights."""
     import torch
@@ -108,7 +130,7 @@ def plain_loop(encoder: Encoder, kind: str, items, batch_size: int) -> np.ndarra
         if kind == "text":
             prompts = [render({"text"}, it["text"]) for it in chunk]
         elif kind == "image":
-            px = proc(images=[it["image"] for it in chunk], return_tensors="pt")
+            px = proc(images=[open_rgb(it["image"]) for it in chunk], return_tensors="pt")
             n = int(px["image_grid_thw"][0].prod()) // 4
             prompts = [render({"image"}).replace("<|image_pad|>", "<|image_pad|>" * n) for _ in chunk]
             kwargs = {"pixel_values": px["pixel_values"].to(dev), "image_grid_thw": px["image_grid_thw"].to(dev)}
@@ -137,66 +159,181 @@ def plain_loop(encoder: Encoder, kind: str, items, batch_size: int) -> np.ndarra
     return np.concatenate(out)
 
 
+def write_files(root: Path, counts: dict[str, int], text_tokens: int, tokenizer, seed: int = 0):
+    """Issue 17's inputs as files on disk: 448x448 JPEG photos, 8-frame 336x336 H.264 MP4 clips (PyAV),
+    and texts of whole words, ``text_tokens`` tokens or a word more (the encoder's tokenizer)."""
+    import av
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:448, 0:448]
+    images, videos = [], []
+    for i in range(counts.get("image", 0)):  # photo-like: smooth gradients plus noise, so JPEG sizes are realistic
+        a, b = rng.uniform(0.3, 1.5, 2)
+        base = np.stack([(xx * a + i) % 256, (yy * b) % 256, (xx + yy + 7 * i) % 256], -1)
+        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        path = root / f"photo{i:05d}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        images.append({"image": path})
+    for i in range(counts.get("video", 0)):
+        path = root / f"clip{i:05d}.mp4"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=8)
+            stream.width, stream.height, stream.pix_fmt = 336, 336, "yuv420p"
+            for f in range(8):
+                frame = np.clip(
+                    np.stack(
+                        [
+                            (xx[:336, :336] + 9 * f + i) % 256,
+                            (yy[:336, :336] * 1.3) % 256,
+                            np.full((336, 336), (31 * f) % 256),
+                        ],
+                        -1,
+                    )
+                    + rng.normal(0, 8, (336, 336, 3)),
+                    0,
+                    255,
+                ).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        videos.append({"video": path})
+    words = TEXT.split()
+    texts = []
+    for i in range(counts.get("text", 0)):  # whole words from a rotating start, until text_tokens or more
+        text, k = "", 0
+        while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < text_tokens:
+            text = f"{text} {words[(i + k) % len(words)]}".strip()
+            k += 1
+        texts.append({"text": text})
+    return {"text": texts, "image": images, "video": videos}
+
+
+def arm_name(spec: str) -> str:
+    return "ours" if spec == "default" else f"ours[{spec}]"
+
+
+def profile_kind(encoder: Encoder, items, path: Path, sync) -> None:
+    """One ``encode`` under ``torch.profiler``: the top operators and kernels, by device time on a GPU."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = encoder.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    encoder.encode(items)  # warm
+    sync()
+    with profile(activities=activities) as prof:
+        encoder.encode(items)
+        sync()
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+    path.write_text(f"{len(items)} items, speed {encoder.speed.to_dict()}, torch {torch.__version__}\n{table}\n")
+    print(f"profile written to {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder, alias or hub id (default: a tiny random model)")
     ap.add_argument("--random", choices=["2b"], help="random weights with these shapes (no download)")
-    ap.add_argument("--n", type=int, default=None, help="items per kind (default 64 tiny, 512 GPU)")
+    ap.add_argument("--n", default=None, help="items per kind: N, or text=N,image=N,video=N (default 64 tiny, 512 GPU)")
     ap.add_argument("--kinds", default="text,image,video")
     ap.add_argument("--token-budget", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--plain-batch", default="text=256,image=32,video=8", help="fixed batch sizes of the plain loop")
     ap.add_argument("--repeats", type=repeats_arg, default=5, help="timed rounds per kind, alternating (>= 3)")
+    ap.add_argument(
+        "--from-files",
+        action="store_true",
+        help="issue 17's inputs: JPEG and MP4 files on disk, texts of --text-tokens tokens",
+    )
+    ap.add_argument("--text-tokens", type=int, default=32, help="tokens of text per text item with --from-files")
+    ap.add_argument(
+        "--speeds",
+        default="default",
+        help="our arms, by speed switches (unite_search.speed): e.g. none,vision_runs,default,all",
+    )
+    ap.add_argument("--no-plain", action="store_true", help="leave the plain loop out (ratios against the first arm)")
+    ap.add_argument("--profile", type=Path, help="also write a torch.profiler table per kind into this folder")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
     import torch
 
+    from unite_search.speed import Speed
+
     load_before = load()
     encoder = load_encoder(args)
     sync = torch.cuda.synchronize if encoder.device.type == "cuda" else (lambda: None)
-    n = args.n or (512 if encoder.device.type == "cuda" else 64)
+    kinds = args.kinds.split(",")
+    default_n = 512 if encoder.device.type == "cuda" else 64
+    if args.n is None or "=" not in args.n:
+        counts = dict.fromkeys(kinds, int(args.n or default_n))
+    else:
+        given = {k: int(v) for k, v in (p.split("=") for p in args.n.split(","))}
+        counts = {**dict.fromkeys(kinds, default_n), **given}
+    n = max(counts.values())
     plain_batch = {k: int(v) for k, v in (p.split("=") for p in args.plain_batch.split(","))}
-    inputs = make_inputs(n)
+    all_on = ",".join(f.name for f in dataclasses.fields(Speed))
+    speeds = {arm_name(s): Speed.parse(all_on if s == "all" else s) for s in args.speeds.split(",")}
+    work = Path(tempfile.mkdtemp(prefix="unite-encode-"))
+    if args.from_files:
+        inputs = write_files(work / "inputs", counts, args.text_tokens, encoder._tokenizer)
+        video_encoder = encoder.with_settings(dataclasses.replace(encoder.preprocessing, frames=8))
+    else:
+        inputs, video_encoder = make_inputs(n), encoder
     info = machine()
     rows = []
+    first = next(iter(speeds))
+    base = "plain" if not args.no_plain else first
     print(
         f"model {encoder.model_id}  device {encoder.device} ({info.get('gpu') or info['cpu']}, "
         f"{info['cpu_count']} cores)  dtype {encoder._model.dtype}  torch {torch.__version__}  "
-        f"threads {torch.get_num_threads()}  n={n}  repeats={args.repeats}  load {load_before}"
+        f"threads {torch.get_num_threads()}  n={counts}  repeats={args.repeats}  load {load_before}  "
+        f"inputs {'files' if args.from_files else 'in memory'}"
     )
-    print("items/s and ratio: median (min..max) over alternating rounds; ratio = plain time / ours time")
-    print(f"{'input':<7}{'ours items/s':>24}{'plain items/s':>24}{'ratio':>20}{'max |diff|':>12}")
-    for kind in args.kinds.split(","):
-        items = inputs[kind]
+    print(f"items/s: median (min..max) over alternating rounds; x {base}: {base} time / arm time per round")
+    for kind in kinds:
+        items = inputs[kind][: counts[kind]]
         out: dict[str, np.ndarray] = {}
+        kind_encoder = video_encoder if kind == "video" else encoder
+        arms = {}
+        for name, speed in speeds.items():
+            arm_encoder = kind_encoder.with_settings(speed=speed)
+            arms[name] = lambda e=arm_encoder, name=name, items=items, out=out: out.__setitem__(name, e.encode(items))
+        if not args.no_plain:
 
-        def ours(items=items, out=out):
-            out["ours"] = encoder.encode(items)
+            def plain(items=items, kind=kind, out=out, enc=kind_encoder):
+                out["plain"] = plain_loop(enc, kind, items, plain_batch[kind])
 
-        def plain(items=items, kind=kind, out=out):
-            out["plain"] = plain_loop(encoder, kind, items, plain_batch[kind])
-
-        # warm-up (one untimed call of each arm) on the timed items themselves: both loops meet every
-        # batch shape they will be timed on
-        res = compare({"ours": ours, "plain": plain}, repeats=args.repeats, warmup=1, sync=sync)
-        diff = float(np.abs(out["ours"] - out["plain"]).max()) if kind == "text" else float("nan")
-        r = ratio(res, "ours", "plain")
-        row = {
-            "input": kind,
-            "n": n,
-            "ours_items_s": rate(res["ours"], n),
-            "plain_items_s": rate(res["plain"], n),
-            "ratio": r,
-            "text_max_abs_diff": diff,
-            "timing": res,
-        }
+            arms["plain"] = plain
+        # warm-up (one untimed call of each arm) on the timed items themselves: every loop meets every
+        # batch shape it will be timed on (and a compiled arm compiles there)
+        res = compare(arms, repeats=args.repeats, warmup=1, sync=sync)
+        ref = out[first]
+        row = {"input": kind, "n": len(items), "arms": {}}
+        for name in arms:
+            diff = float(np.abs(out[name] - ref).max()) if name != "plain" or kind == "text" else float("nan")
+            row["arms"][name] = {
+                "items_s": rate(res[name], len(items)),
+                f"x_{base}": ratio(res, name, base) if name != base else None,
+                f"max_abs_diff_vs_{first}": diff,
+            }
+        row["timing"] = res
         rows.append(row)
-        print(
-            f"{kind:<7}{span(row['ours_items_s']):>24}{span(row['plain_items_s']):>24}{span(r, fmt='.2f'):>20}"
-            f"{diff:>12.2e}",
-            flush=True,
-        )
+        for name in arms:
+            a = row["arms"][name]
+            x = a[f"x_{base}"]
+            print(
+                f"{kind:<6}{name:<34}{span(a['items_s']):>26}{(span(x, fmt='.2f') if x else '-'):>22}"
+                f"{a[f'max_abs_diff_vs_{first}']:>12.2e}",
+                flush=True,
+            )
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile_kind(kind_encoder, items[:64], args.profile / f"profile-{kind}.txt", sync)
+    shutil.rmtree(work, ignore_errors=True)
     load_after = load()
     print(f"load before {load_before}  after {load_after}")
     if args.json:
@@ -210,7 +347,8 @@ def main() -> None:
                     "load_before": load_before,
                     "load_after": load_after,
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "n": n,
+                    "speeds": {name: speed.to_dict() for name, speed in speeds.items()},
+                    "n": counts,
                     "rows": rows,
                 },
                 indent=2,
