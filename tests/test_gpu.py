@@ -58,7 +58,10 @@ def test_gpu_ingest_matches_cpu(tiny_dir, encoder, tmp_path):
     assert max(np.abs(tables["cpu"][k] - tables["gpu"][k]).max() for k in tables["cpu"]) <= 5e-4
 
 
-@pytest.mark.parametrize("switches", ["none", "vision_runs", "overlap", "compile", "vision_runs,overlap,compile"])
+SWITCHES = ["none", "vision_runs", "prefix_cache", "overlap", "compile", "vision_runs,prefix_cache,overlap,compile"]
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
 def test_each_speed_switch_keeps_gpu_bf16_vectors_faithful_and_batch_invariant(tiny_dir, encoder, gpu_items, switches):
     """Issue 17's levers change speed, not vectors: bf16 on CUDA against CPU float32, batched against one
     at a time, within the tolerance above."""

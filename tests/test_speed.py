@@ -1,5 +1,6 @@
 """Speed switches (issue 17's levers) change how the forward runs, never the vectors."""
 
+import functools
 import threading
 
 import numpy as np
@@ -130,7 +131,65 @@ def test_compiled_layers_give_the_same_vectors_and_can_be_switched_off(plain, mi
 
 def test_speed_switches_parse_and_say_what_is_wrong():
     assert Speed.parse("default") == Speed()
-    assert Speed.parse("none") == Speed(vision_runs=False, overlap=False, compile=False)
+    assert Speed.parse("none") == Speed(vision_runs=False, prefix_cache=False, overlap=False, compile=False)
     assert Speed.parse("compile, overlap") == Speed(vision_runs=False, overlap=True, compile=True)
-    with pytest.raises(ConfigError, match="unknown speed switch cuda_graphs; known: compile, overlap, vision_runs"):
+    known = "compile, overlap, prefix_cache, vision_runs"
+    with pytest.raises(ConfigError, match=f"unknown speed switch cuda_graphs; known: {known}"):
         Speed.parse("vision_runs,cuda_graphs")
+
+
+def _widths(encoder, monkeypatch):
+    """The sequence lengths the decoder runs on, recorded per call."""
+    lm = encoder._model.language_model
+    widths, forward = [], lm.forward
+
+    @functools.wraps(forward)  # the same signature: the encoder reads the cache argument's name from it
+    def spy(*a, **k):
+        widths.append(k["inputs_embeds"].shape[1])
+        return forward(*a, **k)
+
+    monkeypatch.setattr(lm, "forward", spy)
+    return widths
+
+
+def test_prefix_cache_runs_only_what_follows_the_shared_prefix(plain, mixed, monkeypatch):
+    items = [*mixed, {"text": "\nstarts with a newline"}, {"text": "  spaces, then ümlauts"}]
+    cached = plain.with_settings(speed=Speed(prefix_cache=True))
+    prefix = len(cached._prefix_ids())
+    assert prefix > 10  # the system turn and "<|im_start|>user\n"
+    base = plain.encode(items, token_budget=10**6)
+    widths = _widths(plain, monkeypatch)
+    got = cached.encode(items, token_budget=10**6)
+    longest = max(p.length for p in plain.prepare_many(items))
+    assert widths == [prefix, longest - prefix]  # the prefix once (then cached), the batch without it
+    assert np.abs(got - base).max() <= 1e-6
+    widths.clear()
+    singles = np.stack([cached.encode([it])[0] for it in items])
+    assert len(widths) == len(items)  # the prefix is not computed again
+    assert np.abs(singles - base).max() <= 1e-6
+
+
+def test_prefix_cache_follows_the_weights_and_stays_out_of_training(tiny_dir, mixed, monkeypatch):
+    own = Encoder.load(tiny_dir, device="cpu", workers=2, speed=Speed(prefix_cache=True))
+    full = own.with_settings(speed=Speed.parse("none"))
+    items = [mixed[0], mixed[5]]
+    before = own.encode(items)
+    with torch.no_grad():  # as an optimiser step changes them: in place
+        own._model.language_model.layers[0].mlp.up_proj.weight.mul_(1.5)
+    after = own.encode(items)
+    assert np.abs(after - before).max() > 1e-3  # not the stale prefix
+    assert np.abs(after - full.encode(items)).max() <= 1e-6
+    widths = _widths(own, monkeypatch)
+    batch = own.prepare_many(items)
+    own.embed(batch).sum().backward()  # gradients recorded: the whole prompt runs
+    assert widths == [max(p.length for p in batch)]
+
+
+def test_prefix_cache_leaves_a_batch_whose_rows_do_not_all_begin_with_the_prefix(plain):
+    from unite_search.encoder import Prepared
+
+    cached = plain.with_settings(speed=Speed(prefix_cache=True))
+    ordinary = cached.prepare({"text": "a row with the prompt"})
+    odd = Prepared(ordinary.input_ids[::-1].copy())  # same tokens, another order: no shared prefix
+    got = cached.forward([ordinary, odd])
+    np.testing.assert_array_equal(got, plain.forward([ordinary, odd]))

@@ -138,6 +138,7 @@ class _Weights:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.seconds = 0.0  # how long the load took (0 for weights given loaded)
+        self.prefix: tuple[Any, Any] | None = None  # (weights' state, keys and values of the prompt prefix)
 
     @property
     def loaded(self) -> bool:
@@ -220,6 +221,7 @@ class Encoder:
             if tokenizer.convert_tokens_to_ids(token) != expected:
                 raise ModelLoadError(f"tokenizer maps {token} to another id than the model config ({expected})")
         self._prompt_cache: dict[frozenset[Modality], np.ndarray] = {}
+        self._prompt_prefix: np.ndarray | None = None
         # fast tokenizers are not safe to call from several threads at once ("Already borrowed")
         self._tokenizer_lock = threading.Lock()
 
@@ -419,6 +421,43 @@ class Encoder:
         return Prepared(ids, image, video)
 
     # ---------------------------------------------------------------- forward
+    def _prefix_ids(self) -> np.ndarray:
+        """The token ids every prompt begins with (the system turn and the user turn's opening)."""
+        if self._prompt_prefix is None:
+            a = self._prompt_ids(frozenset({Modality.TEXT}), "a")
+            b = self._prompt_ids(frozenset({Modality.IMAGE}), None)
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            self._prompt_prefix = a[:n].copy()
+        return self._prompt_prefix
+
+    def _prefix_state(self, model):
+        """The prompt prefix's ids and each decoder layer's keys and values for it, under the weights as
+        they are now (recomputed after any in-place change to them, e.g. an optimiser step)."""
+        import torch
+
+        ids = self._prefix_ids()
+        if len(ids) == 0:
+            return None
+        lm = model.language_model
+        key = (id(lm), str(self.device), sum(p._version for p in lm.parameters()))
+        cached = self._weights.prefix
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        from transformers import DynamicCache
+
+        cache, n = DynamicCache(), len(ids)
+        with torch.inference_mode():
+            tokens = torch.from_numpy(ids)[None].to(self.device)
+            positions = torch.arange(n, device=self.device).expand(3, 1, n)
+            lm(inputs_embeds=model.get_input_embeddings()(tokens), position_ids=positions, use_cache=True,
+               **{_cache_argument(lm): cache})  # fmt: skip
+            layers = [(layer.keys, layer.values) for layer in cache.layers]
+        state = (torch.from_numpy(ids), layers)
+        self._weights.prefix = (key, state)
+        return state
+
     def host_batch(self, batch: Sequence[Prepared], *, pin: bool = False) -> dict[str, Any]:
         """A batch's inputs as host tensors (in pinned memory when ``pin``): the CPU half of a forward,
         which :meth:`embed` finishes on the device."""
@@ -469,20 +508,33 @@ class Encoder:
         model = self._model
         set_compiled(model, self.speed.compile)
         non_blocking = bool(host["pinned"]) and self.device.type == "cuda"
-        ids = host["ids"].to(self.device, non_blocking=non_blocking)
-        mask = host["mask"].to(self.device, non_blocking=non_blocking)
+        ids, mask = host["ids"], host["mask"]
         n, width = ids.shape
+        skip, cache = 0, {}
+        if self.speed.prefix_cache and not torch.is_grad_enabled():
+            state = self._prefix_state(model)
+            if state is not None and width > len(state[0]) and bool((ids[:, : len(state[0])] == state[0]).all()):
+                # every row begins with the prompt's prefix: its keys and values are computed once
+                from transformers import DynamicCache
+
+                skip = len(state[0])
+                past = DynamicCache()
+                for layer, (k, v) in enumerate(state[1]):
+                    past.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
+                cache = {_cache_argument(model.language_model): past}
+        ids = ids[:, skip:].to(self.device, non_blocking=non_blocking)
+        mask = mask.to(self.device, non_blocking=non_blocking)
         lengths = mask.sum(dim=1)
         embeds = model.get_input_embeddings()(ids)
         for key, token in (("image", self._image_id), ("video", self._video_id)):
             if key in host:
                 features = self._visual_features(*host[key], non_blocking)
                 embeds = embeds.masked_scatter((ids == token)[..., None].expand_as(embeds), features.to(embeds.dtype))
-        positions = torch.arange(width, device=self.device).expand(3, n, width)  # 1-D on all 3 axes
+        positions = torch.arange(skip, width, device=self.device).expand(3, n, width - skip)  # 1-D on all 3 axes
         hidden = model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=bool(cache), **cache
         ).last_hidden_state
-        last = hidden[torch.arange(n, device=self.device), lengths - 1].float()
+        last = hidden[torch.arange(n, device=self.device), lengths - 1 - skip].float()
         return torch.nn.functional.normalize(last, dim=-1)
 
     def forward(self, batch: Sequence[Prepared] | dict[str, Any]) -> np.ndarray:
@@ -591,6 +643,13 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_id!r}, dim={self.dim}, device={self.device})"
+
+
+def _cache_argument(language_model) -> str:
+    """The name the decoder's forward takes a key/value cache by (``cache`` from transformers 5.2x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
 
 def default_workers() -> int:

@@ -10,6 +10,11 @@ by default only where a recorded run showed it pays (``benchmarks/RESULTS.md``).
     tower's attention is one call per run of consecutive chunks of equal length (a batch of same-size
     images is one run), with the lengths handed over from the host. Same arithmetic per chunk; on the
     CPU the vectors are bit-identical.
+``prefix_cache``
+    Every prompt begins with the same tokens (the system turn and the user turn's opening: 14 of a
+    32-token text's ~59 with Qwen2's tokenizer). Their keys and values are computed once per weights
+    and each batch runs only the rest, at positions after them. The same arithmetic per row; on the CPU
+    the vectors agree with the full forward to about 1e-7. Not used where gradients are recorded.
 ``overlap``
     (CUDA only) The next forward batch's tensors are assembled in pinned host memory on a thread and
     copied without blocking, while the current batch runs on the device.
@@ -34,6 +39,7 @@ class Speed:
     """Speed switches of an :class:`~unite_search.encoder.Encoder` (see the module docstring)."""
 
     vision_runs: bool = True
+    prefix_cache: bool = False
     overlap: bool = False
     compile: bool = False
 
