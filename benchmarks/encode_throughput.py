@@ -14,7 +14,11 @@ Issue 17's run (one GPU, every lever beside the plain loop, inputs read from fil
 rounds. ``--from-files`` writes 448x448 JPEGs, 8-frame MP4s (PyAV) and texts of ``--text-tokens``
 tokens to a temporary folder and encodes the paths (videos at a fixed 8 frames).
 
-Inputs otherwise (in memory): text (about 32 words; ~230 tokens with the byte-level test tokenizer of `--random 2b`),
+With ``--random 2b`` the test tokenizer takes the prompt's words and the texts' words as single tokens, so
+a prompt is 28 tokens plus its text, as with Qwen2's tokenizer (runs before 2026-11-29 used bytes alone:
+~95 tokens of prompt, ~5 a word).
+
+Inputs otherwise (in memory): text (about 32 words; the TEXT below, numbered),
 image 448x448 (256 visual tokens), video 8 frames 336x336 (UNITE's
 processor raises each frame to >= 200,704 px, so 4 x 256 = 1024 visual tokens). The plain loop is what
 a hand-rolled script does: fixed batch size, left padding, Qwen2VLImageProcessorPil for images, the
@@ -58,6 +62,7 @@ from unite_search.testing import (  # noqa: E402
     QWEN2VL_2B_VISION,
     TOKEN_ID,
     build_model,
+    prompt_words,
     tiny_model,
     write_tokenizer,
 )
@@ -82,7 +87,10 @@ def load_encoder(args):
 
         tok_dir = Path(tempfile.mkdtemp()) / "tok"
         tok_dir.mkdir()
-        write_tokenizer(tok_dir)
+        # the prompt's words and the texts' words as single tokens: a prompt takes 28 tokens plus its
+        # text, as with Qwen2's tokenizer (with bytes alone it would take ~95 plus ~5 a word)
+        text_words = TEXT.split()
+        write_tokenizer(tok_dir, prompt_words() + text_words + [" " + w for w in text_words])
         from transformers import AutoTokenizer
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

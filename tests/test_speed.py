@@ -193,3 +193,25 @@ def test_prefix_cache_leaves_a_batch_whose_rows_do_not_all_begin_with_the_prefix
     odd = Prepared(ordinary.input_ids[::-1].copy())  # same tokens, another order: no shared prefix
     got = cached.forward([ordinary, odd])
     np.testing.assert_array_equal(got, plain.forward([ordinary, odd]))
+
+
+def test_the_throughput_tokenizer_takes_the_prompts_words_whole(tmp_path):
+    """Random-weight throughput runs tokenize UNITE's prompt into as many tokens as Qwen2's tokenizer
+    does (14 before the content, 14 after), not into bytes."""
+    from transformers import AutoTokenizer
+
+    from unite_search.prompts import render
+    from unite_search.testing import TOKEN_ID, prompt_words, write_tokenizer
+
+    words = ["dog", " dog", " runs"]
+    write_tokenizer(tmp_path, prompt_words() + words)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert all(tok.convert_tokens_to_ids(t) == i for t, i in TOKEN_ID.items())  # the model's ids unchanged
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert count(render({"text"}, "dog runs")) == 28 + 2
+    assert count(render({"image"})) == 28 + 3  # the vision block: start, one pad, end
+    assert count(render({"image", "text"}, "dog")) == 28 + 3 + 1 + 2  # + "sentence and"
+    assert tok.decode(tok("a dog runs")["input_ids"]) == "a dog runs"
+    write_tokenizer(tmp_path / "bytes")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "bytes")
+    assert count(render({"text"}, "dog runs")) > 100  # bytes alone, as the tests' tokenizer stays

@@ -522,7 +522,7 @@ class Encoder:
                 for layer, (k, v) in enumerate(state[1]):
                     past.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
                 cache = {_cache_argument(model.language_model): past}
-        ids = ids[:, skip:].to(self.device, non_blocking=non_blocking)
+        ids = ids.to(self.device, non_blocking=non_blocking)[:, skip:]  # sliced there: a pinned copy stays whole
         mask = mask.to(self.device, non_blocking=non_blocking)
         lengths = mask.sum(dim=1)
         embeds = model.get_input_embeddings()(ids)
