@@ -7,12 +7,14 @@
 Issue 17's run (one GPU, every lever beside the plain loop, inputs read from files, a profile per kind):
 
     python benchmarks/encode_throughput.py --random 2b --from-files \
-        --speeds none,vision_runs,overlap,compile,default,all --profile results/profiles --json results/encode.json
+        --speeds none,vision_runs,prefix_cache,overlap,compile,all,all@65536 \
+        --profile results/profiles --json results/encode.json
 
 ``--speeds`` lists our arms by their speed switches (``unite_search.speed``; ``default`` is what users get,
-``all`` every switch on, ``none`` every switch off); each is timed beside the plain loop in the same
-rounds. ``--from-files`` writes 448x448 JPEGs, 8-frame MP4s (PyAV) and texts of ``--text-tokens``
-tokens to a temporary folder and encodes the paths (videos at a fixed 8 frames).
+``all`` every switch on, ``none`` every switch off), each optionally with a token budget of its own
+(``all@65536``); each is timed beside the plain loop in the same rounds. ``--from-files`` writes
+448x448 JPEGs, 8-frame MP4s (PyAV) and texts of ``--text-tokens`` tokens to a temporary folder and
+encodes the paths (videos at a fixed 8 frames).
 
 With ``--random 2b`` the test tokenizer takes the prompt's words and the texts' words as single tokens, so
 a prompt is 28 tokens plus its text, as with Qwen2's tokenizer (runs before 2026-11-29 used bytes alone:
@@ -284,7 +286,11 @@ def main() -> None:
     n = max(counts.values())
     plain_batch = {k: int(v) for k, v in (p.split("=") for p in args.plain_batch.split(","))}
     all_on = ",".join(f.name for f in dataclasses.fields(Speed))
-    speeds = {arm_name(s): Speed.parse(all_on if s == "all" else s) for s in args.speeds.split(",")}
+    speeds, budgets = {}, {}
+    for spec in args.speeds.split(","):  # switches, then optionally @ a token budget of its own
+        switches, _, budget = spec.partition("@")
+        speeds[arm_name(spec)] = Speed.parse(all_on if switches == "all" else switches)
+        budgets[arm_name(spec)] = int(budget) if budget else None
     work = Path(tempfile.mkdtemp(prefix="unite-encode-"))
     if args.from_files:
         inputs = write_files(work / "inputs", counts, args.text_tokens, encoder._tokenizer)
@@ -309,7 +315,9 @@ def main() -> None:
         arms = {}
         for name, speed in speeds.items():
             arm_encoder = kind_encoder.with_settings(speed=speed)
-            arms[name] = lambda e=arm_encoder, name=name, items=items, out=out: out.__setitem__(name, e.encode(items))
+            arms[name] = lambda e=arm_encoder, name=name, items=items, out=out: out.__setitem__(
+                name, e.encode(items, token_budget=budgets[name])
+            )
         if not args.no_plain:
 
             def plain(items=items, kind=kind, out=out, enc=kind_encoder):
@@ -356,6 +364,7 @@ def main() -> None:
                     "load_after": load_after,
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "speeds": {name: speed.to_dict() for name, speed in speeds.items()},
+                    "token_budgets": {name: budgets[name] or encoder.token_budget for name in speeds},
                     "n": counts,
                     "rows": rows,
                 },
