@@ -8,6 +8,7 @@ depends on the other items in its batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -441,7 +442,7 @@ class Encoder:
         if len(ids) == 0:
             return None
         lm = model.language_model
-        key = (id(lm), str(self.device), sum(p._version for p in lm.parameters()))
+        key = (id(lm), str(self.device), _weights_version(lm))
         cached = self._weights.prefix
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -643,6 +644,16 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_id!r}, dim={self.dim}, device={self.device})"
+
+
+def _weights_version(module) -> int:
+    """A number that changes whenever a parameter of ``module`` is changed in place (an optimiser step,
+    ``load_state_dict``); parameters made under ``torch.inference_mode`` count none (they keep no count)."""
+    total = 0
+    for p in module.parameters():
+        with contextlib.suppress(RuntimeError):  # an inference tensor
+            total += p._version
+    return total
 
 
 def _cache_argument(language_model) -> str:
