@@ -38,7 +38,7 @@ def test_chunk_runs_follow_the_towers_chunks():
 
 
 def test_vision_runs_give_the_same_vectors_bit_for_bit(plain, mixed):
-    fast = plain.with_settings(speed=Speed(vision_runs=True))
+    fast = plain.with_settings(speed=Speed.parse("vision_runs"))
     base = plain.encode(mixed, token_budget=10**6)
     assert plain._model.visual.config._attn_implementation == "sdpa"
     got = fast.encode(mixed, token_budget=10**6)
@@ -99,7 +99,7 @@ def test_a_tower_not_under_sdpa_is_left_alone(tiny_dir, media):
 
 
 def test_overlap_assembles_the_next_batches_on_a_thread_and_keeps_the_order(plain, mixed, monkeypatch):
-    overlapped = plain.with_settings(speed=Speed(overlap=True))
+    overlapped = plain.with_settings(speed=Speed.parse("overlap"))
     threads = []
     host_batch = Encoder.host_batch
 
@@ -119,7 +119,7 @@ def test_overlap_assembles_the_next_batches_on_a_thread_and_keeps_the_order(plai
 def test_compiled_layers_give_the_same_vectors_and_can_be_switched_off(plain, mixed):
     items = [mixed[0], mixed[2], mixed[5]]
     base = plain.encode(items)
-    compiled = plain.with_settings(speed=Speed(compile=True))
+    compiled = plain.with_settings(speed=Speed.parse("compile"))
     got = compiled.encode(items)
     layers = compiled_parts(plain._model)
     assert len(layers) == len(plain._model.visual.blocks) + len(plain._model.language_model.layers)
@@ -132,7 +132,7 @@ def test_compiled_layers_give_the_same_vectors_and_can_be_switched_off(plain, mi
 def test_speed_switches_parse_and_say_what_is_wrong():
     assert Speed.parse("default") == Speed()
     assert Speed.parse("none") == Speed(vision_runs=False, prefix_cache=False, overlap=False, compile=False)
-    assert Speed.parse("compile, overlap") == Speed(vision_runs=False, overlap=True, compile=True)
+    assert Speed.parse("compile, overlap") == Speed(vision_runs=False, prefix_cache=False, overlap=True, compile=True)
     known = "compile, overlap, prefix_cache, vision_runs"
     with pytest.raises(ConfigError, match=f"unknown speed switch cuda_graphs; known: {known}"):
         Speed.parse("vision_runs,cuda_graphs")
@@ -154,7 +154,7 @@ def _widths(encoder, monkeypatch):
 
 def test_prefix_cache_runs_only_what_follows_the_shared_prefix(plain, mixed, monkeypatch):
     items = [*mixed, {"text": "\nstarts with a newline"}, {"text": "  spaces, then ümlauts"}]
-    cached = plain.with_settings(speed=Speed(prefix_cache=True))
+    cached = plain.with_settings(speed=Speed.parse("prefix_cache"))
     prefix = len(cached._prefix_ids())
     assert prefix > 10  # the system turn and "<|im_start|>user\n"
     base = plain.encode(items, token_budget=10**6)
@@ -170,7 +170,7 @@ def test_prefix_cache_runs_only_what_follows_the_shared_prefix(plain, mixed, mon
 
 
 def test_prefix_cache_follows_the_weights_and_stays_out_of_training(tiny_dir, mixed, monkeypatch):
-    own = Encoder.load(tiny_dir, device="cpu", workers=2, speed=Speed(prefix_cache=True))
+    own = Encoder.load(tiny_dir, device="cpu", workers=2, speed=Speed.parse("prefix_cache"))
     full = own.with_settings(speed=Speed.parse("none"))
     items = [mixed[0], mixed[5]]
     before = own.encode(items)
@@ -188,7 +188,7 @@ def test_prefix_cache_follows_the_weights_and_stays_out_of_training(tiny_dir, mi
 def test_prefix_cache_leaves_a_batch_whose_rows_do_not_all_begin_with_the_prefix(plain):
     from unite_search.encoder import Prepared
 
-    cached = plain.with_settings(speed=Speed(prefix_cache=True))
+    cached = plain.with_settings(speed=Speed.parse("prefix_cache"))
     ordinary = cached.prepare({"text": "a row with the prompt"})
     odd = Prepared(ordinary.input_ids[::-1].copy())  # same tokens, another order: no shared prefix
     got = cached.forward([ordinary, odd])

@@ -1,7 +1,9 @@
 """How the encoder runs, never what it computes: switches that change speed, not vectors.
 
-Each switch is measured beside the plain loop by ``benchmarks/encode_throughput.py --levers`` and is on
-by default only where a recorded run showed it pays (``benchmarks/RESULTS.md``).
+Each switch is measured beside the others and the plain loop by ``benchmarks/encode_throughput.py
+--speeds`` and is on by default only where a recorded run showed it pays (``benchmarks/RESULTS.md``;
+on the CPU so far: ``vision_runs`` and ``prefix_cache``; the GPU run is prepared in
+``benchmarks/gpu_session.sh``).
 
 ``vision_runs``
     Qwen2-VL's vision tower attends within each image and each pair of video frames separately. Under
@@ -39,7 +41,7 @@ class Speed:
     """Speed switches of an :class:`~unite_search.encoder.Encoder` (see the module docstring)."""
 
     vision_runs: bool = True
-    prefix_cache: bool = False
+    prefix_cache: bool = True
     overlap: bool = False
     compile: bool = False
 

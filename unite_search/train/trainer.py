@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,9 @@ class Trainer:
                  eval_pairs: list[Pair] | None = None):  # fmt: skip
         import torch
 
-        self.encoder = encoder
+        # the gradient cache's first pass (no gradients) must compute what its second pass does: the
+        # prompt-prefix cache, which only the first could use, stays off
+        self.encoder = encoder.with_settings(speed=replace(encoder.speed, prefix_cache=False))
         self.pairs = pairs
         self.config = config.resolved()
         self.output = Path(output)
