@@ -7,12 +7,13 @@
 Issue 17's run (one GPU, every lever beside the plain loop, inputs read from files, a profile per kind):
 
     python benchmarks/encode_throughput.py --random 2b --from-files \
-        --speeds none,vision_runs,prefix_cache,overlap,compile,all,all@65536 \
+        --speeds none,vision_runs,default,default+overlap,default+compile,all,all@65536 \
         --profile results/profiles --json results/encode.json
 
 ``--speeds`` lists our arms by their speed switches (``unite_search.speed``; ``default`` is what users get,
-``all`` every switch on, ``none`` every switch off), each optionally with a token budget of its own
-(``all@65536``); each is timed beside the plain loop in the same rounds. ``--from-files`` writes
+``all`` every switch on, ``none`` every switch off; ``default+overlap`` adds a switch to the default),
+each optionally with a token budget of its own (``all@65536``); each is timed beside the plain loop
+in the same rounds. ``--from-files`` writes
 448x448 JPEGs, 8-frame MP4s (PyAV) and texts of ``--text-tokens`` tokens to a temporary folder and
 encodes the paths (videos at a fixed 8 frames).
 
@@ -221,6 +222,20 @@ def write_files(root: Path, counts: dict[str, int], text_tokens: int, tokenizer,
     return {"text": texts, "image": images, "video": videos}
 
 
+def arm_speed(switches: str):
+    """``none``, ``default``, ``all``, one switch, or several joined by ``+`` (``default+overlap``)."""
+    from unite_search.speed import Speed
+
+    on: set[str] = set()
+    for name in switches.split("+"):
+        if name in ("default", "all"):
+            base = Speed() if name == "default" else Speed(**{f.name: True for f in dataclasses.fields(Speed)})
+            on |= {k for k, v in base.to_dict().items() if v}
+        elif name != "none":
+            on.add(name)
+    return Speed.parse(",".join(sorted(on)) or "none")
+
+
 def arm_name(spec: str) -> str:
     return "ours" if spec == "default" else f"ours[{spec}]"
 
@@ -271,8 +286,6 @@ def main() -> None:
 
     import torch
 
-    from unite_search.speed import Speed
-
     load_before = load()
     encoder = load_encoder(args)
     sync = torch.cuda.synchronize if encoder.device.type == "cuda" else (lambda: None)
@@ -285,11 +298,10 @@ def main() -> None:
         counts = {**dict.fromkeys(kinds, default_n), **given}
     n = max(counts.values())
     plain_batch = {k: int(v) for k, v in (p.split("=") for p in args.plain_batch.split(","))}
-    all_on = ",".join(f.name for f in dataclasses.fields(Speed))
     speeds, budgets = {}, {}
     for spec in args.speeds.split(","):  # switches, then optionally @ a token budget of its own
         switches, _, budget = spec.partition("@")
-        speeds[arm_name(spec)] = Speed.parse(all_on if switches == "all" else switches)
+        speeds[arm_name(spec)] = arm_speed(switches)
         budgets[arm_name(spec)] = int(budget) if budget else None
     work = Path(tempfile.mkdtemp(prefix="unite-encode-"))
     if args.from_files:

@@ -95,7 +95,7 @@ run)
         mkdir -p "$OUT/profiles"
         # (default, what users get: see unite_search.speed.Speed)
         timeout 360 python3 benchmarks/encode_throughput.py "${model[@]}" --from-files "${n_enc[@]}" --repeats 3 \
-            --speeds none,vision_runs,prefix_cache,overlap,compile,all,all@65536 --profile "$OUT/profiles" \
+            --speeds none,vision_runs,default,default+overlap,default+compile,all,all@65536 --profile "$OUT/profiles" \
             --json "$OUT/encode.json" 2>&1 | tee "$OUT/encode.log" | grep -v -i warn
     elif [ "$part" = b ]; then
         if [ $have_av = 1 ]; then  # the tests' fixtures write clips with PyAV
