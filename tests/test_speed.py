@@ -215,3 +215,20 @@ def test_the_throughput_tokenizer_takes_the_prompts_words_whole(tmp_path):
     write_tokenizer(tmp_path / "bytes")
     tok = AutoTokenizer.from_pretrained(tmp_path / "bytes")
     assert count(render({"text"}, "dog runs")) > 100  # bytes alone, as the tests' tokenizer stays
+
+
+def test_prefix_cache_runs_under_sdpa_and_eager_and_not_under_flash_attention(tiny_dir, mixed, monkeypatch):
+    """Under eager attention the cache runs too; flash-attention 2 (untested with a cache beside
+    padding, and not installable here) is left to run the whole prompt."""
+    from types import SimpleNamespace
+
+    from unite_search.encoder import _tested_with_cache
+
+    enc = Encoder.load(tiny_dir, device="cpu", attn="eager")
+    widths = _widths(enc, monkeypatch)
+    got = enc.encode([mixed[5]])
+    assert widths == [len(enc._prefix_ids()), enc.prepare(mixed[5]).length - len(enc._prefix_ids())]
+    assert np.abs(got - enc.with_settings(speed=Speed.parse("none")).encode([mixed[5]])).max() <= 1e-6
+    implementations = ("sdpa", "eager", "flash_attention_2")
+    lms = [SimpleNamespace(config=SimpleNamespace(_attn_implementation=name)) for name in implementations]
+    assert [_tested_with_cache(lm) for lm in lms] == [True, True, False]

@@ -16,7 +16,8 @@ on the CPU so far: ``vision_runs`` and ``prefix_cache``; the GPU run is prepared
     Every prompt begins with the same tokens (the system turn and the user turn's opening: 14 of a
     32-token text's ~59 with Qwen2's tokenizer). Their keys and values are computed once per weights
     and each batch runs only the rest, at positions after them. The same arithmetic per row; on the CPU
-    the vectors agree with the full forward to about 1e-7. Not used where gradients are recorded.
+    the vectors agree with the full forward to about 1e-7. Not used where gradients are recorded, nor
+    under flash-attention 2 (its path for a cache beside padding is untested here).
 ``overlap``
     (CUDA only) The next forward batch's tensors are assembled in pinned host memory on a thread and
     copied without blocking, while the current batch runs on the device.
