@@ -9,6 +9,7 @@ depends on the other items in its batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -663,9 +664,14 @@ def _tested_with_cache(language_model) -> bool:
 
 def _cache_argument(language_model) -> str:
     """The name the decoder's forward takes a key/value cache by (``cache`` from transformers 5.2x)."""
+    return _cache_argument_of(type(language_model))
+
+
+@functools.cache
+def _cache_argument_of(cls) -> str:  # read once per class, not once per batch
     import inspect
 
-    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def default_workers() -> int:

@@ -19,8 +19,8 @@ on the CPU so far: ``vision_runs`` and ``prefix_cache``; the GPU run is prepared
     the vectors agree with the full forward to about 1e-7. Not used where gradients are recorded, nor
     under flash-attention 2 (its path for a cache beside padding is untested here).
 ``overlap``
-    (CUDA only) The next forward batch's tensors are assembled in pinned host memory on a thread and
-    copied without blocking, while the current batch runs on the device.
+    The next forward batch's tensors are assembled on a thread while the current batch runs (on CUDA in
+    pinned host memory, copied without blocking).
 ``compile``
     ``torch.compile`` with dynamic shapes of each decoder layer and each vision block's MLP (the vision
     attention stays as above: its chunk runs are Python values, which would recompile per batch). The
@@ -71,24 +71,22 @@ def chunk_runs(grids: Sequence[tuple[int, int, int]]) -> list[tuple[int, int]]:
     >>> chunk_runs([(1, 32, 32), (1, 32, 32), (4, 24, 24), (1, 20, 30)])
     [(1024, 2), (576, 4), (600, 1)]
     """
-    runs: list[tuple[int, int]] = []
-    for t, h, w in grids:
-        length = h * w
-        if runs and runs[-1][0] == length:
-            runs[-1] = (length, runs[-1][1] + t)
-        else:
-            runs.append((length, t))
-    return runs
+    return _merged((h * w, t) for t, h, w in grids)
 
 
 def _runs_from_boundaries(cu_seqlens) -> list[tuple[int, int]]:
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # one read-back: only when no runs were given
+    return _merged((length, 1) for length in lengths)
+
+
+def _merged(pieces) -> list[tuple[int, int]]:
+    """(length, count) pieces with consecutive equal lengths merged into one run."""
     runs: list[tuple[int, int]] = []
-    for length in lengths:
+    for length, count in pieces:
         if runs and runs[-1][0] == length:
-            runs[-1] = (length, runs[-1][1] + 1)
+            runs[-1] = (length, runs[-1][1] + count)
         else:
-            runs.append((length, 1))
+            runs.append((length, count))
     return runs
 
 
