@@ -1,12 +1,17 @@
 """Where ``Encoder.encode`` spends its time on one kind of input, next to the plain loop.
 
     python benchmarks/encode_breakdown.py --random 2b [--kind text] [--n 512] [--repeats 5]
+    python benchmarks/encode_breakdown.py --kind video --from-files --workers 2   # host cost of a clip
+
+``--from-files`` reads issue 17's inputs from disk (448x448 JPEGs, 8-frame MP4s at a fixed 8 frames, texts
+of ``--text-tokens`` tokens; see encode_throughput.py), so preparation includes reading and decoding.
 
 Times, in one process, three groups of arms on the same items:
 
 1. ``encode()`` and the plain loop (fixed batch, see encode_throughput.py);
 2. preparation alone: ``prepare`` serially; ``Encoder.prepare_many`` in chunks of 64 (one tokenizer
-   call per chunk); ``prepare`` on the thread pool (``bounded_map``, ``workers`` threads);
+   call per chunk); ``prepare`` on the thread pool (``bounded_map``, ``workers`` threads), with its
+   speed-up over the serial arm (how far the pool scales: what decoding can feed on a bigger machine);
 3. ``encode_prepared`` on pre-made inputs, and the first two single forward batches it plans.
 
 Timing (benchmarks/timing.py ``compare``): within a group, every arm first runs once untimed on the
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from encode_throughput import load_encoder, make_inputs, plain_loop  # noqa: E402
+from encode_throughput import file_inputs, load_encoder, make_inputs, plain_loop  # noqa: E402
 from timing import compare, load, machine, rate, ratio, repeats_arg, span  # noqa: E402
 
 from unite_search.batching import bounded_map, plan_batches  # noqa: E402
@@ -61,6 +68,8 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--repeats", type=repeats_arg, default=5, help="timed rounds per group, alternating (>= 3)")
+    ap.add_argument("--from-files", action="store_true", help="read the inputs from files written for the run")
+    ap.add_argument("--text-tokens", type=int, default=32, help="tokens of text per text item with --from-files")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -69,12 +78,18 @@ def main() -> None:
     load_before = load()
     enc = load_encoder(args)
     sync = torch.cuda.synchronize if enc.device.type == "cuda" else (lambda: None)
-    items = make_inputs(args.n)[args.kind]
+    work = Path(tempfile.mkdtemp(prefix="unite-breakdown-"))
+    if args.from_files:
+        inputs, video_enc = file_inputs(enc, work / "inputs", {args.kind: args.n}, args.text_tokens)
+        enc = video_enc if args.kind == "video" else enc
+    else:
+        inputs = make_inputs(args.n)
+    items = inputs[args.kind]
     info = machine()
     print(
         f"model {enc.model_id}  device {enc.device} ({info.get('gpu') or info['cpu']}, {info['cpu_count']} cores)  "
         f"torch {torch.__version__}  threads {torch.get_num_threads()}  kind={args.kind}  n={len(items)}  "
-        f"repeats={args.repeats}  load {load_before}"
+        f"repeats={args.repeats}  load {load_before}  inputs {'files' if args.from_files else 'in memory'}"
     )
     print("times: median (min..max) over alternating rounds, after one untimed call of each arm ('first call')")
     out: dict = {}
@@ -114,6 +129,9 @@ def main() -> None:
         repeats=args.repeats,
     )
     out["prepare"] = {"arms": show("preparation", res, len(items))}
+    scale = ratio(res, f"prepare, {enc.workers} threads (bounded_map)", "prepare, serial")
+    out["prepare"]["threads_over_serial"] = scale
+    print(f"{enc.workers} threads over serial: {span(scale, fmt='.2f')}x")
     same = all(
         np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.input_ids, c.input_ids)
         for a, b, c in zip(got["serial"], got["many"], got["threads"], strict=True)
@@ -133,6 +151,7 @@ def main() -> None:
     res = compare(arms, repeats=args.repeats, sync=sync)
     out["model"] = {"arms": show("encode_prepared and single forward batches", res, counts)}
 
+    shutil.rmtree(work, ignore_errors=True)
     load_after = load()
     print(f"load before {load_before}  after {load_after}")
     if args.json:

@@ -222,6 +222,12 @@ def write_files(root: Path, counts: dict[str, int], text_tokens: int, tokenizer,
     return {"text": texts, "image": images, "video": videos}
 
 
+def file_inputs(encoder: Encoder, root: Path, counts: dict[str, int], text_tokens: int):
+    """``write_files`` for ``encoder``'s tokenizer, and the encoder to read the clips with (a fixed 8 frames)."""
+    inputs = write_files(root, counts, text_tokens, encoder._tokenizer)
+    return inputs, encoder.with_settings(dataclasses.replace(encoder.preprocessing, frames=8))
+
+
 def arm_speed(switches: str):
     """``none``, ``default``, ``all``, one switch, or several joined by ``+`` (``default+overlap``)."""
     from unite_search.speed import Speed
@@ -305,8 +311,7 @@ def main() -> None:
         budgets[arm_name(spec)] = int(budget) if budget else None
     work = Path(tempfile.mkdtemp(prefix="unite-encode-"))
     if args.from_files:
-        inputs = write_files(work / "inputs", counts, args.text_tokens, encoder._tokenizer)
-        video_encoder = encoder.with_settings(dataclasses.replace(encoder.preprocessing, frames=8))
+        inputs, video_encoder = file_inputs(encoder, work / "inputs", counts, args.text_tokens)
     else:
         inputs, video_encoder = make_inputs(n), encoder
     info = machine()
