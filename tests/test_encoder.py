@@ -184,24 +184,24 @@ def test_device_dtype_attn_auto_rules(monkeypatch):
 
     import torch
 
-    from unite_search.encoder import _resolve_attn, _resolve_device, _resolve_dtype
+    from unite_search.runtime import resolve_attn, resolve_device, resolve_dtype
 
     cpu = torch.device("cpu")
-    assert _resolve_dtype("auto", cpu) == torch.float32
-    assert _resolve_dtype("bf16", cpu) == torch.bfloat16
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
-        _resolve_dtype("int3", cpu)
-    assert _resolve_attn("auto", cpu, torch.float32) == "sdpa"
-    assert _resolve_attn("eager", cpu, torch.float32) == "eager"
+        resolve_dtype("int3", cpu)
+    assert resolve_attn("auto", cpu, torch.float32) == "sdpa"
+    assert resolve_attn("eager", cpu, torch.float32) == "eager"
     cuda = torch.device("cuda")
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
-    assert _resolve_attn("auto", cuda, torch.bfloat16) == "sdpa"
+    assert resolve_attn("auto", cuda, torch.bfloat16) == "sdpa"
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
-    assert _resolve_attn("auto", cuda, torch.bfloat16) == "flash_attention_2"
-    assert _resolve_attn("auto", cuda, torch.float32) == "sdpa"  # flash-attention needs half precision
-    assert _resolve_device("cpu") == cpu
+    assert resolve_attn("auto", cuda, torch.bfloat16) == "flash_attention_2"
+    assert resolve_attn("auto", cuda, torch.float32) == "sdpa"  # flash-attention needs half precision
+    assert resolve_device("cpu") == cpu
     if not torch.cuda.is_available():
-        assert _resolve_device("auto") == cpu
+        assert resolve_device("auto") == cpu
 
 
 def test_bounded_map_keeps_order_and_stays_ahead_by_at_most_lookahead():

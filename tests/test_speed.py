@@ -222,7 +222,7 @@ def test_prefix_cache_runs_under_sdpa_and_eager_and_not_under_flash_attention(ti
     padding, and not installable here) is left to run the whole prompt."""
     from types import SimpleNamespace
 
-    from unite_search.encoder import _tested_with_cache
+    from unite_search.speed import cache_tested
 
     enc = Encoder.load(tiny_dir, device="cpu", attn="eager")
     widths = _widths(enc, monkeypatch)
@@ -231,4 +231,4 @@ def test_prefix_cache_runs_under_sdpa_and_eager_and_not_under_flash_attention(ti
     assert np.abs(got - enc.with_settings(speed=Speed.parse("none")).encode([mixed[5]])).max() <= 1e-6
     implementations = ("sdpa", "eager", "flash_attention_2")
     lms = [SimpleNamespace(config=SimpleNamespace(_attn_implementation=name)) for name in implementations]
-    assert [_tested_with_cache(lm) for lm in lms] == [True, True, False]
+    assert [cache_tested(lm) for lm in lms] == [True, True, False]

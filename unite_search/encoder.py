@@ -8,11 +8,9 @@ depends on the other items in its batch.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +18,15 @@ from typing import Any
 import numpy as np
 
 from .batching import ByteBudget, admitted_map, bounded_map, plan_batches
-from .errors import ConfigError, DeviceError, InputError, ModelLoadError
+from .errors import InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .memory import MEMORY_BYTES, predicted_bytes
 from .modality import Item, Modality, as_item
 from .models import resolve
 from .prompts import IMAGE_PAD, POOL_TOKEN, RESERVED_TOKENS, VIDEO_PAD, render
+from .runtime import Weights, resolve_options
 from .settings import EncoderSettings
-from .speed import Speed, chunk_runs, set_compiled, set_runs_attention
+from .speed import Speed, cache_argument, cache_tested, chunk_runs, set_compiled, set_runs_attention, weights_version
 from .video import preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
@@ -49,133 +48,6 @@ class Prepared:
     @property
     def nbytes(self) -> int:
         return self.input_ids.nbytes + sum(v.pixel_values.nbytes for v in (self.image, self.video) if v is not None)
-
-
-DEVICE_HELP = "use auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
-ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
-
-
-def _resolve_device(device):
-    """``device`` as a torch device that this machine has; :class:`DeviceError` (one line) otherwise."""
-    import torch
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = device if isinstance(device, torch.device) else torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise DeviceError(f"unknown device {device!r}: {DEVICE_HELP}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(f"device {str(device)!r} is not available: {why}; use cpu or auto instead")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise DeviceError(f"device {str(device)!r} is not available: this machine has {count} CUDA GPU(s), "
-                              f"numbered from 0")  # fmt: skip
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise DeviceError(f"device {str(device)!r} is not available on this machine; use cpu or auto instead")
-    elif dev.type != "cpu":
-        raise DeviceError(f"device type {dev.type!r} is not supported: {DEVICE_HELP}")
-    return dev
-
-
-def _resolve_dtype(dtype, device):
-    import torch
-
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(dtype, str):
-        try:
-            return {
-                "float32": torch.float32,
-                "fp32": torch.float32,
-                "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16,
-                "float16": torch.float16,
-                "fp16": torch.float16,
-            }[dtype]
-        except KeyError:
-            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
-    if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
-    return dtype
-
-
-def _resolve_attn(attn: str, device, dtype) -> str:
-    import torch
-
-    if attn not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError(f"attn must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, not {attn!r}")
-    if attn != "auto":
-        return attn
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError:
-            return "sdpa"
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def resolve_options(device="auto", dtype="auto", attn="auto"):
-    """(torch device, torch dtype, attention implementation) for :meth:`Encoder.load`'s arguments;
-    :class:`DeviceError` or :class:`ConfigError` for a value that cannot work here."""
-    dev = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, dev)
-    return dev, torch_dtype, _resolve_attn(attn, dev, torch_dtype)
-
-
-class _Weights:
-    """The model, or how to load it: loaded once, on first use or on :meth:`start` (in the background),
-    whichever comes first; every :class:`Encoder` sharing the weights (``with_settings``) shares this."""
-
-    def __init__(self, model=None, loader: Callable[[], Any] | None = None):
-        self._model = model
-        self._loader = loader
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self.seconds = 0.0  # how long the load took (0 for weights given loaded)
-        self.prefix: tuple[Any, Any] | None = None  # (weights' state, keys and values of the prompt prefix)
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
-    def start(self) -> None:
-        """Begin loading on a thread of its own, so that decoding can run meanwhile."""
-        with self._lock:
-            if self._model is not None or self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._load, name="unite-load", daemon=True)
-            self._thread.start()
-
-    def _load(self) -> None:
-        import time
-
-        try:
-            t = time.perf_counter()
-            self._model = self._loader()
-            self.seconds = time.perf_counter() - t
-        except BaseException as exc:  # noqa: BLE001  raised in the thread that needs the weights
-            self._error = exc
-
-    def get(self):
-        if self._model is not None:
-            return self._model
-        with self._lock:
-            thread = self._thread
-            if thread is None and self._model is None and self._error is None:
-                self._load()  # here, holding the lock: other threads asking meanwhile wait for it
-        if thread is not None:
-            thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._model
 
 
 class Encoder:
@@ -201,9 +73,9 @@ class Encoder:
         config=None,
         speed: Speed | None = None,
     ):
-        # ``model``: a Qwen2VLModel (.visual and .language_model), or a _Weights that loads it on first use,
+        # ``model``: a Qwen2VLModel (.visual and .language_model), or a Weights that loads it on first use,
         # in which case ``config`` (its Qwen2VLConfig) says what preparation needs without the weights
-        self._weights = model if isinstance(model, _Weights) else _Weights(model)
+        self._weights = model if isinstance(model, Weights) else Weights(model)
         self._tokenizer = tokenizer
         self.model_id = model_id  # the base model (hub id, or absolute folder), with or without an adapter
         self.adapter = adapter  # absolute path of the LoRA adapter folder merged into the weights, or None
@@ -271,7 +143,7 @@ class Encoder:
                 inner = apply_adapter(inner, adapter_path)
             return inner.to(dev).eval()  # lm_head is never used; dropping it frees memory when untied
 
-        model = _Weights(loader=weights)
+        model = Weights(loader=weights)
         if not lazy:
             model.get()
         budget = token_budget or (32768 if dev.type == "cuda" else 4096)
@@ -443,7 +315,7 @@ class Encoder:
         if len(ids) == 0:
             return None
         lm = model.language_model
-        key = (id(lm), str(self.device), _weights_version(lm))
+        key = (id(lm), str(self.device), weights_version(lm))
         cached = self._weights.prefix
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -454,7 +326,7 @@ class Encoder:
             tokens = torch.from_numpy(ids)[None].to(self.device)
             positions = torch.arange(n, device=self.device).expand(3, 1, n)
             lm(inputs_embeds=model.get_input_embeddings()(tokens), position_ids=positions, use_cache=True,
-               **{_cache_argument(lm): cache})  # fmt: skip
+               **{cache_argument(lm): cache})  # fmt: skip
             layers = [(layer.keys, layer.values) for layer in cache.layers]
         state = (torch.from_numpy(ids), layers)
         self._weights.prefix = (key, state)
@@ -514,7 +386,7 @@ class Encoder:
         n, width = ids.shape
         skip, cache = 0, {}
         # (not under flash-attention 2, whose path for a cache beside padding has not been tested)
-        if self.speed.prefix_cache and not torch.is_grad_enabled() and _tested_with_cache(model.language_model):
+        if self.speed.prefix_cache and not torch.is_grad_enabled() and cache_tested(model.language_model):
             state = self._prefix_state(model)
             if state is not None and width > len(state[0]) and bool((ids[:, : len(state[0])] == state[0]).all()):
                 # every row begins with the prompt's prefix: its keys and values are computed once
@@ -524,7 +396,7 @@ class Encoder:
                 past = DynamicCache()
                 for layer, (k, v) in enumerate(state[1]):
                     past.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
-                cache = {_cache_argument(model.language_model): past}
+                cache = {cache_argument(model.language_model): past}
         ids = ids.to(self.device, non_blocking=non_blocking)[:, skip:]  # sliced there: a pinned copy stays whole
         mask = mask.to(self.device, non_blocking=non_blocking)
         lengths = mask.sum(dim=1)
@@ -646,32 +518,6 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_id!r}, dim={self.dim}, device={self.device})"
-
-
-def _weights_version(module) -> int:
-    """A number that changes whenever a parameter of ``module`` is changed in place (an optimiser step,
-    ``load_state_dict``); parameters made under ``torch.inference_mode`` count none (they keep no count)."""
-    total = 0
-    for p in module.parameters():
-        with contextlib.suppress(RuntimeError):  # an inference tensor
-            total += p._version
-    return total
-
-
-def _tested_with_cache(language_model) -> bool:
-    return language_model.config._attn_implementation in ("sdpa", "eager")
-
-
-def _cache_argument(language_model) -> str:
-    """The name the decoder's forward takes a key/value cache by (``cache`` from transformers 5.2x)."""
-    return _cache_argument_of(type(language_model))
-
-
-@functools.cache
-def _cache_argument_of(cls) -> str:  # read once per class, not once per batch
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def default_workers() -> int:

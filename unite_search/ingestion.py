@@ -136,7 +136,7 @@ def ingest(
     if encoder is not None:
         _check_encoder_arguments(encoder, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings)
     elif not (index_dir / MANIFEST).exists():
-        from .encoder import resolve_options
+        from .runtime import resolve_options
 
         resolve_options(device, dtype)  # a device this machine lacks is told before the index folder is made
     if any(n is not None and n < 1 for n in (workers, torch_threads)):
@@ -325,15 +325,15 @@ def _check_encoder_arguments(encoder, *, model, adapter, device, dtype, settings
     if adapter is not None and str(Path(adapter).resolve()) != encoder.adapter:
         conflicts.append(f"adapter {os.fspath(adapter)!r} (the encoder's is {encoder.adapter!r})")
     if device not in (None, "auto"):
-        from .encoder import resolve_options
+        from .runtime import resolve_options
 
         want, have = resolve_options(device)[0], encoder.device
         if want.type != have.type or (want.index is not None and want.index != (have.index or 0)):
             conflicts.append(f"device {str(device)!r} (the encoder is on {str(have)!r})")
     if dtype not in (None, "auto"):
-        from .encoder import _resolve_dtype
+        from .runtime import resolve_dtype
 
-        if _resolve_dtype(dtype, encoder.device) != encoder.dtype:
+        if resolve_dtype(dtype, encoder.device) != encoder.dtype:
             conflicts.append(f"dtype {str(dtype)!r} (the encoder's is {str(encoder.dtype).removeprefix('torch.')!r})")
     if settings is not None and settings != encoder.preprocessing:
         conflicts.append("settings that differ from the encoder's (encoder.preprocessing)")

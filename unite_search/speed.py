@@ -29,6 +29,8 @@ on the CPU so far: ``vision_runs`` and ``prefix_cache``; the GPU run is prepared
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -156,3 +158,30 @@ def set_compiled(model, on: bool) -> None:
             part.compile(dynamic=True)
         elif not on:
             part._compiled_call_impl = None
+
+
+def weights_version(module) -> int:
+    """A number that changes whenever a parameter of ``module`` is changed in place (an optimiser step,
+    ``load_state_dict``); parameters made under ``torch.inference_mode`` count none (they keep no count)."""
+    total = 0
+    for p in module.parameters():
+        with contextlib.suppress(RuntimeError):  # an inference tensor
+            total += p._version
+    return total
+
+
+def cache_tested(language_model) -> bool:
+    """Whether ``prefix_cache`` may run on this decoder: under sdpa and eager, the paths tested here."""
+    return language_model.config._attn_implementation in ("sdpa", "eager")
+
+
+def cache_argument(language_model) -> str:
+    """The name the decoder's forward takes a key/value cache by (``cache`` from transformers 5.2x)."""
+    return _cache_argument_of(type(language_model))
+
+
+@functools.cache
+def _cache_argument_of(cls) -> str:  # read once per class, not once per batch
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
