@@ -13,7 +13,8 @@ Issue 17's run (one GPU, every lever beside the plain loop, inputs read from fil
 ``--speeds`` lists our arms by their speed switches (``unite_search.speed``; ``default`` is what users get,
 ``all`` every switch on, ``none`` every switch off; ``default+overlap`` adds a switch to the default),
 each optionally with a token budget of its own (``all@65536``); each is timed beside the plain loop
-in the same rounds. ``--from-files`` writes
+in the same rounds; an arm that raises (a compile error, memory) is named and dropped, the others go on,
+and ``--json`` is rewritten after every kind. ``--from-files`` writes
 448x448 JPEGs, 8-frame MP4s (PyAV) and texts of ``--text-tokens`` tokens to a temporary folder and
 encodes the paths (videos at a fixed 8 frames).
 
@@ -325,51 +326,10 @@ def main() -> None:
         f"inputs {'files' if args.from_files else 'in memory'}"
     )
     print(f"items/s: median (min..max) over alternating rounds; x {base}: {base} time / arm time per round")
-    for kind in kinds:
-        items = inputs[kind][: counts[kind]]
-        out: dict[str, np.ndarray] = {}
-        kind_encoder = video_encoder if kind == "video" else encoder
-        arms = {}
-        for name, speed in speeds.items():
-            arm_encoder = kind_encoder.with_settings(speed=speed)
-            arms[name] = lambda e=arm_encoder, name=name, items=items, out=out: out.__setitem__(
-                name, e.encode(items, token_budget=budgets[name])
-            )
-        if not args.no_plain:
 
-            def plain(items=items, kind=kind, out=out, enc=kind_encoder):
-                out["plain"] = plain_loop(enc, kind, items, plain_batch[kind])
-
-            arms["plain"] = plain
-        # warm-up (one untimed call of each arm) on the timed items themselves: every loop meets every
-        # batch shape it will be timed on (and a compiled arm compiles there)
-        res = compare(arms, repeats=args.repeats, warmup=1, sync=sync)
-        ref = out[first]
-        row = {"input": kind, "n": len(items), "arms": {}}
-        for name in arms:
-            diff = float(np.abs(out[name] - ref).max()) if name != "plain" or kind == "text" else float("nan")
-            row["arms"][name] = {
-                "items_s": rate(res[name], len(items)),
-                f"x_{base}": ratio(res, name, base) if name != base else None,
-                f"max_abs_diff_vs_{first}": diff,
-            }
-        row["timing"] = res
-        rows.append(row)
-        for name in arms:
-            a = row["arms"][name]
-            x = a[f"x_{base}"]
-            print(
-                f"{kind:<6}{name:<34}{span(a['items_s']):>26}{(span(x, fmt='.2f') if x else '-'):>22}"
-                f"{a[f'max_abs_diff_vs_{first}']:>12.2e}",
-                flush=True,
-            )
-        if args.profile:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            profile_kind(kind_encoder, items[:64], args.profile / f"profile-{kind}.txt", sync)
-    shutil.rmtree(work, ignore_errors=True)
-    load_after = load()
-    print(f"load before {load_before}  after {load_after}")
-    if args.json:
+    def write_json(load_after=None):
+        if not args.json:
+            return
         args.json.write_text(
             json.dumps(
                 {
@@ -388,6 +348,63 @@ def main() -> None:
                 indent=2,
             )
         )
+
+    for kind in kinds:
+        items = inputs[kind][: counts[kind]]
+        out: dict[str, np.ndarray] = {}
+        kind_encoder = video_encoder if kind == "video" else encoder
+        arms = {}
+        for name, speed in speeds.items():
+            arm_encoder = kind_encoder.with_settings(speed=speed)
+            arms[name] = lambda e=arm_encoder, name=name, items=items, out=out: out.__setitem__(
+                name, e.encode(items, token_budget=budgets[name])
+            )
+        if not args.no_plain:
+
+            def plain(items=items, kind=kind, out=out, enc=kind_encoder):
+                out["plain"] = plain_loop(enc, kind, items, plain_batch[kind])
+
+            arms["plain"] = plain
+        # warm-up (one untimed call of each arm) on the timed items themselves: every loop meets every
+        # batch shape it will be timed on (and a compiled arm compiles there)
+        res = compare(arms, repeats=args.repeats, warmup=1, sync=sync, keep_going=True)
+        failed = res["failed"]
+        ref = None if first in failed else out[first]
+        row = {"input": kind, "n": len(items), "arms": {}}
+        for name in arms:
+            if name in failed:
+                row["arms"][name] = {"error": failed[name]}
+                continue
+            same_input = ref is not None and (name != "plain" or kind == "text")
+            row["arms"][name] = {
+                "items_s": rate(res[name], len(items)),
+                f"x_{base}": ratio(res, name, base) if name != base and base not in failed else None,
+                f"max_abs_diff_vs_{first}": float(np.abs(out[name] - ref).max()) if same_input else float("nan"),
+            }
+        row["timing"] = res
+        rows.append(row)
+        for name in arms:
+            a = row["arms"][name]
+            if "error" in a:
+                print(f"{kind:<6}{name:<34}  failed: {a['error'][:200]}", flush=True)
+                continue
+            x = a[f"x_{base}"]
+            print(
+                f"{kind:<6}{name:<34}{span(a['items_s']):>26}{(span(x, fmt='.2f') if x else '-'):>22}"
+                f"{a[f'max_abs_diff_vs_{first}']:>12.2e}",
+                flush=True,
+            )
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            try:  # a profile is a reading aid: its failure must not cost the next kind's figures
+                profile_kind(kind_encoder, items[:64], args.profile / f"profile-{kind}.txt", sync)
+            except Exception as exc:  # noqa: BLE001  named, then on to the next kind
+                print(f"profile of {kind} failed: {type(exc).__name__}: {exc}", flush=True)
+        write_json()  # after every kind: a run cut short keeps the kinds it finished
+    shutil.rmtree(work, ignore_errors=True)
+    load_after = load()
+    print(f"load before {load_before}  after {load_after}")
+    write_json(load_after)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def compare(
     repeats: int = 5,
     warmup: int = 1,
     sync: Callable[[], None] = lambda: None,
+    keep_going: bool = False,
 ) -> dict[str, Any]:
     """Time every arm ``repeats`` times, alternating their order, after ``warmup`` untimed calls of each.
 
@@ -93,6 +94,10 @@ def compare(
     Returns ``{arm: {"times", "median", "min", "max", "warmup_times"}, "order": [...], "repeats": n,
     "warmup": w}``, times in seconds; ``times[r]`` is the arm's call in round ``r``; ``order`` lists
     every timed call's arm in the order run (warm-up calls not included), to check the alternation.
+
+    ``keep_going``: an arm that raises is dropped from the rounds that follow and from the result, and
+    its error is kept under ``"failed"`` (``{arm: "Type: message"}``), so one arm that cannot run (a
+    compile error, memory) does not cost the others' figures on a rare machine. Otherwise it raises.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, not {repeats}")
@@ -107,20 +112,37 @@ def compare(
         sync()
         return time.perf_counter() - t
 
+    failed: dict[str, str] = {}
+
+    def attempt(name: str) -> float | None:
+        try:
+            return timed(name)
+        except Exception as exc:  # kept, named, and the arm dropped
+            if not keep_going:
+                raise
+            failed[name] = f"{type(exc).__name__}: {exc}"[:2000]
+            print(f"arm {name!r} failed and is dropped: {failed[name][:300]}", flush=True)
+            return None
+
     warm: dict[str, list[float]] = {name: [] for name in names}
     for name in names:
         for _ in range(warmup):
-            warm[name].append(timed(name))
+            if name not in failed and (t := attempt(name)) is not None:
+                warm[name].append(t)
     times: dict[str, list[float]] = {name: [] for name in names}
     order: list[str] = []
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
-            times[name].append(timed(name))
-            order.append(name)
+            if name not in failed and (t := attempt(name)) is not None:
+                times[name].append(t)
+                order.append(name)
+    kept = [name for name in names if name not in failed]
     out: dict[str, Any] = {
-        name: {"times": times[name], **summary(times[name]), "warmup_times": warm[name]} for name in names
+        name: {"times": times[name], **summary(times[name]), "warmup_times": warm[name]} for name in kept
     }
-    out.update(order=order, repeats=repeats, warmup=warmup)
+    out.update(order=[name for name in order if name in kept], repeats=repeats, warmup=warmup)
+    if keep_going:
+        out["failed"] = failed
     return out
 
 
@@ -170,6 +192,15 @@ def _self_check() -> None:
     assert res["order"] == ["10ms", "20ms", "20ms", "10ms", "10ms", "20ms", "20ms", "10ms"], res["order"]
     assert all(len(res[n]["times"]) == 4 and len(res[n]["warmup_times"]) == 1 for n in ("10ms", "20ms"))
     assert 1.5 < r["median"] < 2.5, r
+
+    def fails_in_round_two(calls=[]):  # noqa: B006  counts its calls
+        calls.append(1)
+        if len(calls) == 3:  # warm-up, round 1, then this
+            raise RuntimeError("out of memory")
+
+    res = compare({"ok": lambda: None, "bad": fails_in_round_two}, repeats=3, keep_going=True)
+    assert res["failed"] == {"bad": "RuntimeError: out of memory"} and "bad" not in res, res
+    assert len(res["ok"]["times"]) == 3 and res["order"] == ["ok", "ok", "ok"], res
     print("self-check ok")
 
 
