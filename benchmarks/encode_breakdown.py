@@ -78,8 +78,8 @@ def main() -> None:
     load_before = load()
     enc = load_encoder(args)
     sync = torch.cuda.synchronize if enc.device.type == "cuda" else (lambda: None)
-    work = Path(tempfile.mkdtemp(prefix="unite-breakdown-"))
-    if args.from_files:
+    work = Path(tempfile.mkdtemp(prefix="unite-breakdown-")) if args.from_files else None
+    if work is not None:
         inputs, video_enc = file_inputs(enc, work / "inputs", {args.kind: args.n}, args.text_tokens)
         enc = video_enc if args.kind == "video" else enc
     else:
@@ -151,7 +151,8 @@ def main() -> None:
     res = compare(arms, repeats=args.repeats, sync=sync)
     out["model"] = {"arms": show("encode_prepared and single forward batches", res, counts)}
 
-    shutil.rmtree(work, ignore_errors=True)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     load_after = load()
     print(f"load before {load_before}  after {load_after}")
     if args.json:
