@@ -187,6 +187,16 @@ def test_ffmpeg_messages_are_collected_for_the_run_log_and_not_printed(tmp_path,
     assert "moov" not in out + err
 
 
+def test_a_message_the_exception_already_quotes_is_not_repeated_in_the_detail():
+    """PyAV may end its exception with FFmpeg's last message, which the capture also holds."""
+    from unite_search.video import _failure
+
+    exc = OSError("Invalid data; last error log: [mov] moov atom not found")
+    logs = [(16, "mov", "moov atom not found"), (16, "h264", "no frame!")]
+    detail = _failure("x.mp4", exc, logs, opened=False).detail
+    assert detail == "OSError: Invalid data; last error log: [mov] moov atom not found; [h264] no frame!"
+
+
 @pytest.mark.parametrize("backend", [pytest.param("decord", marks=needs_decord), "av"])
 @pytest.mark.parametrize(("start", "end"), [(0.0, 3.0), (2.5, 5.5), (9.0, 12.0)])
 def test_time_range_reads_the_frames_of_that_range(tmp_path_factory, backend, start, end):

@@ -172,8 +172,9 @@ def _failure(path: str, exc: BaseException, logs=(), *, opened: bool) -> InputEr
     ``opened``: whether a decoder could open the container (else the file is unreadable as a video).
     The decoder's own words (and FFmpeg's messages, ``logs``) go to ``detail``.
     """
-    messages = decoderlog.formatted(logs)
-    raw = f"{type(exc).__name__}: {exc}" + ("".join(f"; {m}" for m in messages))
+    said = str(exc)  # PyAV may quote FFmpeg's last message in the exception: not said twice
+    messages = [m for m in decoderlog.formatted(logs) if m not in said]
+    raw = f"{type(exc).__name__}: {said}" + ("".join(f"; {m}" for m in messages))
     text = raw.lower()
     if isinstance(exc, FileNotFoundError) and not os.path.exists(path):
         reason = "file not found (moved or deleted while it was read?)"
