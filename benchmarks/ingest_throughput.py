@@ -17,7 +17,8 @@ The corpus: JPEG photos (480-800 px wide), H.264 clips (4 s, 24 fps, 320x240) an
 Each ``--configs`` entry is a thread budget: ``auto`` (ingest's defaults: torch's own thread count,
 decode workers = the cores, at most 8), or ``tNwM`` (N torch threads, M decode workers), optionally
 ``...-noahead`` (decoding admitted only while nothing decoded waits: no look-ahead, the old "prefetch
-off"). For every config the three
+off") and ``...-procs`` (the speed switch ``processes``: files decoded in worker processes, one per
+decode worker; their CPU time is counted with this process's). For every config the three
 arms (decode, encode, ingest into a fresh folder) are timed with ``benchmarks/timing.py``: all arms of
 all configs warmed up once, then ``--repeats`` rounds (default 3) that alternate their order. Reported:
 rows/s median (min..max) of each arm, and ingest's pipeline time over the slower stage's time alone
@@ -36,6 +37,7 @@ Needs a model folder the actors can load (the tiny model by default, or ``--mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -131,23 +133,25 @@ def plan_tasks(root: Path, encoder, options: IngestOptions, workers: int):
 
 
 def parse_config(name: str, device_type: str) -> dict:
-    """``auto`` or ``tNwM[-noahead]`` -> torch threads, decode workers, memory budget (None: ingest's)."""
+    """``auto`` or ``tNwM``, then ``-noahead`` and/or ``-procs`` -> torch threads, decode workers, memory
+    budget (None: ingest's), decoding in processes."""
     import torch
 
     from unite_search.encoder import default_workers
 
-    base, _, flag = name.partition("-")
+    base, *flags = name.split("-")
     if base == "auto":  # ingest's defaults: torch as it is set, decoding the cores (at most 8)
         threads, workers = torch.get_num_threads(), default_workers()
     else:
         m = re.fullmatch(r"t(\d+)w(\d+)", base)
         if not m:
-            raise SystemExit(f"config {name!r}: auto or tNwM (N torch threads, M decode workers), -noahead optional")
+            raise SystemExit(f"config {name!r}: auto or tNwM (N torch threads, M decode workers), -noahead, -procs")
         threads, workers = int(m.group(1)), int(m.group(2))
-    if flag not in ("", "noahead"):
-        raise SystemExit(f"config {name!r}: the only suffix is -noahead")
+    if set(flags) - {"noahead", "procs"}:
+        raise SystemExit(f"config {name!r}: the suffixes are -noahead and -procs")
     # no look-ahead: a 1-byte budget admits an input only when nothing decoded is waiting to be encoded
-    return {"name": name, "torch_threads": threads, "workers": workers, "memory_bytes": 1 if flag else None}
+    return {"name": name, "torch_threads": threads, "workers": workers,
+            "memory_bytes": 1 if "noahead" in flags else None, "processes": "procs" in flags}  # fmt: skip
 
 
 def main() -> None:
@@ -197,9 +201,13 @@ def main() -> None:
         prepared = [prepare_task(encoder, task)[1] for task in tasks]  # the encode arm's inputs, made once
         runs = {"n": 0}
 
+        def encoder_of(c):
+            return encoder.with_settings(speed=dataclasses.replace(encoder.speed, processes=c["processes"]))
+
         def decode(c):
+            enc = encoder_of(c)
             with threads(c["torch_threads"]):
-                return [p for _, p in bounded_map(lambda t: prepare_task(encoder, t), tasks, c["workers"],
+                return [p for _, p in bounded_map(lambda t: prepare_task(enc, t), tasks, c["workers"],
                                                   4 * c["workers"])]  # fmt: skip
 
         def encode(c):
@@ -210,7 +218,7 @@ def main() -> None:
             runs["n"] += 1
             folder = tmp / f"index{runs['n']}"
             memory = {"memory_bytes": c["memory_bytes"]} if c["memory_bytes"] else {}
-            report = ingest(root, folder, encoder=encoder, workers=c["workers"], torch_threads=c["torch_threads"],
+            report = ingest(root, folder, encoder=encoder_of(c), workers=c["workers"], torch_threads=c["torch_threads"],
                             gpu=False, **memory)  # fmt: skip
             if report.failures or report.encoded_rows != rows:
                 raise SystemExit(f"ingest did not index the corpus cleanly:\n{report.summary()}")
@@ -218,13 +226,13 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
         timings: dict[str, list] = {}
-        cpu: dict[str, list[float]] = {}  # process CPU seconds (all threads) of each call
+        cpu: dict[str, list[float]] = {}  # process CPU seconds (all threads, and decoding processes) of each call
 
         def cpu_timed(name, fn):
             def arm():
-                c0 = time.process_time()
+                c0 = time.process_time() + worker_cpu()
                 fn()
-                cpu.setdefault(name, []).append(time.process_time() - c0)
+                cpu.setdefault(name, []).append(time.process_time() + worker_cpu() - c0)
 
             return arm
 
@@ -274,6 +282,22 @@ def main() -> None:
             }, indent=2, default=str))  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def worker_cpu() -> float:
+    """CPU seconds the decoding processes (speed switch ``processes``) alive now have used."""
+    from unite_search import decodeproc
+
+    if decodeproc._pool is None:
+        return 0.0
+    total = 0
+    for pid in decodeproc._pool.pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the whole line)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def ray_arms(args, encoder, root: Path, tmp: Path, rows: int, sizes, info, load_before, sync) -> None:

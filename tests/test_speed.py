@@ -133,7 +133,7 @@ def test_speed_switches_parse_and_say_what_is_wrong():
     assert Speed.parse("default") == Speed()
     assert Speed.parse("none") == Speed(vision_runs=False, prefix_cache=False, overlap=False, compile=False)
     assert Speed.parse("compile, overlap") == Speed(vision_runs=False, prefix_cache=False, overlap=True, compile=True)
-    known = "compile, overlap, prefix_cache, vision_runs"
+    known = "compile, overlap, prefix_cache, processes, vision_runs"
     with pytest.raises(ConfigError, match=f"unknown speed switch cuda_graphs; known: {known}"):
         Speed.parse("vision_runs,cuda_graphs")
 

@@ -50,6 +50,12 @@ def note(path: str | None, messages: Iterable[str]) -> None:
                 sink.append("... more decoder messages were not kept")
 
 
+def active() -> bool:
+    """Whether a collection is open (a decoding process then collects its own and hands them back)."""
+    with _lock:
+        return bool(_sinks)
+
+
 def _start() -> None:
     try:
         import av.logging as av_logging

@@ -276,10 +276,23 @@ class Encoder:
         if reserved:
             raise InputError(f"text contains the model's reserved token(s) {reserved}; remove them", index=index)
 
+    def visual(self, kind: str, source, **span) -> Visual:
+        """An image's or a video's vision-tower input (``span``: ``start``, ``end``, ``probe`` of a video
+        file), in a decoding process under the speed switch ``processes`` when ``source`` is a file."""
+        if isinstance(source, Visual):
+            return source
+        if self.speed.processes and isinstance(source, (str, os.PathLike)):
+            from .decodeproc import pool
+
+            return pool().run(kind, os.fspath(source), self.preprocessing, **span)
+        if kind == "image":
+            return preprocess_image(source, self.preprocessing)
+        return preprocess_video(source, self.preprocessing, **span)
+
     def _prepare(self, item: Item, index: int | None, ids: np.ndarray) -> Prepared:
         try:
-            image = preprocess_image(item.image, self.preprocessing) if item.image is not None else None
-            video = preprocess_video(item.video, self.preprocessing) if item.video is not None else None
+            image = self.visual("image", item.image) if item.image is not None else None
+            video = self.visual("video", item.video) if item.video is not None else None
         except InputError as exc:
             raise (exc.at(index) if index is not None else exc) from exc.__cause__
         counts = np.ones_like(ids)

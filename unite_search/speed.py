@@ -25,6 +25,11 @@ on the CPU so far: ``vision_runs`` and ``prefix_cache``; the GPU run is prepared
     ``torch.compile`` with dynamic shapes of each decoder layer and each vision block's MLP (the vision
     attention stays as above: its chunk runs are Python values, which would recompile per batch). The
     layers of a kind share one compiled graph; the first batches pay the compile.
+``processes``
+    Image and video files are decoded and preprocessed in worker processes (``decodeproc.py``), one
+    per decode thread, so that decoding does not take the interpreter lock from the thread that runs
+    the model. The same functions run there: the pixels are the same bits. Inputs given in memory
+    (PIL images, arrays, frame lists) are still prepared on the threads.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Speed:
     prefix_cache: bool = True
     overlap: bool = False
     compile: bool = False
+    processes: bool = False
 
     def to_dict(self) -> dict[str, bool]:
         return asdict(self)

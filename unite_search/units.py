@@ -362,11 +362,7 @@ def prepare_task(encoder, task: Task):
         text = read_passage(task.checks[0][0], task.chars, task.checks[0][0])
         return text, encoder.prepare(Item(text=text))
     if task.probe is not None:  # a corpus video (or segment): sampled by the read stage's frame count
-        from .video import SampledFrames, read_frames
-
         start, end = task.span if task.span is not None else (None, None)
-        path = task.item["video"]
-        frames, _ = read_frames(path, encoder.preprocessing, None, start, end, probe=task.probe)
-        video = SampledFrames(frames, source=path)
+        video = encoder.visual("video", task.item["video"], start=start, end=end, probe=task.probe)
         return task.row.get("text"), encoder.prepare(Item(video=video, text=task.item.get("text")))
     return task.row.get("text"), encoder.prepare(Item(**{k: v for k, v in task.item.items() if v is not None}))

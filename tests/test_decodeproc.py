@@ -1,0 +1,154 @@
+"""The speed switch ``processes``: image and video files decoded in worker processes, the same bits."""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import signal
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import write_empty_video
+from corpora import make_bad_corpus, write_clip, write_damaged_mp4, write_photo, write_truncated_mp4
+from test_ingest import OPTS, assert_same_rows, rows_by_id
+
+from unite_search import decodeproc
+from unite_search.errors import InputError
+from unite_search.ingestion import ingest
+from unite_search.speed import Speed
+from unite_search.store import IndexStore
+
+
+@pytest.fixture(scope="module")
+def fast(encoder):
+    return encoder.with_settings(speed=dataclasses.replace(encoder.speed, processes=True))
+
+
+def _answer_files() -> list[str]:
+    mine = f"{decodeproc.PREFIX}{os.getpid()}-"
+    return [f for f in os.listdir(decodeproc.shared_dir()) if f.startswith(mine)]
+
+
+def _mapped(array: np.ndarray) -> bool:
+    """Whether the array's memory is a mapped file (through its bases and buffer views)."""
+    owner = array
+    while owner is not None and not isinstance(owner, mmap.mmap):
+        owner = owner.obj if isinstance(owner, memoryview) else owner.base
+    return isinstance(owner, mmap.mmap)
+
+
+def test_processes_give_the_same_pixels_and_vectors(encoder, fast, media):
+    rng = np.random.default_rng(5)
+    items = [
+        {"image": media["image"]},
+        {"image": str(media["image2"]), "text": "the same, upside down"},
+        {"video": media["video"]},
+        {"video": media["video2"], "text": "at night"},
+        {"image": rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)},  # in memory: prepared on a thread
+        {"text": "a plain text"},
+    ]
+    assert Speed.parse("processes").processes and not Speed().processes
+    for item in items:
+        a, b = encoder.prepare(item), fast.prepare(item)
+        np.testing.assert_array_equal(b.input_ids, a.input_ids)
+        for name in ("image", "video"):
+            va, vb = getattr(a, name), getattr(b, name)
+            assert (va is None) == (vb is None)
+            if va is not None:
+                assert vb.grid_thw == va.grid_thw and vb.pixel_values.dtype == va.pixel_values.dtype
+                np.testing.assert_array_equal(vb.pixel_values, va.pixel_values)
+                assert vb.pixel_values.flags.writeable
+    clip = fast.prepare(items[2]).video.pixel_values
+    assert clip.nbytes > decodeproc.INLINE_BYTES and _mapped(clip)  # came back through a mapped file
+    assert not _mapped(encoder.prepare(items[2]).video.pixel_values)
+    np.testing.assert_array_equal(fast.encode(items), encoder.encode(items))
+    assert decodeproc.pool().size >= 1
+    assert _answer_files() == []  # each answer's file is unlinked as soon as it is mapped
+
+
+def test_bad_files_fail_with_the_same_words_in_processes(encoder, fast, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    cases = [
+        {"image": tmp_path / "missing.jpg"},
+        {"image": tmp_path / "broken.png"},
+        {"video": write_empty_video(tmp_path / "zero.mp4")},
+        {"video": tmp_path / "gone.mp4"},
+        {"video": write_truncated_mp4(tmp_path / "truncated.mp4")},  # the decoder's words in ``detail``
+    ]
+    for bad in cases:
+        errors = []
+        for enc in (encoder, fast):
+            with pytest.raises(InputError) as info:
+                enc.encode([{"text": "fine"}, bad])
+            errors.append(info.value)
+        a, b = errors
+        assert str(b) == str(a) and "item 1" in str(b)
+        assert (b.reason, b.source, b.detail) == (a.reason, a.source, a.detail)
+    assert b.detail.startswith("InvalidDataError: ")  # the last case's: the decoder's own words
+
+
+def test_a_decoder_that_dies_fails_its_file_and_the_rest_goes_on(fast, media, tmp_path, monkeypatch):
+    """A real worker death: the workers run with a ``sitecustomize`` that kills the process (SIGKILL)
+    on any file named crash*. Another file in the same call is encoded; the workers are replaced."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal
+            import unite_search.image as image
+
+            real = image.preprocess_image
+
+            def dying(source, settings):
+                if os.path.basename(str(source)).startswith("crash"):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(source, settings)
+
+            image.preprocess_image = dying
+            """
+        )
+    )
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    pool = decodeproc.DecodePool()
+    monkeypatch.setattr(decodeproc, "_pool", pool)
+    crash = write_photo(tmp_path / "crash.png", seed=3)
+    try:
+        good = fast.encode([{"image": media["image"]}])
+        with pytest.raises(InputError, match=r"crash\.png: the decoder crashed on this file") as info:
+            fast.encode([{"image": media["image2"]}, {"image": crash}])
+        assert "killed by signal 9" in info.value.detail
+        before = set(pool.pids())
+        for pid in before:  # killed from outside while idle: the next call starts others and succeeds
+            os.kill(pid, signal.SIGKILL)
+        np.testing.assert_array_equal(fast.encode([{"image": media["image"]}]), good)
+        assert pool.size >= 1 and not before & set(pool.pids())
+    finally:
+        pool.close()
+    assert pool.size == 0
+
+
+def test_ingest_in_processes_writes_the_same_rows_and_reports_the_same_failures(encoder, fast, tmp_path):
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_photo(root / "b.jpg", seed=2)
+    write_clip(root / "long.mp4", 80, fps=8, seed=2)  # 10 s: segments, each decoded with its span
+    expected = make_bad_corpus(root / "bad")
+    write_damaged_mp4(root / "bad" / "damaged.mp4")
+    procs = ingest(root, tmp_path / "procs", encoder=fast, **OPTS)
+    threads = ingest(root, tmp_path / "threads", encoder=encoder, **OPTS)
+    assert procs.encoded_rows == threads.encoded_rows > 3
+    assert_same_rows(rows_by_id(tmp_path / "procs"), rows_by_id(tmp_path / "threads"))
+    got = {p.path: p.reason for p in procs.failures}
+    left_alone = ("locked.png", "vanishing.png")  # bad only when a test locks or deletes them
+    assert got == {p.path: p.reason for p in threads.failures}
+    assert set(got) == {f"bad/{rel}" for rel in expected if rel not in left_alone} | {"bad/damaged.mp4"}
+    # a decoder's own words reach the run log from a worker as from a thread (the read stage's failures
+    # happen in this process either way)
+    details = [
+        {p["path"]: p.get("detail") for p in IndexStore(index).last_run()["failures"] if p["stage"] == "decode"}
+        for index in (tmp_path / "procs", tmp_path / "threads")
+    ]
+    assert details[0] == details[1] and "bad/truncated.jpg" in details[0]
