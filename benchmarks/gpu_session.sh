@@ -5,19 +5,21 @@
 # xz-compressed into .whl/a and .whl/b (ignored by git), each under the 64 MiB a call carries:
 #     bash benchmarks/gpu_session.sh prepare
 # Then two `run`s of the device tool, the second within the machine's warm time after the first:
-#     bash benchmarks/gpu_session.sh run a     carry [".whl/a"], timeout_s 540: PyAV, FAISS (34 MB)
-#         the CUDA tests under every speed switch (bf16 against CPU float32, batch invariance), then
-#         encode throughput from files, every lever beside the plain loop, and a profile per kind
+#     bash benchmarks/gpu_session.sh run a     carry [".whl/a"], timeout_s 600: PyAV, FAISS (34 MB)
+#         the CUDA tests under every speed switch (bf16 against CPU float32, batch invariance), how much
+#         8 decode threads slow a launching thread against 8 decode processes, then encode throughput
+#         from files, every lever beside the plain loop, and a profile per kind
 #     bash benchmarks/gpu_session.sh run b     carry [".whl/b"], timeout_s 300: LanceDB, FAISS (60 MB)
 #         ingest of a mixed corpus (clips too when PyAV is still there from run a) beside decode-only
-#         and encode-only, with and without look-ahead, and the CUDA ingest test
+#         and encode-only, with and without look-ahead, and the CUDA ingest test (decoding in processes,
+#         ``--configs auto-procs``, is left out to fit; run a measures it through encode from files)
 #     bash benchmarks/gpu_session.sh run c1    carry [".whl/c1"], timeout_s 60: half of a CUDA 13 FAISS
 #     bash benchmarks/gpu_session.sh run c2    carry [".whl/c2"], timeout_s 420: the other half (the
 #         wheel is 78 MB packed, so it travels in two calls), then FAISS on the GPU beside the CPU
 #         (benchmarks/gpu_search.py, 1M x 1536) and tests/test_gpu_search.py when LanceDB is there (run b)
-# Each step writes under $OUT as it goes, so a step cut short still returns the ones before it. Run a
-# should take about 8 minutes, run b about 4 (estimates: neither has run on a GPU yet), a machine's start 1-2:
-# where the 15 device minutes allow one call, make it run a.
+# Each step writes under $OUT as it goes, so a step cut short still returns the ones before it (8 files
+# at most come back: keep it so). Run a should take about 9 minutes, run b about 4 (estimates: neither
+# has run on a GPU yet), a machine's start 1-2: where the 15 device minutes allow one call, make it run a.
 # SMOKE=1 runs the same steps on the tiny model with a few items (how this script is tested on a CPU).
 set -u
 cd "$(dirname "$0")/.."
@@ -83,20 +85,26 @@ run)
     python3 -c "import av" 2>/dev/null || have_av=0
     if [ "${SMOKE:-}" = 1 ]; then
         model=(); n_enc=(--n text=16,image=8,video=4); n_ing=(--images 8 --videos $((2 * have_av)) --texts 8)
+        contention=(--workers 2 --n 4 --ops 20000)
     else
         model=(--random 2b); n_enc=(--n text=1024,image=256,video=48)
         n_ing=(--images 256 --videos $((32 * have_av)) --texts 256)
+        contention=(--workers 8 --n 16 --ops 200000)
     fi
     if [ "$part" = a ]; then
         # 1. faithfulness under every speed switch (ingest's test needs LanceDB: run b)
         timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "not ingest" 2>&1 |
             tee "$OUT/test_gpu-a.log" | tail -15
-        # 2. throughput from files, every lever beside the plain loop, alternating rounds; profiles
+        # 2. the GIL: a launching thread beside decode threads, and beside decode processes (speed switch
+        #    processes); its table goes to the top of encode.log (8 files at most come back)
+        timeout 60 python3 benchmarks/launch_contention.py --kinds image,video "${contention[@]}" --repeats 3 \
+            --json "$OUT/contention.json" 2>&1 | tee "$OUT/encode.log" | grep -v -i warn
+        # 3. throughput from files, every lever beside the plain loop, alternating rounds; profiles
         mkdir -p "$OUT/profiles"
         # (default, what users get: see unite_search.speed.Speed)
         timeout 360 python3 benchmarks/encode_throughput.py "${model[@]}" --from-files "${n_enc[@]}" --repeats 3 \
-            --speeds none,vision_runs,default,default+overlap,default+compile,all,all@65536 --profile "$OUT/profiles" \
-            --json "$OUT/encode.json" 2>&1 | tee "$OUT/encode.log" | grep -v -i warn
+            --speeds none,vision_runs,default,default+overlap,default+compile,default+processes,all,all@65536 \
+            --profile "$OUT/profiles" --json "$OUT/encode.json" 2>&1 | tee -a "$OUT/encode.log" | grep -v -i warn
     elif [ "$part" = b ]; then
         if [ $have_av = 1 ]; then  # the tests' fixtures write clips with PyAV
             timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k ingest 2>&1 |

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
 import signal
 import textwrap
@@ -31,14 +30,6 @@ def _answer_files() -> list[str]:
     return [f for f in os.listdir(decodeproc.shared_dir()) if f.startswith(mine)]
 
 
-def _mapped(array: np.ndarray) -> bool:
-    """Whether the array's memory is a mapped file (through its bases and buffer views)."""
-    owner = array
-    while owner is not None and not isinstance(owner, mmap.mmap):
-        owner = owner.obj if isinstance(owner, memoryview) else owner.base
-    return isinstance(owner, mmap.mmap)
-
-
 def test_processes_give_the_same_pixels_and_vectors(encoder, fast, media):
     rng = np.random.default_rng(5)
     items = [
@@ -60,12 +51,10 @@ def test_processes_give_the_same_pixels_and_vectors(encoder, fast, media):
                 assert vb.grid_thw == va.grid_thw and vb.pixel_values.dtype == va.pixel_values.dtype
                 np.testing.assert_array_equal(vb.pixel_values, va.pixel_values)
                 assert vb.pixel_values.flags.writeable
-    clip = fast.prepare(items[2]).video.pixel_values
-    assert clip.nbytes > decodeproc.INLINE_BYTES and _mapped(clip)  # came back through a mapped file
-    assert not _mapped(encoder.prepare(items[2]).video.pixel_values)
+    assert fast.prepare(items[2]).video.pixel_values.nbytes > decodeproc.INLINE_BYTES
+    assert any(w.buffer is not None for w in decodeproc.pool()._all)  # it came through a worker's buffer
     np.testing.assert_array_equal(fast.encode(items), encoder.encode(items))
-    assert decodeproc.pool().size >= 1
-    assert _answer_files() == []  # each answer's file is unlinked as soon as it is mapped
+    assert _answer_files() == []  # a buffer's name is unlinked once the caller has opened it
 
 
 def test_bad_files_fail_with_the_same_words_in_processes(encoder, fast, tmp_path):
@@ -89,31 +78,78 @@ def test_bad_files_fail_with_the_same_words_in_processes(encoder, fast, tmp_path
     assert b.detail.startswith("InvalidDataError: ")  # the last case's: the decoder's own words
 
 
-def test_a_decoder_that_dies_fails_its_file_and_the_rest_goes_on(fast, media, tmp_path, monkeypatch):
-    """A real worker death: the workers run with a ``sitecustomize`` that kills the process (SIGKILL)
-    on any file named crash*. Another file in the same call is encoded; the workers are replaced."""
+def _hooked_pool(tmp_path, monkeypatch, code: str) -> decodeproc.DecodePool:
+    """A fresh pool whose workers start with ``code`` as their ``sitecustomize`` (run at their start)."""
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(
-        textwrap.dedent(
-            """
-            import os, signal
-            import unite_search.image as image
-
-            real = image.preprocess_image
-
-            def dying(source, settings):
-                if os.path.basename(str(source)).startswith("crash"):
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return real(source, settings)
-
-            image.preprocess_image = dying
-            """
-        )
-    )
+    (hooks / "sitecustomize.py").write_text(textwrap.dedent(code))
     monkeypatch.setenv("PYTHONPATH", str(hooks))
     pool = decodeproc.DecodePool()
     monkeypatch.setattr(decodeproc, "_pool", pool)
+    monkeypatch.setattr(decodeproc, "_pool_pid", os.getpid())
+    return pool
+
+
+def test_a_forked_child_gets_its_own_decoding_processes():
+    parent = decodeproc.pool()
+    assert decodeproc.pool() is parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its parent's pool would share the parent's pipes
+        try:
+            os.write(write, b"own" if decodeproc.pool() is not parent and decodeproc.pool().size == 0 else b"shared")
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"own"
+    os.close(read)
+
+
+def test_a_full_shared_memory_sends_the_pixels_inside_the_answer(encoder, fast, media, tmp_path, monkeypatch):
+    pool = _hooked_pool(
+        tmp_path,
+        monkeypatch,
+        """
+        import errno, os
+
+        def full(fd, offset, length):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        os.posix_fallocate = full
+        """,
+    )
+    try:
+        item = {"video": media["video"], "text": "at night"}
+        got = fast.prepare(item).video.pixel_values
+        assert got.nbytes > decodeproc.INLINE_BYTES and pool.size == 1
+        assert all(w.buffer is None for w in pool._all)  # nothing came through a buffer
+        np.testing.assert_array_equal(got, encoder.prepare(item).video.pixel_values)
+    finally:
+        pool.close()
+    assert _answer_files() == []  # the worker removed the buffer file it could not reserve
+
+
+def test_a_decoder_that_dies_fails_its_file_and_the_rest_goes_on(fast, media, tmp_path, monkeypatch):
+    """A real worker death: the workers run with a ``sitecustomize`` that kills the process (SIGKILL)
+    on any file named crash*. Another file in the same call is encoded; the workers are replaced."""
+    pool = _hooked_pool(
+        tmp_path,
+        monkeypatch,
+        """
+        import os, signal
+        import unite_search.image as image
+
+        real = image.preprocess_image
+
+        def dying(source, settings):
+            if os.path.basename(str(source)).startswith("crash"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(source, settings)
+
+        image.preprocess_image = dying
+        """,
+    )
     crash = write_photo(tmp_path / "crash.png", seed=3)
     try:
         good = fast.encode([{"image": media["image"]}])

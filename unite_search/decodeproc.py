@@ -10,8 +10,11 @@ A worker is a plain ``python -m unite_search.decodeproc`` (nothing of the caller
 again in it): it reads requests on its standard input and answers on a private copy of its standard
 output (anything a decoder prints goes to standard error). It runs the same functions a thread would
 (``preprocess_image``, ``preprocess_video``), so the pixels are the same bits. Large arrays come back
-through a file in shared memory (``/dev/shm``, else the temporary folder) that the caller maps and
-unlinks at once; small ones inside the answer.
+through the worker's own buffer, a file in shared memory (``/dev/shm``, else the temporary folder):
+the worker copies its answer there, the caller copies it out (without the GIL) before the worker takes
+another request. The caller unlinks the file's name as soon as it has opened it; the buffer grows to
+the largest answer and is reused, so its memory is reserved once, not per item. Small arrays, and all
+of them where the buffer cannot be reserved (a full ``/dev/shm``), travel inside the answer.
 
 A worker that dies on a file (a decoder crash) is replaced and the file tried once more in a fresh
 one; a second death fails that file with an :class:`InputError`, where a crash on a decode thread
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
 import mmap
 import os
 import pickle
@@ -76,7 +78,10 @@ class WorkerDied(Exception):
 
 
 class _Worker:
+    """One decoding process, as the caller sees it: its pipes and its mapped answer buffer."""
+
     def __init__(self):
+        self.buffer: tuple[int, mmap.mmap] | None = None  # (file descriptor, mapping) once it has answered
         env = dict(os.environ)
         # one thread each (the caller runs one worker per decode thread), and never the GPU
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
@@ -100,7 +105,30 @@ class _Worker:
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
             raise WorkerDied(f"the decoding process {how}") from exc
 
+    def pixels(self, path: str, size: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A copy of the answer the worker left in its buffer (``size`` bytes long now)."""
+        if self.buffer is None:
+            fd = os.open(path, os.O_RDONLY)
+            os.unlink(path)  # the open descriptors keep it; nothing is left behind if both processes die
+            self.buffer = (fd, mmap.mmap(fd, size, access=mmap.ACCESS_READ))
+        fd, view = self.buffer
+        if len(view) != size:  # the worker grew it
+            view.close()
+            view = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            self.buffer = (fd, view)
+        shared = np.frombuffer(view, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        out = np.empty(shape, dtype=dtype)
+        np.copyto(out, shared)  # numpy copies without the GIL
+        del shared
+        return out
+
     def close(self) -> None:
+        if self.buffer is not None:
+            fd, view = self.buffer
+            with contextlib.suppress(BufferError):
+                view.close()
+            os.close(fd)
+            self.buffer = None
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
         try:
@@ -169,12 +197,14 @@ class DecodePool:
                 self._drop(worker)
                 if attempt == 2:
                     raise InputError("the decoder crashed on this file", source=source, detail=str(exc)) from None
-        self._idle.put(worker)
         status, payload, notes = answer
-        if notes:
-            decoderlog.note(None, notes)
-        if status == "ok":
-            return _visual(payload)
+        try:
+            if status == "ok":
+                return _visual(worker, payload)
+        finally:
+            self._idle.put(worker)  # only now: its buffer has been copied out
+            if notes:
+                decoderlog.note(None, notes)
         if status == "input":
             reason, where, detail = payload
             raise InputError(reason, source=where, detail=detail)
@@ -190,21 +220,14 @@ class DecodePool:
             w.close()
 
 
-def _visual(payload):
+def _visual(worker: _Worker, payload):
     from .image import Visual
 
     kind, grid = payload[0], payload[-1]
     if kind == "inline":
         return Visual(payload[1], grid)
-    _, path, dtype, shape, _ = payload
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.unlink(path)
-        # copy on write: a private, writable view of the worker's pixels, no copy made here
-        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-    finally:
-        os.close(fd)
-    return Visual(np.frombuffer(buf, dtype=dtype).reshape(shape), grid)
+    _, path, size, dtype, shape, _ = payload
+    return Visual(worker.pixels(path, size, dtype, shape), grid)
 
 
 def _sweep(folder: str) -> None:
@@ -229,21 +252,56 @@ def _alive(pid: int) -> bool:
 
 
 _pool: DecodePool | None = None
+_pool_pid = 0
 _pool_lock = threading.Lock()
 
 
 def pool() -> DecodePool:
-    """This interpreter's decoding processes (made on first use, ended at exit)."""
-    global _pool
+    """This interpreter's decoding processes (made on first use, ended at exit). A forked child makes its
+    own: the pipes it inherited are its parent's."""
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
-            _pool = DecodePool()
+        if _pool is None or _pool_pid != os.getpid():
+            _pool, _pool_pid = DecodePool(), os.getpid()
             atexit.register(_pool.close)
         return _pool
 
 
 # ---------------------------------------------------------------------- the worker's side
-def _answer(request: tuple, folder: str, names) -> tuple:
+class _Buffer:
+    """The worker's answer buffer: a file in shared memory, grown (and its memory reserved) as needed."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, f"{PREFIX}{os.getppid()}-{os.getpid()}")
+        self.fd: int | None = None
+        self.view: mmap.mmap | None = None
+        self.failed = False  # reserving failed once (a full /dev/shm): answers travel inline from then on
+
+    def put(self, pixels: np.ndarray) -> int | None:
+        """Copy ``pixels`` in; the buffer's size, or None where it cannot hold them."""
+        if self.failed:
+            return None
+        if self.view is None or len(self.view) < pixels.nbytes:
+            size = max(pixels.nbytes, 2 * len(self.view) if self.view is not None else 0)
+            size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+            try:
+                if self.fd is None:
+                    self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+                # reserved now, or ENOSPC now: writing to an unreserved page of a full tmpfs kills the process
+                os.posix_fallocate(self.fd, 0, size)  # (absent on macOS: answers travel inline there)
+            except (OSError, AttributeError):
+                self.failed = True
+                return None
+            if self.view is not None:
+                self.view.close()
+            self.view = mmap.mmap(self.fd, size)
+        target = np.frombuffer(self.view, dtype=pixels.dtype, count=pixels.size).reshape(pixels.shape)
+        np.copyto(target, pixels)
+        del target
+        return len(self.view)
+
+
+def _answer(request: tuple, buffer: _Buffer) -> tuple:
     from . import decoderlog
     from .image import preprocess_image
     from .video import preprocess_video
@@ -264,13 +322,11 @@ def _answer(request: tuple, folder: str, names) -> tuple:
             except Exception:  # noqa: BLE001  an exception that cannot travel becomes one that can
                 exc = RuntimeError(f"{type(exc).__name__}: {exc}")
             return "raise", (exc, trace), list(notes)
-    pixels = np.ascontiguousarray(visual.pixel_values)
-    if pixels.nbytes < INLINE_BYTES:
+    pixels = visual.pixel_values
+    size = buffer.put(pixels) if pixels.nbytes >= INLINE_BYTES else None
+    if size is None:
         return "ok", ("inline", pixels, visual.grid_thw), list(notes)
-    path = os.path.join(folder, next(names))
-    with open(path, "wb") as f:
-        f.write(memoryview(pixels).cast("B"))
-    return "ok", ("file", path, pixels.dtype.str, pixels.shape, visual.grid_thw), list(notes)
+    return "ok", ("shared", buffer.path, size, pixels.dtype.str, pixels.shape, visual.grid_thw), list(notes)
 
 
 def main() -> None:
@@ -278,14 +334,17 @@ def main() -> None:
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     stdin = sys.stdin.buffer
-    folder = shared_dir()
-    names = (f"{PREFIX}{os.getppid()}-{os.getpid()}-{i}" for i in itertools.count())
-    while True:
-        try:
-            request = _receive(stdin)
-        except EOFError:
-            return
-        _send(out, _answer(request, folder, names))
+    buffer = _Buffer(shared_dir())
+    try:
+        while True:
+            try:
+                request = _receive(stdin)
+            except EOFError:
+                return
+            _send(out, _answer(request, buffer))
+    finally:
+        with contextlib.suppress(OSError):  # where the caller never opened it (it unlinks what it opens)
+            os.unlink(buffer.path)
 
 
 if __name__ == "__main__":
