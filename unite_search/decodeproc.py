@@ -73,15 +73,12 @@ def _receive(stream):
     return pickle.loads(data)
 
 
-class WorkerDied(Exception):
-    """The worker process ended while a request was in its hands."""
-
-
 class _Worker:
     """One decoding process, as the caller sees it: its pipes and its mapped answer buffer."""
 
     def __init__(self):
         self.buffer: tuple[int, mmap.mmap] | None = None  # (file descriptor, mapping) once it has answered
+        self.ended = ""  # how it ended, where it ended during a request
         env = dict(os.environ)
         # one thread each (the caller runs one worker per decode thread), and never the GPU
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
@@ -95,15 +92,17 @@ class _Worker:
             close_fds=True,
         )
 
-    def call(self, request: tuple) -> tuple:
+    def call(self, request: tuple) -> tuple | None:
+        """The worker's answer, or None where it ended meanwhile (how, in ``self.ended``)."""
         try:
             _send(self.proc.stdin, request)
             return _receive(self.proc.stdout)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError):
             self.close()
             code = self.proc.returncode
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
-            raise WorkerDied(f"the decoding process {how}") from exc
+            self.ended = f"the decoding process {how}"
+            return None
 
     def pixels(self, path: str, size: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         """A copy of the answer the worker left in its buffer (``size`` bytes long now)."""
@@ -190,13 +189,12 @@ class DecodePool:
         request = (kind, source, settings, span, decoderlog.active())
         for attempt in (1, 2):  # a worker that dies for another reason (killed from outside) gets a retry
             worker = self._take()
-            try:
-                answer = worker.call(request)
+            answer = worker.call(request)
+            if answer is not None:
                 break
-            except WorkerDied as exc:
-                self._drop(worker)
-                if attempt == 2:
-                    raise InputError("the decoder crashed on this file", source=source, detail=str(exc)) from None
+            self._drop(worker)
+            if attempt == 2:
+                raise InputError("the decoder crashed on this file", source=source, detail=worker.ended)
         status, payload, notes = answer
         try:
             if status == "ok":
