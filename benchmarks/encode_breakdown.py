@@ -12,6 +12,8 @@ Times, in one process, three groups of arms on the same items:
 2. preparation alone: ``prepare`` serially; ``Encoder.prepare_many`` in chunks of 64 (one tokenizer
    call per chunk); ``prepare`` on the thread pool (``bounded_map``, ``workers`` threads), with its
    speed-up over the serial arm (how far the pool scales: what decoding can feed on a bigger machine);
+   with ``--from-files`` for images and videos, both again with the speed switch ``processes`` (each
+   file decoded in a worker process), their pixels checked against the serial arm's;
 3. ``encode_prepared`` on pre-made inputs, and the first two single forward batches it plans.
 
 Timing (benchmarks/timing.py ``compare``): within a group, every arm first runs once untimed on the
@@ -25,6 +27,7 @@ average before and after are printed (and written to ``--json`` with the argumen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -120,14 +123,23 @@ def main() -> None:
     def threaded():
         got["threads"] = list(bounded_map(enc.prepare, items, enc.workers, 32))
 
-    res = compare(
-        {
-            "prepare, serial": serial,
-            f"prepare_many, chunks of {CHUNK}": many,
-            f"prepare, {enc.workers} threads (bounded_map)": threaded,
-        },
-        repeats=args.repeats,
-    )
+    prep_arms = {
+        "prepare, serial": serial,
+        f"prepare_many, chunks of {CHUNK}": many,
+        f"prepare, {enc.workers} threads (bounded_map)": threaded,
+    }
+    if work is not None and args.kind != "text":  # files: also through decoding processes (speed switch)
+        procs = enc.with_settings(speed=dataclasses.replace(enc.speed, processes=True))
+
+        def serial_procs():
+            got["serial_procs"] = [procs.prepare(it) for it in items]
+
+        def threaded_procs():
+            got["threads_procs"] = list(bounded_map(procs.prepare, items, enc.workers, 32))
+
+        prep_arms["prepare, serial, in a decoding process"] = serial_procs
+        prep_arms[f"prepare, {enc.workers} threads, decoding in processes"] = threaded_procs
+    res = compare(prep_arms, repeats=args.repeats)
     out["prepare"] = {"arms": show("preparation", res, len(items))}
     scale = ratio(res, f"prepare, {enc.workers} threads (bounded_map)", "prepare, serial")
     out["prepare"]["threads_over_serial"] = scale
@@ -138,6 +150,18 @@ def main() -> None:
     )
     print(f"prepare_many and the thread pool give the serial input ids: {same}")
     out["prepare"]["same_input_ids"] = same
+    if "serial_procs" in got:
+        visual = args.kind
+        same_pixels = all(
+            np.array_equal(getattr(a, visual).pixel_values, getattr(b, visual).pixel_values)
+            and np.array_equal(getattr(a, visual).pixel_values, getattr(c, visual).pixel_values)
+            for a, b, c in zip(got["serial"], got["serial_procs"], got["threads_procs"], strict=True)
+        )
+        print(f"decoding processes give the serial pixels, bit for bit: {same_pixels}")
+        out["prepare"]["same_pixels_in_processes"] = same_pixels
+        cost = ratio(res, "prepare, serial", "prepare, serial, in a decoding process")
+        out["prepare"]["process_over_thread_serial"] = cost
+        print(f"serial, a decoding process over the calling thread: {span(cost, fmt='.2f')}x the time")
 
     # 3. encode_prepared and single forward batches
     prepared = got["serial"]
