@@ -102,7 +102,7 @@ run)
         # 3. throughput from files, every lever beside the plain loop, alternating rounds; profiles
         mkdir -p "$OUT/profiles"
         # (default, what users get: see unite_search.speed.Speed)
-        timeout 360 python3 benchmarks/encode_throughput.py "${model[@]}" --from-files "${n_enc[@]}" --repeats 3 \
+        timeout 380 python3 benchmarks/encode_throughput.py "${model[@]}" --from-files "${n_enc[@]}" --repeats 3 \
             --speeds none,vision_runs,default,default+overlap,default+compile,default+processes,all,all@65536 \
             --profile "$OUT/profiles" --json "$OUT/encode.json" 2>&1 | tee -a "$OUT/encode.log" | grep -v -i warn
     elif [ "$part" = b ]; then
