@@ -115,11 +115,8 @@ class _Worker:
             view.close()
             view = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             self.buffer = (fd, view)
-        shared = np.frombuffer(view, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-        out = np.empty(shape, dtype=dtype)
-        np.copyto(out, shared)  # numpy copies without the GIL
-        del shared
-        return out
+        # numpy copies without the GIL; the copy is ours before the worker takes its next request
+        return np.frombuffer(view, dtype=dtype, count=int(np.prod(shape))).reshape(shape).copy()
 
     def close(self) -> None:
         if self.buffer is not None:

@@ -285,9 +285,8 @@ class Encoder:
             from .decodeproc import pool
 
             return pool().run(kind, os.fspath(source), self.preprocessing, **span)
-        if kind == "image":
-            return preprocess_image(source, self.preprocessing)
-        return preprocess_video(source, self.preprocessing, **span)
+        preprocess = preprocess_image if kind == "image" else preprocess_video
+        return preprocess(source, self.preprocessing, **span)
 
     def _prepare(self, item: Item, index: int | None, ids: np.ndarray) -> Prepared:
         try:
