@@ -58,7 +58,7 @@ def test_gpu_ingest_matches_cpu(tiny_dir, encoder, tmp_path):
     assert max(np.abs(tables["cpu"][k] - tables["gpu"][k]).max() for k in tables["cpu"]) <= 5e-4
 
 
-SWITCHES = ["none", "vision_runs", "prefix_cache", "overlap", "compile", "processes"]
+SWITCHES = ["none", "vision_runs", "prefix_cache", "pooled_only", "overlap", "compile", "processes"]
 SWITCHES.append(",".join(SWITCHES[1:]))  # all of them
 
 

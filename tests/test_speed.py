@@ -119,7 +119,7 @@ def test_overlap_assembles_the_next_batches_on_a_thread_and_keeps_the_order(plai
 def test_compiled_layers_give_the_same_vectors_and_can_be_switched_off(plain, mixed):
     items = [mixed[0], mixed[2], mixed[5]]
     base = plain.encode(items)
-    compiled = plain.with_settings(speed=Speed.parse("compile"))
+    compiled = plain.with_settings(speed=Speed.parse("compile,pooled_only"))  # the pooled last layer compiled too
     got = compiled.encode(items)
     layers = compiled_parts(plain._model)
     assert len(layers) == len(plain._model.visual.blocks) + len(plain._model.language_model.layers)
@@ -131,9 +131,10 @@ def test_compiled_layers_give_the_same_vectors_and_can_be_switched_off(plain, mi
 
 def test_speed_switches_parse_and_say_what_is_wrong():
     assert Speed.parse("default") == Speed()
-    assert Speed.parse("none") == Speed(vision_runs=False, prefix_cache=False, overlap=False, compile=False)
-    assert Speed.parse("compile, overlap") == Speed(vision_runs=False, prefix_cache=False, overlap=True, compile=True)
-    known = "compile, overlap, prefix_cache, processes, vision_runs"
+    off = dict(vision_runs=False, prefix_cache=False, pooled_only=False, overlap=False, compile=False, processes=False)
+    assert Speed.parse("none") == Speed(**off)
+    assert Speed.parse("compile, overlap") == Speed(**{**off, "overlap": True, "compile": True})
+    known = "compile, overlap, pooled_only, prefix_cache, processes, vision_runs"
     with pytest.raises(ConfigError, match=f"unknown speed switch cuda_graphs; known: {known}"):
         Speed.parse("vision_runs,cuda_graphs")
 

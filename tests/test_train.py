@@ -163,7 +163,8 @@ def test_two_processes_with_gathered_negatives_match_one(tiny_dir, tmp_path):
     _randomise_lora(one)
     loss = one.compute_gradients(_pairs(8))
     assert two["loss"] == pytest.approx(loss, rel=1e-5)
-    np.testing.assert_allclose(np.array(two["grad"]), _grads(one), rtol=1e-4, atol=1e-6)
+    # float32 sums in other orders (halves of the batch in each process): up to 1.3e-6 measured
+    np.testing.assert_allclose(np.array(two["grad"]), _grads(one), rtol=1e-4, atol=2e-6)
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}

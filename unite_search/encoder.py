@@ -20,13 +20,14 @@ import numpy as np
 from .batching import ByteBudget, admitted_map, bounded_map, plan_batches
 from .errors import InputError, ModelLoadError
 from .image import Visual, preprocess_image
+from .language import pooled_states, prefix_state
 from .memory import MEMORY_BYTES, predicted_bytes
 from .modality import Item, Modality, as_item
 from .models import resolve
 from .prompts import IMAGE_PAD, POOL_TOKEN, RESERVED_TOKENS, VIDEO_PAD, render
 from .runtime import Weights, resolve_options
 from .settings import EncoderSettings
-from .speed import Speed, cache_argument, cache_tested, chunk_runs, set_compiled, set_runs_attention, weights_version
+from .speed import Speed, cache_tested, chunk_runs, set_compiled, set_runs_attention
 from .video import preprocess_video
 
 ItemLike = Item | Mapping[str, Any] | str
@@ -318,32 +319,6 @@ class Encoder:
             self._prompt_prefix = a[:n].copy()
         return self._prompt_prefix
 
-    def _prefix_state(self, model):
-        """The prompt prefix's ids and each decoder layer's keys and values for it, under the weights as
-        they are now (recomputed after any in-place change to them, e.g. an optimiser step)."""
-        import torch
-
-        ids = self._prefix_ids()
-        if len(ids) == 0:
-            return None
-        lm = model.language_model
-        key = (id(lm), str(self.device), weights_version(lm))
-        cached = self._weights.prefix
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        from transformers import DynamicCache
-
-        cache, n = DynamicCache(), len(ids)
-        with torch.inference_mode():
-            tokens = torch.from_numpy(ids)[None].to(self.device)
-            positions = torch.arange(n, device=self.device).expand(3, 1, n)
-            lm(inputs_embeds=model.get_input_embeddings()(tokens), position_ids=positions, use_cache=True,
-               **{cache_argument(lm): cache})  # fmt: skip
-            layers = [(layer.keys, layer.values) for layer in cache.layers]
-        state = (torch.from_numpy(ids), layers)
-        self._weights.prefix = (key, state)
-        return state
-
     def host_batch(self, batch: Sequence[Prepared], *, pin: bool = False) -> dict[str, Any]:
         """A batch's inputs as host tensors (in pinned memory when ``pin``): the CPU half of a forward,
         which :meth:`embed` finishes on the device."""
@@ -351,18 +326,17 @@ class Encoder:
 
         n, width = len(batch), max(p.length for p in batch)
         ids = torch.full((n, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
         for row, p in enumerate(batch):  # right padding: real tokens keep positions 0..len-1
             ids[row, : p.length] = torch.from_numpy(p.input_ids)
-            mask[row, : p.length] = 1
-        host: dict[str, Any] = {"ids": ids, "mask": mask, "pinned": pin}
+        lengths = torch.tensor([p.length for p in batch], dtype=torch.long)
+        host: dict[str, Any] = {"ids": ids, "lengths": lengths, "pinned": pin}
         for key in ("image", "video"):
             visuals = [getattr(p, key) for p in batch if getattr(p, key) is not None]
             if visuals:
                 pixels = torch.from_numpy(np.concatenate([v.pixel_values for v in visuals]))
                 host[key] = (pixels, [v.grid_thw for v in visuals])
         if pin:
-            for name in ("ids", "mask"):
+            for name in ("ids", "lengths"):
                 host[name] = host[name].pin_memory()
             for key in ("image", "video"):
                 if key in host:
@@ -394,34 +368,24 @@ class Encoder:
         model = self._model
         set_compiled(model, self.speed.compile)
         non_blocking = bool(host["pinned"]) and self.device.type == "cuda"
-        ids, mask = host["ids"], host["mask"]
-        n, width = ids.shape
-        skip, cache = 0, {}
+        ids, lengths = host["ids"], host["lengths"].to(self.device, non_blocking=non_blocking)
+        prefix = None
         # (not under flash-attention 2, whose path for a cache beside padding has not been tested)
         if self.speed.prefix_cache and not torch.is_grad_enabled() and cache_tested(model.language_model):
-            state = self._prefix_state(model)
-            if state is not None and width > len(state[0]) and bool((ids[:, : len(state[0])] == state[0]).all()):
+            start = self._prefix_ids()
+            if 0 < len(start) < ids.shape[1] and bool((ids[:, : len(start)] == torch.from_numpy(start)).all()):
                 # every row begins with the prompt's prefix: its keys and values are computed once
-                from transformers import DynamicCache
-
-                skip = len(state[0])
-                past = DynamicCache()
-                for layer, (k, v) in enumerate(state[1]):
-                    past.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
-                cache = {cache_argument(model.language_model): past}
+                prefix = prefix_state(self._weights, model, start, self.device)
+        skip = 0 if prefix is None else len(start)
         ids = ids.to(self.device, non_blocking=non_blocking)[:, skip:]  # sliced there: a pinned copy stays whole
-        mask = mask.to(self.device, non_blocking=non_blocking)
-        lengths = mask.sum(dim=1)
         embeds = model.get_input_embeddings()(ids)
         for key, token in (("image", self._image_id), ("video", self._video_id)):
             if key in host:
                 features = self._visual_features(*host[key], non_blocking)
                 embeds = embeds.masked_scatter((ids == token)[..., None].expand_as(embeds), features.to(embeds.dtype))
-        positions = torch.arange(skip, width, device=self.device).expand(3, n, width - skip)  # 1-D on all 3 axes
-        hidden = model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=bool(cache), **cache
-        ).last_hidden_state
-        last = hidden[torch.arange(n, device=self.device), lengths - 1 - skip].float()
+        last = pooled_states(
+            model.language_model, embeds, lengths, prefix=prefix, pooled_only=self.speed.pooled_only
+        ).float()
         return torch.nn.functional.normalize(last, dim=-1)
 
     def forward(self, batch: Sequence[Prepared] | dict[str, Any]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Each switch is measured beside the others and the plain loop by ``benchmarks/encode_throughput.py
 --speeds`` and is on by default only where a recorded run showed it pays (``benchmarks/RESULTS.md``;
-on the CPU so far: ``vision_runs`` and ``prefix_cache``; the GPU run is prepared in
+on the CPU so far: ``vision_runs``, ``prefix_cache`` and ``pooled_only``; the GPU run is prepared in
 ``benchmarks/gpu_session.sh``).
 
 ``vision_runs``
@@ -18,6 +18,12 @@ on the CPU so far: ``vision_runs`` and ``prefix_cache``; the GPU run is prepared
     and each batch runs only the rest, at positions after them. The same arithmetic per row; on the CPU
     the vectors agree with the full forward to about 1e-7. Not used where gradients are recorded, nor
     under flash-attention 2 (its path for a cache beside padding is untested here).
+``pooled_only``
+    UNITE keeps the last layer's output at each row's last token only. The decoder's last layer then
+    computes its keys and values for every token, as it must, but its queries, attention output and
+    MLP for that token alone (``unite_search.language``): one layer's worth of work a token less, the
+    same arithmetic for the row that is kept (the vectors agree with the full forward to about 1e-7 on
+    the CPU).
 ``overlap``
     The next forward batch's tensors are assembled on a thread while the current batch runs (on CUDA in
     pinned host memory, copied without blocking).
@@ -50,6 +56,7 @@ class Speed:
 
     vision_runs: bool = True
     prefix_cache: bool = True
+    pooled_only: bool = True
     overlap: bool = False
     compile: bool = False
     processes: bool = False
