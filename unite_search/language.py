@@ -72,14 +72,15 @@ def pooled_states(lm, embeds, lengths, *, prefix=None, pooled_only: bool = True)
         for layer, (k, v) in enumerate(prefix):
             past.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
         kwargs[cache_argument(lm)] = past
-    pooled = lengths.to(device) - 1 - skip  # each row's pooled token among the tokens run here
+    lengths = lengths.to(device)
+    pooled = lengths - 1 - skip  # each row's pooled token among the tokens run here
     if pooled_only:
         _pool_last_layer(lm)
         kwargs[POOLED] = pooled
     attention = lm.config._attn_implementation
     mask = None  # right padding under a causal mask: the pads follow every real token, none is seen
     if attention not in ("sdpa", "eager"):  # paths not checked without it here (flash-attention) keep it
-        mask = (torch.arange(skip + width, device=device) < lengths.to(device)[:, None]).long()
+        mask = (torch.arange(skip + width, device=device) < lengths[:, None]).long()
     positions = torch.arange(skip, skip + width, device=device).expand(3, 1, width)  # 1-D, one row for all
     hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **kwargs).last_hidden_state
     if pooled_only:
