@@ -124,6 +124,28 @@ def test_gradient_cache_equals_one_big_batch(tiny_dir, media, tmp_path):
     np.testing.assert_allclose(grad_a, grad_b, rtol=1e-4, atol=1e-6)  # float32; chunks of ~600 tokens vs all at once
 
 
+def test_the_pooled_last_layer_trains_as_the_full_one(tiny_dir, media, tmp_path):
+    """LoRA with activation checkpointing (the default) recomputes the last layer in the backward pass:
+    the loss and the adapter's gradients are those of the full last layer (speed switch ``pooled_only``)."""
+    from unite_search.speed import Speed
+
+    pairs = _pairs(8, [str(media["image"]), str(media["image2"])])
+    results = {}
+    for name in ("default", "vision_runs,prefix_cache"):
+        enc = Encoder.load(tiny_dir, device="cpu", speed=Speed.parse(name))
+        trainer = Trainer(enc, pairs, TrainConfig(batch_size=8, lr=1e-3), tmp_path / name)
+        assert trainer.config.gradient_checkpointing
+        _randomise_lora(trainer)
+        loss = trainer.compute_gradients(pairs)
+        pooled = getattr(enc._model.language_model.layers[-1], "_unite_pooled", False)
+        results[name] = (loss, _grads(trainer), pooled)
+    (loss_a, grad_a, pooled_a), (loss_b, grad_b, pooled_b) = results.values()
+    assert (pooled_a, pooled_b) == (True, False)  # the pooled path ran in one of them only
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    assert np.abs(grad_a).max() > 0
+    np.testing.assert_allclose(grad_a, grad_b, rtol=1e-4, atol=2e-6)
+
+
 TWO_PROCESS = r"""
 import json, os, sys, torch
 import torch.distributed as dist
