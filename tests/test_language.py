@@ -108,7 +108,7 @@ def test_pooled_only_keeps_the_gradients(tiny_dir, items):
     assert last.mlp.up_proj.weight.grad.abs().sum() > 0
 
 
-def test_the_pooled_keyword_reaches_only_the_last_layers_own_path(full, items, monkeypatch):
+def test_earlier_layers_get_the_pooled_keyword_and_ignore_it(full, items, monkeypatch):
     """Every layer gets the keyword (transformers hands its extra keywords to all of them); the earlier
     layers, their attention and the cache ignore it."""
     seen = []
