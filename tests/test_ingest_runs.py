@@ -95,6 +95,48 @@ def test_unit_cut_short_is_redone(tmp_path, encoder):
 
 
 # ------------------------------------------------------------------------------ updates, removals
+def test_a_jsonl_item_whose_content_changes_is_searched_by_its_new_vector(tmp_path, encoder, monkeypatch):
+    """The item keeps its id, so its key: the publish learns from ingest that its row was written again,
+    also when the run that wrote it stopped before it published, and the index holds the new vector."""
+    from unite_search import IngestCrashError
+    from unite_search.schema import row_key
+    from unite_search.verify import verify
+
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    root.mkdir()
+    lines = [json.dumps({"id": f"item{i}", "text": f"the number {i} is {('even', 'odd')[i % 2]}"}) for i in range(12)]
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n")
+    ingest(root, index, encoder=encoder)
+    lines[3] = json.dumps({"id": "item3", "text": "a different sentence about purple elephants dancing"})
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n")
+
+    def stopped(self, *args, **kwargs):
+        raise MemoryError  # the run stops after its table writes, before the manifest names them
+
+    with monkeypatch.context() as m:
+        m.setattr(IndexStore, "publish", stopped)
+        with pytest.raises(IngestCrashError):
+            ingest(root, index, encoder=encoder)
+    key = row_key("item3")
+    assert json.loads((index / "ingest.writing").read_text()) == {"replaced": {"text": [key]}}
+    report = ingest(root, index, encoder=encoder)  # nothing to encode now, but the stopped run's rows to publish
+    assert report.encoded_rows == 0 and report.published and not (index / "ingest.writing").exists()
+    info = Snapshot.open(index).manifest["shards"]["text"]["index"]
+    assert info["built"] == "updated" and info["last_update"] == {"added": 1, "removed": 1}
+    stored = IndexStore(index).read_rows("text", ["key", "vector"]).to_pylist()
+    np.testing.assert_array_equal(Snapshot.open(index).readers["text"].vector(key),
+                                  next(r["vector"] for r in stored if r["key"] == key))  # fmt: skip
+    assert not verify(index).damaged
+    # a marker an older version left (empty: it does not say which keys) gets the changed shards built anew
+    (index / "ingest.writing").write_text("")
+    lines[4] = json.dumps({"id": "item4", "text": "another new sentence"})
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n")
+    ingest(root, index, encoder=encoder)
+    info = Snapshot.open(index).manifest["shards"]["text"]["index"]
+    assert info["built"] == "full" and info["rebuild_reason"] == "a full build was asked for"
+    assert not verify(index).damaged
+
+
 def test_changed_moved_and_removed_files(tmp_path, encoder):
     root = tmp_path / "corpus"
     root.mkdir()

@@ -324,6 +324,47 @@ def verify_damaged(store):
     return verify(store.path).damaged
 
 
+def write_again(store, name, vec):
+    """Row ``name`` deleted and written again under its id, so its key, with another vector: what ingest
+    does when a ``*.jsonl`` item's content changes. Returns the key."""
+    store.tables.delete_units("text", [f"u-{name}"])
+    store.tables.add_rows("text", [{**rows_for([name])[0], "unit": f"u-{name}-again"}], vec[None])
+    return row_key(name)
+
+
+@pytest.mark.parametrize("path", ["flat", "delta", "carried delta", "rewrite"])
+def test_a_row_written_again_under_its_key_has_its_new_vector_in_the_index(tmp_path, request, path):
+    if path == "flat":
+        store, manifest = new_store(tmp_path)
+        vecs, names = clustered(800), [f"r{i}" for i in range(800)]
+        store.tables.add_rows("text", rows_for(names), vecs)
+        manifest = store.publish(manifest, ["text"], flat_max=1000)
+    else:
+        store, manifest, names, vecs = request.getfixturevalue("ivf_shard")
+    victim = {"flat": 5, "delta": 5, "carried delta": 2505, "rewrite": 5}[path]
+    if path == "carried delta":  # the victim is in the previous state's delta, not in the base
+        store.tables.add_rows("text", rows_for(names[2500:2510]), vecs[2500:2510])
+        manifest = store.publish(manifest, ["text"], flat_max=1000)
+    if path == "rewrite":  # past a tenth of the base: the base is updated in place
+        store.tables.add_rows("text", rows_for(names[2500:2800]), vecs[2500:2800])
+    old = vecs[victim]
+    key = write_again(store, names[victim], -old)
+    manifest = store.publish(manifest, ["text"], flat_max=1000, replaced={"text": [key]})
+    info = manifest["shards"]["text"]["index"]
+    assert {
+        "flat": lambda: info["built"] == "updated" and info["last_update"] == {"added": 1, "removed": 1},
+        "delta": lambda: info["built"] == "delta" and info["delta"] == {"added": 1, "removed": 1, "kept": 0},
+        "carried delta": lambda: info["built"] == "delta" and info["delta"] == {"added": 10, "removed": 0, "kept": 9},
+        "rewrite": lambda: info["built"] == "updated" and info["last_update"] == {"added": 301, "removed": 1},
+    }[path](), info
+    reader = Snapshot.open(store.path).readers["text"]
+    np.testing.assert_array_equal(reader.vector(key), -old)  # like= takes the new vector
+    hit = reader.search(-old, 1, allowed=None, excluded=set())[0]
+    assert hit[0] == key and hit[1] == pytest.approx(1.0, abs=1e-5)
+    assert key not in {k for k, _ in reader.search(old, 10, allowed=None, excluded=set())}  # the old one is gone
+    assert not verify_damaged(store)
+
+
 def test_changes_past_a_tenth_of_the_base_rewrite_it(ivf_shard):
     store, manifest, names, vecs = ivf_shard
     store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])

@@ -12,6 +12,7 @@ decode -> encode -> write stage in ``pipeline.py`` (on Ray: ``distributed.py``).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import traceback
@@ -23,7 +24,7 @@ from typing import Any
 from . import ann, decoderlog, filecache
 from . import manifest as manifests
 from .corpus import Problem, walk
-from .diskio import io_reason, remove_stale_temporaries
+from .diskio import io_reason, remove_stale_temporaries, write_json
 from .errors import (
     ConfigError,
     IndexWriteError,
@@ -360,6 +361,33 @@ def _write_error(exc: BaseException, index_dir: Path) -> IndexWriteError | None:
     return error
 
 
+def _mark_writing(index_dir: Path, store: IndexStore, remove, todo: list[Unit]) -> dict[str, list[int]] | None:
+    """Write the marker that stays until this run has published, with the keys of the rows this run
+    replaces: removed with one unit and written again with another (a ``*.jsonl`` item whose content
+    changed keeps its id, so its key). The published FAISS index holds their old vectors, which the
+    publish must drop although the key is in the table before and after. A marker left by a run that
+    stopped before it published adds its keys. Returns them by shard, or None where a marker of an
+    older version does not say them: then the changed shards are indexed anew."""
+    path = index_dir / WRITING
+    replaced: dict[str, set[int]] | None = {}
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text() or "{}").get("replaced")
+        except (OSError, ValueError, AttributeError):
+            earlier = None
+        replaced = None if not isinstance(earlier, dict) else {s: set(map(int, k)) for s, k in earlier.items()}
+    if replaced is not None:
+        for shard, units in remove.items():
+            new_keys = {int(t.row["key"]) for u in todo if u.shard == shard for t in u.tasks}
+            if new_keys and units:
+                again = new_keys.intersection(store.tables.unit_keys(shard, units).tolist())
+                if again:
+                    replaced[shard] = replaced.get(shard, set()) | again
+    out = None if replaced is None else {s: sorted(k) for s, k in sorted(replaced.items())}
+    write_json(path, {"replaced": out})
+    return out
+
+
 def _fail_fast(on_error: str, problems: list[Problem]) -> None:
     if on_error == "raise" and problems:
         p = problems[0]
@@ -427,7 +455,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     # write: removals first, then new rows as they are encoded. Until this run has published, the tables
     # may hold rows no manifest names: the marker says so, and the next run then does a full pass.
     failed: dict[str, Problem] = {}
-    (index_dir / WRITING).touch()
+    replaced = _mark_writing(index_dir, store, remove, todo)
     try:
         t = time.perf_counter()
         for shard, keys in remove.items():
@@ -497,7 +525,8 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     if changed:
         say(f"indexing shard(s): {', '.join(sorted(changed))}")
         flat_max, index_memory = kinds
-        manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, memory=index_memory, gpu=gpu)
+        how = {"replaced": replaced} if replaced is not None else {"incremental": False}
+        manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, memory=index_memory, gpu=gpu, **how)
         report.published = True
     elif stamp_changed:
         manifests.write(index_dir, manifest)  # the same published state, with what this run walked

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,9 +128,12 @@ class _Delta:
     removed: np.ndarray  # sorted int64
 
 
-def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_max: int, memory: int | None):
+def _update(
+    folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_max: int, memory: int | None, replaced: np.ndarray
+):
     """The shard's previous index brought to the pinned table version: (index, info), (_Delta, info) or
-    (None, why it must be built anew)."""
+    (None, why it must be built anew). ``replaced``: keys (sorted) whose rows were written again since,
+    with other vectors: removed from the previous index and added anew, as the keys alone do not show."""
     from . import ann
 
     info = dict(old.get("index", {}))
@@ -148,10 +151,14 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
     held = np.sort(ann.ids(base))
     keys = _keys(pinned)
     removed, added = _diff(keys, held)
+    again = np.flatnonzero(_within(keys, replaced)) if len(replaced) else np.empty(0, np.int64)
+    if len(again):  # offsets of the rows written again: out of the index under their key, then read anew
+        removed = np.union1d(removed, held[_within(held, np.sort(keys[again]))])
+        added = np.union1d(added, again)
     for key in ("fresh_recall", "rebuild_reason", "delta"):
         info.pop(key, None)
     if ivf and len(added) + len(removed) <= ann.DELTA_MAX * len(held):
-        delta, dropped, to_read = _delta_start(folder, old, base, keys, added)
+        delta, dropped, to_read = _delta_start(folder, old, base, keys, added, replaced)
         kept = delta.ntotal - len(dropped)
         ann.update(delta, dropped, _rows_at(pinned, to_read, keys, dim))
         if len(held) - len(removed) + delta.ntotal != n:
@@ -191,13 +198,13 @@ def _update(folder: Path, old: dict[str, Any], pinned, n: int, dim: int, flat_ma
     return base, info
 
 
-def _delta_start(folder: Path, old: dict[str, Any], base, keys: np.ndarray, added: np.ndarray):
+def _delta_start(folder: Path, old: dict[str, Any], base, keys: np.ndarray, added: np.ndarray, replaced: np.ndarray):
     """(delta index to add to, ids to remove from it, offsets of the rows to add) for a delta publish.
 
     The previous state's delta index, when it has one (its files were checked with the base's): the
-    rows it holds that are still added since the base stay, the others are removed from it, and only
-    the rows it lacks are read and assigned to lists. Else an empty copy of the base's trained index,
-    every row added since the base to be read."""
+    rows it holds that are still added since the base, and not ``replaced``, stay; the others are
+    removed from it, and only the rows it lacks (or holds replaced) are read and assigned to lists.
+    Else an empty copy of the base's trained index, every row added since the base to be read."""
     from . import ann
 
     if REUSE_DELTA and "delta" in old:
@@ -208,8 +215,9 @@ def _delta_start(folder: Path, old: dict[str, Any], base, keys: np.ndarray, adde
         if previous is not None and ann.same_trained(previous, base):
             have = np.sort(ann.ids(previous))
             added_keys = keys[added]
-            dropped = have[~_within(have, np.sort(added_keys))]
-            return previous, dropped, added[~_within(added_keys, have)]
+            stale = _within(have, replaced)
+            dropped = have[~_within(have, np.sort(added_keys)) | stale]
+            return previous, dropped, added[~_within(added_keys, have[~stale])]
     # the mapped base, its lists swapped for empty ones (its file untouched)
     return ann.empty_like(base), np.empty(0, np.int64), added
 
@@ -242,8 +250,12 @@ def publish(
     memory: int | None = None,
     gpu: bool | str = "auto",
     incremental: bool = True,
+    replaced: Mapping[str, Iterable[int]] | None = None,
 ) -> dict[str, Any]:
     """Publish the given shards at their latest table version; returns the new manifest (written).
+
+    ``replaced``: by shard, the keys whose rows were deleted and written again with other vectors since
+    the last publish (under one key, so a diff of keys cannot see them; ingest records them).
 
     ``memory``: bytes one shard's index may hold (default: :func:`unite_search.ann.default_memory`), which
     with ``flat_max`` picks its kind (:func:`unite_search.ann.choose`). ``incremental=False`` builds every
@@ -264,7 +276,8 @@ def publish(
         n = pinned.count_rows()
         index, why = None, _must_build(old, version, incremental)
         if why is None:
-            index, info = _update(folder, old, pinned, n, dim, flat_max, memory)
+            again = np.unique(np.fromiter((replaced or {}).get(shard, ()), np.int64))
+            index, info = _update(folder, old, pinned, n, dim, flat_max, memory, again)
             why = info if index is None else None
         if index is None:
             index, info = ann.build(_batches(pinned, dim), n, dim, flat_max=flat_max, memory=memory, gpu=gpu)

@@ -108,6 +108,18 @@ class ShardTables:
         table.add(pa.table(columns, schema=schema))
         return table.version
 
+    def unit_keys(self, shard: str, units: Iterable[str], chunk: int = 500) -> np.ndarray:
+        """The keys of every row of the given units (latest table version), int64."""
+        units = sorted(units)
+        if not units or table_name(shard) not in self.names():
+            return np.empty(0, np.int64)
+        table = self.open(shard)
+        parts = [np.empty(0, np.int64)]
+        for i in range(0, len(units), chunk):
+            query = table.search().where(f"unit IN ({sql_list(units[i : i + chunk])})").select(["key"])
+            parts.append(query.limit(None).to_arrow().column("key").to_numpy().astype(np.int64))
+        return np.concatenate(parts)
+
     def delete_units(self, shard: str, units: Iterable[str], chunk: int = 500) -> int:
         """Delete every row of the given units; a unit with no row costs no write (no new version)."""
         units = sorted(units)
