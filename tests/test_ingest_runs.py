@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -501,6 +502,15 @@ def test_a_rerun_that_needs_no_encoding_never_makes_the_encoder(tmp_path, tiny_d
     assert grown.encoded_items == 1 and len(made) == 1 and grown.timings["load"] > 0
     hits = [h.path for h in __import__("unite_search").Index.open(index).query(image=root / "new.png", k=1)]
     assert hits == ["new.png"]
+
+    whole = write_photo(root / "whole.jpg", seed=4)  # a file whose header reads but whose pixels do not
+    (root / "cut.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    whole.unlink()
+    for _ in range(2):  # its item is tried again on every run: the tokenizer is made, the weights never read
+        failing = ingest(root, index, model=tiny_dir, device="cpu")
+        assert [(p.path, p.stage) for p in failing.failures] == [("cut.jpg", "decode")]
+        assert failing.timings["load"] == 0 and failing.timings["setup"] > 0
+        assert not [t for t in threading.enumerate() if t.name == "unite-load"]
 
 
 def test_a_no_op_rerun_imports_neither_torch_nor_lancedb(tmp_path, tiny_dir):

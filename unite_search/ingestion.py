@@ -205,8 +205,9 @@ class _EncoderSlot:
     """The encoder of one ingest: the one given, or one made only when a row needs encoding.
 
     Until then everything an index is checked and planned against comes from :func:`describe` (the
-    model's config and fingerprint: no torch, no weights). The weights then load on a thread of their
-    own while the first inputs are decoded.
+    model's config and fingerprint: no torch, no weights). Made, it has its tokenizer (``setup_seconds``);
+    its weights load on a thread of their own once an input has decoded (see ``encode_all``), so a run
+    whose every input fails never reads them.
     """
 
     def __init__(self, encoder, model, adapter, device, dtype, settings, workers, say):
@@ -221,10 +222,12 @@ class _EncoderSlot:
         self.preprocessing = encoder.preprocessing if encoder is not None else (settings or EncoderSettings())
         self.model_id = self.settings["model_id"]
         self._made = False
+        self.setup_seconds = 0.0
 
     def get(self):
-        """The encoder, made now if it was not (its weights loading in the background)."""
+        """The encoder, made now if it was not (its weights not loaded yet)."""
         if self._encoder is None:
+            t = time.perf_counter()
             from .encoder import Encoder
 
             self._say("loading the encoder")
@@ -234,8 +237,8 @@ class _EncoderSlot:
                     f"the model changed while ingesting: it was {self.settings['revision']}, it is now "
                     f"{encoder.settings['revision']}; run ingest again"
                 )
-            encoder.start_loading()
             self._encoder, self._made = encoder, True
+            self.setup_seconds = time.perf_counter() - t
         return self._encoder
 
     @property
@@ -477,6 +480,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
             import torch
 
             encoder = slot.get()
+            timings["setup"] = round(slot.setup_seconds, 3)
             decoders = asked[0] or default_workers()
             report.threads = {"torch": asked[1] or torch.get_num_threads(), "decode": decoders}
             with torch_threads(asked[1]):

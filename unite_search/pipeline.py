@@ -141,6 +141,7 @@ def encode_all(
 
     t0 = time.perf_counter()
     decoded = admitted_map(work, tasks, workers, budget, lambda task: task.cost, kept_bytes, flush)
+    loading = False
     try:
         for task, out, size in decoded:
             rows_left[task.unit] -= 1
@@ -155,6 +156,9 @@ def encode_all(
                     break
                 continue
             text, prepared = out
+            if not loading:  # the weights are read once an input needs them, beside the next decodes
+                encoder.start_loading()
+                loading = True
             window.append((task, text, prepared))
             tokens += prepared.length
             nbytes += prepared.nbytes
@@ -168,6 +172,8 @@ def encode_all(
         decoded.close()
         bar.close()
         writer.close()
+    if loading:
+        encoder.wait_loaded()  # a load started is finished before the run returns, used or not
     timings["decode"] = round(decode_busy[0], 3)
     timings["encode"] = round(encode_time, 3)
     timings["write"] = round(writer.busy, 3)
