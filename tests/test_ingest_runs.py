@@ -513,6 +513,18 @@ def test_a_rerun_that_needs_no_encoding_never_makes_the_encoder(tmp_path, tiny_d
         assert not [t for t in threading.enumerate() if t.name == "unite-load"]
 
 
+def test_a_moved_model_folder_is_recorded_without_a_publish(tmp_path, tiny_dir):
+    root, index, moved = tmp_path / "corpus", tmp_path / "index", tmp_path / "elsewhere" / "tiny"
+    write_photo(root / "a.png", seed=1)
+    ingest(root, index, model=tiny_dir, device="cpu")
+    shutil.copytree(tiny_dir, moved)
+    first = ingest(root, index, model=moved, device="cpu")  # the same weights: a full pass, nothing to publish
+    assert "read" in first.timings and not first.published and first.encoded_items == 0
+    assert Snapshot.open(index).manifest["encoder"]["model_id"] == str(moved)
+    again = ingest(root, index, model=moved, device="cpu")  # so the next rerun stops after its walk again
+    assert "read" not in again.timings and again.unchanged_items == 1
+
+
 def test_a_no_op_rerun_imports_neither_torch_nor_lancedb(tmp_path, tiny_dir):
     root = tmp_path / "corpus"
     write_photo(root / "a.png", seed=1)

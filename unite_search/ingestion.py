@@ -532,8 +532,8 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
         how = {"replaced": replaced} if replaced is not None else {"incremental": False}
         manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, memory=index_memory, gpu=gpu, **how)
         report.published = True
-    elif stamp_changed:
-        manifests.write(index_dir, manifest)  # the same published state, with what this run walked
+    elif stamp_changed or manifest["encoder"] != (store.read_manifest() or {}).get("encoder"):
+        manifests.write(index_dir, manifest)  # the same published state: what this run walked, where the weights are
     (index_dir / WRITING).unlink(missing_ok=True)
     timings["index"] = round(time.perf_counter() - t, 3)
     report.shards = {s: e["rows"] for s, e in manifest.get("shards", {}).items()}
