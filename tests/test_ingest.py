@@ -148,6 +148,20 @@ def test_manifest_items_and_composed_pairs(good):
     assert len([r for r in rows.values() if r["modality"] == "video+text" and r["source"] == "pair"]) == 6
 
 
+def test_a_hidden_file_a_manifest_names_is_only_the_manifests_item(tmp_path, encoder):
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    write_photo(root / ".secret.jpg", seed=1)
+    (root / "items.jsonl").write_text(json.dumps({"id": "x1", "image": ".secret.jpg", "text": "a photo"}) + "\n")
+    report = ingest(root, index, encoder=encoder)
+    assert [p.path for p in report.skipped] == [".secret.jpg"] and report.items == 1
+    before = rows_by_id(index)
+    assert list(before) == ["image+text:x1"]  # not an image item of its own as well
+    write_photo(root / ".secret.jpg", seed=2)  # new bytes in a file the walk does not take: still seen
+    again = ingest(root, index, encoder=encoder)
+    assert again.encoded_items == 1
+    assert rows_by_id(index)["image+text:x1"]["content_hash"] != before["image+text:x1"]["content_hash"]
+
+
 def test_vectors_equal_the_encoders(good, encoder):
     """Ingest goes through the same forward as Encoder.encode: the stored vectors are UNITE's."""
     root, index, _ = good

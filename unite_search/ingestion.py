@@ -419,6 +419,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     failures += problems
     captions, sidecars, problems = find_captions(media, facts)
     failures += problems
+    walked = set(facts)
     declared, problems = declared_items([e for e in found.entries if e.kind == "manifest"], facts, cache, root,
                                          options, workers, allow_outside)  # fmt: skip
     failures += problems
@@ -426,7 +427,8 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     _fail_fast(on_error, failures)
 
     # plan: units by content, diffed against what the index holds
-    units = plan_units(facts, captions, sidecars, declared, options, slot.preprocessing)
+    named_only = set(facts) - walked  # media only a manifest names (hidden, say): items only as its lines say
+    units = plan_units(facts, captions, sidecars, declared, options, slot.preprocessing, named_only)
     units = [u for u in units if u.tasks]
     report.items = len(units)
     by_key = {u.key: u for u in units}
@@ -511,7 +513,9 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     # publish: FAISS over every changed shard, then the manifest (the commit point for readers). A clean
     # run records what it walked, so that the next run over the same files can stop right after its walk.
     t = time.perf_counter()
-    scan = {"stamp": _scan_stamp(found), "items": report.items} if not failures and not allow_outside else None
+    # (a file the walk does not see, named by a manifest, could change unseen by the stamp: no quick rerun then)
+    quick = not failures and not allow_outside and not named_only
+    scan = {"stamp": _scan_stamp(found), "items": report.items} if quick else None
     if manifest.get("scan") != scan:
         manifest = {**manifest, "scan": scan}
         stamp_changed = True

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -283,13 +284,15 @@ def plan_units(
     declared: list[tuple[Declared, dict[str, FileFacts]]],
     options: IngestOptions,
     settings,
+    named_only: Collection[str] = (),
 ) -> list[Unit]:
-    """Work units for the corpus: file content grouped by hash, pairs, declared items."""
+    """Work units for the corpus: file content grouped by hash, pairs, declared items. ``named_only``:
+    files the walk did not take (hidden ones), there only because a manifest names them."""
     by_content: dict[tuple[str, str], list[FileFacts]] = defaultdict(list)
     for f in facts.values():
         if f.rel in sidecars:  # captions are not items of their own
             continue
-        if os.path.isabs(f.rel):  # outside the corpus: only there because a manifest names it
+        if os.path.isabs(f.rel) or f.rel in named_only:  # items only as the manifest's lines
             continue
         by_content[(f.modality, f.sha256)].append(f)
     units: list[Unit] = []
