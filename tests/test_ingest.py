@@ -162,6 +162,23 @@ def test_a_hidden_file_a_manifest_names_is_only_the_manifests_item(tmp_path, enc
     assert rows_by_id(index)["image+text:x1"]["content_hash"] != before["image+text:x1"]["content_hash"]
 
 
+def test_copies_of_a_photo_with_their_own_captions_make_a_pair_each(tmp_path, encoder):
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    for name in ("a", "b", "c"):
+        write_photo(root / f"{name}.jpg", seed=1)  # the same bytes three times
+    (root / "a.txt").write_text("a cat on a sofa")
+    (root / "b.txt").write_text("the same cat, now at night")
+    (root / "c.txt").write_text("a cat on a sofa")
+    report = ingest(root, index, encoder=encoder, pairs="composed")
+    assert report.items == 3 and not report.failures
+    rows = sorted(rows_by_id(index).values(), key=lambda r: (r["modality"], r["path"]))
+    assert [(r["modality"], r["paths"], r["caption"], r["text"]) for r in rows] == [
+        ("image", ["a.jpg", "b.jpg", "c.jpg"], "a cat on a sofa", None),
+        ("image+text", ["a.jpg", "c.jpg"], "a cat on a sofa", "a cat on a sofa"),
+        ("image+text", ["b.jpg"], "the same cat, now at night", "the same cat, now at night"),
+    ]
+
+
 def test_vectors_equal_the_encoders(good, encoder):
     """Ingest goes through the same forward as Encoder.encode: the stored vectors are UNITE's."""
     root, index, _ = good

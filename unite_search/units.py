@@ -299,7 +299,11 @@ def plan_units(
     for (modality, sha), group in sorted(by_content.items()):
         group.sort(key=lambda g: g.rel)
         first, paths = group[0], tuple(g.rel for g in group)
-        caption = next((captions[p] for p in paths if p in captions), None)
+        captioned: dict[str, list[FileFacts]] = defaultdict(list)  # copies of one file may carry different captions
+        for g in group:
+            if g.rel in captions:
+                captioned[captions[g.rel]].append(g)
+        caption = next(iter(captioned), None)  # the row's: its first captioned path's
         key = f"{modality}/{sha}"
         if modality == Modality.TEXT.value:
             tasks = []
@@ -313,11 +317,11 @@ def plan_units(
         else:
             tasks = _media_tasks(key, modality, first, paths, caption, options, settings)
         units.append(Unit(key, modality, tasks, paths, caption, paths[0]))
-        if options.pairs == "composed" and caption is not None:
+        for text, copies in captioned.items() if options.pairs == "composed" else ():  # a pair for each caption
             shard = shard_name({Modality(modality), Modality.TEXT})
-            pair_key = f"{shard}/{sha}/{_sha(caption)}"
-            tasks = _media_tasks(pair_key, shard, first, paths, caption, options, settings, text=caption)
-            units.append(Unit(pair_key, shard, tasks, paths, caption, paths[0]))
+            pair_key, named = f"{shard}/{sha}/{_sha(text)}", tuple(g.rel for g in copies)
+            tasks = _media_tasks(pair_key, shard, copies[0], named, text, options, settings, text=text)
+            units.append(Unit(pair_key, shard, tasks, named, text, named[0]))
     for d, media in declared:
         modalities = {Modality.TEXT} if d.text is not None else set()
         parts: dict[str, Any] = {"text": d.text, "metadata": d.metadata}
