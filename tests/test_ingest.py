@@ -143,7 +143,7 @@ def test_manifest_items_and_composed_pairs(good):
     assert rows["video+text:vt-1"]["frames"] == 4
     # --pairs composed: image + sidecar caption as one item
     pair = [r for r in rows.values() if r["modality"] == "image+text" and r["source"] == "pair"]
-    assert [r["path"] for r in pair] == ["dups/a_copy.jpg"]
+    assert [(r["path"], r["paths"]) for r in pair] == [("photos/a.jpg", ["photos/a.jpg"])]  # the captioned copy
     assert pair[0]["text"] == "a gradient photo of stripes"
     assert len([r for r in rows.values() if r["modality"] == "video+text" and r["source"] == "pair"]) == 6
 
