@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from corpora import write_clip, write_photo
+from test_ann import clustered
 
-from unite_search import Index
+from unite_search import Index, ann
 from unite_search import manifest as manifests
 from unite_search.cli import main
 from unite_search.errors import IndexDamagedError, StaleReadError
 from unite_search.ingestion import ingest
+from unite_search.reader import Snapshot
+from unite_search.schema import row_key
 from unite_search.store import IndexStore
 from unite_search.verify import verify
 
@@ -248,3 +251,71 @@ def test_a_rerun_hashes_no_unchanged_faiss_file_and_damage_is_not_a_bad_filter(b
     sorted((index / "tables/image.lance/data").iterdir())[0].unlink()
     with pytest.raises(IndexDamagedError, match="missing or unreadable"):
         Index.open(index, encoder=encoder).query(image=root / "p1.png", where="width > 0")
+
+
+# ------------------------------------------------------------------ files named outside the index
+def _text_store(folder: Path, n: int, flat_max: int):
+    """An index of ``n`` clustered vectors in one published ``text`` shard (IVF past ``flat_max`` rows)."""
+    store = IndexStore(folder)
+    manifest = store.init({"dim": 32, "model_id": "m", "revision": "r"}, {}, "/corpus")
+    vecs = clustered(n)
+    store.tables.add_rows("text", _rows([f"r{i}" for i in range(n)]), vecs)
+    return store, store.publish(manifest, ["text"], flat_max=flat_max), vecs
+
+
+def _rows(names) -> list[dict]:
+    return [{"id": n, "key": row_key(n), "unit": f"u-{n}", "unit_rows": 1, "modality": "text"} for n in names]
+
+
+@pytest.mark.parametrize("how", ["../ path", "absolute path", "symlink", "delta part"])
+def test_a_faiss_file_named_outside_the_index_is_damage_and_never_read(tmp_path, how):
+    store, manifest, vecs = _text_store(tmp_path / "index", 2500 if how == "delta part" else 300, flat_max=1000)
+    if how == "delta part":
+        store.tables.add_rows("text", _rows(["extra"]), clustered(1, noise_seed=7))
+        manifest = store.publish(manifest, ["text"], flat_max=1000)
+    entry = manifest["shards"]["text"]
+    part = entry["delta"] if how == "delta part" else entry
+    outside = tmp_path / "outside.faiss"
+    shutil.move(store.path / part["faiss"], outside)  # a sound file, with the recorded size and sha256
+    if how == "symlink":
+        os.symlink(outside, store.path / part["faiss"])
+    else:
+        part["faiss"] = str(outside) if how == "absolute path" else "../outside.faiss"
+        manifests.write(store.path, manifest)
+    read = []
+    real_read = ann.read
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ann, "read", lambda path, **kw: read.append(Path(path).name) or real_read(path, **kw))
+        with pytest.raises(IndexDamagedError, match=r"faiss/ folder; run `unite-search ingest`") as info:
+            Snapshot.open(store.path).readers["text"].search(vecs[3], 1, allowed=None, excluded=set())
+        problems = verify(store.path).problems
+    assert "outside.faiss" not in read  # neither the reader nor verify opened it
+    assert str(outside.stat().st_size) not in str(info.value)
+    assert len(problems) == 1 and "shard text" in problems[0] and "faiss/ folder" in problems[0], problems
+    why = store.needs_repair(manifest)
+    assert list(why) == ["text"] and "faiss/ folder" in why["text"]
+    repaired = store.publish(manifest, ["text"], flat_max=1000)  # what ingest does with it: a full build
+    assert repaired["shards"]["text"]["index"]["built"] == "full"
+    hits = Snapshot.open(store.path).readers["text"].search(vecs[3], 1, allowed=None, excluded=set())
+    assert hits[0][0] == row_key("r3") and not store.needs_repair(repaired)
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_many_excluded_ids_of_other_shards_leave_k_hits(tmp_path, delta):
+    """The query layer excludes the same ids in every shard: only those a shard holds count against its k."""
+    store, manifest, vecs = _text_store(tmp_path / "index", 2500, flat_max=1000)
+    if delta:  # 100 rows in a delta index beside the base
+        store.tables.add_rows("text", _rows([f"d{i}" for i in range(100)]), clustered(100, noise_seed=3))
+        manifest = store.publish(manifest, ["text"], flat_max=1000)
+        assert "delta" in manifest["shards"]["text"]
+    assert manifest["shards"]["text"]["index"]["type"] == "ivf"
+    reader = Snapshot.open(store.path).readers["text"]
+    n = reader.rows
+    foreign = {row_key(f"other-shard-{i}") for i in range(2400)}
+    own = {row_key(f"r{i}") for i in range(0, 2500, 50)} | (
+        {row_key(f"d{i}") for i in range(0, 100, 10)} if delta else set()
+    )
+    for k in (400, n):
+        hits = reader.search(vecs[0], k, allowed=None, excluded=foreign | own)
+        assert len(hits) == min(k, n - len(own)), (k, len(hits))
+        assert not {key for key, _ in hits} & own

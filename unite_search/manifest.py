@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from .diskio import write_json
-from .errors import IndexMismatchError, IndexNotFoundError, UniteError
+from .errors import IndexDamagedError, IndexMismatchError, IndexNotFoundError, UniteError
 
 FORMAT = 2  # 2: FAISS checksums, history of kept states
 READABLE = (1, 2)  # a format-1 index is upgraded by its next ingest (its FAISS files get checksums)
@@ -138,6 +139,26 @@ def files_of(entry: dict[str, Any]) -> list[str]:
     return [entry["faiss"], *(entry[part]["faiss"] for part in DELTA_PARTS if part in entry)]
 
 
+def faiss_path(folder: Path, rel: Any) -> Path:
+    """The file a manifest names (``rel``, as in :func:`files_of`), refused as damage unless it is ``faiss/<name>``
+    and its real path, symlinks followed, stays in the index's ``faiss/`` folder."""
+    problem = _outside(folder, rel)
+    if problem is not None:
+        raise IndexDamagedError(f"{folder}: {problem}")
+    return folder / rel
+
+
+def _outside(folder: Path, rel: Any) -> str | None:
+    """Why ``rel`` does not name a file of ``folder``'s ``faiss/`` folder, or None. Nothing outside is looked at."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if len(parts) != 2 or parts[0] != "faiss" or parts[1] in ("", ".", "..") or "\\" in rel or "\0" in rel:
+        return f"the manifest names {rel!r}, not a file of the index's faiss/ folder"
+    root, real = os.path.realpath(folder / "faiss"), os.path.realpath(folder / rel)
+    if real == root or os.path.commonpath([root, real]) != root:
+        return f"{rel} is a link out of the index's faiss/ folder"
+    return None
+
+
 def faiss_problem(folder: Path, entry: dict[str, Any], *, trust_stat: bool = False) -> str | None:
     """What is wrong with the files a shard entry names (missing, size, sha256): its FAISS file and, after
     a delta publish, the delta index and the removed ids beside it; or None.
@@ -157,6 +178,9 @@ def _file_problem(folder: Path, entry: dict[str, Any], trust_stat: bool) -> str 
     from .diskio import file_sha256
 
     rel = entry["faiss"]
+    outside = _outside(folder, rel)
+    if outside is not None:
+        return outside
     path = folder / rel
     if "faiss_sha256" not in entry:
         return f"{rel} has no recorded checksum (index built by an older unite-search)"

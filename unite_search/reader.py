@@ -89,6 +89,7 @@ class ShardReader:
         self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()  # recent hits' rows, ROW_CACHE at most
         self._direct_map = False  # the FAISS index can reconstruct a vector by key
         self._delta = None  # after a delta publish: the rows added since the base FAISS file
+        self._delta_keys = _NONE  # ... their keys
         self._removed = _NONE  # ... and the sorted ids removed since
         self._dead = None  # a FAISS selector that skips the removed ids
         self._gpu_search = gpu_search  # search a GPU copy of the base index where it fits (ann.gpu_copy)
@@ -137,22 +138,27 @@ class ShardReader:
         from . import ann
         from .publish import read_ids
 
-        for rel in manifests.files_of(self.entry):
-            if "faiss_sha256" in self.entry and not (self.folder / rel).is_file():
+        try:  # files named outside the index's faiss/ folder are damage, never opened
+            paths = {rel: manifests.faiss_path(self.folder, rel) for rel in manifests.files_of(self.entry)}
+        except IndexDamagedError as exc:
+            raise IndexDamagedError(f"{exc}; {REPAIR}") from None
+        for rel, one in paths.items():
+            if "faiss_sha256" in self.entry and not one.is_file():
                 raise self._missing(rel)  # pruned after a later publish, or deleted
         problem = manifests.faiss_problem(self.folder, self.entry)
         if problem is not None:
             raise IndexDamagedError(f"{self.folder}: {problem}; {REPAIR}")
-        path = self.folder / self.entry["faiss"]
+        path = paths[self.entry["faiss"]]
         # a large IVF file is mapped, not copied (never rewritten: each version has its own); searches then
         # pay a page fault on each page's first touch, so files that fit easily are read into memory
         mapped = self.entry.get("index", {}).get("type") == "ivf" and self.entry.get("faiss_bytes", 0) >= MMAP_MIN_BYTES
         try:
             index = ann.read(path, mmap=mapped)
             if "delta" in self.entry:
-                self._delta = ann.read(self.folder / self.entry["delta"]["faiss"])
+                self._delta = ann.read(paths[self.entry["delta"]["faiss"]])
+                self._delta_keys = ann.ids(self._delta)
             if "removed" in self.entry:
-                self._removed = np.sort(read_ids(self.folder / self.entry["removed"]["faiss"]))
+                self._removed = np.sort(read_ids(paths[self.entry["removed"]["faiss"]]))
         except (RuntimeError, ValueError) as exc:
             raise IndexDamagedError(f"{path}: unreadable FAISS file ({brief(exc)}); {REPAIR}") from None
         dim = self.entry.get("dim")
@@ -395,7 +401,7 @@ class ShardReader:
 
                 base = self.index()
                 if len(self._removed):  # taken out of a copy read for this alone, not the mapped base
-                    base = ann.read(self.folder / self.entry["faiss"])
+                    base = ann.read(manifests.faiss_path(self.folder, self.entry["faiss"]))
                 self._gpu, self.gpu_state = ann.gpu_copy(base, self.entry.get("index", {}), self._removed)
             return self._gpu
 
@@ -423,13 +429,21 @@ class ShardReader:
                 both = faiss.IDSelectorAnd(selector, dead)
                 both.parts = (selector, dead)
                 selector = both
-            matching = live - len(excluded)
+            matching = live - self._excluded_in(index, excluded)
         elif excluded:
             # a few ids left out (like='s own row, exclude=): the top k + len(excluded) without them is
             # the same top k, and spares a selector check on every vector scanned
             found = self._search(index, vec, min(k + len(excluded), live), dead, 0 if short_ok else live, on_gpu)
             return [(key, score) for key, score in found if key not in excluded][:k]
         return self._search(index, vec, min(k, live), selector, 0 if short_ok else matching, on_gpu)
+
+    def _excluded_in(self, index, keys: set[int]) -> int:
+        """How many of ``keys`` ``index`` (the delta index, else the base) holds: ids are excluded from every
+        shard alike, so most may be other shards' ids."""
+        keys = np.fromiter(keys, np.int64, count=len(keys))
+        keys = keys[self.offsets(keys) >= 0]  # in this shard's table: in the base (not removed) or the delta
+        in_delta = np.isin(keys, self._delta_keys)
+        return int(in_delta.sum() if index is self._delta else len(keys) - in_delta.sum())
 
     def _search(self, index, vec: np.ndarray, k: int, selector, matching: int | None = None, on_gpu=False):
         import faiss

@@ -66,15 +66,19 @@ def _check_faiss(folder: Path, shard: str, entry: dict[str, Any], out: Verificat
     from . import ann
     from .publish import read_ids
 
-    path = folder / entry["faiss"]
-    problem = manifests.faiss_problem(folder, entry)
+    problem = manifests.faiss_problem(folder, entry)  # a file named outside faiss/ is a problem, never read
     if problem is not None:
         out.problems.append(f"shard {shard}: {problem}")
         return None
+    path = manifests.faiss_path(folder, entry["faiss"])
     try:
         index = ann.read(path, mmap="delta" in entry)
-        delta = ann.read(folder / entry["delta"]["faiss"]) if "delta" in entry else None
-        removed = read_ids(folder / entry["removed"]["faiss"]) if "removed" in entry else np.empty(0, np.int64)
+        delta = ann.read(manifests.faiss_path(folder, entry["delta"]["faiss"])) if "delta" in entry else None
+        removed = (
+            read_ids(manifests.faiss_path(folder, entry["removed"]["faiss"]))
+            if "removed" in entry
+            else np.empty(0, np.int64)
+        )
     except (RuntimeError, ValueError) as exc:
         out.problems.append(f"{path}: unreadable ({brief(exc)})")
         return None
