@@ -369,6 +369,25 @@ def test_the_adapter_config_is_part_of_its_identity(adapter_dir, tmp_path):
     assert fingerprint(copy) != fingerprint(adapter_dir)
 
 
+def test_a_pickled_checkpoint_is_refused_and_never_unpickled(tiny_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    copy, ran = tmp_path / "model", tmp_path / "ran"
+    shutil.copytree(tiny_dir, copy)
+    weights = load_file(copy / "model.safetensors")
+    (copy / "model.safetensors").unlink()
+
+    class Armed:
+        def __reduce__(self):
+            return (Path.touch, (ran,))
+
+    torch.save({**weights, "armed": Armed()}, copy / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"pickled checkpoint \(\.bin\), which is never loaded"):
+        Encoder.load(copy, device="cpu")
+    assert not ran.exists()
+
+
 def test_a_pickled_adapter_is_refused(tiny_dir, adapter_dir, tmp_path):
     copy = tmp_path / "adapter"
     shutil.copytree(adapter_dir, copy)

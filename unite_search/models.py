@@ -235,10 +235,15 @@ def load_tokenizer(folder: Path):
 
 
 def load_model(folder: Path, *, dtype, attn: str):
-    """Qwen2-VL weights from ``folder``; every checkpoint tensor must land in the model."""
+    """Qwen2-VL weights from ``folder`` (safetensors only); every checkpoint tensor must land in the model."""
     from transformers import Qwen2VLForConditionalGeneration
 
     config = read_config(folder)
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise ModelLoadError(
+            f"{folder} has its weights as a pickled checkpoint (.bin), which is never loaded (unpickling can run "
+            "code); save them as safetensors (model.save_pretrained writes them by default)"
+        )
     try:
         with _quiet_transformers():
             model, info = Qwen2VLForConditionalGeneration.from_pretrained(
@@ -248,6 +253,7 @@ def load_model(folder: Path, *, dtype, attn: str):
                 attn_implementation=attn,
                 output_loading_info=True,
                 trust_remote_code=False,
+                use_safetensors=True,  # a pickled checkpoint (pytorch_model.bin) is never unpickled
             )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load weights from {folder}: {exc}") from exc
