@@ -1,5 +1,6 @@
 """Corpus helpers: content sniffing, passages, the walk, manifests, text decoding."""
 
+import hashlib
 import json
 import os
 
@@ -135,7 +136,8 @@ def test_bad_text_is_refused_while_streaming(tmp_path):
     def read(data: bytes):
         path = tmp_path / "t.txt"
         path.write_bytes(data)
-        return read_file(Entry("t.txt", str(path), len(data), 0, "text"), passage_chars=100)
+        st = path.stat()
+        return read_file(Entry("t.txt", str(path), st.st_size, st.st_mtime_ns, "text"), passage_chars=100)
 
     with pytest.raises(InputError, match=r"not valid UTF-8 \(byte 2000001\)"):
         read(b"a" * 2_000_001 + b"\xe9 and more")  # past the first 1 MiB chunk: the offset is the file's
@@ -185,3 +187,87 @@ def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
     assert problems == []
     assert items[0].id == "7" and items[0].source == "sets/m.jsonl:1"
     assert items[0].image == str(tmp_path / "pics/a.png") and items[0].metadata == {"x": 1}
+
+
+def test_walk_skips_and_reports_names_that_are_not_utf8(tmp_path):
+    """A Latin-1 name cannot be stored in the index: it is reported (bytes escaped), the rest is indexed."""
+    write_photo(tmp_path / "good.jpg", seed=1)
+    write_photo(tmp_path / "sub/inner.png", seed=2)
+    (tmp_path / "plain.csv").write_text("1,2")
+    base = os.fsencode(tmp_path)
+    try:
+        os.rename(base + b"/good.jpg", base + b"/caf\xe9.jpg")
+        write_photo(tmp_path / "good.jpg", seed=3)
+        os.rename(base + b"/sub", base + b"/d\xe9j\xe0")  # a folder: nothing under it is listed
+        os.rename(base + b"/plain.csv", base + b"/caf\xe9.csv")  # not indexed anyway: only counted
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    found = walk(tmp_path)
+    assert [e.rel for e in found.entries] == ["good.jpg"]
+    reason = "file name is not valid UTF-8; rename it"
+    assert [p.to_dict() for p in found.skipped] == [
+        {"path": "caf\\xe9.jpg", "stage": "discover", "reason": reason},
+        {"path": "d\\xe9j\\xe0", "stage": "discover", "reason": reason},
+    ]
+    assert found.ignored == 1 and found.failures == []
+    json.dumps([p.to_dict() for p in found.skipped], ensure_ascii=False).encode("utf-8")  # printable as UTF-8
+
+
+def test_a_file_rewritten_while_it_is_read_fails_and_yields_no_facts(tmp_path, monkeypatch):
+    """A writer that rewrites a text file between two chunks of the read: no hash of mixed content comes out."""
+    from unite_search import corpus
+    from unite_search.corpus import Entry, read_file
+
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"old words. " * 200_000)  # about 2 MiB: read in several chunks
+    os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)  # last written long ago: the rewrite moves its mtime
+    st = path.stat()
+    entry = Entry("a.txt", str(path), st.st_size, st.st_mtime_ns, "text")
+    feed = corpus._TextStream.feed
+    fed = []
+
+    def feed_then_rewrite(self, chunk):
+        feed(self, chunk)
+        fed.append(len(chunk))
+        if len(fed) == 2:  # in place, same size, as an editor saving over it would
+            with open(path, "r+b") as fh:
+                fh.write(b"new words. " * 200_000)
+
+    monkeypatch.setattr(corpus._TextStream, "feed", feed_then_rewrite)
+    with pytest.raises(InputError, match="file changed during ingest; run ingest again"):
+        read_file(entry, passage_chars=200)
+    assert len(fed) > 2  # the rewrite happened mid-read, not after it
+    monkeypatch.undo()
+    # read again with the walk's entry: the file moved on since the walk, so it fails again (nothing cached)
+    with pytest.raises(InputError, match="file changed during ingest"):
+        read_file(entry, passage_chars=200)
+    now = path.stat()
+    facts = read_file(Entry("a.txt", str(path), now.st_size, now.st_mtime_ns, "text"), passage_chars=200)
+    assert (facts.size, facts.mtime_ns) == (now.st_size, now.st_mtime_ns)
+    assert facts.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Get free shipping over $50.\n", "The wide sea.\n", "Why skip breakfast?\n", "The moov\n", "1 2 mdat"],
+)
+def test_text_that_spells_a_quicktime_atom_name_is_text(tmp_path, text):
+    """Bytes 4-8 of text can spell "free" or "wide"; its first 4 bytes are then no plausible atom size."""
+    from unite_search.corpus import Entry, read_file
+
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    st = path.stat()
+    facts = read_file(Entry("t.txt", str(path), st.st_size, st.st_mtime_ns, "text"), passage_chars=200)
+    assert facts.modality == "text" and len(facts.passages) == 1
+    assert sniff(text.encode()) is None and sniff(text.encode(), st.st_size) is None
+
+
+def test_sniff_quicktime_without_ftyp():
+    """Old QuickTime files start with a bare atom: its big-endian size, then its name."""
+    assert sniff(b"\x00\x00\x00\x08wide\x00\x10\x00\x00mdat") == "video"
+    assert sniff(b"\x00\x00\x00\x01mdat" + (1 << 33).to_bytes(8, "big")) == "video"  # a 64-bit size follows
+    assert sniff(b"\x00\x00\x00\x00mdat") == "video"  # to the end of the file
+    assert sniff(b"\x00\x00\x02\x00moov") == "video" and sniff(b"\x00\x00\x00\x04moov") is None
+    big = b"\x40\x00\x00\x10mdat"  # a 1 GiB mdat first: a movie when the file holds it
+    assert sniff(big) is None and sniff(big, 1 << 31) == "video" and sniff(big, 1 << 20) is None

@@ -1,9 +1,9 @@
 """The corpus side of ingest: which files a folder holds, what each one is, and what it declares.
 
-``walk`` lists candidate files (hidden entries, symlink loops and special files are skipped and
-reported); ``read_file`` hashes one file and checks its content against its extension (a PNG named
-``.jpg`` is fine, text named ``.jpg`` is not), probing image size, video duration and text
-passages on the way; ``parse_manifest`` reads the items a ``*.jsonl`` file declares.
+``walk`` lists candidate files (hidden entries, names that are not UTF-8, symlink loops and special
+files are skipped and reported); ``read_file`` hashes one file and checks its content against its
+extension (a PNG named ``.jpg`` is fine, text named ``.jpg`` is not), probing image size, video
+duration and text passages on the way; ``parse_manifest`` reads the items a ``*.jsonl`` file declares.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ MANIFEST_EXTENSIONS = frozenset({".jsonl"})
 SIDECAR_EXTENSION = ".txt"  # x.txt beside x.jpg / x.mp4 is that item's caption
 CHUNK = 1 << 20
 _BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
+_QT_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip")  # what a QuickTime file without ftyp starts with
+_TEXT_FLOOR = 0x09 << 24  # 4 bytes of text (first byte a tab or above) read as a big-endian number are at least this
+NOT_UTF8 = "file name is not valid UTF-8; rename it"
+CHANGED = "file changed during ingest; run ingest again to pick up the new content"
 
 
 def claimed_kind(path: str | os.PathLike) -> str | None:
@@ -76,7 +80,7 @@ class Entry:
 @dataclass
 class Walk:
     entries: list[Entry] = field(default_factory=list)
-    skipped: list[Problem] = field(default_factory=list)  # hidden, special files, symlink loops
+    skipped: list[Problem] = field(default_factory=list)  # hidden, non-UTF-8 names, special files, symlink loops
     failures: list[Problem] = field(default_factory=list)  # broken links, unreadable folders
     ignored: int = 0  # files whose extension is not indexed
 
@@ -103,7 +107,8 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
     seen_dirs: set[tuple[int, int]] = set()
 
     def rel(path: str) -> str:
-        return os.path.relpath(path, root).replace(os.sep, "/")
+        # a name that is not UTF-8 shows its raw bytes escaped (as \xe9), so that reports can print it
+        return os.fsencode(os.path.relpath(path, root)).decode("utf-8", "backslashreplace").replace(os.sep, "/")
 
     def visit(folder: str) -> None:
         try:
@@ -138,11 +143,17 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
                 out.failures.append(Problem(rel(path), "discover", reason))
                 continue
             if stat.S_ISDIR(st.st_mode):
-                visit(path)
+                kind = None  # a folder: visited below unless its name is not UTF-8
             elif not stat.S_ISREG(st.st_mode):
                 out.skipped.append(Problem(rel(path), "discover", "not a regular file"))
+                continue
             elif (kind := claimed_kind(path)) is None:
                 out.ignored += 1
+                continue
+            if not _is_utf8(child.name):  # the index stores paths as UTF-8 text: this one cannot be written
+                out.skipped.append(Problem(rel(path), "discover", NOT_UTF8))
+            elif kind is None:
+                visit(path)
             else:
                 out.entries.append(Entry(rel(path), path, st.st_size, st.st_mtime_ns, kind))
 
@@ -150,8 +161,30 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
     return out
 
 
-def sniff(head: bytes) -> str | None:
-    """The media kind a file's first bytes announce: ``"image"``, ``"video"`` or None."""
+def _is_utf8(name: str) -> bool:
+    """Whether a file name came from valid UTF-8 bytes (undecodable bytes arrive as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _atom_size_fits(head: bytes, size: int | None) -> bool:
+    """Whether ``head`` starts with a plausible QuickTime atom size (big-endian, bytes 0-3).
+
+    0 (to the end of the file) and 1 (a 64-bit size follows) are fine; otherwise at least 8, and either
+    below what text can spell (so "Get free shipping" is not a movie) or within the file's ``size``.
+    """
+    n = int.from_bytes(head[:4], "big")
+    return n in (0, 1) or 8 <= n < _TEXT_FLOOR or (size is not None and 8 <= n <= size)
+
+
+def sniff(head: bytes, size: int | None = None) -> str | None:
+    """The media kind a file's first bytes announce: ``"image"``, ``"video"`` or None.
+
+    ``size``, the file's size when known, lets a large QuickTime file without ``ftyp`` be recognised.
+    """
     if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")):
         return Modality.IMAGE.value
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -162,7 +195,7 @@ def sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         # ISO-BMFF also carries still images (HEIC, AVIF), which we do not decode
         return None if head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis") else Modality.VIDEO.value
-    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):  # QuickTime without ftyp
+    if head[4:8] in _QT_ATOMS and _atom_size_fits(head, size):  # QuickTime without ftyp
         return Modality.VIDEO.value
     if head.startswith(b"\x1a\x45\xdf\xa3"):  # Matroska / WebM
         return Modality.VIDEO.value
@@ -292,7 +325,8 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
     """Hash a file and check its content; raises :class:`InputError` (the read stage's failures).
 
     A text file is streamed: hashed, decoded and cut into passages chunk by chunk, so its size does
-    not bound memory.
+    not bound memory. A file whose size or mtime moved since the walk or during the read fails (its
+    facts would mix two versions, and the file cache would trust them on every later run).
     """
     if entry.size == 0:
         raise InputError("file is empty (0 bytes)", source=entry.rel)
@@ -300,8 +334,9 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
     text = _TextStream(entry.rel, passage_chars) if entry.kind == Modality.TEXT.value else None
     try:
         with open(entry.path, "rb") as fh:
+            st = os.fstat(fh.fileno())
             head = fh.read(64)
-            if text is not None and (found := sniff(head)) is not None:
+            if text is not None and (found := sniff(head, st.st_size)) is not None:
                 raise InputError(f"content is {found} data but the extension says text", source=entry.rel)
             chunk = head
             while chunk:
@@ -309,16 +344,19 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
                 if text is not None:
                     text.feed(chunk)
                 chunk = fh.read(CHUNK)
-            st = os.fstat(fh.fileno())
+            end = os.fstat(fh.fileno())
     except FileNotFoundError as exc:
         raise InputError("file disappeared during ingest", source=entry.rel) from exc
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", source=entry.rel) from exc
+    stamp = (st.st_size, st.st_mtime_ns)
+    if stamp != (end.st_size, end.st_mtime_ns) or stamp != (entry.size, entry.mtime_ns):
+        raise InputError(CHANGED, source=entry.rel)
     facts = {"rel": entry.rel, "path": entry.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     facts["sha256"] = digest.hexdigest()
     if text is not None:
         return FileFacts(modality=entry.kind, passages=text.finish(), **facts)
-    found = sniff(head)
+    found = sniff(head, st.st_size)
     if found is None:
         if _looks_like_text(head):
             raise InputError(f"content is text but the extension says {entry.kind}", source=entry.rel)
