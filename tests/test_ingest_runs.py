@@ -513,6 +513,23 @@ def test_a_rerun_that_needs_no_encoding_never_makes_the_encoder(tmp_path, tiny_d
         assert not [t for t in threading.enumerate() if t.name == "unite-load"]
 
 
+def test_a_file_that_failed_to_decode_is_read_again_even_with_its_size_and_mtime(tmp_path, encoder):
+    import hashlib
+
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    good = write_photo(root / "p.jpg", seed=5).read_bytes()
+    (root / "p.jpg").write_bytes(good[: len(good) // 3] + bytes(len(good) - len(good) // 3))  # pixels cut off
+    stamp = os.stat(root / "p.jpg").st_mtime_ns
+    first = ingest(root, index, encoder=encoder)
+    assert [(p.path, p.stage) for p in first.failures] == [("p.jpg", "decode")]
+    (root / "p.jpg").write_bytes(good)  # mended in place: the same size, and the mtime put back
+    os.utime(root / "p.jpg", ns=(stamp, stamp))
+    second = ingest(root, index, encoder=encoder)
+    assert second.encoded_items == 1 and not second.failures
+    (row,) = rows_by_id(index).values()
+    assert row["content_hash"] == hashlib.sha256(good).hexdigest()  # not the cut file's, from a cache
+
+
 def test_a_moved_model_folder_is_recorded_without_a_publish(tmp_path, tiny_dir):
     root, index, moved = tmp_path / "corpus", tmp_path / "index", tmp_path / "elsewhere" / "tiny"
     write_photo(root / "a.png", seed=1)

@@ -521,7 +521,10 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
         stamp_changed = True
     else:
         stamp_changed = False
-    filecache.save(store.tables, [f.to_row() for f in facts.values()], cache)
+    # files of items that failed to decode are read again next time: the failure may be a change the
+    # read stage's size and mtime did not show, and cached facts would be trusted on every later run
+    unread = {path for key in failed for task in by_key[key].tasks for path, _, _ in task.checks}
+    filecache.save(store.tables, [f.to_row() for f in facts.values() if f.path not in unread], cache)
     # every write (rows added, deleted or relabelled, here or by a killed run) moves a table's version
     published = manifest.get("shards", {})
     changed = {s for s, v in store.tables.versions().items() if published.get(s, {}).get("version") != v}
