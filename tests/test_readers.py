@@ -199,6 +199,20 @@ def test_verify_checks_every_file_the_manifest_names(built):
     assert any("shard image table" in p and "3 rows, the manifest says 4" in p for p in problems)
 
 
+def test_verify_finds_a_table_file_whose_bytes_changed(built):
+    """A path in a data file changed in place: LanceDB reads it without a word, the recorded sha256 does not."""
+    _, index = built
+    entry = _entry(index, "image")
+    rel = next(r for r in entry["lance_files"] if r.startswith("data/"))
+    path = index / "tables/image.lance" / rel
+    raw = path.read_bytes()
+    assert raw.count(b"p1.png") == 2  # the path and paths columns
+    path.write_bytes(raw.replace(b"p1.png", b"p7.png"))
+    assert IndexStore(index).read_rows("image", ["path"]).column("path").to_pylist().count("p7.png") == 1
+    said = f"{rel} has other bytes than when it was published (sha256 differs)"
+    assert verify(index).problems == [f"shard image table version {entry['version']}: {said}"]
+
+
 def test_damage_gives_one_line_errors_on_the_command_line(built):
     _, index = built
     runner = CliRunner()

@@ -365,6 +365,25 @@ def test_a_row_written_again_under_its_key_has_its_new_vector_in_the_index(tmp_p
     assert not verify_damaged(store)
 
 
+def test_a_publish_hashes_only_the_table_files_it_has_not_recorded(ivf_shard, monkeypatch):
+    from unite_search import diskio, tables
+
+    monkeypatch.setattr(tables, "COMPACT_ALWAYS_ROWS", 0)  # no compaction: the first files stay as they are
+    store, manifest, names, vecs = ivf_shard
+    before = manifest["shards"]["text"]["lance_files"]
+    assert before and all(r.startswith("data/") for r in before)
+    hashed, real = [], diskio.file_sha256
+    monkeypatch.setattr(diskio, "file_sha256", lambda path: hashed.append(path) or real(path))
+    store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])
+    store.tables.delete_units("text", ["u-r3"])
+    after = store.publish(manifest, ["text"], flat_max=1000)["shards"]["text"]["lance_files"]
+    new = sorted(set(after) - set(before))
+    assert len(new) == 2 and any(r.startswith("_deletions/") for r in new)  # the appended rows, the deletion
+    table = store.path / "tables/text.lance"
+    assert sorted(p.relative_to(table).as_posix() for p in hashed if "text.lance" in str(p)) == new
+    assert all(after[r] == before[r] for r in before)
+
+
 def test_changes_past_a_tenth_of_the_base_rewrite_it(ivf_shard):
     store, manifest, names, vecs = ivf_shard
     store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])

@@ -31,7 +31,7 @@ from . import manifest as manifests
 from .diskio import file_sha256, remove_stale_temporaries
 from .errors import IndexDamagedError, UniteError
 from .schema import table_name
-from .tables import READ_BATCH, ShardTables
+from .tables import READ_BATCH, ShardTables, record_files
 
 FAISS_DIR = "faiss"
 REUSE_DELTA = True  # a delta publish adds to the previous state's delta index (False: rebuilt from the rows)
@@ -283,6 +283,7 @@ def publish(
             index, info = ann.build(_batches(pinned, dim), n, dim, flat_max=flat_max, memory=memory, gpu=gpu)
             info = {**info, "built": "full", "rebuild_reason": why}
         entry = {"table": table_name(shard), "version": version, "rows": n, "dim": dim}
+        entry["lance_files"] = record_files(pinned, (old or {}).get("lance_files"))  # what verify checks
         stem = f"{FAISS_DIR}/{table_name(shard)}.v{version}"
         if isinstance(index, _Delta):  # the base file stays; the changes since it go beside it
             base = {k: old[k] for k in ("faiss", "faiss_bytes", "faiss_sha256", "faiss_stat")}

@@ -208,3 +208,59 @@ def _set(table, column: str, values: list):
 
     at = table.schema.get_field_index(column)
     return table.set_column(at, column, pa.array(values, type=table.schema.field(column).type))
+
+
+def version_files(table) -> dict[str, int]:
+    """The files one table version reads its rows from, relative to the table's folder, with their sizes:
+    each fragment's data files and deletion file, and the files of its indexes (if any)."""
+    dataset = table.to_lance()
+    root = Path(dataset.uri)
+    files = []
+    for fragment in dataset.get_fragments():
+        meta = fragment.metadata
+        files += [f"data/{f.path}" for f in meta.files]
+        if meta.deletion_file is not None:
+            files.append(meta.deletion_file.path(meta.id))
+    if hasattr(dataset, "describe_indices"):
+        uuids = [segment.uuid for index in dataset.describe_indices() for segment in index.segments]
+    else:  # pylance before describe_indices
+        uuids = [index["uuid"] for index in dataset.list_indices()]
+    for uuid in uuids:
+        folder = root / "_indices" / str(uuid)
+        files += [p.relative_to(root).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
+    return {rel: (root / rel).stat().st_size for rel in files}
+
+
+def record_files(table, previous: dict[str, list] | None = None) -> dict[str, list]:
+    """``{file: [size, sha256]}`` of :func:`version_files`. Lance never rewrites a file it wrote, so the
+    checksum ``previous`` recorded for a file of the same name and size is kept, not computed again."""
+    from .diskio import file_sha256
+
+    root = Path(table.to_lance().uri)
+    previous = previous or {}
+    out = {}
+    for rel, size in version_files(table).items():
+        known = previous.get(rel)
+        out[rel] = list(known) if known is not None and known[0] == size else [size, file_sha256(root / rel)]
+    return out
+
+
+def file_problems(table, recorded: dict[str, list]) -> list[str]:
+    """What differs between a table version's files and those ``recorded`` when it was published: a file
+    missing, replaced, resized or with other bytes (a damaged file, or a table rewritten behind the index)."""
+    from .diskio import file_sha256
+
+    root = Path(table.to_lance().uri)
+    try:
+        now = version_files(table)
+    except OSError as exc:
+        return [f"a file of the table is missing or unreadable ({exc.strerror or exc})"]
+    problems = [f"{rel} is read by the table but was not published with it" for rel in sorted(set(now) - set(recorded))]
+    for rel, (size, sha256) in sorted(recorded.items()):
+        if rel not in now:
+            problems.append(f"{rel} was published with the table but is no longer read by it")
+        elif now[rel] != size:
+            problems.append(f"{rel} is {now[rel]} bytes, published as {size}")
+        elif file_sha256(root / rel) != sha256:
+            problems.append(f"{rel} has other bytes than when it was published (sha256 differs)")
+    return problems

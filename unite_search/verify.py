@@ -1,7 +1,8 @@
 """``unite-search info --verify``: check every file the manifest names, without trusting any of them.
 
 For each published shard: the FAISS file's size and sha256 against the manifest, that it loads
-with the recorded row count and dim; the table version is present and every column of every row
+with the recorded row count and dim; the table version is present, its files (data, deletions,
+indexes) are the ones published with their sizes and sha256, and every column of every row
 reads; the table's keys are exactly the FAISS ids and each stored vector equals its FAISS copy (an index of
 SQ8, SQ4 or PQ codes holds no copy: its ids are checked).
 For the earlier states the manifest still keeps (``history``), their FAISS files and table
@@ -19,7 +20,7 @@ import numpy as np
 from . import manifest as manifests
 from .diskio import brief
 from .errors import UniteError
-from .tables import READ_BATCH, ShardTables
+from .tables import READ_BATCH, ShardTables, file_problems
 
 TOLERANCE = 1e-6
 
@@ -115,6 +116,8 @@ def _check_table(tables: ShardTables, shard: str, entry: dict[str, Any], faiss_i
     except Exception as exc:  # noqa: BLE001  LanceDB raises ValueError, RuntimeError or OSError for missing files
         out.problems.append(f"{where}: unreadable ({brief(exc)})")
         return
+    if "lance_files" in entry:  # recorded by each publish since; an older one's table is checked at its next
+        out.problems += [f"{where}: {p}" for p in file_problems(table, entry["lance_files"])]
     keys_all = np.concatenate(keys) if keys else np.empty(0, np.int64)
     if len(keys_all) != entry["rows"]:
         out.problems.append(f"{where}: {len(keys_all)} rows, the manifest says {entry['rows']}")
