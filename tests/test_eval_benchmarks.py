@@ -1,6 +1,7 @@
 """Each benchmark end to end on a tiny fixture in its official format, against an independent computation."""
 
 import dataclasses
+import json
 
 import bench_fixtures
 import numpy as np
@@ -153,6 +154,28 @@ def test_cache_makes_a_rerun_free_and_identical(tmp_path, encoder):
     # other settings never reuse these vectors (the namespace is the whole settings, texts included)
     other = encoder.with_settings(dataclasses.replace(encoder.preprocessing, max_pixels=300 * 28 * 28))
     assert run_benchmark("urban1k", data, encoder=other, cache_dir=tmp_path / "cache")["encoded_items"] == 12
+
+
+def test_vectors_of_other_numerics_or_of_weights_in_training_are_never_reused(tmp_path, tiny_dir):
+    from unite_search import Encoder, Item
+    from unite_search.train.data import Pair
+    from unite_search.train.trainer import TrainConfig, Trainer
+
+    data, cache = bench_fixtures.urban1k(tmp_path / "data"), tmp_path / "cache"
+    mine = Encoder.load(tiny_dir, device="cpu")  # trained below: not the session's shared encoder
+    first = run_benchmark("urban1k", data, encoder=mine, cache_dir=cache)
+    assert first["encoded_items"] == 12 and first["numerics"]["dtype"] == "float32"
+    half = run_benchmark("urban1k", data, encoder=Encoder.load(tiny_dir, device="cpu", dtype="bfloat16"),
+                         cache_dir=cache)  # fmt: skip
+    assert half["encoded_items"] == 12 and half["numerics"]["dtype"] == "bfloat16"
+    pairs = [Pair(Item(text=f"question {i}"), Item(text=f"answer {i} " * (1 + i % 3)), 1, 1, 0) for i in range(8)]
+    trainer = Trainer(mine, pairs, TrainConfig(batch_size=8, lr=5e-2, max_steps=2), tmp_path / "run")
+    trainer.train()
+    assert mine.revision == trainer.encoder.revision and mine.revision.startswith(f"{first['revision']}+unsaved-lora-")
+    tuned = run_benchmark("urban1k", data, encoder=mine, cache_dir=cache)  # its weights moved: encoded anew
+    assert tuned["encoded_items"] == 12 and tuned["revision"].endswith("-step2")
+    saved = json.loads((tmp_path / "run/adapter/unite_train.json").read_text())
+    assert saved["base_revision"] == first["revision"]
 
 
 def test_wrong_folder_is_a_clear_error(tmp_path, encoder):

@@ -4,8 +4,10 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from unite_search import Encoder, Item  # noqa: E402
-from unite_search.errors import InputError  # noqa: E402
+from unite_search.errors import ConfigError, InputError  # noqa: E402
 from unite_search.train import infonce_loss, mamcl_loss, modality_code  # noqa: E402
 from unite_search.train.data import Pair, load_pairs, pairs_from_folder  # noqa: E402
 from unite_search.train.trainer import TrainConfig, Trainer  # noqa: E402
@@ -270,6 +272,13 @@ def test_it_learns_and_resume_continues_the_same_curve(tiny_dir, tmp_path):
     resumed = again.train()
     np.testing.assert_allclose([e["loss"] for e in resumed[40:]], [e["loss"] for e in log[40:]], rtol=1e-4)
     assert len(resumed) == len(log)
+    # ... and only with the settings and data that shape that curve
+    for other, data, said in [(replace(cfg, lr=1e-3), train, "lr 0.005 (now 0.001)"),
+                              (cfg, train[:-1], f"{len(train)} training pairs (now {len(train) - 1})")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            Trainer(Encoder.load(tiny_dir, device="cpu"), data, other, tmp_path / "x").resume(
+                tmp_path / "run" / "checkpoint-40"
+            )
     # the adapter reloads as an encoder with the trained vectors and its own identity
     adapted = Encoder.load(tiny_dir, device="cpu", adapter=tmp_path / "run" / "adapter")
     items = [held[0][0].query, held[0][0].candidate]

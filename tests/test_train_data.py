@@ -210,3 +210,22 @@ def test_probe_results_are_cached_by_path_size_and_mtime(mixed):
     # probe=False checks structure only (the old behaviour)
     pairs, _ = load_pairs(mixed, on_error="skip", probe=False)
     assert [p.line for p in pairs] == [1, 2, 3, 5, 6, 7]
+
+
+def test_every_malformed_line_is_a_reported_problem_never_a_crash(tmp_path):
+    good = json.dumps({"query": {"text": "q"}, "candidate": {"text": "c"}}).encode()
+    bad_targets = [1, ["text", 1], [None], {"text": 1}]
+    lines = [b"\xef\xbb\xbf" + good, good]  # a BOM before the first line is not content
+    lines += [json.dumps({"query": {"text": "q"}, "candidate": {"text": "c"}, "target_modal": t}).encode()
+              for t in bad_targets]  # fmt: skip
+    lines.append('{"query": {"text": "caf\xe9"}, "candidate": {"text": "c"}}'.encode("latin-1"))
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    pairs, problems = load_pairs(path, on_error="skip", probe=False)
+    assert [p.line for p in pairs] == [1, 2]
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        *(f"target_modal: a modality set is a name or a list of names, not {t!r}" for t in bad_targets),
+        "not UTF-8 text",
+    ]
+    with pytest.raises(InputError, match="5 bad lines"):
+        load_pairs(path, probe=False)

@@ -212,6 +212,14 @@ class Encoder:
         return next(self._model.language_model.parameters()).dtype
 
     @property
+    def numerics(self) -> dict[str, str]:
+        """How the arithmetic runs, which moves vectors by rounding (bf16 against float32: ~1e-2): the
+        weights' dtype and the attention implementation. Not part of :attr:`settings` (an index takes
+        queries from either), but part of what a cache of vectors is keyed by."""
+        attn = getattr(self._model.config, "_attn_implementation", None)
+        return {"dtype": str(self.dtype).removeprefix("torch."), "attn": str(attn)}
+
+    @property
     def settings(self) -> dict[str, Any]:
         """Everything that determines a vector besides the inputs; indexes record it.
 

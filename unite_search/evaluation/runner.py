@@ -77,7 +77,8 @@ def run_benchmark(
     if dataset.frames is not None or frames is not None:
         settings = dataclasses.replace(encoder.preprocessing, frames=frames or dataset.frames, sampler=dataset.sampler)
         encoder = encoder.with_settings(settings)
-    cache = EmbeddingCache(cache_dir or DEFAULT_DIR, encoder.settings)
+    # bf16 and float32 vectors differ by ~1e-2: never one's cached for the other
+    cache = EmbeddingCache(cache_dir or DEFAULT_DIR, {**encoder.settings, **encoder.numerics})
 
     def encode(items):
         return encoder.encode(items, batch_size=batch_size, progress=progress)
@@ -88,6 +89,7 @@ def run_benchmark(
         "model": encoder.model_id,
         "revision": encoder.revision,
         "settings": encoder.settings,
+        "numerics": encoder.numerics,
         "data": str(Path(data).expanduser().resolve()),
         "notes": list(dataset.notes),
     }

@@ -161,13 +161,15 @@ def load_pairs(
     folder = None if allow_outside else _Folder.of(base)
     read: list[Pair] = []
     problems: list[tuple[int, str]] = []
-    with open(path, encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
+    with open(path, "rb") as fh:  # decoded line by line: one line that is not UTF-8 is that line's problem
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
                 continue
             try:
                 try:
-                    record = json.loads(raw)
+                    record = json.loads(line.decode("utf-8-sig"))  # a BOM is not content
+                except UnicodeDecodeError:
+                    raise InputError("not UTF-8 text") from None
                 except json.JSONDecodeError as exc:
                     raise InputError(f"not valid JSON ({exc.msg})") from None
                 if not isinstance(record, dict) or "query" not in record or "candidate" not in record:

@@ -18,7 +18,9 @@ CODES = {"text": 1, "image": 2, "video": 4}
 
 def modality_code(modalities: str | Iterable[str]) -> int:
     """Bit flags of a modality set: ``"text,image"`` -> 3, ``{"video"}`` -> 4."""
-    names = modalities.split(",") if isinstance(modalities, str) else list(modalities)
+    names = modalities.split(",") if isinstance(modalities, str) else modalities
+    if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"a modality set is a name or a list of names, not {modalities!r}")
     code = 0
     for name in names:
         name = name.strip()

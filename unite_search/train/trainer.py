@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -71,6 +72,11 @@ class TrainConfig:
         return out
 
 
+# the settings that shape a run's curve (data order, schedule, loss): a resume must keep them
+CURVE = ("stage", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dropout", "warmup", "weight_decay",
+         "tau", "dual", "max_steps", "seed")  # fmt: skip
+
+
 def _dist():
     import torch.distributed as dist
 
@@ -112,6 +118,10 @@ class Trainer:
         if self.config.batch_size % self.world:
             raise ConfigError(f"batch_size {self.config.batch_size} must divide by the {self.world} processes")
         self.peft = add_lora(encoder, self.config)
+        # the weights now change under the encoder's identity: say so in it, step by step, so that nothing
+        # keyed by it (the benchmarks' vector cache, an index's check) takes them for the base model's
+        self.base_revision = encoder.revision
+        self._marked, self._run = (encoder, self.encoder), uuid.uuid4().hex[:8]
         if self.config.gradient_checkpointing:
             lm = encoder._model.language_model
             if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.24 renamed it
@@ -128,6 +138,7 @@ class Trainer:
         self.leftover = len(pairs) % self.config.batch_size  # pairs not used in each epoch
         self.step = 0
         self.log: list[dict[str, Any]] = []
+        self._mark()
 
     # ---------------------------------------------------------------- schedule
     def schedule(self) -> str:
@@ -213,6 +224,10 @@ class Trainer:
         return float(loss.detach())
 
     # --------------------------------------------------------------- training
+    def _mark(self) -> None:
+        for one in self._marked:
+            one.revision = f"{self.base_revision}+unsaved-lora-{self._run}-step{self.step}"
+
     def _evaluating(self) -> bool:
         return bool(self.config.eval_every and self.eval_pairs)
 
@@ -256,6 +271,7 @@ class Trainer:
             loss = self.compute_gradients(self.batch_at(self.step))
             self.optimizer.step()
             self.step += 1
+            self._mark()
             rate = self.config.batch_size / (time.perf_counter() - t)
             entry = {"step": self.step, "epoch": (self.step - 1) // self.per_epoch + 1, "loss": loss,
                      "lr": self.lr_at(self.step - 1), "samples_s": rate}  # fmt: skip
@@ -308,7 +324,7 @@ class Trainer:
         if self.rank == 0:
             self.peft.save_pretrained(path)
             info = {"config": asdict(self.config), "steps": self.step, "base": self.encoder.model_id,
-                    "base_revision": self.encoder.revision, "schedule": self.schedule()}  # fmt: skip
+                    "base_revision": self.base_revision, "schedule": self.schedule()}  # fmt: skip
             (path / "unite_train.json").write_text(json.dumps(info, indent=2))
         return path
 
@@ -335,7 +351,8 @@ class Trainer:
                 keys.append(key)
             meta["slots"][str(index)] = keys
         save_file(tensors, str(path / "optimizer.safetensors"))
-        (path / "trainer.json").write_text(json.dumps({**meta, "config": asdict(self.config), "log": self.log}))
+        meta.update(config=asdict(self.config), pairs=len(self.pairs), log=self.log)
+        (path / "trainer.json").write_text(json.dumps(meta))
         return path
 
     def resume(self, checkpoint: str | os.PathLike) -> None:
@@ -345,6 +362,13 @@ class Trainer:
 
         path = Path(checkpoint)
         meta = json.loads((path / "trainer.json").read_text())
+        saved, now = meta.get("config", {}), asdict(self.config)
+        differ = [f"{k} {saved[k]!r} (now {now[k]!r})" for k in CURVE if k in saved and saved[k] != now[k]]
+        if meta.get("pairs", len(self.pairs)) != len(self.pairs):
+            differ.append(f"{meta['pairs']} training pairs (now {len(self.pairs)})")
+        if differ:
+            raise ConfigError(f"{path} was saved by a run with {', '.join(differ)}: resuming it with other "
+                              "settings or data would not continue its curve; resume with the same ones")  # fmt: skip
         weights = load_file(str(path / "lora.safetensors"))
         trainable = self._trainable()
         if set(weights) != set(trainable):
@@ -363,3 +387,4 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.step = int(meta["step"])
         self.log = list(meta["log"])
+        self._mark()
