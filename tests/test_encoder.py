@@ -164,6 +164,7 @@ def test_bad_inputs_name_the_input(encoder, tmp_path, media):
         ({"text": "see <|image_pad|> here"}, "reserved token"),
         ({"image": media["image"], "text": "x", "instruction": "<|vision_start|>"}, "reserved token"),
         ({"text": "ok", "image": np.zeros((3, 3), np.float64)}, "uint8"),
+        ({"text": "caf\ud800"}, "not valid Unicode .a lone surrogate at character 4"),
     ]
     for bad, pattern in cases:
         with pytest.raises(InputError, match=pattern) as info:

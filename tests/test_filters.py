@@ -156,6 +156,18 @@ def test_deep_nesting_is_a_plan_error(expr):
         validate_where(expr, COLUMNS)
 
 
+@pytest.mark.parametrize("joiner", [" AND ", " OR ", " + "])
+def test_a_chain_past_the_operator_limit_is_refused_and_one_at_it_evaluates(table, joiner):
+    """A chain of 50,000 ANDs killed the process in LanceDB (its native stack overflowed), with no exception."""
+    from unite_search.filters import MAX_OPERATORS
+
+    term = "width" if joiner == " + " else "width > 0"
+    at = joiner.join([term] * (MAX_OPERATORS // 2)) + (" > 0" if joiner == " + " else "")  # comparisons count too
+    assert ids(table, validate_where(at, COLUMNS)) == "abcde"
+    with pytest.raises(PlanError, match=f"chains more than {MAX_OPERATORS} operators"):
+        validate_where(joiner.join([term] * 50_000) + (" > 0" if joiner == " + " else ""), COLUMNS)
+
+
 def test_a_long_filter_is_shortened_in_the_message():
     expr = "key IN (" + ", ".join(map(str, range(1000))) + ") AND nope > 1"
     with pytest.raises(PlanError) as err:

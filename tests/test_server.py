@@ -181,6 +181,20 @@ def test_search_errors_are_typed_json(client):
         (dict(json={"image": "/etc/hostname"}), 400, "bad_query"),  # no server paths through JSON
         (dict(json={"text": "x", "limit": 3}), 400, "bad_query"),
         (dict(json={"text": "<|vision_start|>"}), 400, "bad_input"),  # a reserved token of the model
+        (dict(content=b"[" * 4000 + b"]" * 4000, headers={"Content-Type": "application/json"}), 400, "bad_json"),
+        (
+            dict(content=b'{"text": "x", "k": ' + b"9" * 5000 + b"}", headers={"Content-Type": "application/json"}),
+            400,
+            "bad_json",
+        ),  # an integer past Python's 4,300 digits
+        (dict(content=b'{"text": "\\ud800"}', headers={"Content-Type": "application/json"}), 400, "bad_query"),
+        (
+            dict(content=b'{"instruction": "\\udfff", "text": "x"}', headers={"Content-Type": "application/json"}),
+            400,
+            "bad_query",
+        ),
+        (dict(content=b'{"like": "\\ud800"}', headers={"Content-Type": "application/json"}), 400, "bad_query"),
+        (dict(json={"text": "x", "where": " AND ".join(["width > 0"] * 50_000)}), 400, "bad_query"),
         (dict(content=b"text=x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
         (dict(content=b"x" * (2 << 20), headers={"Content-Type": "application/json"}), 413, "too_large"),
     ]

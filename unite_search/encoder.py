@@ -281,6 +281,12 @@ class Encoder:
     @staticmethod
     def _check_text(item: Item, index: int | None) -> None:
         text = item.full_text
+        if text is not None and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in JSON): no tokenizer takes it
+                raise InputError(f"text is not valid Unicode (a lone surrogate at character {exc.start + 1})",
+                                 index=index) from None  # fmt: skip
         reserved = [t for t in RESERVED_TOKENS if text is not None and t in text]
         if reserved:
             raise InputError(f"text contains the model's reserved token(s) {reserved}; remove them", index=index)

@@ -38,6 +38,9 @@ _ARITHMETIC = (("+", "-"), ("*", "/", "%"))  # loosest first; unary minus binds 
 _NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXAMPLE = "a filter must be a condition such as width >= 1000"
+# binary operators (AND, OR, comparisons, arithmetic) one filter may chain: LanceDB evaluates such a chain
+# by recursion, and some 45,000 ANDs overflowed its native stack, which killed the process (no exception)
+MAX_OPERATORS = 1000
 
 # What an expression yields: a condition, a value, or either (a function call: LanceDB knows its type).
 Kind = Literal["bool", "value", "any"]
@@ -119,6 +122,7 @@ class _Parser:
         self.tokens = _tokenize(expr, self.fail)
         self.i = 0
         self.end = 0  # where the last consumed token ends, to quote a whole operand in messages
+        self.operators = 0
 
     def fail(self, message: str) -> NoReturn:
         raise PlanError(f"invalid where filter {_quote(self.expr)}: {message}")
@@ -132,6 +136,13 @@ class _Parser:
         self.i += 1
         self.end = tok.pos + len(tok.text)
         return tok
+
+    def operator(self) -> None:
+        """Consume a binary operator, counting it against :data:`MAX_OPERATORS`."""
+        self.operators += 1
+        if self.operators > MAX_OPERATORS:
+            self.fail(f"it chains more than {MAX_OPERATORS} operators; use IN (...) for a list of values")
+        self.advance()
 
     def at_op(self, *ops: str) -> bool:
         return self.tok.kind == "op" and self.tok.text in ops
@@ -169,7 +180,7 @@ class _Parser:
         kind, start = self.logical(words[1:])
         while self.tok.keyword(words[0]):
             self.condition(kind, start)
-            self.advance()
+            self.operator()
             self.condition(*self.logical(words[1:]))
             kind = "bool"
         return kind, start
@@ -185,7 +196,7 @@ class _Parser:
         kind, start = self.arithmetic()
         while True:
             if self.tok.kind == "op" and self.tok.text in _COMPARISONS:
-                self.advance()
+                self.operator()
                 self.arithmetic()
             elif self.tok.keyword("IS"):
                 self.advance()
@@ -224,7 +235,7 @@ class _Parser:
             return "value", start
         kind, start = self.arithmetic(level + 1)
         while self.at_op(*_ARITHMETIC[level]):
-            self.advance()
+            self.operator()
             self.arithmetic(level + 1)
             kind = "value"
         return kind, start

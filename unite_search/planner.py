@@ -171,6 +171,13 @@ def plan_query(
         raise PlanError("instruction must be a non-empty string")
     if like is not None and (not isinstance(like, str) or not like):
         raise PlanError(f"like= takes a row id (a string), not {like!r}")
+    for name, value in (("text", text), ("instruction", instruction)):
+        if value is not None and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # "\ud800" in a JSON body: no tokenizer takes it
+                where = exc.start + 1
+                raise PlanError(f"{name} is not valid Unicode (a lone surrogate at character {where})") from None
     _check_media("image", image)
     _check_media("video", video)
     exclude = _exclude_ids(exclude)

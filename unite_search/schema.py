@@ -42,8 +42,10 @@ def shard_of_table(name: str) -> str:
 
 
 def row_key(row_id: str) -> int:
-    """The FAISS id of a row: 63 bits of sha256(id), stable across runs and machines."""
-    return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:8], "big") & ((1 << 63) - 1)
+    """The FAISS id of a row: 63 bits of sha256(id), stable across runs and machines. (An id with a lone
+    surrogate, which no stored id holds, gets a key too, so looking it up finds nothing.)"""
+    digest = hashlib.sha256(row_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
 def sql_string(value: str) -> str:

@@ -79,7 +79,9 @@ async def _json_body(request: Request, limit: int) -> Any:
             raise api_error(413, f"the request body is larger than {limit} bytes (the server's limit)")
     try:
         return json.loads(bytes(body))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:  # a few thousand nested brackets
+        raise api_error(400, "the request body is not valid JSON (it nests too deeply)", "bad_json") from None
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of over 4,300 digits
         raise api_error(400, f"the request body is not valid JSON ({exc})", "bad_json") from None
 
 
