@@ -72,6 +72,9 @@ def test_composed_query_excludes_its_reference(built, idx):
     assert len(composed) == 3  # every other image still comes back
     video = idx.query(video=root / "clips/long.mp4", text="at night")  # all three segments share the hash
     assert [h.path for h in video] == ["clips/short.mp4"]
+    # a manifest item built on the reference file is its row too: "night" is wide.png with a text
+    assert idx.query(image=ref, text="the same view at night", target="image+text") == []
+    assert [h.id for h in idx.query(image=root / "photos/small/a.png", text="x", target="image+text")] == ["night"]
 
 
 def test_where_filters_before_the_k_cut(built, idx):

@@ -348,7 +348,10 @@ def plan_units(
         media_paths = [m.rel for m in media.values()]
         meta = json.dumps(d.metadata, sort_keys=True) if d.metadata is not None else None
         row = _base_row(key, 1, shard, d.source, d.id, path=media_paths[0] if media_paths else None)
-        row.update(paths=media_paths, content_hash=content, text=d.text, metadata=meta, **row_cols)
+        # a row with media carries its file's hash, as a pair's row does: a composed query excludes the rows
+        # of its own reference file by it (the unit's key above tells a changed item)
+        media_hash = next((parts[k] for k in ("video", "image") if k in parts), content)
+        row.update(paths=media_paths, content_hash=media_hash, text=d.text, metadata=meta, **row_cols)
         item = {"text": d.text, "image": d.image, "video": d.video}
         task = Task(key, shard, row, item, tuple(checks), cost=cost)
         units.append(Unit(key, shard, [task], tuple(media_paths), None, d.source))
