@@ -453,3 +453,22 @@ def test_rows_read_by_offset_are_the_pinned_versions_whether_in_runs_or_scattere
     np.testing.assert_array_equal(fallback_vecs[np.argsort(fallback_keys)], got_vecs[np.argsort(got_keys)])
     with pytest.raises(IndexDamagedError, match="other rows than asked"):
         list(publish._rows_at(pinned, offsets, np.roll(keys, 1), 8))
+
+
+def test_a_publish_makes_each_rename_durable_before_the_manifest_names_it(tmp_path, monkeypatch):
+    import os
+
+    synced, real = [], os.fsync
+
+    def watched(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    store, manifest = new_store(tmp_path)
+    store.tables.add_rows("text", rows_for([f"r{i}" for i in range(50)]), clustered(50))
+    monkeypatch.setattr(os, "fsync", watched)
+    store.publish(manifest, ["text"], flat_max=1000)
+    faiss_dir, root = str(store.path / "faiss"), str(store.path)
+    manifest_file = next(i for i, p in enumerate(synced) if os.path.basename(p).startswith(".manifest.json"))
+    assert faiss_dir in synced[:manifest_file]  # the FAISS file's rename first, then the manifest's bytes
+    assert synced[manifest_file + 1 :] == [root]  # ... and its rename

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .diskio import sync_folder
 from .errors import MissingDependencyError
 
 FLAT_MAX = 100_000
@@ -558,6 +559,7 @@ def write(index, path: str | os.PathLike) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    sync_folder(os.path.dirname(path) or ".")
     return digest.hexdigest()
 
 

@@ -50,6 +50,18 @@ def brief(exc: BaseException) -> str:
     return _RUST_SOURCE.sub("", text).removeprefix("lance error: ")
 
 
+def sync_folder(path: str | os.PathLike) -> None:
+    """Make a rename into ``path`` (a folder) durable: until its folder is synced, a power cut may undo a
+    rename whose file's bytes were synced, or keep a later one (the manifest) without an earlier (its FAISS file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot sync a folder: the renames are as durable as it makes them
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False, fsync: bool = True) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file, then rename: readers see the old file or
     the whole new one. On failure nothing is left behind. Temporary names are unique per call."""
@@ -61,6 +73,8 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False,
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if fsync:
+            sync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

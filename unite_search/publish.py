@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifests
-from .diskio import file_sha256, remove_stale_temporaries
+from .diskio import file_sha256, remove_stale_temporaries, sync_folder
 from .errors import IndexDamagedError, UniteError
 from .schema import table_name
 from .tables import READ_BATCH, ShardTables, record_files
@@ -325,6 +325,7 @@ def _write_ids(ids: np.ndarray, path: Path) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    sync_folder(path.parent)
     return hashlib.sha256(data).hexdigest()
 
 
