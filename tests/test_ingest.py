@@ -179,6 +179,20 @@ def test_copies_of_a_photo_with_their_own_captions_make_a_pair_each(tmp_path, en
     ]
 
 
+def test_manifest_lines_that_move_keep_their_rows_and_say_where_they_are_now(tmp_path, encoder):
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    root.mkdir()
+    lines = [json.dumps({"id": f"t{i}", "text": f"item number {i}"}) for i in range(3)]
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n")
+    ingest(root, index, encoder=encoder)
+    (root / "items.jsonl").write_text("\n".join(lines[::-1]) + "\n")  # the same items, in another order
+    again = ingest(root, index, encoder=encoder)
+    assert (again.encoded_items, again.relabeled_items) == (0, 2)  # t1 stayed on line 2
+    assert {r["id"]: r["source"] for r in rows_by_id(index).values()} == {
+        "t0": "items.jsonl:3", "t1": "items.jsonl:2", "t2": "items.jsonl:1"
+    }  # fmt: skip
+
+
 def test_vectors_equal_the_encoders(good, encoder):
     """Ingest goes through the same forward as Encoder.encode: the stored vectors are UNITE's."""
     root, index, _ = good

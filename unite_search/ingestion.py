@@ -450,8 +450,9 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
                 todo.append(unit)
             else:
                 report.unchanged_items += 1
-                if (state.paths, state.caption) != (unit.paths, unit.caption):
-                    relabel[shard][key] = (unit.paths, unit.caption)
+                now = (unit.paths, unit.caption, unit.tasks[0].row["source"])  # a manifest line may have moved
+                if (state.paths, state.caption, state.source) != now:
+                    relabel[shard][key] = now
         todo += [u for u in units if u.shard == shard and u.key not in states]
     report.relabeled_items = sum(len(v) for v in relabel.values())
     rows = sum(len(u.tasks) for u in todo)

@@ -42,6 +42,7 @@ class UnitState:
     expected: int  # rows the unit makes
     paths: tuple[str, ...]
     caption: str | None
+    source: str | None = None  # "file", "pair", or a manifest item's "file.jsonl:line"
 
 
 class ShardTables:
@@ -89,12 +90,14 @@ class ShardTables:
         if table_name(shard) not in self.names():
             return {}
         found: dict[str, list] = {}
-        cols = ["unit", "unit_rows", "paths", "caption"]
+        cols = ["unit", "unit_rows", "paths", "caption", "source"]
         for batch in self.open(shard).search().select(cols).limit(None).to_batches(READ_BATCH):
-            for unit, expected, paths, caption in zip(*(batch.column(c).to_pylist() for c in cols), strict=True):
-                entry = found.setdefault(unit, [0, expected, tuple(paths or ()), caption])
+            for unit, expected, paths, caption, source in zip(
+                *(batch.column(c).to_pylist() for c in cols), strict=True
+            ):
+                entry = found.setdefault(unit, [0, expected, tuple(paths or ()), caption, source])
                 entry[0] += 1
-        return {u: UnitState(r, e, p, c) for u, (r, e, p, c) in found.items()}
+        return {u: UnitState(*state) for u, state in found.items()}
 
     def add_rows(self, shard: str, rows: list[dict[str, Any]], vectors: np.ndarray) -> int:
         """Append rows (one commit); returns the table's new version."""
@@ -135,8 +138,10 @@ class ShardTables:
                 deleted += n
         return deleted
 
-    def relabel(self, shard: str, changes: dict[str, tuple[tuple[str, ...], str | None]], chunk: int = 500) -> None:
-        """Set new paths and caption on every row of the given units (no re-encoding)."""
+    def relabel(
+        self, shard: str, changes: dict[str, tuple[tuple[str, ...], str | None, str]], chunk: int = 500
+    ) -> None:
+        """Set new paths, caption and source on every row of the given units (no re-encoding)."""
         units = sorted(changes)
         table = self.open(shard)
         for i in range(0, len(units), chunk):
@@ -147,8 +152,9 @@ class ShardTables:
             unit_col = rows.column("unit").to_pylist()
             new_paths = [list(changes[u][0]) for u in unit_col]
             rows = _set(rows, "paths", new_paths)
-            rows = _set(rows, "path", [p[0] for p in new_paths])
+            rows = _set(rows, "path", [p[0] if p else None for p in new_paths])  # a text item has none
             rows = _set(rows, "caption", [changes[u][1] for u in unit_col])
+            rows = _set(rows, "source", [changes[u][2] for u in unit_col])
             table.merge_insert("id").when_matched_update_all().execute(rows)
 
     def restore(self, versions: dict[str, int]) -> None:
