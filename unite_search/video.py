@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -319,7 +321,9 @@ def _av_probe(container) -> tuple[Probe, int]:
 
 
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
-    got, decoded, idx, probe = _with_av(path, lambda container: _decode_av(container, settings, start, end, probe))
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    got, decoded, idx, probe = _with_av(path, lambda c: _decode_av(c, settings, start, end, probe, key))
     if not got:
         raise InputError(BAD_FRAMES, source=path, detail="no decodable frame")
     # Containers can over-report their frame count: a missing index reuses the closest earlier frame.
@@ -333,7 +337,27 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: 
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "av", decoded)
 
 
-def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | None):
+_TIMES: OrderedDict[tuple, np.ndarray] = OrderedDict()  # frame times of the files read last (see _frame_times)
+_TIMES_LOCK = threading.Lock()
+TIMES_KEPT = 16
+
+
+def _frame_times(container, stream, key: tuple) -> np.ndarray:
+    """Every frame's timestamp in presentation order, from the packets (nothing is decoded): frame i is
+    the one at ``times[i]``, whatever the frame rate did. Kept for the file's next segments."""
+    with _TIMES_LOCK:
+        if key in _TIMES:
+            _TIMES.move_to_end(key)
+            return _TIMES[key]
+    times = np.sort(np.fromiter((p.pts for p in container.demux(stream) if p.pts is not None), np.int64))
+    with _TIMES_LOCK:
+        _TIMES[key] = times
+        while len(_TIMES) > TIMES_KEPT:
+            _TIMES.popitem(last=False)
+    return times
+
+
+def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | None, key: tuple = ()):
     """The sampled frames of an open container: ({index: frame}, frames decoded, indices, probe)."""
     decoded = 0
     if probe is None:
@@ -348,16 +372,16 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
     last = int(idx.max())
     got: dict[int, np.ndarray] = {}
     first = int(idx.min())
-    if first > 0 and stream.time_base is not None:
-        # Seek to the keyframe before the range, then number frames by their timestamps:
-        # decoding from frame 0 for every segment of a long clip would be quadratic.
-        origin = stream.start_time or 0
-        container.seek(origin + int(first / probe.fps / stream.time_base), stream=stream, backward=True)
-        numbered = (
-            (-1 if f.pts is None else round(float((f.pts - origin) * stream.time_base) * probe.fps), f)
-            for f in container.decode(stream)
-        )
+    times = _frame_times(container, stream, key) if first > 0 and stream.time_base is not None else None
+    if times is not None and first < len(times):
+        # Seek to the keyframe before the range and number frames by the table of their timestamps
+        # (decoding from frame 0 for every segment of a long clip would be quadratic; numbering them
+        # by fps would shift them wherever the frame rate varies, as in phone videos)
+        container.seek(int(times[first]), stream=stream, backward=True)
+        numbered = ((_position(times, f.pts), f) for f in container.decode(stream))
     else:
+        if times is not None:
+            container.seek(0)
         numbered = enumerate(container.decode(stream))
     for i, frame in numbered:
         decoded += 1
@@ -366,6 +390,14 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
         if i >= last:
             break
     return got, decoded, idx, probe
+
+
+def _position(times: np.ndarray, pts) -> int:
+    """The frame index of a timestamp (-1 for one the packets did not show)."""
+    if pts is None:
+        return -1
+    at = int(np.searchsorted(times, pts))
+    return at if at < len(times) and times[at] == pts else -1
 
 
 def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
