@@ -160,6 +160,42 @@ def killed_mid_run(driver, index: Path) -> None:
     driver.wait()
 
 
+def test_ctrl_c_keeps_the_rows_encoded_so_far(tmp_path, encoder, monkeypatch):
+    """The encoded rows waiting for their commit (up to ``commit_rows``) were dropped on Ctrl-C."""
+    import pickle
+
+    from unite_search import distributed
+
+    root = tmp_path / "corpus"
+    texts(root, 24)
+    results = []
+
+    class Interrupted:  # the driver's Ctrl-C arrives as it takes the second result
+        dumps = staticmethod(pickle.dumps)
+
+        @staticmethod
+        def loads(blob):
+            results.append(blob)
+            if len(results) == 2:
+                raise KeyboardInterrupt
+            return pickle.loads(blob)
+
+    monkeypatch.setattr(distributed, "pickle", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(root, tmp_path / "index", encoder=encoder, engine="ray", ray_encoders=1, commit_rows=10_000)
+    kept = IndexStore(tmp_path / "index").tables.open("text").count_rows()
+    assert 0 < kept < 24
+    monkeypatch.undo()
+    again = ingest(root, tmp_path / "index", encoder=encoder, engine="ray", ray_encoders=1)
+    assert again.encoded_items == 24 - kept and again.unchanged_items == kept
+    assert_same_rows(rows_by_id(tmp_path / "index"), rows_by_id(_local(root, tmp_path / "local", encoder)))
+
+
+def _local(root, index, encoder):
+    ingest(root, index, encoder=encoder)
+    return index
+
+
 def test_an_address_nothing_answers_on_is_told_before_anything_is_read(tmp_path, encoder, monkeypatch):
     from unite_search.errors import ConfigError, IngestError, MissingDependencyError
 

@@ -348,6 +348,10 @@ def _drain(data, store, tables, by_key, tasks, *, on_error, commit_rows, progres
                 if failed and on_error == "raise":
                     return written
         commit()
+    except KeyboardInterrupt:
+        if on_error != "raise":  # the rows encoded so far are kept, as a local ingest keeps them
+            commit()
+        raise
     except UniteError:
         raise  # ours, raised on a worker (Ray's wrapper is an instance of it too)
     except Exception as exc:
