@@ -49,6 +49,24 @@ def test_embed_json_and_npy(runner, tiny_dir, media, encoder, tmp_path):
     assert np.abs(np.load(out) - expected).max() < 1e-6
 
 
+def test_embed_out_names_the_file_it_wrote_and_an_unwritable_one_in_a_line(runner, tiny_dir, tmp_path):
+    base = ["embed", "--text", "a dog", "--model", str(tiny_dir), "--device", "cpu", "--out"]
+    ok = runner.invoke(main, [*base, str(tmp_path / "vec"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["out"] == str(tmp_path / "vec.npy")
+    assert np.load(tmp_path / "vec.npy").shape == (64,)
+    bad = runner.invoke(main, [*base, str(tmp_path / "no" / "such" / "v.npy")])
+    assert bad.exit_code == 1 and bad.exception.__class__ is SystemExit
+    assert "No such file or directory" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("size", ["nan", "inf", "1e400", "0.5", "0", "-3G", "lots"])
+def test_a_size_that_is_not_one_is_a_usage_error(runner, tmp_path, size):
+    (tmp_path / "corpus").mkdir()
+    out = runner.invoke(main, ["ingest", str(tmp_path / "corpus"), "--index-memory", size])
+    assert out.exit_code == 2 and "is not a size such as 8G" in out.output and "Traceback" not in out.output
+
+
 def test_compare_like_the_demo(runner, tiny_dir, media, encoder):
     result = runner.invoke(main, ["compare", "a dog in the snow", str(media["image"]), "--model", str(tiny_dir)])
     assert result.exit_code == 0, result.output

@@ -202,7 +202,8 @@ def build(
     The kind comes from :func:`choose` (``flat_max``, ``memory``: bytes the index may hold)."""
     faiss = _faiss()
     kind = choose(n, dim, flat_max, memory)
-    common = {"metric": "inner_product", "flat_max": flat_max, "memory_budget": memory or default_memory()}
+    budget = default_memory() if memory is None else memory  # as choose() took it (0 is a budget too)
+    common = {"metric": "inner_product", "flat_max": flat_max, "memory_budget": budget}
     if kind["type"] == "flat":
         index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         for keys, vecs in batches():

@@ -44,6 +44,6 @@ def bench(name, data, model, variant, frames, limit, subsets, batch_size, cache_
         )  # fmt: skip
 
     result = _run(work)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2))
     click.echo(json.dumps(result, indent=2) if as_json else format_result(result))
+    if out:  # after the result is shown: a path it cannot write loses nothing, and is one line, not a traceback
+        _run(lambda: Path(out).write_text(json.dumps(result, indent=2)))

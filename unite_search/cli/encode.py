@@ -24,15 +24,19 @@ def embed(text, image, video, instruction, out, as_json, model, device, dtype, f
         raise click.UsageError("give at least one of --text, --image, --video")
     item = Item(text=text, image=image, video=video, instruction=instruction)
 
+    if out and not out.endswith(".npy"):
+        out += ".npy"  # the name numpy gives the file, and so the one reported
+
     def work():
         encoder = _load(model, device, dtype, fps, max_frames, frames)
-        return encoder, encoder.encode([item])[0]
+        vec = encoder.encode([item])[0]
+        if out:
+            import numpy as np
+
+            np.save(out, vec)  # inside _run: a path it cannot write is one line, not a traceback
+        return encoder, vec
 
     encoder, vec = _run(work)
-    if out:
-        import numpy as np
-
-        np.save(out, vec)
     if as_json:
         payload = {"model": encoder.model_id, "dim": encoder.dim, "vector": [float(x) for x in vec]}
         if out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -277,7 +278,7 @@ def _size(text: str, option: str) -> int:
         value = float(number) * units[unit]
     except ValueError:
         value = -1
-    if value <= 0:
+    if not math.isfinite(value) or value < 1:  # nan, inf, or under a byte (0.5 would be a budget of 0)
         raise click.BadParameter(f"{text!r} is not a size such as 8G, 512M or 1000000", param_hint=option)
     return int(value)
 
