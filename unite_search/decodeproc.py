@@ -204,7 +204,11 @@ class DecodePool:
             reason, where, detail = payload
             raise InputError(reason, source=where, detail=detail)
         exc, trace = payload
-        exc.add_note(f"raised in a decoding process:\n{trace}")
+        note = f"raised in a decoding process:\n{trace}"
+        if hasattr(exc, "add_note"):  # Python 3.11 on
+            exc.add_note(note)
+        else:
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # what 3.11's traceback prints
         raise exc
 
     def close(self) -> None:
