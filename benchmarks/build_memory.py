@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from timing import load, machine
+from timing import load, machine, repeats_arg
 
 CHILD = r"""
 import json, sys, time
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1536)
     ap.add_argument("--index-memory", type=int, default=1000, help="MB the index may hold (1000: SQ4 at 1M x 1536)")
     ap.add_argument("--src", action="append", type=Path, help="a folder holding unite_search (repeatable)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=repeats_arg, default=3)
     args = ap.parse_args()
     srcs = [s.resolve() for s in (args.src or [Path(__file__).resolve().parent.parent])]
 

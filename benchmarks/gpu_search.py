@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from scale import Mixture  # noqa: E402
-from timing import compare, load, machine, ratio  # noqa: E402
+from timing import compare, load, machine, ratio, repeats_arg  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=1536)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=repeats_arg, default=3)
     ap.add_argument("--single", type=int, default=300, help="queries timed one at a time in each round")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

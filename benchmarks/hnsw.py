@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from scale import Mixture  # noqa: E402
-from timing import load, machine  # noqa: E402
+from timing import load, machine, repeats_arg  # noqa: E402
 
 from unite_search import ann  # noqa: E402
 
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32, help="HNSW neighbours a node")
     ap.add_argument("--ef-construction", type=int, default=40)
     ap.add_argument("--target", type=float, default=ann.TARGET_RECALL)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=repeats_arg, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     result = {"machine": machine(), "load_before": load(), "m": args.m, "sizes": []}

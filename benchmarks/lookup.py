@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from timing import load, machine
+from timing import load, machine, repeats_arg
 
 from unite_search import reader as readers
 from unite_search.reader import Snapshot
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--k", type=int, default=10, help="rows fetched by one lookup (a search's hits)")
     ap.add_argument("--lookups", type=int, default=200, help="lookups per arm per round")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=repeats_arg, default=4)
     ap.add_argument(
         "--work",
         type=Path,

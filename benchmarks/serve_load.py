@@ -14,7 +14,8 @@ subprocess on a free loopback port; this process is the load generator: 1, 8 and
 - like: ``{"like": <row id>, "k": 10}``, ids taken from a first search (no encoder work).
 
 Each (level, kind) sends ``--requests`` requests in all, split evenly over the clients, which start
-together. The sequence of levels is run ``--rounds`` times (every other round in reverse order), so
+together. The sequence of levels is run ``--rounds`` times (every other round in reverse order, the
+kinds within a level too), so
 one noisy moment on a shared machine does not decide a figure: QPS is given as the median over the
 rounds with its range, latency percentiles over every request of every round. Encoder batches per
 request and queries per forward pass come from ``/metrics`` read before and after each phase; server
@@ -56,6 +57,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from timing import repeats_arg  # noqa: E402
 
 KINDS = ("text", "upload", "like")
 SUBJECTS = [
@@ -313,7 +317,7 @@ def main() -> None:
     )
     ap.add_argument("--requests", type=int, default=192, help="requests per level and kind in each round")
     ap.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
-    ap.add_argument("--rounds", type=int, default=3, help="times the sequence of levels is run (alternating order)")
+    ap.add_argument("--rounds", type=repeats_arg, default=3, help="runs of the sequence of levels (alternating order)")
     ap.add_argument("--soak", type=int, default=10000, help="text/like requests from 32 clients for the RSS check")
     ap.add_argument("--soak-clients", type=int, default=32)
     ap.add_argument("--soak-kinds", default="text,like", help="query kinds of the soak, in turn (text, upload, like)")
@@ -397,7 +401,7 @@ def main() -> None:
             order = levels if r % 2 == 0 else levels[::-1]
             load_rounds.append(os.getloadavg())
             for n in order:
-                for kind in KINDS:
+                for kind in KINDS if r % 2 == 0 else KINDS[::-1]:  # the kinds alternate too
                     out = phase(server, n, args.requests, [kind], requests)
                     runs[(kind, n)].append(out)
                     print(f"round {r + 1} {kind:<7} {n:>3} clients: {out['qps']:7.1f} QPS, p50 "
