@@ -9,7 +9,7 @@ from conftest import write_empty_video
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from unite_search import Encoder, EncoderSettings, InputError, Item, ModelLoadError
+from unite_search import ConfigError, Encoder, EncoderSettings, InputError, Item, ModelLoadError
 from unite_search.batching import plan_batches
 from unite_search.testing import tiny_model
 
@@ -170,6 +170,46 @@ def test_bad_inputs_name_the_input(encoder, tmp_path, media):
         with pytest.raises(InputError, match=pattern) as info:
             encoder.encode([{"text": "fine"}, bad])
         assert "item 1" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"fps": float("nan")}, {"fps": float("inf")}, {"fetch_max_pixels": 0}, {"fetch_max_pixels": -1},
+        {"fetch_min_pixels": 10**9}, {"video_min_pixels": -5}, {"video_max_pixels": float("nan")},
+        {"max_pixels": float("inf")},
+    ],
+)  # fmt: skip
+def test_settings_that_would_fail_an_encode_are_refused_when_made(bad):
+    """fps nan passed (nan <= 0 is false) and the fetch bounds were not checked: each failed at encode time."""
+    with pytest.raises(ConfigError):
+        EncoderSettings(**bad)
+    assert EncoderSettings.training().video_max_pixels < EncoderSettings().video_min_pixels  # upstream's, allowed
+
+
+def test_weights_that_failed_to_load_say_why_at_every_get_and_are_not_loaded_again_behind_it():
+    import traceback
+
+    from unite_search.runtime import Weights
+
+    calls = []
+
+    def loader():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return "model"
+
+    weights = Weights(loader=loader)
+    with pytest.raises(OSError, match="disk hiccup"):
+        weights.get()
+    weights.start()  # a second load here made a later get() raise the first error although it succeeded
+    raised = []
+    for _ in range(3):
+        with pytest.raises(OSError, match="disk hiccup") as info:
+            weights.get()
+        raised.append(len(traceback.extract_tb(info.value.__traceback__)))
+    assert calls == [1] and not weights.loaded and len(set(raised)) == 1  # the traceback does not grow
 
 
 def test_settings_change_video_vectors(tiny_dir, media, encoder):

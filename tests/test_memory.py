@@ -90,3 +90,5 @@ def test_predictions_cover_the_prepared_patches():
     assert image_cost(640, 480, s) < image_cost(1280, 960, s)
     assert video_cost(640, 360, 32, s) > video_cost(640, 360, 8, s)
     assert image_cost(100000, 100, s) == 2 * 100000 * 100 * 4  # refused after decoding: the decode alone
+    # an odd count is read as the even one above it (two frames a temporal patch): predicted as that
+    assert video_cost(640, 360, 3, s) == video_cost(640, 360, 4, s) > video_cost(640, 360, 2, s)

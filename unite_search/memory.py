@@ -47,6 +47,7 @@ def video_cost(width: int | None, height: int | None, frames: int | None, settin
     from .video import frame_size
 
     n = frames or settings.frames or settings.max_frames
+    n += n % 2  # the sampler reads an even count (a temporal patch is two frames)
     if not width or not height:
         return UNKNOWN_COST
     decoded = 2 * n * width * height * 3  # decoded frames and their stacked copy

@@ -111,8 +111,8 @@ class Weights:
     def start(self) -> None:
         """Begin loading on a thread of its own, so that decoding can run meanwhile."""
         with self._lock:
-            if self._model is not None or self._thread is not None:
-                return
+            if self._model is not None or self._thread is not None or self._error is not None:
+                return  # loaded, loading, or failed: the next get() says why
             self._thread = threading.Thread(target=self._load, name="unite-load", daemon=True)
             self._thread.start()
 
@@ -135,6 +135,6 @@ class Weights:
                 self._load()  # here, holding the lock: other threads asking meanwhile wait for it
         if thread is not None:
             thread.join()
-        if self._error is not None:
-            raise self._error
+        if self._model is None and self._error is not None:
+            raise self._error.with_traceback(None)  # each caller's own traceback, not one grown by every raise
         return self._model

@@ -5,6 +5,7 @@ Indexes record ``EncoderSettings.to_dict()`` and refuse to mix vectors made unde
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -43,11 +44,19 @@ class EncoderSettings:
             raise ConfigError("frames must be a positive count")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ConfigError("need 1 <= min_frames <= max_frames")
+        numbers = [self.fps, self.fetch_min_pixels, self.fetch_max_pixels, self.min_pixels, self.max_pixels]
+        numbers += [self.video_min_pixels, self.video_max_pixels or 1]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
+            raise ConfigError("fps and the pixel bounds must be finite numbers")
         if self.fps <= 0:
             raise ConfigError("fps must be positive")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ConfigError("need 0 < min_pixels <= max_pixels")
-        if self.video_max_pixels is not None and self.video_max_pixels < 1:
+        if not 0 < self.fetch_min_pixels <= self.fetch_max_pixels:
+            raise ConfigError("need 0 < fetch_min_pixels <= fetch_max_pixels")
+        if self.video_min_pixels < 1:
+            raise ConfigError("video_min_pixels must be positive")
+        if self.video_max_pixels is not None and self.video_max_pixels < 1:  # below the minimum is upstream's way
             raise ConfigError("video_max_pixels must be positive (or None for qwen-vl-utils' own cap)")
 
     @classmethod
