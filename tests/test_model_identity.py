@@ -209,6 +209,55 @@ def test_identity_is_content_not_location(tiny_dir, tmp_path):
     assert fingerprint(copy) != fingerprint(tiny_dir)
 
 
+def test_tokenizer_settings_and_shards_are_part_of_the_identity(tiny_dir, tmp_path):
+    """tokenizer_config.json (split_special_tokens split the prompt's markers: vectors 0.53 off) and the
+    shards a model.safetensors.index.json names (in a subfolder: not seen) changed vectors, not identities."""
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_dir, copy)
+    base = fingerprint(copy)
+    (copy / "tokenizer_config.json").write_text(json.dumps({"split_special_tokens": True}))
+    assert fingerprint(copy) != base
+    weights = load_file(copy / "model.safetensors")
+    (copy / "model.safetensors").unlink()
+    (copy / "w").mkdir()
+    save_file(weights, copy / "w" / "shard.safetensors")
+    index = {"metadata": {}, "weight_map": {name: "w/shard.safetensors" for name in weights}}
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    sharded = fingerprint(copy)
+    name = next(iter(weights))
+    save_file({**weights, name: weights[name] * 2}, copy / "w" / "shard.safetensors")
+    assert fingerprint(copy) != sharded
+    index["weight_map"][name] = "../outside.safetensors"  # transformers would read it: refused
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"names '\.\./outside\.safetensors', which is not a file of"):
+        fingerprint(copy)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["config not JSON", "config a list", "text_config a string", "tokenizer.json rejected", "weights truncated"],
+)
+def test_a_damaged_model_folder_is_a_model_load_error(tiny_dir, tmp_path, damage):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    if damage == "config not JSON":
+        (copy / "config.json").write_text("{nope")
+    elif damage == "config a list":
+        (copy / "config.json").write_text("[]")
+    elif damage == "text_config a string":
+        (copy / "config.json").write_text(json.dumps({**config, "text_config": "big"}))
+    elif damage == "tokenizer.json rejected":  # as one written by a newer tokenizers library
+        tok = json.loads((copy / "tokenizer.json").read_text())
+        tok["model"]["type"] = "Unknown"
+        (copy / "tokenizer.json").write_text(json.dumps(tok))
+    else:  # an interrupted copy
+        data = (copy / "model.safetensors").read_bytes()
+        (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=str(copy)):
+        Encoder.load(copy, device="cpu").encode(["x"])
+
+
 def _stats_since(before: tuple[int, int, int]) -> tuple[int, int, int]:
     """(files, bytes, hits) of :data:`hash_stats` since ``before``; ``(0, 0, 0)`` gives the totals."""
     now = (hash_stats.files, hash_stats.bytes, hash_stats.hits)
@@ -233,7 +282,8 @@ def _fingerprint_elsewhere(folder: Path, tmp_path: Path) -> dict:
 def test_fingerprints_are_cached_in_memory_and_on_disk(big_dir, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(big_dir, folder)
-    hashed = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if (folder / n).is_file()]
+    hashed = [n for n in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+              if (folder / n).is_file()]  # fmt: skip
     total = sum((folder / n).stat().st_size for n in hashed)
 
     before = _stats_since((0, 0, 0))

@@ -44,8 +44,13 @@ def _offline_help(name: str, hub_id: str) -> str:
     )
 
 
-# Files whose content is a model's (or an adapter's) identity: everything that changes a vector.
-IDENTITY_FILES = ("config.json", "adapter_config.json", "tokenizer.json", "vocab.json", "merges.txt")
+# Files whose content is a model's (or an adapter's) identity: everything that changes a vector (the
+# tokenizer's config and added tokens split text differently: "split_special_tokens", added tokens).
+IDENTITY_FILES = (
+    "config.json", "adapter_config.json", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json",
+)  # fmt: skip
+SHARD_INDEX = "model.safetensors.index.json"
 FINGERPRINT_CACHE = "fingerprints.json"  # under $XDG_CACHE_HOME/unite-search
 _CACHE_ENTRIES = 4096  # the oldest entries beyond this are dropped; a dropped file is just hashed again
 
@@ -128,13 +133,34 @@ def cached_sha256(path: str | os.PathLike) -> str:
 
 def fingerprint(folder: Path) -> str:
     """The identity of a model or adapter folder: 16 hex digits of a sha256 over the names and whole contents
-    of its ``*.safetensors`` and :data:`IDENTITY_FILES`. Reloads of unchanged files read only the cache."""
+    of its ``*.safetensors``, the shards its ``model.safetensors.index.json`` names (and that file), and
+    :data:`IDENTITY_FILES`. Reloads of unchanged files read only the cache."""
     h = hashlib.sha256()
-    files = sorted({*folder.glob("*.safetensors"), *(folder / n for n in IDENTITY_FILES)}, key=lambda f: f.name)
-    for f in files:
+    files = {f.name: f for f in (*folder.glob("*.safetensors"), *(folder / n for n in IDENTITY_FILES))}
+    files.update(_shards(folder))
+    for name, f in sorted(files.items()):
         if f.is_file():
-            h.update(f"{f.name}\0{cached_sha256(f)}\n".encode())
+            h.update(f"{name}\0{cached_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _shards(folder: Path) -> dict[str, Path]:
+    """The index of a sharded checkpoint and the files it names (what transformers loads), by their names
+    in the folder; a name leading out of the folder, or to no file, is refused."""
+    index = folder / SHARD_INDEX
+    if not index.is_file():
+        return {}
+    try:
+        names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"{index} is not a readable shard index ({type(exc).__name__}: {exc})") from None
+    root, out = folder.resolve(), {SHARD_INDEX: index}
+    for name in sorted(names):
+        path = (folder / str(name)).resolve()
+        if not isinstance(name, str) or not path.is_relative_to(root) or not path.is_file():
+            raise ModelLoadError(f"{index} names {name!r}, which is not a file of {folder}")
+        out[Path(name).as_posix()] = path
+    return out
 
 
 def resolve(model: str | os.PathLike | None = None) -> ResolvedModel:
@@ -166,7 +192,13 @@ def resolve(model: str | os.PathLike | None = None) -> ResolvedModel:
 
 
 def _raw_config(folder: Path) -> dict[str, Any]:
-    raw = json.loads((folder / "config.json").read_text())
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # not UTF-8, not JSON
+        raise ModelLoadError(f"{folder}/config.json is unreadable ({type(exc).__name__}: {exc})") from None
+    parts = [raw] + [raw.get(k) for k in ("text_config", "vision_config") if isinstance(raw, dict) and k in raw]
+    if not all(isinstance(p, dict) for p in parts):
+        raise ModelLoadError(f"{folder}/config.json is not a Qwen2-VL config (its sections are not JSON objects)")
     claimed = raw.get("model_type", "qwen2_vl")
     if claimed not in ("qwen2_vl", "unite_qwen2_vl"):
         raise ModelLoadError(f"{folder}: model_type {claimed!r} is not a Qwen2-VL checkpoint")
@@ -192,7 +224,11 @@ def read_config(folder: Path):
     raw.pop("model_type", None)
     raw.pop("architectures", None)
     raw.pop("auto_map", None)  # never run remote code
-    return Qwen2VLConfig.from_dict(raw)
+    try:
+        return Qwen2VLConfig.from_dict(raw)
+    except Exception as exc:  # noqa: BLE001  transformers' validation raises several kinds
+        why = f"{type(exc).__name__}: {exc}"
+        raise ModelLoadError(f"{folder}/config.json is not a valid Qwen2-VL config ({why})") from None
 
 
 @contextmanager
@@ -230,12 +266,13 @@ def load_tokenizer(folder: Path):
     try:
         with _quiet_transformers():
             return cls.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # the Rust parser raises a bare Exception for a tokenizer.json it rejects
         raise ModelLoadError(f"could not load the tokenizer of {folder}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_model(folder: Path, *, dtype, attn: str):
     """Qwen2-VL weights from ``folder`` (safetensors only); every checkpoint tensor must land in the model."""
+    from safetensors import SafetensorError
     from transformers import Qwen2VLForConditionalGeneration
 
     config = read_config(folder)
@@ -255,8 +292,8 @@ def load_model(folder: Path, *, dtype, attn: str):
                 trust_remote_code=False,
                 use_safetensors=True,  # a pickled checkpoint (pytorch_model.bin) is never unpickled
             )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load weights from {folder}: {exc}") from exc
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # damaged, truncated, other shapes
+        raise ModelLoadError(f"could not load weights from {folder}: {type(exc).__name__}: {exc}") from exc
     missing = [k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     problems = {
         "missing": sorted(missing),
