@@ -516,6 +516,25 @@ def test_media_and_thumbs_stay_inside_the_corpus(small, encoder, tmp_path):
         _assert_error(c.get(hits["a.png"]["media_url"]), 404, "not_found")
 
 
+def test_media_whose_bytes_no_longer_show_a_media_type_is_a_download_never_a_page(encoder, tmp_path):
+    """A row's file swapped after ingest for a link to an .html or .svg file of the corpus was served as
+    text/html or image/svg+xml (its type guessed from the name): a script run on this origin."""
+    root = tmp_path / "corpus"
+    write_photo(root / "pic.jpg", seed=3)
+    (root / "page.html").write_text("<script>document.title = 'ran'</script>")
+    (root / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>')
+    ingest(root, tmp_path / "index", encoder=encoder)
+    with TestClient(create_app(Index.open(tmp_path / "index", encoder=encoder))) as c:
+        url = _search(c, text="x", target="image", k=1)["hits"][0]["media_url"]
+        assert c.get(url).headers["content-type"] == "image/jpeg"
+        for target in ("page.html", "drawing.svg"):
+            (root / "pic.jpg").unlink()
+            (root / "pic.jpg").symlink_to(root / target)
+            got = c.get(url)
+            assert got.status_code == 200 and got.headers["content-type"] == "application/octet-stream"
+            assert got.headers["x-content-type-options"] == "nosniff"
+
+
 def test_parse_range():
     assert parse_range(None, 10) is None and parse_range("bytes=2-4", 10) == (2, 4)
     assert parse_range("bytes=-3", 10) == (7, 9) and parse_range(" bytes = 8 - ", 10) == (8, 9)

@@ -139,9 +139,12 @@ class ShardTables:
         return deleted
 
     def relabel(
-        self, shard: str, changes: dict[str, tuple[tuple[str, ...], str | None, str]], chunk: int = 500
+        self,
+        shard: str,
+        changes: dict[str, tuple[tuple[str, ...], str | None] | tuple[tuple[str, ...], str | None, str]],
+        chunk: int = 500,
     ) -> None:
-        """Set new paths, caption and source on every row of the given units (no re-encoding)."""
+        """Set new paths, caption and (when given) source on every row of the given units (no re-encoding)."""
         units = sorted(changes)
         table = self.open(shard)
         for i in range(0, len(units), chunk):
@@ -154,7 +157,8 @@ class ShardTables:
             rows = _set(rows, "paths", new_paths)
             rows = _set(rows, "path", [p[0] if p else None for p in new_paths])  # a text item has none
             rows = _set(rows, "caption", [changes[u][1] for u in unit_col])
-            rows = _set(rows, "source", [changes[u][2] for u in unit_col])
+            sources = rows.column("source").to_pylist()  # kept where a change does not name one
+            rows = _set(rows, "source", [(*changes[u], old)[2] for u, old in zip(unit_col, sources, strict=True)])
             table.merge_insert("id").when_matched_update_all().execute(rows)
 
     def restore(self, versions: dict[str, int]) -> None:
