@@ -535,6 +535,31 @@ def test_media_whose_bytes_no_longer_show_a_media_type_is_a_download_never_a_pag
             assert got.headers["x-content-type-options"] == "nosniff"
 
 
+def test_rows_whose_id_is_a_dot_segment_get_urls_a_browser_keeps(encoder, tmp_path):
+    """Ids "." and ".." made "/thumbs/.." and "/media/.": a browser resolves those to "/" and "/media/"."""
+    from urllib.parse import urljoin
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_photo(root / "b.png", seed=2)
+    items = [{"id": ".", "image": "a.png", "text": "one"}, {"id": "..", "image": "b.png", "text": "two"}]
+    (root / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    ingest(root, tmp_path / "index", encoder=encoder)
+    app = create_app(Index.open(tmp_path / "index", encoder=encoder), token="s3cret")
+    with TestClient(app, headers={"Authorization": "Bearer s3cret"}) as c:
+        hits = {h["id"]: h for h in _search(c, text="x", target="image+text", k=5)["hits"]}
+        assert set(hits) == {".", ".."}
+        for row_id, name in ((".", "a.png"), ("..", "b.png")):
+            for kind in ("thumb_url", "media_url"):
+                url = hits[row_id][kind]
+                assert urljoin("http://host/", url) == f"http://host{url}"  # what a browser would ask
+            assert c.get(hits[row_id]["media_url"]).content == (root / name).read_bytes()
+            assert c.get(hits[row_id]["thumb_url"]).headers["content-type"] == "image/jpeg"
+    with TestClient(app) as c:  # <img> and <video> send the token as ?token=, on these routes too
+        assert c.get(hits[".."]["media_url"]).status_code == 401
+        assert c.get(hits[".."]["media_url"] + "&token=s3cret").status_code == 200
+
+
 def test_parse_range():
     assert parse_range(None, 10) is None and parse_range("bytes=2-4", 10) == (2, 4)
     assert parse_range("bytes=-3", 10) == (7, 9) and parse_range(" bytes = 8 - ", 10) == (8, 9)

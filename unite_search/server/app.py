@@ -338,6 +338,16 @@ def create_app(
         data = await run_in_threadpool(server.thumbnail, row_id)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
+    # the same two by ?id=, for the ids a path segment cannot carry: a browser resolves "/media/.." to "/"
+    @app.head("/media", include_in_schema=False)
+    @app.get("/media", summary="The file of the row ?id= names (for ids such as '.' and '..')")
+    async def media_by_id(id: str, request: Request):
+        return await media(id, request)
+
+    @app.get("/thumbs", summary="The thumbnail of the row ?id= names (for ids such as '.' and '..')")
+    async def thumb_by_id(id: str):
+        return await thumb(id)
+
     # ------------------------------------------------------------------ state
     @app.get("/info", summary="Shards, rows, model, settings and the last ingest run with its failures")
     async def info():

@@ -106,7 +106,9 @@ class Server:
             if name == b"authorization":
                 scheme, _, given = value.decode("latin-1").partition(" ")
                 return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
-        if scope.get("method") in ("GET", "HEAD") and path.startswith(("/media/", "/thumbs/")):
+        if scope.get("method") in ("GET", "HEAD") and (
+            path in ("/media", "/thumbs") or path.startswith(("/media/", "/thumbs/"))
+        ):
             given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
             return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
         return False
@@ -148,11 +150,11 @@ class Server:
     @staticmethod
     def urls(row_id: str, path: str | None, modality: str, prefix: str) -> dict[str, str | None]:
         quoted = quote(row_id, safe="")
+        # an id that is a dot segment ("." or "..") would be resolved away by the browser: named by ?id= then
+        at = (lambda route: f"{prefix}/{route}?id={quoted}") if row_id.strip(".") == "" else (
+            lambda route: f"{prefix}/{route}/{quoted}")  # fmt: skip
         visual = bool({"image", "video"} & set(modality.split("+")))
-        return {
-            "thumb_url": f"{prefix}/thumbs/{quoted}" if path and visual else None,
-            "media_url": f"{prefix}/media/{quoted}" if path else None,
-        }
+        return {"thumb_url": at("thumbs") if path and visual else None, "media_url": at("media") if path else None}
 
     def _plan_and_prepare(self, query: dict[str, Any]):
         from ..modality import Item
