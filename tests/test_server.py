@@ -560,6 +560,32 @@ def test_rows_whose_id_is_a_dot_segment_get_urls_a_browser_keeps(encoder, tmp_pa
         assert c.get(hits[".."]["media_url"] + "&token=s3cret").status_code == 200
 
 
+def test_serve_without_a_token_answers_only_requests_to_this_machines_names(built, monkeypatch):
+    """A page whose name was made to point at 127.0.0.1 (DNS rebinding) read the index through a
+    visitor's browser: the server answered any Host. Served on loopback without a token, it no longer does."""
+    import uvicorn
+    from click.testing import CliRunner
+
+    from unite_search.cli import main
+
+    _, index = built
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.delenv("UNITE_SEARCH_TOKEN", raising=False)
+    for args, guarded in ((["--device", "cpu"], True), (["--device", "cpu", "--token", "t"], False)):
+        result = CliRunner().invoke(main, ["serve", str(index), *args])
+        assert result.exit_code == 0, result.output
+        headers = {"Authorization": "Bearer t"} if not guarded else {}
+        hosts = [("http://127.0.0.1:8000", True), ("http://localhost", True), ("http://[::1]:9", True)]
+        hosts += [("http://evil.example:8000", not guarded), ("http://127.0.0.1.evil.example", not guarded)]
+        for base, ok in hosts:
+            with TestClient(served["app"], base_url=base, headers=headers) as c:
+                got = c.get("/info")
+                assert got.status_code == (200 if ok else 403), (args, base, got.text)
+                if not ok:
+                    assert got.json()["error"] == "forbidden"
+
+
 def test_parse_range():
     assert parse_range(None, 10) is None and parse_range("bytes=2-4", 10) == (2, 4)
     assert parse_range("bytes=-3", 10) == (7, 9) and parse_range(" bytes = 8 - ", 10) == (8, 9)

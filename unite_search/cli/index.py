@@ -362,7 +362,8 @@ def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_win
         if gpu_search:  # the GPU copies now too, and where each shard is searched
             for shard, state in index.gpu_states(load=True).items():
                 click.echo(f"shard {shard}: {state}", err=True)
-        return create_app(index, token=token, batch_window_ms=batch_window_ms)
+        loopback_only = not token and is_loopback(host)  # no token: only pages of this machine's own names
+        return create_app(index, token=token, batch_window_ms=batch_window_ms, loopback_only=loopback_only)
 
     app = _run(work)
     import gc

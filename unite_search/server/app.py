@@ -96,6 +96,7 @@ def create_app(
     adapter: str | os.PathLike | None = None,
     encoder=None,
     gpu_search: bool = False,
+    loopback_only: bool = False,
 ) -> FastAPI:
     """The HTTP API of an index (a path, opened with ``device``/``dtype``/``model``/``adapter``/``encoder``,
     or an open :class:`~unite_search.Index`).
@@ -107,7 +108,10 @@ def create_app(
     ``<index>/thumbs``). Queries arriving within ``batch_window_ms`` of each other share a forward
     pass of at most ``max_batch`` queries. Query images and videos are decoded by ``decode_workers``
     threads (default: the number of cores, at most 4), however many requests send them at once.
-    ``gpu_search`` (a path only): see :meth:`unite_search.Index.open`.
+    ``gpu_search`` (a path only): see :meth:`unite_search.Index.open`. ``loopback_only``: answer only
+    requests addressed to this machine by name (a ``Host`` of localhost, 127.0.0.1 or ::1), so that a
+    web page whose name was made to point here (DNS rebinding) cannot read the index through a
+    visitor's browser; ``unite-search serve`` sets it when it serves the loopback without a token.
     """
     from ..index import Index
 
@@ -127,7 +131,7 @@ def create_app(
         index, token=token, max_image_bytes=max_image_bytes, max_video_bytes=max_video_bytes,
         batch_window_ms=batch_window_ms, max_batch=max_batch, max_json_bytes=max_json_bytes,
         max_batch_queries=max_batch_queries, decode_workers=decode_workers, upload_dir=upload_dir,
-        thumbs_dir=thumbs_dir,
+        thumbs_dir=thumbs_dir, loopback_only=loopback_only,
     )  # fmt: skip
 
     @asynccontextmanager

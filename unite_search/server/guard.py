@@ -54,6 +54,11 @@ class _Guard:
             await send(message)
 
         try:
+            if not self.server.addressed_here(scope):
+                response = _error(403, "forbidden", "this server answers requests to localhost only (the Host "
+                                  "header names another machine: a page made to point here?)")  # fmt: skip
+                await response(scope, receive, watched)
+                return
             if not self.server.authorized(scope):
                 response = _error(
                     401, "unauthorized", "this server needs an 'Authorization: Bearer <token>' header",

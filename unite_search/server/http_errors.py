@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 _KINDS = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",

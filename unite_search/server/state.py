@@ -48,9 +48,11 @@ class Server:
         decode_workers: int,
         upload_dir: str | os.PathLike | None,
         thumbs_dir: str | os.PathLike | None,
+        loopback_only: bool = False,
     ):
         self.index = index
         self.token = token
+        self.loopback_only = loopback_only
         self.max_image_bytes = max_image_bytes
         self.max_video_bytes = max_video_bytes
         self.max_json_bytes = max_json_bytes
@@ -95,6 +97,16 @@ class Server:
                 self.upload_dir = None
 
     # ------------------------------------------------------------------ guards
+    def addressed_here(self, scope) -> bool:
+        """Whether the request names this machine in its Host header (always, unless ``loopback_only``)."""
+        if not self.loopback_only:
+            return True
+        from .guard import is_loopback
+
+        host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+        name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        return bool(name) and is_loopback(name)
+
     def authorized(self, scope) -> bool:
         """Whether a request may pass the token guard. Open: ``/healthz`` and the page's own files (``/``,
         ``/static/...``: no index data in them). ``/media`` and ``/thumbs`` also take ``?token=``, as
