@@ -135,3 +135,31 @@ def test_the_page_searches_composes_and_plays_a_segment(server, browser, tmp_pat
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("UNITE_SEARCH_SCREENSHOT"):  # the README's picture: UNITE_SEARCH_SCREENSHOT=docs/search-page.png
         browser.save_screenshot(os.environ["UNITE_SEARCH_SCREENSHOT"])
+
+
+def test_a_page_the_server_refuses_says_so_before_any_search(server, browser, encoder):
+    """With a token set and none saved in the page, reading the index failed with only a console line."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from unite_search import Index
+    from unite_search.server import create_app
+
+    _, root = server
+    port = _free_port()
+    app = create_app(Index.open(root.parent / "index", encoder=encoder), token="s3cret")
+    live = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=live.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not live.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        browser.get(f"http://127.0.0.1:{port}/")
+        error = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed()
+                                                 and d.find_element(By.ID, "error"))  # fmt: skip
+        assert error.text.startswith("could not read the index: unauthorized") and "HTTP 401" in error.text
+    finally:
+        live.should_exit = True
+        thread.join(timeout=10)

@@ -57,7 +57,7 @@ async function api(path, opts = {}) {
 // ---- /info -> target selector ----
 async function loadInfo() {
   let info;
-  try { info = await api("/info"); } catch (e) { console.warn("GET /info:", e.message); return; }
+  try { info = await api("/info"); } catch (e) { showError(`could not read the index: ${e.message}`); return; }
   let names = [];
   const shards = info && info.shards;
   if (Array.isArray(shards)) names = shards.map((s) => (typeof s === "string" ? s : s && s.name)).filter(Boolean);
