@@ -384,6 +384,33 @@ def test_a_publish_hashes_only_the_table_files_it_has_not_recorded(ivf_shard, mo
     assert all(after[r] == before[r] for r in before)
 
 
+@pytest.mark.parametrize("then", ["delta", "rewrite"])
+@pytest.mark.parametrize("how", ["written again", "deleted, published, added again"])
+def test_a_new_vector_under_an_old_key_outlives_the_next_publishes(ivf_shard, how, then):
+    """The base file keeps the old vector, hidden by the delta's removed ids: the publish after took the
+    key for unchanged (in the base and the table), and the old vector was back."""
+    store, manifest, names, vecs = ivf_shard
+    old = vecs[5]
+    if how == "written again":
+        key = write_again(store, names[5], -old)
+        manifest = store.publish(manifest, ["text"], flat_max=1000, replaced={"text": [key]})
+    else:  # no run saw it replaced: gone at one publish, back with other content at a later one
+        store.tables.delete_units("text", ["u-r5"])
+        manifest = store.publish(manifest, ["text"], flat_max=1000)
+        key = write_again(store, names[5], -old)
+        manifest = store.publish(manifest, ["text"], flat_max=1000)
+    assert manifest["shards"]["text"]["index"]["built"] == "delta"
+    more = slice(2500, 2510) if then == "delta" else slice(2500, 2800)  # past a tenth: the base updated in place
+    store.tables.add_rows("text", rows_for(names[more]), vecs[more])
+    manifest = store.publish(manifest, ["text"], flat_max=1000)
+    assert manifest["shards"]["text"]["index"]["built"] == {"delta": "delta", "rewrite": "updated"}[then]
+    reader = Snapshot.open(store.path).readers["text"]
+    np.testing.assert_array_equal(reader.vector(key), -old)
+    hit = reader.search(-old, 1, allowed=None, excluded=set())[0]
+    assert hit[0] == key and hit[1] == pytest.approx(1.0, abs=1e-5)
+    assert not verify_damaged(store)
+
+
 def test_changes_past_a_tenth_of_the_base_rewrite_it(ivf_shard):
     store, manifest, names, vecs = ivf_shard
     store.tables.add_rows("text", rows_for(names[2500:2600]), vecs[2500:2600])

@@ -151,6 +151,9 @@ def _update(
     held = np.sort(ann.ids(base))
     keys = _keys(pinned)
     removed, added = _diff(keys, held)
+    if "removed" in old:  # ids the base still holds, hidden since: in the table now, they are rows written anew
+        hidden = read_ids(manifests.faiss_path(folder, old["removed"]["faiss"]))
+        replaced = np.union1d(replaced, hidden)
     again = np.flatnonzero(_within(keys, replaced)) if len(replaced) else np.empty(0, np.int64)
     if len(again):  # offsets of the rows written again: out of the index under their key, then read anew
         removed = np.union1d(removed, held[_within(held, np.sort(keys[again]))])
