@@ -276,3 +276,25 @@ def test_an_index_of_codes_short_of_its_target_before_widening_existed_is_rebuil
     # tuned with widening (short even at the widest) or on target: updated, not rebuilt
     assert ann.rebuild_reason({**old, "rerank_max": ann.RERANK_MAX}, n, DIM, flat_max=1000, memory=memory) is None
     assert ann.rebuild_reason({**old, "recall_at_10": 0.97}, n, DIM, flat_max=1000, memory=memory) is None
+
+
+@pytest.mark.parametrize("n", [1, 5, 12])
+def test_a_tiny_shard_of_codes_answers_exact_cosines(tmp_path, n):
+    """Tuning capped a tiny shard's candidates under 2 x k, so rerank rounded to 1 and the reader returned
+    the SQ8 codes' own scores and order (up to 0.016 off with SQ4)."""
+    store, manifest = new_store(tmp_path, dim=DIM)
+    vecs = clustered(n, dim=DIM)
+    store.tables.add_rows("text", rows_for([f"t{i}" for i in range(n)]), vecs)
+    manifest = store.publish(manifest, ["text"], flat_max=0, memory=1)  # over any budget: the coarsest codes
+    info = manifest["shards"]["text"]["index"]
+    assert info["codes"] != "flat" and info["recall_at_10"] == 1.0  # a 1-row shard has nothing to miss
+    reader = Snapshot.open(store.path).readers["text"]
+    query = clustered(1, dim=DIM, noise_seed=9)[0]
+    got = reader.search(query, 10, allowed=None, excluded=set())
+    exact = sorted(((row_key(f"t{i}"), float(vecs[i] @ query)) for i in range(n)), key=lambda p: -p[1])[:10]
+    assert [k for k, _ in got] == [k for k, _ in exact]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in exact], atol=1e-6)
+
+
+def test_recall_with_nothing_to_find_is_whole():
+    assert ann.recall_at_k(np.array([[-1, -1]]), np.array([[-1, -1]])) == 1.0

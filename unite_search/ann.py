@@ -423,7 +423,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     hits = []
     for got, want in zip(found, truth, strict=True):
         want = set(want[want >= 0].tolist())  # -1 pads rows when a shard has fewer than k vectors
-        hits.append(len(set(got.tolist()) & want) / max(1, len(want)))
+        hits.append(len(set(got.tolist()) & want) / len(want) if want else 1.0)  # nothing to find: none missed
     return float(np.mean(hits)) if hits else 1.0
 
 

@@ -448,10 +448,11 @@ class ShardReader:
     def _search(self, index, vec: np.ndarray, k: int, selector, matching: int | None = None, on_gpu=False):
         import faiss
 
-        from .ann import GPU_MAX_K
+        from .ann import GPU_MAX_K, codes_of
 
         matching = index.ntotal if matching is None else matching
         info = self.entry.get("index", {})
+        coded = codes_of(info) not in ("exact", "flat")  # its scores are the codes': re-ranked exactly, always
         if on_gpu:  # the GPU copy: no selector, nprobe set on it; what it cannot answer goes to the CPU index
             rerank = int(info.get("rerank") or 1)
             width = min(k * rerank, index.ntotal)
@@ -459,7 +460,7 @@ class ShardReader:
                 with self._gpu_lock:
                     found = _pairs(*index.search(vec[None, :], width))
                 if len(found) >= min(width, matching):
-                    return self._rerank(vec, found, k) if rerank > 1 else found
+                    return self._rerank(vec, found, k) if coded else found
             return self._search(self.index(), vec, k, self._dead, matching)
         if info.get("type") != "ivf":
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
@@ -473,7 +474,7 @@ class ShardReader:
             # a selective filter can leave the probed lists short of k matches: probe them all
             params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nlist)
             found = _pairs(*index.search(vec[None, :], width, params=params))
-        return self._rerank(vec, found, k) if rerank > 1 else found
+        return self._rerank(vec, found, k) if coded else found
 
     def _rerank(self, vec: np.ndarray, found: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
         """The top ``k`` of FAISS's candidates by exact cosine, from the table's float32 vectors."""
