@@ -590,3 +590,40 @@ def test_the_encode_stage_takes_the_thread_counts_it_is_given(tmp_path, encoder,
     report = ingest(root, tmp_path / "index", encoder=encoder, torch_threads=1, workers=3)
     assert report.threads == {"torch": 1, "decode": 3} and set(seen) == {1} and torch.get_num_threads() == 2
     torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_close_interrupted_by_ctrl_c_still_ends_the_writer_before_the_run_returns(drop):
+    """Ctrl-C while ingest waited for its writer left the writer thread appending rows after ingest had
+    raised (under on_error="raise", after the tables were rolled back)."""
+    from unite_search.pipeline import Writer
+
+    written = []
+
+    class Tables:
+        def add_rows(self, shard, rows, vecs):
+            time.sleep(0.2)
+            written.append(rows)
+
+    class Store:
+        tables = Tables()
+
+    writer = Writer(Store())
+    for i in range(4):
+        writer.put({"text": ([i], None)})
+    real_join, calls = writer.thread.join, []
+
+    def join(timeout=None):
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt  # as a Ctrl-C lands in the wait
+        return real_join(timeout)
+
+    writer.thread.join = join
+    with pytest.raises(KeyboardInterrupt):
+        writer.close(drop_on_interrupt=drop)
+    assert not writer.thread.is_alive()
+    done = len(written)
+    time.sleep(0.5)
+    assert len(written) == done  # nothing written once close() has raised
+    assert done == 4 if not drop else done < 4  # the raise policy drops what was not written yet

@@ -42,13 +42,14 @@ class Writer:
         self.store = store
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
+        self.dropped = False  # set on an interrupt that must write nothing more (see close)
         self.busy = 0.0
         self.thread = threading.Thread(target=self._run, name="unite-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while (job := self.queue.get()) is not None:
-            if self.error is not None:
+            if self.error is not None or self.dropped:
                 continue
             try:
                 t = time.perf_counter()
@@ -63,9 +64,22 @@ class Writer:
             raise self.error
         self.queue.put(job)
 
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+    def close(self, drop_on_interrupt: bool = False) -> None:
+        """Write what is queued and stop the thread. Interrupted while waiting (Ctrl-C), it still waits for
+        the thread to end, so nothing is written once the run has returned; ``drop_on_interrupt`` (the
+        ``raise`` policy, whose tables are then rolled back) drops the jobs not yet written first."""
+        try:
+            self.queue.put(None)
+            self.thread.join()
+        except BaseException:
+            if drop_on_interrupt:
+                self.dropped = True
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        self.queue.get_nowait()
+            self.queue.put(None)
+            self.thread.join()
+            raise
         if self.error is not None:
             raise self.error
 
@@ -171,7 +185,7 @@ def encode_all(
     finally:
         decoded.close()
         bar.close()
-        writer.close()
+        writer.close(drop_on_interrupt=on_error == "raise")
     if loading:
         encoder.wait_loaded()  # a load started is finished before the run returns, used or not
     timings["decode"] = round(decode_busy[0], 3)
