@@ -116,6 +116,25 @@ def test_overlap_assembles_the_next_batches_on_a_thread_and_keeps_the_order(plai
     np.testing.assert_array_equal(got, base)
 
 
+def test_a_forward_that_raises_under_overlap_leaves_no_assembling_thread(plain, mixed, monkeypatch):
+    """Its threads lived on, with the batches they had made, for as long as the exception was held."""
+    overlapped = plain.with_settings(speed=Speed.parse("overlap"))
+    calls = []
+    forward = Encoder.forward
+
+    def failing(self, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of device memory")
+        return forward(self, batch)
+
+    monkeypatch.setattr(Encoder, "forward", failing)
+    with pytest.raises(RuntimeError, match="out of device memory") as held:
+        overlapped.encode(mixed, token_budget=600)
+    assert held.value is not None  # the exception still referenced, as a caller or a REPL keeps it
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("unite-prep")]
+
+
 def test_compiled_layers_give_the_same_vectors_and_can_be_switched_off(plain, mixed):
     items = [mixed[0], mixed[2], mixed[5]]
     base = plain.encode(items)

@@ -434,10 +434,14 @@ class Encoder:
             batches = bounded_map(host, groups, workers=2, lookahead=2)
         else:
             batches = ([prepared[i] for i in group] for group in groups)
-        for group, batch in zip(groups, batches, strict=True):
-            out[group] = self.forward(batch)
-            if progress is not None:
-                progress.update(len(group))
+        try:
+            for group, batch in zip(groups, batches, strict=True):
+                out[group] = self.forward(batch)
+                if progress is not None:
+                    progress.update(len(group))
+        finally:  # a forward that raised: the assembling threads end now, not when the traceback is let go
+            if self.speed.overlap:
+                batches.close()
         return out
 
     def encode(
