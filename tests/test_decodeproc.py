@@ -188,3 +188,43 @@ def test_ingest_in_processes_writes_the_same_rows_and_reports_the_same_failures(
         for index in (tmp_path / "procs", tmp_path / "threads")
     ]
     assert details[0] == details[1] and "bad/truncated.jpg" in details[0]
+
+
+class _TwoArgError(Exception):
+    """Pickles, but cannot be rebuilt from its args (its __init__ takes two)."""
+
+    def __init__(self, what, why):
+        super().__init__(f"{what}: {why}")
+
+
+def test_an_error_that_cannot_be_rebuilt_travels_as_one_that_can(tmp_path, monkeypatch, media):
+    """It reached the caller as a TypeError from unpickling, and its worker was neither reused nor closed."""
+    import pickle
+
+    from unite_search import image
+    from unite_search.settings import EncoderSettings
+
+    def broken(source, settings):
+        raise _TwoArgError("decoder", "state lost")
+
+    monkeypatch.setattr(image, "preprocess_image", broken)
+    with pytest.raises(TypeError):
+        pickle.loads(pickle.dumps(_TwoArgError("a", "b")))
+    status, (exc, trace), _ = decodeproc._answer(
+        ("image", str(media["image"]), EncoderSettings(), {}, False), decodeproc._Buffer(str(tmp_path))
+    )
+    assert status == "raise" and type(exc) is RuntimeError and "_TwoArgError: decoder: state lost" in str(exc)
+    assert "state lost" in trace and type(pickle.loads(pickle.dumps(exc))) is RuntimeError
+
+
+def test_a_decoding_process_that_cannot_start_stops_the_run_instead_of_failing_each_file(fast, media, monkeypatch):
+    """Too many open files made every image and video "cannot read file", and the run published without them."""
+
+    def refused(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(decodeproc._Worker, "__init__", refused)
+    monkeypatch.setattr(decodeproc, "_pool", decodeproc.DecodePool())  # no idle worker to reuse
+    monkeypatch.setattr(decodeproc, "_pool_pid", os.getpid())
+    with pytest.raises(RuntimeError, match=r"cannot start a decoding process: .*Too many open files"):
+        fast.encode([{"image": media["image"]}])

@@ -166,7 +166,10 @@ class DecodePool:
                 return worker
             self._drop(worker)  # ended while idle (killed from outside): not this file's fault
             worker.close()
-        worker = _Worker()
+        try:
+            worker = _Worker()
+        except OSError as exc:  # not the file's fault (too many open files, no memory): stops the run
+            raise RuntimeError(f"cannot start a decoding process: {exc}") from exc
         with self._lock:
             if self._closed:
                 worker.close()
@@ -317,7 +320,7 @@ def _answer(request: tuple, buffer: _Buffer) -> tuple:
         except Exception as exc:  # noqa: BLE001  handed to the caller, which raises it
             trace = traceback.format_exc()
             try:
-                pickle.dumps(exc)
+                pickle.loads(pickle.dumps(exc))  # both ways: some pickle but cannot be rebuilt (other __init__)
             except Exception:  # noqa: BLE001  an exception that cannot travel becomes one that can
                 exc = RuntimeError(f"{type(exc).__name__}: {exc}")
             return "raise", (exc, trace), list(notes)
