@@ -152,6 +152,19 @@ def test_offline_error_names_the_model_and_the_fix(tmp_path):
     assert "Encoder.load('DIR')" in out.stdout
 
 
+def test_a_fetch_that_fails_is_told_in_one_line(monkeypatch):
+    """huggingface_hub's messages (a failed name lookup) run over several lines; the error is one."""
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection\n  or proxy.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(ModelLoadError) as info:
+        Encoder.load("unite-base-2b")
+    assert "\n" not in str(info.value) and "Check your connection or proxy." in str(info.value)
+
+
 def test_bad_inputs_name_the_input(encoder, tmp_path, media):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     zero = write_empty_video(tmp_path / "zero.mp4")

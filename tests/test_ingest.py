@@ -310,10 +310,13 @@ def test_broken_symlink_loop_and_fifo(tmp_path, encoder):
     (root / "sub/loop").symlink_to(root)  # a folder link back to the root
     (root / "dangling.jpg").symlink_to(root / "nowhere.jpg")
     os.mkfifo(root / "pipe.mp4")
+    (root / "a.jpg").symlink_to(root / "b.jpg")  # two links leading to each other: a loop, not a broken link
+    (root / "b.jpg").symlink_to(root / "a.jpg")
     report = ingest(root, tmp_path / "index", encoder=encoder)
     assert [(p.path, p.reason) for p in report.failures] == [("dangling.jpg", "broken symlink")]
     skipped = {p.path: p.reason for p in report.skipped}
-    assert skipped == {"pipe.mp4": "not a regular file", "sub/loop": "symlink loop (folder already visited)"}
+    assert skipped == {"pipe.mp4": "not a regular file", "sub/loop": "symlink loop (folder already visited)",
+                       "a.jpg": "symlink loop", "b.jpg": "symlink loop"}  # fmt: skip
     assert [r["path"] for r in rows_by_id(tmp_path / "index").values()] == ["sub/ok.png"]
 
 

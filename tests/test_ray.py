@@ -232,18 +232,18 @@ def test_a_run_that_starts_ray_shows_our_progress_and_none_of_rays_lines(tmp_pat
     """The command line in a process of its own: it starts a local Ray cluster, and its stderr holds the
     local ingest's messages and progress bar only."""
     root = tmp_path / "corpus"
-    texts(root, 20)
+    texts(root, 6)  # one Ray Data input for two encoders: Ray warned of it on stderr
     (root / "notes/broken.txt").write_bytes(b"\xff\xfe not utf-8 \xff")
     exe = Path(sys.executable).with_name("unite-search")
     env = {**os.environ, "RAY_ADDRESS": ""}
     args = [str(exe), "ingest", str(root), "--index", str(tmp_path / "index"), "--model", str(tiny_dir), "--device",
-            "cpu", "--ray"]  # fmt: skip
+            "cpu", "--ray", "--ray-encoders", "2"]  # fmt: skip
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3, done.stderr[-3000:]  # finished, one file failed
-    assert "encoding 20 rows on Ray (auto)" in done.stderr and "encode: 100%" in done.stderr
+    assert "encoding 6 rows on Ray (auto)" in done.stderr and "encode: 100%" in done.stderr
     assert "notes/broken.txt [read] text is not valid UTF-8" in done.stdout
     lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    ours = ("read:", "encode:", "20 items: 20 to encode", "encoding 20 rows", "indexing shard")
+    ours = ("read:", "encode:", "6 items: 6 to encode", "encoding 6 rows", "indexing shard")
     assert [line for line in lines if not line.startswith(ours)] == []
     # nor inside a line (a log line lands after a progress bar's carriage return)
     assert not re.search(r"\[\d{4}-\d\d-\d\d[ T]\d|core_worker|raylet|WARN|ERROR", done.stderr), done.stderr

@@ -9,6 +9,7 @@ duration and text passages on the way; ``parse_manifest`` reads the items a ``*.
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import json
 import os
@@ -139,6 +140,9 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
             try:
                 st = os.stat(path)  # follows symlinks
             except OSError as exc:
+                if exc.errno == errno.ELOOP:  # links leading to each other: skipped, as a folder loop is
+                    out.skipped.append(Problem(rel(path), "discover", "symlink loop"))
+                    continue
                 reason = "broken symlink" if child.is_symlink() else f"cannot stat: {exc.strerror}"
                 out.failures.append(Problem(rel(path), "discover", reason))
                 continue

@@ -31,6 +31,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,9 @@ def _quiet_data() -> None:
             setattr(ctx, name, value)
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # and its UserWarnings about its own scheduling ("the minimum number of concurrent actors ... received 1
+    # input"), raised on the driver: only for Ray Data's modules
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data\.")
 
 
 def encode_on_ray(

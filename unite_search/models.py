@@ -186,7 +186,8 @@ def resolve(model: str | os.PathLike | None = None) -> ResolvedModel:
 
         path = snapshot_download(hub_id, allow_patterns=WEIGHT_PATTERNS)
     except Exception as exc:
-        raise ModelLoadError(_offline_help(name, hub_id) + f" (cause: {type(exc).__name__}: {exc})") from exc
+        cause = " ".join(str(exc).split())  # huggingface_hub's messages run over several lines: one line here
+        raise ModelLoadError(_offline_help(name, hub_id) + f" (cause: {type(exc).__name__}: {cause})") from exc
     folder = Path(path)
     return ResolvedModel(folder, hub_id, folder.name)
 

@@ -48,7 +48,7 @@ from ._common import _run, main
     type=click.Choice(["skip", "raise"]),
     default="raise",
     show_default=True,
-    help="Bad training lines: stop at the first, or skip and report them.",
+    help="Bad training lines: raise lists every one and trains nothing; skip reports them and trains on the rest.",
 )
 @click.option("--allow-outside", is_flag=True, help="Read media outside the data file's folder (off by default).")
 @click.option("--device", default="auto", show_default=True)
