@@ -14,6 +14,15 @@ BITS = 8  # a frame's index is written as 8 black/white vertical bars
 BAR = 16
 
 
+def index_pixels(i: int, height: int = 64, width: int = BITS * BAR) -> np.ndarray:
+    """An RGB frame showing ``i`` in binary as white bars (read back by :func:`frame_index`)."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    for b in range(BITS):
+        if (i >> b) & 1:
+            frame[:, b * BAR : (b + 1) * BAR] = 255
+    return frame
+
+
 def write_index_video(
     path: Path, n_frames: int, fps: int = 10, height: int = 64, width: int = BITS * BAR, pix_fmt: str = "yuv420p"
 ) -> Path:
@@ -24,11 +33,7 @@ def write_index_video(
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = {"crf": "12", "g": "4"}
         for i in range(n_frames):
-            frame = np.zeros((height, width, 3), np.uint8)
-            for b in range(BITS):
-                if (i >> b) & 1:
-                    frame[:, b * BAR : (b + 1) * BAR] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(index_pixels(i, height, width), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -3,7 +3,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import BAR, BITS, frame_index, write_empty_video, write_index_video
+from conftest import BAR, BITS, frame_index, index_pixels, write_empty_video, write_index_video
 
 from unite_search.errors import InputError
 from unite_search.settings import EncoderSettings
@@ -247,11 +247,7 @@ def write_paused_clip(path: Path, n_frames: int, fps: int, pause: int) -> Path:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = BITS * BAR, 64, "yuv420p"
         for i in range(n_frames):
-            image = np.zeros((64, BITS * BAR, 3), np.uint8)
-            for b in range(BITS):
-                if (i >> b) & 1:
-                    image[:, b * BAR : (b + 1) * BAR] = 255
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(index_pixels(i), format="rgb24")
             frame.pts = i + (pause if i >= n_frames // 2 else 0)  # in 1/fps units
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -308,11 +304,7 @@ def write_vfr_index_video(path: Path, n_frames: int) -> Path:
         stream.codec_context.time_base = Fraction(1, 1000)
         t = 0
         for i in range(n_frames):
-            pixels = np.zeros((64, BITS * BAR, 3), np.uint8)
-            for b in range(BITS):
-                if (i >> b) & 1:
-                    pixels[:, b * BAR : (b + 1) * BAR] = 255
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(index_pixels(i), format="rgb24")
             frame.pts, frame.time_base = t, Fraction(1, 1000)
             t += 33 if (i // 40) % 2 == 0 else 67
             for packet in stream.encode(frame):
