@@ -513,6 +513,37 @@ def test_a_rerun_that_needs_no_encoding_never_makes_the_encoder(tmp_path, tiny_d
         assert not [t for t in threading.enumerate() if t.name == "unite-load"]
 
 
+def test_an_item_deleted_by_a_stopped_run_and_back_with_new_content_gets_its_new_vector(tmp_path, encoder, monkeypatch):
+    """The marker held only keys deleted and written again in one run: a run that deleted a line and
+    stopped, then a run that found it back with other text, left the old vector in the index."""
+    from unite_search import IngestCrashError
+    from unite_search.schema import row_key
+    from unite_search.verify import verify
+
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    root.mkdir()
+    lines = [json.dumps({"id": f"item{i}", "text": f"item number {i}"}) for i in range(6)]
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n")
+    ingest(root, index, encoder=encoder)
+    (root / "items.jsonl").write_text("\n".join(lines[:3] + lines[4:]) + "\n")  # item3's line removed
+
+    def stopped(self, *args, **kwargs):
+        raise MemoryError
+
+    with monkeypatch.context() as m:
+        m.setattr(IndexStore, "publish", stopped)
+        with pytest.raises(IngestCrashError):
+            ingest(root, index, encoder=encoder)
+    lines[3] = json.dumps({"id": "item3", "text": "back, and about something else entirely"})
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n")
+    ingest(root, index, encoder=encoder)
+    key = row_key("item3")
+    stored = IndexStore(index).read_rows("text", ["key", "vector"]).to_pylist()
+    np.testing.assert_array_equal(Snapshot.open(index).readers["text"].vector(key),
+                                  next(r["vector"] for r in stored if r["key"] == key))  # fmt: skip
+    assert not verify(index).damaged
+
+
 def test_a_file_that_failed_to_decode_is_read_again_even_with_its_size_and_mtime(tmp_path, encoder):
     import hashlib
 

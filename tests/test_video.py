@@ -327,6 +327,43 @@ def test_segments_of_a_variable_frame_rate_clip_read_the_frames_they_sample(tmp_
         assert [frame_index(f) for f in frames] == list(info.indices)
 
 
+def _write_coded(path: Path, n: int, codec: str, options: dict, first_pts: int = 0) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = BITS * BAR, 64, "yuv420p"
+        stream.options = options
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(index_pixels(i), format="rgb24")
+            frame.pts = first_pts + i  # below 0: the muxer writes an edit list cutting those frames
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    "codec, options, first_pts",
+    [
+        ("libx264", {"crf": "12", "g": "12", "bf": "0"}, -5),  # a `-c copy` trim: 5 packets cut by an edit list
+        ("libx265", {"x265-params": "keyint=12:min-keyint=12:bframes=3:log-level=error"}, 0),  # open GOPs
+        ("libx264", {"crf": "12", "g": "12", "bf": "3"}, 37),  # B-frames, a start offset
+    ],
+)
+def test_segments_read_the_frames_a_whole_read_numbers_so(tmp_path, codec, options, first_pts):
+    """Numbered by the packets' timestamps, a trimmed clip's segments were shifted by the cut packets; and
+    a seek to a frame's own timestamp landed after it where a GOP is open (HEVC's default)."""
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV has no {codec}")
+    path = _write_coded(tmp_path / "clip.mp4", 80, codec, options, first_pts)
+    with av.open(str(path)) as container:
+        shown = [frame_index(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    found = probe(path, "av")
+    for start in np.arange(0.1, (len(shown) - 25) / 10, 0.3):
+        frames, info = read_frames(path, EncoderSettings(frames=8), "av", start, start + 2.0, probe=found)
+        assert [frame_index(f) for f in frames] == [shown[i] for i in info.indices], start
+
+
 @pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])
 def test_reader_samples_from_the_given_probe(long_mkv, backend):
     settings = EncoderSettings(fps=0.4)

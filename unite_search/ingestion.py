@@ -366,11 +366,11 @@ def _write_error(exc: BaseException, index_dir: Path) -> IndexWriteError | None:
 
 def _mark_writing(index_dir: Path, store: IndexStore, remove, todo: list[Unit]) -> dict[str, list[int]] | None:
     """Write the marker that stays until this run has published, with the keys of the rows this run
-    replaces: removed with one unit and written again with another (a ``*.jsonl`` item whose content
-    changed keeps its id, so its key). The published FAISS index holds their old vectors, which the
-    publish must drop although the key is in the table before and after. A marker left by a run that
-    stopped before it published adds its keys. Returns them by shard, or None where a marker of an
-    older version does not say them: then the changed shards are indexed anew."""
+    deletes. One may be written again under the same key (a ``*.jsonl`` item whose content changed keeps
+    its id) while the published FAISS index holds its old vector, which the publish must drop although
+    the key is in the table before and after; for keys deleted for good it does nothing. A marker left
+    by a run that stopped before it published adds its keys. Returns them by shard, or None where a
+    marker of an older version does not say them: then the changed shards are indexed anew."""
     path = index_dir / WRITING
     replaced: dict[str, set[int]] | None = {}
     if path.exists():
@@ -380,12 +380,12 @@ def _mark_writing(index_dir: Path, store: IndexStore, remove, todo: list[Unit]) 
             earlier = None
         replaced = None if not isinstance(earlier, dict) else {s: set(map(int, k)) for s, k in earlier.items()}
     if replaced is not None:
+        # every key this run deletes, not only those it writes again now: if it stops before it publishes,
+        # a later run may write one again (a manifest line removed, then put back with other content)
         for shard, units in remove.items():
-            new_keys = {int(t.row["key"]) for u in todo if u.shard == shard for t in u.tasks}
-            if new_keys and units:
-                again = new_keys.intersection(store.tables.unit_keys(shard, units).tolist())
-                if again:
-                    replaced[shard] = replaced.get(shard, set()) | again
+            gone = store.tables.unit_keys(shard, units).tolist() if units else []
+            if gone:
+                replaced[shard] = replaced.get(shard, set()) | set(gone)
     out = None if replaced is None else {s: sorted(k) for s, k in sorted(replaced.items())}
     write_json(path, {"replaced": out})
     return out

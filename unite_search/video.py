@@ -337,24 +337,31 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: 
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "av", decoded)
 
 
-_TIMES: OrderedDict[tuple, np.ndarray] = OrderedDict()  # frame times of the files read last (see _frame_times)
+_TIMES: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # the files read last (_frame_times)
 _TIMES_LOCK = threading.Lock()
 TIMES_KEPT = 16
 
 
-def _frame_times(container, stream, key: tuple) -> np.ndarray:
-    """Every frame's timestamp in presentation order, from the packets (nothing is decoded): frame i is
-    the one at ``times[i]``, whatever the frame rate did. Kept for the file's next segments."""
+def _frame_times(container, stream, key: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(every shown frame's timestamp in presentation order, the keyframes' timestamps), from the packets
+    (nothing is decoded): frame i is the one at ``times[i]``, whatever the frame rate did. Packets an
+    edit list cuts are not frames. Kept for the file's next segments."""
     with _TIMES_LOCK:
         if key in _TIMES:
             _TIMES.move_to_end(key)
             return _TIMES[key]
-    times = np.sort(np.fromiter((p.pts for p in container.demux(stream) if p.pts is not None), np.int64))
+    shown, keys = [], []
+    for packet in container.demux(stream):
+        if packet.pts is not None and not packet.is_discard:
+            shown.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+    found = (np.sort(np.asarray(shown, np.int64)), np.sort(np.asarray(keys, np.int64)))
     with _TIMES_LOCK:
-        _TIMES[key] = times
+        _TIMES[key] = found
         while len(_TIMES) > TIMES_KEPT:
             _TIMES.popitem(last=False)
-    return times
+    return found
 
 
 def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | None, key: tuple = ()):
@@ -372,12 +379,13 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
     last = int(idx.max())
     got: dict[int, np.ndarray] = {}
     first = int(idx.min())
-    times = _frame_times(container, stream, key) if first > 0 and stream.time_base is not None else None
-    if times is not None and first < len(times):
-        # Seek to the keyframe before the range and number frames by the table of their timestamps
-        # (decoding from frame 0 for every segment of a long clip would be quadratic; numbering them
-        # by fps would shift them wherever the frame rate varies, as in phone videos)
-        container.seek(int(times[first]), stream=stream, backward=True)
+    times, keys = _frame_times(container, stream, key) if first > 0 and stream.time_base is not None else (None, None)
+    if times is not None and first < len(times) and len(keys) and keys[0] <= times[first]:
+        # Seek to the last keyframe shown at or before the range (by its own timestamp: a seek to the
+        # frame's lands after it where a GOP is open) and number frames by the table of their timestamps
+        # (decoding from frame 0 for every segment of a long clip would be quadratic; numbering them by
+        # fps would shift them wherever the frame rate varies, as in phone videos)
+        container.seek(int(keys[np.searchsorted(keys, times[first], side="right") - 1]), stream=stream, backward=True)
         numbered = ((_position(times, f.pts), f) for f in container.decode(stream))
     else:
         if times is not None:
