@@ -511,3 +511,36 @@ def test_an_index_built_with_an_adapter_is_queried_with_it(tiny_dir, adapter_dir
         assert json.loads((index / "manifest.json").read_text())["encoder"]["adapter"] == str(moved)
     finally:
         shutil.move(moved, adapter_dir)
+
+
+def test_an_index_built_under_the_earlier_identity_rule_is_read_and_upgraded(tiny_dir, tmp_path):
+    """The tokenizer's config joined a folder's identity on 2026-11-29: every index built before from a
+    local folder was refused as built with another model. The same folder's identity by the rule of then
+    is accepted, and the next ingest records today's."""
+    from unite_search import Index
+    from unite_search.diskio import write_json
+    from unite_search.ingestion import ingest
+    from unite_search.models import legacy_revision
+    from unite_search.store import IndexMismatchError
+
+    model, root, index = tmp_path / "model", tmp_path / "corpus", tmp_path / "index"
+    shutil.copytree(tiny_dir, model)
+    root.mkdir()
+    (root / "note.txt").write_text("a note about the harbour")
+    encoder = Encoder.load(model, device="cpu")
+    ingest(root, index, encoder=encoder)
+    manifest = json.loads((index / "manifest.json").read_text())
+    today = manifest["encoder"]["revision"]
+    then = legacy_revision(encoder.settings)
+    assert then != today and then == "local-" + fingerprint(model, legacy=True)
+    manifest["encoder"]["revision"] = then  # as an index built before the rule changed records it
+    write_json(index / "manifest.json", manifest)
+    assert Index.open(index, encoder=encoder).query(text="harbour", target="text")[0].path == "note.txt"
+    report = ingest(root, index, encoder=encoder)
+    assert report.status == "ok" and report.encoded_items == 0
+    assert json.loads((index / "manifest.json").read_text())["encoder"]["revision"] == today
+    # other weights are still refused, whatever rule named them
+    manifest["encoder"]["revision"] = "local-" + "0" * 16
+    write_json(index / "manifest.json", manifest)
+    with pytest.raises(IndexMismatchError, match=r"encoder\.revision"):
+        Index.open(index, encoder=encoder).query(text="harbour", target="text")

@@ -113,6 +113,11 @@ def check(
     diffs = []
     old_enc = {k: v for k, v in manifest.get("encoder", {}).items() if k not in LOCATION_KEYS}
     new_enc = {k: v for k, v in encoder.items() if k not in LOCATION_KEYS}
+    if old_enc.get("revision") != new_enc.get("revision") and str(old_enc.get("revision")).startswith("local-"):
+        from .models import legacy_revision
+
+        if legacy_revision(encoder) == old_enc["revision"]:  # the same folder, named by the identity rule of then
+            old_enc["revision"] = new_enc["revision"]
     for section, old, new_ in (("encoder", old_enc, new_enc), ("ingest", manifest.get("ingest", {}), ingest)):
         for key in sorted(set(old) | set(new_)):
             if old.get(key) != new_.get(key):

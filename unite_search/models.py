@@ -51,6 +51,9 @@ IDENTITY_FILES = (
     "special_tokens_map.json", "added_tokens.json",
 )  # fmt: skip
 SHARD_INDEX = "model.safetensors.index.json"
+# what a folder's identity covered before 2026-11-29 (no tokenizer config, no shard index): an index built
+# then records that identity, and is still read with the same folder (see :func:`legacy_revision`)
+LEGACY_IDENTITY_FILES = ("config.json", "adapter_config.json", "tokenizer.json", "vocab.json", "merges.txt")
 FINGERPRINT_CACHE = "fingerprints.json"  # under $XDG_CACHE_HOME/unite-search
 _CACHE_ENTRIES = 4096  # the oldest entries beyond this are dropped; a dropped file is just hashed again
 
@@ -131,17 +134,32 @@ def cached_sha256(path: str | os.PathLike) -> str:
     return digest
 
 
-def fingerprint(folder: Path) -> str:
+def fingerprint(folder: Path, legacy: bool = False) -> str:
     """The identity of a model or adapter folder: 16 hex digits of a sha256 over the names and whole contents
     of its ``*.safetensors``, the shards its ``model.safetensors.index.json`` names (and that file), and
-    :data:`IDENTITY_FILES`. Reloads of unchanged files read only the cache."""
+    :data:`IDENTITY_FILES` (``legacy``: the rule before 2026-11-29, :data:`LEGACY_IDENTITY_FILES` only).
+    Reloads of unchanged files read only the cache."""
     h = hashlib.sha256()
-    files = {f.name: f for f in (*folder.glob("*.safetensors"), *(folder / n for n in IDENTITY_FILES))}
-    files.update(_shards(folder))
+    named = LEGACY_IDENTITY_FILES if legacy else IDENTITY_FILES
+    files = {f.name: f for f in (*folder.glob("*.safetensors"), *(folder / n for n in named))}
+    if not legacy:
+        files.update(_shards(folder))
     for name, f in sorted(files.items()):
         if f.is_file():
             h.update(f"{name}\0{cached_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def legacy_revision(encoder: dict[str, Any]) -> str | None:
+    """The revision the weights of ``encoder`` (a settings dict of a local folder, maybe with an adapter)
+    had under the identity rule before 2026-11-29, or None (a hub model: its revision is the hub's commit)."""
+    folder, adapter = encoder.get("model_id"), encoder.get("adapter")
+    if not str(encoder.get("revision", "")).startswith("local-") or not folder or not os.path.isdir(folder):
+        return None
+    revision = "local-" + fingerprint(Path(folder), legacy=True)
+    if adapter:
+        revision += "+lora-" + fingerprint(Path(adapter), legacy=True)
+    return revision
 
 
 def _shards(folder: Path) -> dict[str, Path]:

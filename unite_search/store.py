@@ -67,8 +67,9 @@ class IndexStore:
             manifests.write(self.path, manifest)
             return manifest
         manifests.check(self.path, manifest, encoder, ingest, corpus)
-        # the same weights may have moved (a model or adapter folder): the next publish records where
-        manifest["encoder"].update({k: encoder[k] for k in manifests.LOCATION_KEYS if k in encoder})
+        # the same weights may have moved (a model or adapter folder), or be named by an identity rule of
+        # before (manifests.check accepted it): recorded as they are now, by this run
+        manifest["encoder"].update({k: encoder[k] for k in (*manifests.LOCATION_KEYS, "revision") if k in encoder})
         return manifest
 
     def check(self, manifest, encoder, ingest, corpus, hint: str | None = None) -> None:
