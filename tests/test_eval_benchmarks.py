@@ -56,6 +56,12 @@ def test_missing_media_is_counted_not_dropped_silently(tmp_path, encoder):
                                "--device", "cpu", "--cache", str(tmp_path / "cache")])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert "scored 5 queries; skipped 1 with missing media" in out.stdout
+    # an --out it cannot write: the result is shown first, then one line (it was a traceback, result lost)
+    out = runner.invoke(main, ["bench", "urban1k", "--data", str(data), "--model", str(encoder.model_id),
+                               "--device", "cpu", "--cache", str(tmp_path / "cache"),
+                               "--out", str(tmp_path / "no" / "such" / "r.json")])  # fmt: skip
+    assert out.exit_code == 1 and "scored 5 queries" in out.stdout and "No such file or directory" in out.output
+    assert "Traceback" not in out.output and isinstance(out.exception, SystemExit)
 
 
 def test_carebench_subfolders_variants_and_its_sampler(tmp_path, encoder):
