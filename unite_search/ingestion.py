@@ -364,7 +364,7 @@ def _write_error(exc: BaseException, index_dir: Path) -> IndexWriteError | None:
     return error
 
 
-def _mark_writing(index_dir: Path, store: IndexStore, remove, todo: list[Unit]) -> dict[str, list[int]] | None:
+def _mark_writing(index_dir: Path, store: IndexStore, remove) -> dict[str, list[int]] | None:
     """Write the marker that stays until this run has published, with the keys of the rows this run
     deletes. One may be written again under the same key (a ``*.jsonl`` item whose content changed keeps
     its id) while the published FAISS index holds its old vector, which the publish must drop although
@@ -375,10 +375,10 @@ def _mark_writing(index_dir: Path, store: IndexStore, remove, todo: list[Unit]) 
     replaced: dict[str, set[int]] | None = {}
     if path.exists():
         try:
-            earlier = json.loads(path.read_text() or "{}").get("replaced")
-        except (OSError, ValueError, AttributeError):
-            earlier = None
-        replaced = None if not isinstance(earlier, dict) else {s: set(map(int, k)) for s, k in earlier.items()}
+            earlier = json.loads(path.read_text() or "{}")["replaced"]
+            replaced = {str(s): {int(k) for k in keys} for s, keys in earlier.items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):  # an older version's, or damaged
+            replaced = None
     if replaced is not None:
         # every key this run deletes, not only those it writes again now: if it stops before it publishes,
         # a later run may write one again (a manifest line removed, then put back with other content)
@@ -461,7 +461,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     # write: removals first, then new rows as they are encoded. Until this run has published, the tables
     # may hold rows no manifest names: the marker says so, and the next run then does a full pass.
     failed: dict[str, Problem] = {}
-    replaced = _mark_writing(index_dir, store, remove, todo)
+    replaced = _mark_writing(index_dir, store, remove)
     try:
         t = time.perf_counter()
         for shard, keys in remove.items():
