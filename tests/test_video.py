@@ -343,19 +343,21 @@ def _write_coded(path: Path, n: int, codec: str, options: dict, first_pts: int =
 
 
 @pytest.mark.parametrize(
-    "codec, options, first_pts",
+    "codec, options, first_pts, suffix",
     [
-        ("libx264", {"crf": "12", "g": "12", "bf": "0"}, -5),  # a `-c copy` trim: 5 packets cut by an edit list
-        ("libx265", {"x265-params": "keyint=12:min-keyint=12:bframes=3:log-level=error"}, 0),  # open GOPs
-        ("libx264", {"crf": "12", "g": "12", "bf": "3"}, 37),  # B-frames, a start offset
+        ("libx264", {"crf": "12", "g": "12", "bf": "0"}, -5, ".mp4"),  # a `-c copy` trim: 5 packets cut by an edit list
+        ("libx265", {"x265-params": "keyint=12:min-keyint=12:bframes=3:log-level=error"}, 0, ".mp4"),  # open GOPs
+        ("libx264", {"crf": "12", "g": "12", "bf": "3"}, 37, ".mp4"),  # B-frames, a start offset
+        ("libx264", {"crf": "12", "g": "12", "bf": "3"}, 0, ".avi"),  # AVI keeps no presentation times
     ],
 )
-def test_segments_read_the_frames_a_whole_read_numbers_so(tmp_path, codec, options, first_pts):
-    """Numbered by the packets' timestamps, a trimmed clip's segments were shifted by the cut packets; and
-    a seek to a frame's own timestamp landed after it where a GOP is open (HEVC's default)."""
+def test_segments_read_the_frames_a_whole_read_numbers_so(tmp_path, codec, options, first_pts, suffix):
+    """Numbered by the packets' timestamps, a trimmed clip's segments were shifted by the cut packets; a
+    seek to a frame's own timestamp landed after it where a GOP is open (HEVC's default); and an AVI's
+    frames, which carry decode times, were numbered out of order wherever B-frames are."""
     if codec not in av.codecs_available:
         pytest.skip(f"this PyAV has no {codec}")
-    path = _write_coded(tmp_path / "clip.mp4", 80, codec, options, first_pts)
+    path = _write_coded(tmp_path / f"clip{suffix}", 80, codec, options, first_pts)
     with av.open(str(path)) as container:
         shown = [frame_index(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
     found = probe(path, "av")

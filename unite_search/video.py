@@ -379,7 +379,9 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
     last = int(idx.max())
     got: dict[int, np.ndarray] = {}
     first = int(idx.min())
-    times, keys = _frame_times(container, stream, key) if first > 0 and stream.time_base is not None else (None, None)
+    # AVI stores no presentation times (PyAV's frames there carry decode times): numbered as decoded, from 0
+    seekable = first > 0 and stream.time_base is not None and "avi" not in container.format.name.split(",")
+    times, keys = _frame_times(container, stream, key) if seekable else (None, None)
     if times is not None and first < len(times) and len(keys) and keys[0] <= times[first]:
         # Seek to the last keyframe shown at or before the range (by its own timestamp: a seek to the
         # frame's lands after it where a GOP is open) and number frames by the table of their timestamps
