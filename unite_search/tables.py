@@ -220,9 +220,9 @@ def _set(table, column: str, values: list):
     return table.set_column(at, column, pa.array(values, type=table.schema.field(column).type))
 
 
-def version_files(table) -> dict[str, int]:
-    """The files one table version reads its rows from, relative to the table's folder, with their sizes:
-    each fragment's data files and deletion file, and the files of its indexes (if any)."""
+def version_files(table) -> tuple[Path, dict[str, int]]:
+    """(the table's folder, the files one table version reads its rows from, relative to that folder, with
+    their sizes): each fragment's data files and deletion file, and the files of its indexes (if any)."""
     dataset = table.to_lance()
     root = Path(dataset.uri)
     files = []
@@ -238,7 +238,7 @@ def version_files(table) -> dict[str, int]:
     for uuid in uuids:
         folder = root / "_indices" / str(uuid)
         files += [p.relative_to(root).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
-    return {rel: (root / rel).stat().st_size for rel in files}
+    return root, {rel: (root / rel).stat().st_size for rel in files}
 
 
 def record_files(table, previous: dict[str, list] | None = None) -> dict[str, list]:
@@ -246,10 +246,10 @@ def record_files(table, previous: dict[str, list] | None = None) -> dict[str, li
     checksum ``previous`` recorded for a file of the same name and size is kept, not computed again."""
     from .diskio import file_sha256
 
-    root = Path(table.to_lance().uri)
+    root, files = version_files(table)
     previous = previous or {}
     out = {}
-    for rel, size in version_files(table).items():
+    for rel, size in files.items():
         known = previous.get(rel)
         out[rel] = list(known) if known is not None and known[0] == size else [size, file_sha256(root / rel)]
     return out
@@ -260,9 +260,8 @@ def file_problems(table, recorded: dict[str, list]) -> list[str]:
     missing, replaced, resized or with other bytes (a damaged file, or a table rewritten behind the index)."""
     from .diskio import file_sha256
 
-    root = Path(table.to_lance().uri)
     try:
-        now = version_files(table)
+        root, now = version_files(table)
     except OSError as exc:
         return [f"a file of the table is missing or unreadable ({exc.strerror or exc})"]
     problems = [f"{rel} is read by the table but was not published with it" for rel in sorted(set(now) - set(recorded))]

@@ -161,12 +161,13 @@ class Server:
 
     @staticmethod
     def urls(row_id: str, path: str | None, modality: str, prefix: str) -> dict[str, str | None]:
-        quoted = quote(row_id, safe="")
         # an id that is a dot segment ("." or "..") would be resolved away by the browser: named by ?id= then
-        at = (lambda route: f"{prefix}/{route}?id={quoted}") if row_id.strip(".") == "" else (
-            lambda route: f"{prefix}/{route}/{quoted}")  # fmt: skip
+        tail = ("?id=" if row_id.strip(".") == "" else "/") + quote(row_id, safe="")
         visual = bool({"image", "video"} & set(modality.split("+")))
-        return {"thumb_url": at("thumbs") if path and visual else None, "media_url": at("media") if path else None}
+        return {
+            "thumb_url": f"{prefix}/thumbs{tail}" if path and visual else None,
+            "media_url": f"{prefix}/media{tail}" if path else None,
+        }
 
     def _plan_and_prepare(self, query: dict[str, Any]):
         from ..modality import Item

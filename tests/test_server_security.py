@@ -1,0 +1,97 @@
+"""What the server will not do: run a corpus file as a page on its origin, hand out URLs a browser
+rewrites, or answer a page that reached it under another host's name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from corpora import write_photo
+from fastapi.testclient import TestClient
+from test_server import _search
+
+from unite_search import Index
+from unite_search.ingestion import ingest
+from unite_search.server import create_app
+
+
+@pytest.fixture(autouse=True)
+def _no_token_from_env(monkeypatch):
+    monkeypatch.delenv("UNITE_SEARCH_TOKEN", raising=False)
+
+
+@pytest.fixture(scope="module")
+def dots(tmp_path_factory, encoder):
+    """Two photos, each the image of a manifest item whose id is "." or ".."."""
+    root = tmp_path_factory.mktemp("dots") / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_photo(root / "b.png", seed=2)
+    items = [{"id": ".", "image": "a.png", "text": "one"}, {"id": "..", "image": "b.png", "text": "two"}]
+    (root / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    ingest(root, root.parent / "index", encoder=encoder)
+    return root, root.parent / "index"
+
+
+def test_media_whose_bytes_no_longer_show_a_media_type_is_a_download_never_a_page(encoder, tmp_path):
+    """A row's file swapped after ingest for a link to an .html or .svg file of the corpus was served as
+    text/html or image/svg+xml (its type guessed from the name): a script run on this origin."""
+    root = tmp_path / "corpus"
+    write_photo(root / "pic.jpg", seed=3)
+    (root / "page.html").write_text("<script>document.title = 'ran'</script>")
+    (root / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>')
+    ingest(root, tmp_path / "index", encoder=encoder)
+    with TestClient(create_app(Index.open(tmp_path / "index", encoder=encoder))) as c:
+        url = _search(c, text="x", target="image", k=1)["hits"][0]["media_url"]
+        assert c.get(url).headers["content-type"] == "image/jpeg"
+        for target in ("page.html", "drawing.svg"):
+            (root / "pic.jpg").unlink()
+            (root / "pic.jpg").symlink_to(root / target)
+            got = c.get(url)
+            assert got.status_code == 200 and got.headers["content-type"] == "application/octet-stream"
+            assert got.headers["x-content-type-options"] == "nosniff"
+
+
+def test_rows_whose_id_is_a_dot_segment_get_urls_a_browser_keeps(dots, encoder):
+    """Ids "." and ".." made "/thumbs/.." and "/media/.": a browser resolves those to "/" and "/media/"."""
+    from urllib.parse import urljoin
+
+    root, index = dots
+    app = create_app(Index.open(index, encoder=encoder), token="s3cret")
+    with TestClient(app, headers={"Authorization": "Bearer s3cret"}) as c:
+        hits = {h["id"]: h for h in _search(c, text="x", target="image+text", k=5)["hits"]}
+        assert set(hits) == {".", ".."}
+        for row_id, name in ((".", "a.png"), ("..", "b.png")):
+            for kind in ("thumb_url", "media_url"):
+                url = hits[row_id][kind]
+                assert urljoin("http://host/", url) == f"http://host{url}"  # what a browser would ask
+            assert c.get(hits[row_id]["media_url"]).content == (root / name).read_bytes()
+            assert c.get(hits[row_id]["thumb_url"]).headers["content-type"] == "image/jpeg"
+    with TestClient(app) as c:  # <img> and <video> send the token as ?token=, on these routes too
+        assert c.get(hits[".."]["media_url"]).status_code == 401
+        assert c.get(hits[".."]["media_url"] + "&token=s3cret").status_code == 200
+
+
+def test_serve_without_a_token_answers_only_requests_to_this_machines_names(dots, monkeypatch):
+    """A page whose name was made to point at 127.0.0.1 (DNS rebinding) read the index through a
+    visitor's browser: the server answered any Host. Served on loopback without a token, it no longer does."""
+    import uvicorn
+    from click.testing import CliRunner
+
+    from unite_search.cli import main
+
+    _, index = dots
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.delenv("UNITE_SEARCH_TOKEN", raising=False)
+    for args, guarded in ((["--device", "cpu"], True), (["--device", "cpu", "--token", "t"], False)):
+        result = CliRunner().invoke(main, ["serve", str(index), *args])
+        assert result.exit_code == 0, result.output
+        headers = {"Authorization": "Bearer t"} if not guarded else {}
+        hosts = [("http://127.0.0.1:8000", True), ("http://localhost", True), ("http://[::1]:9", True)]
+        hosts += [("http://evil.example:8000", not guarded), ("http://127.0.0.1.evil.example", not guarded)]
+        for base, ok in hosts:
+            with TestClient(served["app"], base_url=base, headers=headers) as c:
+                got = c.get("/info")
+                assert got.status_code == (200 if ok else 403), (args, base, got.text)
+                if not ok:
+                    assert got.json()["error"] == "forbidden"
