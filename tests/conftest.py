@@ -88,6 +88,28 @@ def encoder(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def nan_dir(tiny_dir, tmp_path_factory) -> Path:
+    """The tiny model with the embedding of NAN_CHAR set to NaN: every text holding it, and only those,
+    comes out of the model as NaN (as from damaged weights, or float16 overflowing)."""
+    import shutil
+
+    from corpora import NAN_CHAR
+    from safetensors.numpy import load_file, save_file
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("nan") / "model"
+    shutil.copytree(tiny_dir, folder)
+    token = PreTrainedTokenizerFast.from_pretrained(folder).convert_tokens_to_ids(NAN_CHAR)
+    (weights,) = folder.glob("*.safetensors")
+    tensors = load_file(weights)
+    (name,) = [k for k in tensors if k.endswith("embed_tokens.weight")]
+    tensors[name] = tensors[name].copy()
+    tensors[name][token] = np.nan
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="session")
 def media(tmp_path_factory) -> dict[str, Path]:
     """A photo-like image and two videos on disk."""
     from PIL import Image

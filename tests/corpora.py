@@ -169,3 +169,17 @@ def write_damaged_mp4(path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     path.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + rng.bytes(4000))
     return path
+
+
+NAN_CHAR = "~"  # the character whose embedding the ``nan_dir`` model (conftest.py) has set to NaN
+
+
+def make_nan_corpus(root: Path) -> None:
+    """Two items the ``nan_dir`` model cannot encode (a text, and a text with one such passage among
+    finite ones) beside a text and a photo it can."""
+    root.mkdir(parents=True)
+    (root / "fine.txt").write_text("a plain sentence about a harbour")
+    (root / "bad.txt").write_text(f"a sentence with a {NAN_CHAR} in it")
+    paragraphs = [f"Paragraph {i}: " + "words " * 60 for i in range(3)] + [f"last {NAN_CHAR}"]
+    (root / "long.md").write_text("\n\n".join(paragraphs))
+    write_photo(root / "photo.png", seed=3)

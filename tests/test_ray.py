@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from corpora import make_bad_corpus, make_good_corpus, write_photo
+from corpora import make_bad_corpus, make_good_corpus, make_nan_corpus, write_photo
 from test_ingest import OPTS, assert_same_rows, rows_by_id
 
 from unite_search.ingestion import ingest
@@ -69,6 +69,20 @@ def test_bad_files_are_reported_as_by_a_local_ingest(tmp_path, encoder):
 
     assert failures(remote) == failures(local)
     assert any(stage == "decode" for _, stage, _ in failures(remote))  # found by a Ray decode task
+    assert_same_rows(rows_by_id(tmp_path / "ray"), rows_by_id(tmp_path / "local"))
+
+
+def test_an_item_the_model_gives_no_finite_vector_for_fails_as_in_a_local_ingest(tmp_path, nan_dir):
+    from unite_search import Encoder
+
+    encoder = Encoder.load(nan_dir, device="cpu", workers=2)
+    make_nan_corpus(tmp_path / "corpus")
+    local = ingest(tmp_path / "corpus", tmp_path / "local", encoder=encoder, passage_chars=400)
+    remote = ingest(tmp_path / "corpus", tmp_path / "ray", encoder=encoder, passage_chars=400, engine="ray")
+    told = sorted((p.path, p.stage, p.reason) for p in remote.failures)
+    assert told == sorted((p.path, p.stage, p.reason) for p in local.failures)
+    assert [(path, stage) for path, stage, _ in told] == [("bad.txt", "encode"), ("long.md", "encode")]
+    assert remote.shards == local.shards == {"text": 1, "image": 1}
     assert_same_rows(rows_by_id(tmp_path / "ray"), rows_by_id(tmp_path / "local"))
 
 

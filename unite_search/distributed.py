@@ -40,6 +40,7 @@ import numpy as np
 
 from .diskio import brief, io_reason
 from .errors import ConfigError, IngestError, InputError, MissingDependencyError, ModelLoadError, UniteError
+from .runtime import nonfinite_reason, nonfinite_rows
 
 RAY_BATCH = 8  # rows per Ray Data batch, through decode and through encode
 
@@ -131,14 +132,18 @@ class _EncodeWrite:
             if status == "ok":
                 done.append((task, *result))
             else:
-                failures.append((task.unit, *result))
+                failures.append((task.unit, "decode", *result))
         t = time.perf_counter()
         vecs = self.encoder.encode_prepared([prepared for _, _, prepared in done]) if done else None
         encode_s = time.perf_counter() - t
+        bad = {done[i][0].unit for i in (nonfinite_rows(vecs) if done else [])}  # such an item fails whole
+        why = nonfinite_reason(self.encoder.dtype)
+        failures += [(task.unit, "encode", why, None) for task, _, _ in done if task.unit in bad]  # one a row
+        done_at = [i for i, (task, _, _) in enumerate(done) if task.unit not in bad]
         t = time.perf_counter()
         by_shard: dict[str, list[int]] = defaultdict(list)
-        for i, (task, _, _) in enumerate(done):
-            by_shard[task.shard].append(i)
+        for i in done_at:
+            by_shard[done[i][0].shard].append(i)
         schema = row_schema(self.dim)
         fragments, units = {}, []
         for shard, picks in by_shard.items():
@@ -156,7 +161,7 @@ class _EncodeWrite:
             written = write_fragments(pa.table(columns, schema=schema), self.tables[shard], schema=schema)
             fragments[shard] = [json.dumps(f.to_json()) for f in written]
         write_s = time.perf_counter() - t
-        done_units = [task.unit for task, _, _ in done]
+        done_units = [done[i][0].unit for i in done_at]
         out = {"fragments": fragments, "units": done_units, "failures": failures,
                "decode_s": decode_s, "encode_s": encode_s, "write_s": write_s, "pid": os.getpid()}  # fmt: skip
         return {"result": np.array([pickle.dumps(out)], dtype=object)}
@@ -342,10 +347,10 @@ def _drain(data, store, tables, by_key, tasks, *, on_error, commit_rows, progres
                     busy.add(out["pid"])
                 for unit in out["units"]:
                     finish(unit)
-                for unit, reason, detail in out["failures"]:
+                for unit, stage, reason, detail in out["failures"]:
                     finish(unit)
                     if unit not in failed:
-                        failed[unit] = problem(by_key[unit].label, "decode", reason, detail)
+                        failed[unit] = problem(by_key[unit].label, stage, reason, detail)
                         shown.set_postfix(failed=len(failed))
                 if held >= commit_rows:
                     commit()

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 
 from .batching import ByteBudget, admitted_map, bounded_map, plan_batches
-from .errors import InputError, ModelLoadError
+from .errors import EncodeError, InputError, ModelLoadError
 from .image import Visual, preprocess_image
 from .language import pooled_states, prefix_state
 from .memory import MEMORY_BYTES, predicted_bytes
 from .modality import Item, Modality, as_item
 from .models import resolve
 from .prompts import IMAGE_PAD, POOL_TOKEN, RESERVED_TOKENS, VIDEO_PAD, render
-from .runtime import Weights, resolve_options
+from .runtime import Weights, nonfinite_reason, nonfinite_rows, resolve_options
 from .settings import EncoderSettings
 from .speed import Speed, cache_tested, chunk_runs, set_compiled, set_runs_attention
 from .video import preprocess_video
@@ -452,7 +452,8 @@ class Encoder:
         token_budget: int | None = None,
         progress: bool = False,
     ) -> np.ndarray:
-        """Embed items: ``(n, dim)`` float32, L2-normalised, in input order.
+        """Embed items: ``(n, dim)`` float32, L2-normalised, in input order; :class:`EncodeError` when the
+        model gives a vector that is not finite.
 
         An item is a dict with any of ``text``, ``image``, ``video`` (and optional ``instruction``),
         an :class:`Item`, or a plain string (a text). ``batch_size`` caps items per forward batch;
@@ -508,6 +509,10 @@ class Encoder:
         finally:
             prepared.close()
             bar.close()
+        bad = nonfinite_rows(out)
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+            raise EncodeError(f"item(s) {shown} ({len(bad)} of {len(out)}): {nonfinite_reason(self.dtype)}")
         return out
 
     def __repr__(self) -> str:

@@ -43,6 +43,11 @@ class DeviceError(ConfigError):
     """The device asked for is unknown or not available on this machine (``cuda`` without a GPU...)."""
 
 
+class EncodeError(UniteError, RuntimeError):
+    """The model gave a vector that is not finite (NaN or infinity): float16 overflowing on an input, or
+    damaged weights. No such vector is returned, cached or indexed."""
+
+
 class IngestError(UniteError):
     """An ingest stopped: under ``on_error="raise"``, the first bad input (nothing was published)."""
 

@@ -17,6 +17,7 @@ from typing import Any
 from .corpus import Problem
 from .diskio import io_reason
 from .errors import InputError
+from .runtime import nonfinite_reason, nonfinite_rows
 from .store import IndexStore
 from .units import Task, prepare_task
 
@@ -136,16 +137,24 @@ def encode_all(
             t = time.perf_counter()
             vecs = encoder.encode_prepared([p for _, _, p in live])
             encode_time += time.perf_counter() - t
+            for i in nonfinite_rows(vecs):  # fails its item (rows written before are deleted with it)
+                unit = live[i][0].unit
+                if unit not in failed:
+                    failed[unit] = Problem(units_by_key[unit].label, "encode", nonfinite_reason(encoder.dtype))
+                    bar.set_postfix(failed=len(failed))
             job: dict[str, tuple[list, list]] = {}
             for (task, text, _), vec in zip(live, vecs, strict=True):
+                if task.unit in failed:
+                    continue
                 row = dict(task.row)
                 if text is not None:
                     row["text"] = text
                 rows, vs = job.setdefault(task.shard, ([], []))
                 rows.append(row)
                 vs.append(vec)
-            writer.put({s: (rows, np.stack(vs)) for s, (rows, vs) in job.items()})
-            written += len(live)
+            if job:
+                writer.put({s: (rows, np.stack(vs)) for s, (rows, vs) in job.items()})
+                written += sum(len(rows) for rows, _ in job.values())
         window, tokens, nbytes = [], 0, 0
         budget.release(held)
         held = 0
@@ -180,6 +189,8 @@ def encode_all(
             del out, prepared  # the window holds them now: a flush frees them
             if tokens >= 8 * encoder.token_budget or nbytes >= window_bytes or len(window) >= commit_rows:
                 flush()
+                if failed and on_error == "raise":
+                    break
         else:
             flush()
     finally:

@@ -65,6 +65,20 @@ def resolve_dtype(dtype, device):
     return dtype
 
 
+def nonfinite_rows(vecs) -> list[int]:
+    """The rows of a forward's ``(n, dim)`` output holding a value that is not finite (NaN or infinity)."""
+    import numpy as np
+
+    return np.flatnonzero(~np.isfinite(vecs).all(axis=1)).tolist()
+
+
+def nonfinite_reason(dtype) -> str:
+    """Why a forward gives a vector that is not finite, and what to do, in words."""
+    if str(dtype).removeprefix("torch.") == "float16":
+        return "the model's output is not finite (float16 overflowed on this input): use dtype bfloat16 or float32"
+    return f"the model's output is not finite under {str(dtype).removeprefix('torch.')} (damaged weights?)"
+
+
 def resolve_attn(attn: str, device, dtype) -> str:
     """The attention implementation ``attn`` names; ``auto``: flash-attention 2 on CUDA in half precision
     when it is installed, else sdpa."""

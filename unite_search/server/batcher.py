@@ -9,6 +9,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import EncodeError
+from ..runtime import nonfinite_reason, nonfinite_rows
 from .metrics import Metrics
 
 
@@ -107,5 +109,9 @@ class QueryBatcher:
                     p.future.set_exception(exc)
                 continue
             self.metrics.batch(len(members), time.perf_counter() - start)
-            for p, vec in zip(members, vectors, strict=True):
-                p.future.set_result(vec)
+            bad = set(nonfinite_rows(vectors))
+            for i, (p, vec) in enumerate(zip(members, vectors, strict=True)):
+                if i in bad:  # never searched with: its hits would be noise
+                    p.future.set_exception(EncodeError(f"the query: {nonfinite_reason(encoder.dtype)}"))
+                else:
+                    p.future.set_result(vec)
