@@ -56,7 +56,7 @@ class Problem:
     """A file that was not indexed: where, at which stage, and why."""
 
     path: str
-    stage: str  # discover | read | decode | manifest
+    stage: str  # discover | read | decode | encode | manifest
     reason: str  # in words, the same every run
     detail: str | None = field(default=None, compare=False)  # the decoder's own message: run log only
 
@@ -93,6 +93,36 @@ def is_inside(path: str | os.PathLike, folder_real: str) -> bool:
     """Whether ``path``, symlinks resolved, lies in the folder whose resolved path is ``folder_real``."""
     real = os.path.realpath(path)
     return real == folder_real or real.startswith(folder_real.rstrip(os.sep) + os.sep)
+
+
+def within(root: str, path: str) -> bool:
+    """Whether the normalised absolute ``path`` is ``root`` or a name under it (text only: no disk)."""
+    return path == root or path.startswith(os.path.join(root, ""))
+
+
+@dataclass(frozen=True)
+class Confined:
+    """A folder that the files read from must stay inside, symlinks followed."""
+
+    given: str  # absolute, as named
+    real: str  # symlinks resolved
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike) -> Confined:
+        return cls(os.path.abspath(folder), os.path.realpath(folder))
+
+    def holds(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` (absolute, or relative to the folder) is a file name inside the folder.
+
+        A path whose text already leaves the folder (``..``, an absolute path elsewhere) is refused without
+        touching the disk; the others are judged by where their symlinks lead. The answer never depends on
+        whether an outside file exists.
+        """
+        full = os.path.join(self.given, path)
+        lexical = os.path.normpath(full)
+        if not (within(self.given, lexical) or within(self.real, lexical)):
+            return False
+        return within(self.real, os.path.realpath(full))
 
 
 def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), allow_outside: bool = False) -> Walk:

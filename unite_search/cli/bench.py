@@ -28,7 +28,10 @@ BENCH_NAMES = ["carebench", "docci", "mmeb", "msrvtt", "sharegpt4v", "urban1k", 
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(name, data, model, variant, frames, limit, subsets, batch_size, cache_dir, device, dtype, out, as_json):
+@click.option("--allow-outside", is_flag=True,
+              help="Read media the dataset's files name outside --data (off by default).")  # fmt: skip
+def bench(name, data, model, variant, frames, limit, subsets, batch_size, cache_dir, device, dtype, out, as_json,
+          allow_outside):  # fmt: skip
     """Recall on a benchmark, read from its official download format.
 
     \b
@@ -41,6 +44,7 @@ def bench(name, data, model, variant, frames, limit, subsets, batch_size, cache_
         return run_benchmark(
             name, data, model=model, variant=variant, frames=frames, limit=limit, subsets=list(subsets) or None,
             batch_size=batch_size, cache_dir=cache_dir, device=device, dtype=dtype, progress=not as_json,
+            allow_outside=allow_outside,
         )  # fmt: skip
 
     result = _run(work)

@@ -5,7 +5,8 @@ written chunk by chunk, ``chunk-<uuid>.npy`` then ``chunk-<uuid>.json`` with its
 temporary file and ``os.replace``; a chunk without its key file is ignored. Chunk names are unique, so
 runs sharing one cache (processes, or instances in one process) never overwrite each other, and a run
 looks for chunks written by the others before encoding an item it has not seen. A damaged chunk (its
-vectors unreadable or not one per key) is skipped with a warning and its items are encoded again.
+vectors unreadable, not one per key, or not all finite) is skipped with a warning and its items are
+encoded again.
 Chunks named ``chunk-N`` by older versions are read as well. Items are keyed by their text and the
 sha256 of their media files.
 """
@@ -89,12 +90,7 @@ class EmbeddingCache:
                 if rows != len(keys):
                     raise ValueError(f"holds {rows} vectors for {len(keys)} keys")
             except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
-                warnings.warn(
-                    f"ignoring damaged embedding cache chunk {self.dir / name}.npy: {exc}; its items will be "
-                    f"encoded again (delete {name}.npy and {name}.json to stop this warning)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                self._damaged(name, str(exc))
                 continue
             for row, key in enumerate(keys):
                 self._where.setdefault(key, (name, row))  # a key cached twice: keep the vector already served
@@ -106,9 +102,35 @@ class EmbeddingCache:
                 content[media] = _file_sha(str(item[media]), self._memo)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
-    def _vector(self, name: str, row: int) -> np.ndarray:
+    def _damaged(self, name: str, why: str) -> None:
+        warnings.warn(
+            f"ignoring damaged embedding cache chunk {self.dir / name}.npy: {why}; its items will be "
+            f"encoded again (delete {name}.npy and {name}.json to stop this warning)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _open(self, name: str) -> bool:
+        """Loads a chunk once, checking its values; a damaged one's keys are forgotten (False)."""
         if name not in self._chunks:
-            self._chunks[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            try:
+                vecs = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+                finite = bool(np.isfinite(vecs).all())
+            except (OSError, ValueError) as exc:
+                finite, why = False, str(exc)
+            else:
+                why = "it holds vectors that are not finite (NaN or infinity)"
+            if not finite:
+                self._damaged(name, why)
+                self._where = {k: at for k, at in self._where.items() if at[0] != name}
+                return False
+            self._chunks[name] = vecs
+        return True
+
+    def _cached(self, key: str) -> bool:
+        return key in self._where and self._open(self._where[key][0])
+
+    def _vector(self, name: str, row: int) -> np.ndarray:
         return self._chunks[name][row]
 
     def _save(self, keys: list[str], vecs: np.ndarray) -> None:
@@ -125,22 +147,20 @@ class EmbeddingCache:
     ) -> np.ndarray:
         """Vectors of ``items`` in order, encoding (chunk by chunk, each saved) only the ones not cached."""
         keys = [self.key(item) for item in items]
-        todo: dict[str, dict[str, Any]] = {}
-        for key, item in zip(keys, items, strict=True):
-            if key not in self._where:
-                todo.setdefault(key, item)  # identical items are encoded once
-        while todo:
+        pending = dict(zip(keys, items, strict=True))  # identical items are encoded once
+        while True:
             self._scan()  # another run may have encoded some of them meanwhile
-            todo = {k: item for k, item in todo.items() if k not in self._where}
-            part = list(todo.items())[: self.chunk]
-            if not part:
+            # a chunk is checked before it is trusted: a damaged one's items are encoded again
+            pending = {k: item for k, item in pending.items() if not self._cached(k)}
+            if not pending:
                 break
+            part = list(pending.items())[: self.chunk]
             vecs = np.ascontiguousarray(encode([item for _, item in part]), dtype=np.float32)  # (len(part), dim)
             if vecs.ndim != 2 or len(vecs) != len(part):
                 raise ValueError(f"encode returned shape {vecs.shape} for {len(part)} items; expected (n, dim)")
+            if not np.isfinite(vecs).all():
+                raise ValueError("encode returned vectors that are not finite (NaN or infinity): none are cached")
             self._save([k for k, _ in part], vecs)
-            for k, _ in part:
-                del todo[k]
             self.encoded += len(part)
             if progress is not None:
                 progress(len(part))

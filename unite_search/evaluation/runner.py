@@ -58,12 +58,17 @@ def run_benchmark(
     device: str = "auto",
     dtype: Any = "auto",
     progress: bool = False,
+    allow_outside: bool = False,
 ) -> dict[str, Any]:
-    """Score ``name`` on the dataset in ``data``; returns the JSON-ready result (see :func:`format_result`)."""
+    """Score ``name`` on the dataset in ``data``; returns the JSON-ready result (see :func:`format_result`).
+
+    Media the dataset's files name are read only inside ``data`` (symlinks followed) unless
+    ``allow_outside``; a damaged dataset file is a :class:`~unite_search.DatasetError`; a vector that
+    is not finite is an :class:`~unite_search.EncodeError` (never scored, never cached)."""
     if name not in LOADERS:
         raise DatasetError(f"unknown benchmark {name!r}; choose from {', '.join(sorted(LOADERS))}")
     t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {"limit": limit}
+    kwargs: dict[str, Any] = {"limit": limit, "allow_outside": allow_outside}
     if name == "carebench":
         kwargs["variant"] = variant
     if name == "mmeb":
@@ -135,7 +140,13 @@ def _run_mmeb(dataset: Reranking, cache: EmbeddingCache, encode) -> dict[str, An
             correct += metrics.mmeb_correct(queries[i], vecs[offset : offset + len(cands)])
             offset += len(cands)
         per_dataset[subset] = 100.0 * correct / len(rows)
-    return {"metrics": {"per_dataset": per_dataset, "summary": metrics.mmeb_summary(per_dataset)}, "counts": counts}
+    scored = {"per_dataset": per_dataset, "summary": metrics.mmeb_summary(per_dataset),
+              "summary_datasets": metrics.mmeb_coverage(per_dataset)}  # fmt: skip
+    return {"metrics": scored, "counts": counts}
+
+
+def _partial(scored: int, of: int) -> str:
+    return "" if scored == of else f" ({scored} of {of} datasets)"
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -147,10 +158,13 @@ def format_result(result: dict[str, Any]) -> str:
         skipped = sum(c["skipped_missing_media"] for c in counts.values())
         scored = sum(c["rows"] for c in counts.values())
         lines.append(f"scored {scored} rows in {len(counts)} datasets; skipped {skipped} with missing media")
-        for subset, acc in sorted(result["metrics"]["per_dataset"].items()):
-            lines.append(f"  {subset:<22}{acc:6.1f}")
-        summary = result["metrics"]["summary"]
-        lines.append("  " + "  ".join(f"{k} {v:.1f}" for k, v in summary.items() if v is not None))
+        per_dataset = result["metrics"]["per_dataset"]
+        for subset in sorted(counts):
+            told = f"{per_dataset[subset]:6.1f}" if subset in per_dataset else "  none: no row with its media"
+            lines.append(f"  {subset:<22}{told}")
+        summary, covers = result["metrics"]["summary"], result["metrics"]["summary_datasets"]
+        means = [f"{k} {v:.1f}{_partial(*covers[k])}" for k, v in summary.items() if v is not None]
+        lines.append("  " + "  ".join(means))
     else:
         scored = counts.get("texts", counts.get("queries"))
         lines.append(f"scored {scored} queries; skipped {counts['skipped_missing_media']} with missing media")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..corpus import IMAGE_EXTENSIONS, SIDECAR_EXTENSION, VIDEO_EXTENSIONS
+from ..corpus import IMAGE_EXTENSIONS, SIDECAR_EXTENSION, VIDEO_EXTENSIONS, Confined, within
 from ..errors import ConfigError, InputError
 from ..modality import Item
 from .loss import CODES, modality_code
@@ -55,36 +55,7 @@ def _code(item: Item) -> int:
     return modality_code([m.value for m in item.modalities])
 
 
-def _within(root: str, path: str) -> bool:
-    return path == root or path.startswith(os.path.join(root, ""))
-
-
-@dataclass(frozen=True)
-class _Folder:
-    """A folder that the files read from must stay inside, symlinks followed."""
-
-    given: str  # absolute, as named
-    real: str  # symlinks resolved
-
-    @classmethod
-    def of(cls, folder: str | os.PathLike) -> _Folder:
-        return cls(os.path.abspath(folder), os.path.realpath(folder))
-
-    def holds(self, path: str | os.PathLike) -> bool:
-        """Whether ``path`` (absolute, or relative to the folder) is a file name inside the folder.
-
-        A path whose text already leaves the folder (``..``, an absolute path elsewhere) is refused without
-        touching the disk; the others are judged by where their symlinks lead. The answer never depends on
-        whether an outside file exists.
-        """
-        full = os.path.join(self.given, path)
-        lexical = os.path.normpath(full)
-        if not (_within(self.given, lexical) or _within(self.real, lexical)):
-            return False
-        return _within(self.real, os.path.realpath(full))
-
-
-def _warn_skipped(skipped: list[str], folder: _Folder) -> None:
+def _warn_skipped(skipped: list[str], folder: Confined) -> None:
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} file(s) leading outside {folder.real} (e.g. {skipped[0]}); "
@@ -94,7 +65,7 @@ def _warn_skipped(skipped: list[str], folder: _Folder) -> None:
         )
 
 
-def _side(value: Any, base: Path, what: str, folder: _Folder | None) -> Item:
+def _side(value: Any, base: Path, what: str, folder: Confined | None) -> Item:
     if not isinstance(value, dict) or not value:
         raise InputError(f"'{what}' must be a non-empty object with text, image or video")
     unknown = set(value) - {"text", "image", "video"}
@@ -158,7 +129,7 @@ def load_pairs(
         raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = Path(path)
     base = path.parent
-    folder = None if allow_outside else _Folder.of(base)
+    folder = None if allow_outside else Confined.of(base)
     read: list[Pair] = []
     problems: list[tuple[int, str]] = []
     with open(path, "rb") as fh:  # decoded line by line: one line that is not UTF-8 is that line's problem
@@ -208,16 +179,16 @@ def load_pairs(
     return pairs, messages
 
 
-def _relative(file: str, folder: _Folder) -> str:
+def _relative(file: str, folder: Confined) -> str:
     """``file`` relative to the folder (``/`` separated) when it lies inside it, else absolute."""
     full = os.path.abspath(file)
     for root in (folder.given, folder.real):
-        if _within(root, full) and folder.holds(full):
+        if within(root, full) and folder.holds(full):
             return Path(os.path.relpath(full, root)).as_posix()
     return full
 
 
-def _record_side(item: Item, folder: _Folder, outside: list[str]) -> dict[str, str]:
+def _record_side(item: Item, folder: Confined, outside: list[str]) -> dict[str, str]:
     if item.instruction is not None:
         raise InputError(f"{item.describe()}: the pair schema has no instruction field; put it in the text")
     side: dict[str, str] = {}
@@ -245,7 +216,7 @@ def write_pairs(pairs: list[Pair], path: str | os.PathLike) -> list[str]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = _Folder.of(path.parent)
+    folder = Confined.of(path.parent)
     outside: list[str] = []
     lines = []
     for pair in pairs:
@@ -270,7 +241,7 @@ def pairs_from_folder(folder: str | os.PathLike, *, allow_outside: bool = False)
     ``allow_outside=True``.
     """
     folder = Path(folder)
-    confined = None if allow_outside else _Folder.of(folder)
+    confined = None if allow_outside else Confined.of(folder)
     pairs: list[Pair] = []
     skipped: list[str] = []
     for caption in sorted(folder.rglob(f"*{SIDECAR_EXTENSION}")):
@@ -312,7 +283,7 @@ def pairs_from_index(index: str | os.PathLike, *, allow_outside: bool = False) -
     store = IndexStore(index)
     manifest = store.require_manifest()
     corpus = Path(manifest["corpus"])
-    confined = None if allow_outside else _Folder.of(corpus)
+    confined = None if allow_outside else Confined.of(corpus)
     pairs: list[Pair] = []
     skipped: list[str] = []
     seen: set[tuple[str, str]] = set()
