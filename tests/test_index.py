@@ -75,6 +75,14 @@ def test_composed_query_excludes_its_reference(built, idx):
     # a manifest item built on the reference file is its row too: "night" is wide.png with a text
     assert idx.query(image=ref, text="the same view at night", target="image+text") == []
     assert [h.id for h in idx.query(image=root / "photos/small/a.png", text="x", target="image+text")] == ["night"]
+    # an image and a video given together: both references are left out
+    both = idx.query(image=ref, video=root / "clips/short.mp4", text="x", target=["image", "video"], k=20)
+    assert {h.path for h in both} == {
+        "photos/big/tall.png",
+        "photos/small/a.png",
+        "photos/small/b.jpg",
+        "clips/long.mp4",
+    }
 
 
 def test_where_filters_before_the_k_cut(built, idx):

@@ -86,6 +86,9 @@ def test_instruction_is_part_of_the_prompt_and_makes_text():
 def test_like_searches_the_rows_own_shard_and_leaves_the_row_out():
     plan = plan_query(ALL, like="abc@0-30", like_shard="video", target="video")
     assert plan.shards == ("video",) and plan.exclude_ids == ("abc@0-30",) and "stored vector" in plan.explain()
+    for shard in ("text", "image+text", "video"):  # without a target too (not the text query's media shards)
+        plan = plan_query(ALL, like="abc", like_shard=shard)
+        assert plan.shards == (shard,) and plan.merge == "cosine"
     with pytest.raises(PlanError, match="no row with id"):
         plan_query(ALL, like="missing")
     with pytest.raises(PlanError, match="alone"):

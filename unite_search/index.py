@@ -293,13 +293,12 @@ def _plan(snapshot: Snapshot, q: Mapping[str, Any]) -> QueryPlan:
 
 def _execute(snapshot: Snapshot, plan: QueryPlan, vec: np.ndarray, q: Mapping[str, Any]) -> list[Hit]:
     excluded = {row_key(i) for i in plan.exclude_ids}
-    ref_hash = None
-    if plan.exclude_reference:
-        ref_hash = _file_sha256(q.get("video") if q.get("video") is not None else q.get("image"))
+    # every reference file the query gives (an image and a video both, when it has both) is left out
+    refs = {_file_sha256(q.get(m)) for m in ("image", "video")} - {None} if plan.exclude_reference else set()
     per_shard = []
     for s in plan.targets:
         reader = snapshot.readers[s.shard]
-        skip = excluded | reader.keys_with_hash(ref_hash) if ref_hash is not None else excluded
+        skip = excluded.union(*(reader.keys_with_hash(h) for h in sorted(refs)))
         allowed = None
         if plan.where:
             reader.meta()  # a damaged or pruned table is told as such, not as a bad filter

@@ -198,7 +198,10 @@ def plan_query(
     else:
         query = shard_name(modalities)
     routed_by = "target" if target is not None else "default"
-    names = _targets(target, shards) if target is not None else default_targets(query, shards)
+    if target is not None:
+        names = _targets(target, shards)
+    else:  # more like this: the row's own shard; otherwise where the query's modalities look
+        names = (query,) if like is not None else default_targets(query, shards)
     per_shard_k = k  # every shard contributes up to k, so the merged top k is exact for one shard
     searches = tuple(
         ShardSearch(
