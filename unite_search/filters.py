@@ -41,6 +41,10 @@ _EXAMPLE = "a filter must be a condition such as width >= 1000"
 # binary operators (AND, OR, comparisons, arithmetic) one filter may chain: LanceDB evaluates such a chain
 # by recursion, and some 45,000 ANDs overflowed its native stack, which killed the process (no exception)
 MAX_OPERATORS = 1000
+# levels of the expression tree below AND/OR: every chained IS, LIKE, IN, BETWEEN, comparison or arithmetic
+# operator, NOT, unary minus or call nests one level. A far shorter chain of these overflows LanceDB's
+# native stack: 350 chained IS TRUE (3 KB) or 700 chained "+ 1" killed the process, 300 and 500 did not
+MAX_DEPTH = 64
 
 # What an expression yields: a condition, a value, or either (a function call: LanceDB knows its type).
 Kind = Literal["bool", "value", "any"]
@@ -123,6 +127,7 @@ class _Parser:
         self.i = 0
         self.end = 0  # where the last consumed token ends, to quote a whole operand in messages
         self.operators = 0
+        self.height = 0  # levels of the expression parsed last (a value or a column: 1)
 
     def fail(self, message: str) -> NoReturn:
         raise PlanError(f"invalid where filter {_quote(self.expr)}: {message}")
@@ -143,6 +148,13 @@ class _Parser:
         if self.operators > MAX_OPERATORS:
             self.fail(f"it chains more than {MAX_OPERATORS} operators; use IN (...) for a list of values")
         self.advance()
+
+    def nest(self, height: int) -> None:
+        """The expression parsed last is ``height`` levels deep, at most :data:`MAX_DEPTH`."""
+        if height > MAX_DEPTH:
+            self.fail(f"it nests more than {MAX_DEPTH} levels deep (chained IS, LIKE, IN, BETWEEN, comparisons, "
+                      "arithmetic or NOT); LanceDB cannot evaluate that")  # fmt: skip
+        self.height = height
 
     def at_op(self, *ops: str) -> bool:
         return self.tok.kind == "op" and self.tok.text in ops
@@ -178,11 +190,14 @@ class _Parser:
         if not words:
             return self.not_()
         kind, start = self.logical(words[1:])
-        while self.tok.keyword(words[0]):
+        height, links = self.height, 0
+        while self.tok.keyword(words[0]):  # a chain of ANDs costs LanceDB little: MAX_OPERATORS bounds it
             self.condition(kind, start)
             self.operator()
             self.condition(*self.logical(words[1:]))
+            height, links = max(height, self.height), links + 1
             kind = "bool"
+        self.nest(height + (links > 0))
         return kind, start
 
     def not_(self) -> tuple[Kind, int]:
@@ -190,15 +205,18 @@ class _Parser:
             return self.predicate()
         start = self.advance().pos
         self.condition(*self.not_())
+        self.nest(self.height + 1)
         return "bool", start
 
     def predicate(self) -> tuple[Kind, int]:
         kind, start = self.arithmetic()
+        height = self.height
         while True:
             if self.tok.kind == "op" and self.tok.text in _COMPARISONS:
                 self.operator()
                 self.arithmetic()
             elif self.tok.keyword("IS"):
+                self.height = 0
                 self.advance()
                 if self.tok.keyword("NOT"):
                     self.advance()
@@ -221,9 +239,14 @@ class _Parser:
                         if not self.tok.keyword("AND"):
                             self.unexpected("AND in BETWEEN ... AND ...")
                         self.advance()
+                        low = self.height
                         self.arithmetic()
+                        self.height = max(low, self.height)
             else:
+                self.height = height
                 return kind, start
+            height = max(height, self.height) + 1
+            self.nest(height)
             kind = "bool"
 
     def arithmetic(self, level: int = 0) -> tuple[Kind, int]:
@@ -232,16 +255,22 @@ class _Parser:
                 return self.primary()
             start = self.advance().pos
             self.arithmetic(level)
+            self.nest(self.height + 1)
             return "value", start
         kind, start = self.arithmetic(level + 1)
+        height = self.height
         while self.at_op(*_ARITHMETIC[level]):
             self.operator()
             self.arithmetic(level + 1)
+            height = max(height, self.height) + 1
+            self.nest(height)
             kind = "value"
+        self.height = height
         return kind, start
 
     def primary(self) -> tuple[Kind, int]:
         tok = self.tok
+        self.height = 1
         if tok.kind in ("number", "string") or tok.keyword("NULL"):
             self.advance()
             return "value", tok.pos
@@ -255,6 +284,7 @@ class _Parser:
             return kind, tok.pos
         if self.at_op("["):
             self.items("]", self.advance(), allow_empty=True)
+            self.nest(self.height + 1)
             return "value", tok.pos
         if tok.kind == "quoted" or (tok.kind == "word" and tok.text.upper() not in _KEYWORDS):
             self.advance()
@@ -264,6 +294,7 @@ class _Parser:
             if name not in self.columns:
                 known = ", ".join(sorted(self.columns)) or "none"
                 self.fail(f"unknown column {name!r} at character {tok.pos + 1} (columns: {known})")
+            self.height = 1
             return "value", tok.pos
         self.unexpected("a value")
 
@@ -271,8 +302,10 @@ class _Parser:
         opener = self.advance()
         if not name.keyword("CAST", "TRY_CAST"):
             self.items(")", opener, allow_empty=True)
+            self.nest(self.height + 1)
             return "any"
         self.logical()
+        height = self.height
         if not self.tok.keyword("AS"):
             self.unexpected("AS in CAST(value AS type)")
         self.advance()
@@ -283,15 +316,21 @@ class _Parser:
         if self.at_op("("):  # DECIMAL(10, 2)
             self.items(")", self.advance(), allow_empty=False)
         self.close(")", opener)
+        self.nest(height + 1)
         return "value"
 
     def items(self, close: str, opener: _Token, *, allow_empty: bool) -> None:
+        """A list's items; ``height``: the deepest item's (0 for none)."""
+        height = 0
         if not (allow_empty and self.at_op(close)):
             self.logical()
+            height = self.height
             while self.at_op(","):
                 self.advance()
                 self.logical()
+                height = max(height, self.height)
         self.close(close, opener)
+        self.height = height
 
 
 def validate_where(expr: str, columns: Iterable[str]) -> str:
