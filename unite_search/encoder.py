@@ -12,7 +12,6 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,8 +120,9 @@ class Encoder:
         ``device``/``dtype``/``attn`` default to the best available (CUDA, bf16, flash-attention 2
         when installed; else CPU, float32, sdpa). ``settings`` overrides preprocessing (frames,
         pixels); ``token_budget`` bounds the padded tokens of one forward batch. ``adapter`` is a LoRA
-        folder from ``unite-search finetune``, merged into the weights: ``model_id`` stays the base's,
-        ``adapter`` records the folder and the revision names it too, so indexes never mix its vectors
+        folder from ``unite-search finetune``, merged into the weights of the base it records (``model``
+        None), or of ``model`` if it has the recorded revision (else ModelLoadError): ``model_id`` stays
+        the base's, ``adapter`` records the folder and the revision names it too, so indexes never mix its vectors
         with the base model's, and ``Encoder.load(enc.model_id, adapter=enc.adapter)`` loads it again.
         Nothing shipped as code in a model folder is ever run (``auto_map`` entries are ignored).
         ``lazy=True`` reads the config and tokenizer now and the weights on the first forward (or from
@@ -528,14 +528,14 @@ def _identity(model, adapter):
     """(resolved model, absolute adapter path or None, revision) of ``Encoder.load(model, adapter=...)``."""
     from .models import fingerprint
 
-    resolved = resolve(model)
-    revision, adapter_path = resolved.revision, None
-    if adapter is not None:
-        from .train.merge import check_adapter
+    if adapter is None:
+        resolved = resolve(model)
+        return resolved, None, resolved.revision
+    from .train.merge import check_adapter, resolve_base
 
-        adapter_path = str(check_adapter(adapter))
-        revision = f"{revision}+lora-{fingerprint(Path(adapter_path))}"
-    return resolved, adapter_path, revision
+    path = check_adapter(adapter)
+    resolved = resolve_base(model, path)  # model None: the base the adapter records; another one is refused
+    return resolved, str(path), f"{resolved.revision}+lora-{fingerprint(path)}"
 
 
 def describe(

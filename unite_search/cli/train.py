@@ -139,7 +139,8 @@ def finetune(
 
 
 @main.command()
-@click.option("--model", "-m", default=None, help="Base model the adapter was trained on.")
+@click.option("--model", "-m", default=None,
+              help="Base model the adapter was trained on (default: the one it records).")  # fmt: skip
 @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="New model folder.")
 def merge(model, adapter, output):

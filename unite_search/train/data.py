@@ -10,8 +10,9 @@ a one-element list (paths are relative to the JSONL file, and must stay inside i
 where the media goes; UNITE's prompt always puts the media before the text, so they are removed.
 ``target_modal`` (e.g. ``"video"`` or ``"text,image"``) defaults to the candidate's modalities.
 
-:func:`load_pairs` also opens every image and video a line names (:mod:`.probe`), so a file the encoder
-cannot read is reported as ``file:line`` before training. :func:`write_pairs` writes pairs in this schema
+:func:`load_pairs` checks each text as the encoder does (no reserved token, no lone surrogate) and opens every
+image and video a line names (:mod:`.probe`), so an input the encoder would refuse mid-run is reported as
+``file:line`` before training. :func:`write_pairs` writes pairs in this schema
 (what ``unite-search pairs`` does with :func:`pairs_from_folder` / :func:`pairs_from_index`).
 """
 
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..corpus import IMAGE_EXTENSIONS, SIDECAR_EXTENSION, VIDEO_EXTENSIONS, Confined, within
+from ..corpus import SIDECAR_EXTENSION, Confined, claimed_kind, within
+from ..diskio import io_reason
+from ..encoder import Encoder
 from ..errors import ConfigError, InputError
 from ..modality import Item
 from .loss import CODES, modality_code
@@ -89,18 +92,27 @@ def _side(value: Any, base: Path, what: str, folder: Confined | None) -> Item:
             path = path[0]
         if not isinstance(path, str) or not path or "\x00" in path:
             raise InputError(f"'{what}.{media}' must be a file path")
-        if folder is not None and not folder.holds(path):  # decided before the file is looked at
-            raise InputError(
-                f"'{what}.{media}' is outside the data folder ({folder.real}); "
-                "pass allow_outside=True (--allow-outside) to read it"
-            )
         full = base / path
-        if not full.is_file():
+        try:
+            if folder is not None and not folder.holds(path):  # decided before the file is looked at
+                raise InputError(
+                    f"'{what}.{media}' is outside the data folder ({folder.real}); "
+                    "pass allow_outside=True (--allow-outside) to read it"
+                )
+            found = full.is_file()
+        except OSError as exc:  # a name too long for the file system, a folder that cannot be searched
+            raise InputError(f"'{what}.{media}' cannot be looked up: {io_reason(exc)}") from None
+        if not found:
             raise InputError(f"'{what}.{media}' file not found: {full}")
         fields[media] = str(full)
     if not fields:
         raise InputError(f"'{what}' is empty: give text, an image or a video")
-    return Item(**fields)
+    item = Item(**fields)
+    try:
+        Encoder._check_text(item, None)  # what the encoder refuses would stop training at that pair's step
+    except InputError as exc:
+        raise InputError(f"'{what}.text': {exc.reason}") from None
+    return item
 
 
 def _media(pair: Pair) -> list[tuple[str, str, str]]:
@@ -143,6 +155,8 @@ def load_pairs(
                     raise InputError("not UTF-8 text") from None
                 except json.JSONDecodeError as exc:
                     raise InputError(f"not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise InputError("JSON nested too deeply to read") from None
                 if not isinstance(record, dict) or "query" not in record or "candidate" not in record:
                     raise InputError("each line needs 'query' and 'candidate' objects")
                 query = _side(record["query"], base, "query", folder)
@@ -237,20 +251,28 @@ def write_pairs(pairs: list[Pair], path: str | os.PathLike) -> list[str]:
 def pairs_from_folder(folder: str | os.PathLike, *, allow_outside: bool = False) -> list[Pair]:
     """Caption -> media pairs from sidecar captions (``x.txt`` beside ``x.jpg`` / ``x.mp4``).
 
-    Captions and media that symlinks lead outside ``folder`` are skipped, unread, with a warning, unless
-    ``allow_outside=True``.
+    A caption labels the images and videos of its folder whose name without the extension is exactly its
+    own (the index's rule for sidecar captions): ``cat.txt`` captions ``cat.jpg`` and ``cat.mp4``, not
+    ``cat.small.jpg``. Captions and media that symlinks lead outside ``folder`` are skipped, unread, with a
+    warning, unless ``allow_outside=True``.
     """
     folder = Path(folder)
     confined = None if allow_outside else Confined.of(folder)
+    media_by_stem: dict[Path, list[Path]] = {}  # folder/stem -> its images and videos
+    captions = []
+    for file in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in file.relative_to(folder).parts) or not file.is_file():
+            continue
+        stem, ext = os.path.splitext(file)
+        if ext.lower() == SIDECAR_EXTENSION:
+            captions.append(file)
+        elif claimed_kind(file) in ("image", "video"):
+            media_by_stem.setdefault(Path(stem), []).append(file)
     pairs: list[Pair] = []
     skipped: list[str] = []
-    for caption in sorted(folder.rglob(f"*{SIDECAR_EXTENSION}")):
-        if any(part.startswith(".") for part in caption.relative_to(folder).parts):
-            continue
+    for caption in captions:
         media_files = []
-        for media in sorted(caption.parent.glob(caption.stem + ".*")):
-            if media.suffix.lower() not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-                continue
+        for media in media_by_stem.get(Path(os.path.splitext(caption)[0]), []):
             if confined is not None and not confined.holds(os.path.abspath(media)):
                 skipped.append(str(media))
                 continue
@@ -264,7 +286,7 @@ def pairs_from_folder(folder: str | os.PathLike, *, allow_outside: bool = False)
         if not text:
             continue
         for media in media_files:
-            kind = "image" if media.suffix.lower() in IMAGE_EXTENSIONS else "video"
+            kind = claimed_kind(media)
             candidate = Item(**{kind: str(media)})
             pairs.append(Pair(Item(text=text), candidate, modality_code(kind), modality_code(kind), 0))
     if confined is not None:

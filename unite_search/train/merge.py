@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import MissingDependencyError, ModelLoadError
 
 LINEAGE = "unite-merge.json"  # written into a merged folder: the base and adapter it was made from
+RECORD = "unite_train.json"  # written into an adapter by the trainer: its settings and the base it was trained on
 CARRIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
            "added_tokens.json", "chat_template.json", "chat_template.jinja", "preprocessor_config.json")  # fmt: skip
 
@@ -33,6 +35,62 @@ def check_adapter(adapter: str | os.PathLike) -> Path:
     return path
 
 
+def recorded_base(adapter: Path) -> tuple[str, str] | None:
+    """The base model an adapter records it was trained on (``unite_train.json``: ``base``, ``base_revision``),
+    or None for an adapter without the record (one saved by peft itself, or by an older version)."""
+    path = adapter / RECORD
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it or remove it") from None
+    base, revision = (info.get("base"), info.get("base_revision")) if isinstance(info, dict) else (None, None)
+    if not isinstance(base, str) or not isinstance(revision, str):
+        return None
+    return base, revision
+
+
+def _revisions(resolved) -> Iterator[str]:
+    """The revisions a base model has been known by: its own; under the identity rule before 2026-11-29 (a local
+    folder); and, for a folder merged from a base and an adapter, the revision of that base with that adapter."""
+    from ..models import fingerprint
+
+    yield resolved.revision
+    if resolved.revision.startswith("local-"):
+        yield "local-" + fingerprint(resolved.path, legacy=True)
+    try:
+        lineage = json.loads((resolved.path / LINEAGE).read_text(encoding="utf-8"))
+        yield f"{lineage['base_revision']}+lora-{lineage['adapter_fingerprint']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+
+def resolve_base(model: str | os.PathLike | None, adapter: Path):
+    """The base model to put ``adapter`` on: ``model``, or (when None) the one the adapter records it was trained
+    on, else the default. A base whose revision is not the recorded one is refused (:class:`ModelLoadError`):
+    an adapter trained on another model of the same shape loads, but its vectors mean nothing."""
+    from ..models import resolve
+
+    record = recorded_base(adapter)
+    if record is None:
+        return resolve(model)
+    base, revision = record
+    if model is None:
+        try:
+            resolved = resolve(base)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"the adapter {adapter} was trained on {base}, which cannot be loaded here; "
+                                 f"pass that base model (--model) ({exc})") from None  # fmt: skip
+    else:
+        resolved = resolve(model)
+    if revision not in _revisions(resolved):
+        raise ModelLoadError(f"the adapter {adapter} was trained on {base} (revision {revision}), not on "
+                             f"{resolved.model_id} (revision {resolved.revision}); load it with the model it was "
+                             "trained on")  # fmt: skip
+    return resolved
+
+
 def apply_adapter(inner, adapter: str | os.PathLike):
     """``inner`` (a Qwen2VLModel) with the adapter's LoRA weights merged in."""
     peft = _peft()
@@ -43,13 +101,15 @@ def apply_adapter(inner, adapter: str | os.PathLike):
 def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Write ``base`` + ``adapter`` as one plain Qwen2-VL model folder at ``output``.
 
-    The folder's own fingerprint (its whole weights) is its identity; ``unite-merge.json`` records its
-    lineage: the base model id and revision and the adapter's path and fingerprint.
+    ``base`` None is the model the adapter records it was trained on; a base of another revision is refused
+    (see :func:`resolve_base`). The folder's own fingerprint (its whole weights) is its identity;
+    ``unite-merge.json`` records its lineage: the base model id and revision and the adapter's path and
+    fingerprint.
     """
-    from ..models import fingerprint, load_model, resolve
+    from ..models import fingerprint, load_model
 
     adapter = check_adapter(adapter)
-    resolved = resolve(base)
+    resolved = resolve_base(base, adapter)
     lineage = {
         "base_model_id": resolved.model_id,
         "base_revision": resolved.revision,

@@ -1,7 +1,8 @@
 """Media checks for training pairs: every image and video a pair file names is opened before training.
 
-An image must open and decode (Pillow's ``verify``, then a decode, at 1/8 scale for JPEG) with an
-aspect ratio the vision tower takes; a video must have a video stream with at least one frame and a
+An image must open and decode (Pillow's ``verify``, then a decode, at 1/8 scale for JPEG) with a size
+the encoder's two resizes take (an aspect ratio of at most 200:1 before and after the first, with the
+default preprocessing settings); a video must have a video stream with at least one frame and a
 decodable first frame (:func:`unite_search.video.probe`, with the backend the encoder reads with).
 Files are checked on a small thread pool. A file that passed is remembered by (path, size, mtime) in
 ``$XDG_CACHE_HOME/unite-search/media-probes.sqlite``, so a later run over the same files opens none
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-PROBE_VERSION = 1  # part of the cache key: a stricter check later re-probes everything once
+PROBE_VERSION = 2  # part of the cache key: a stricter check later re-probes everything once
 CACHE_FILE = "media-probes.sqlite"
 KINDS = ("image", "video")
 
@@ -51,7 +52,8 @@ def probe_image(path: str) -> None:
     """Raise :class:`InputError` unless ``path`` decodes as an image the encoder takes."""
     from PIL import Image
 
-    from ..image import MAX_ASPECT
+    from ..image import smart_resize
+    from ..settings import EncoderSettings
 
     try:
         with warnings.catch_warnings():
@@ -66,10 +68,11 @@ def probe_image(path: str) -> None:
         raise InputError(f"image too large to decode safely ({_one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001  Pillow's decoders raise many classes for a bad file
         raise InputError(f"cannot read image: {_one_line(exc)}") from None
-    if min(width, height) < 1:
-        raise InputError(f"image has no pixels ({width}x{height})")
-    if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise InputError(f"aspect ratio {max(width, height) / min(width, height):.0f}:1 is above {MAX_ASPECT}:1")
+    # the encoder's two resizes, on the size alone: each refuses an aspect ratio above 200:1, the second
+    # judging the first one's output (57x11400 is 200:1, but 56x11396, 203.5:1, after the first)
+    settings = EncoderSettings()
+    h, w = smart_resize(height, width, settings.fetch_min_pixels, settings.fetch_max_pixels)
+    smart_resize(h, w, settings.min_pixels, settings.max_pixels)
 
 
 def probe_video(path: str) -> None:

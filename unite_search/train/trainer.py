@@ -4,13 +4,16 @@ LoRA goes on every linear layer of the language model (q/k/v/o, gate/up/down); t
 merger stay frozen. Large contrastive batches fit in little memory with the gradient cache: the
 batch's embeddings are computed without gradients, the loss is backpropagated to them, then each
 token-budget chunk is recomputed with gradients and given its cached embedding gradient, so the
-number of negatives is not bounded by device memory. With ``dropout=0`` (the default) this gives
-the same gradients as one big batch.
+number of negatives is not bounded by device memory. This gives the same gradients as one big batch cut
+into the same chunks, with LoRA dropout too: each chunk's recomputation replays the random state its
+first pass drew its dropout masks from. The model is in training mode only while gradients are computed.
 
 Each epoch is a seeded permutation of the pairs cut into whole batches: the ``len(pairs) % batch_size``
 pairs left over are not used in that epoch (others are left over in the next). ``max_steps`` runs past
-an epoch into the next one. Checkpoints hold the LoRA weights, the optimizer state and the step in
-safetensors and JSON (no pickle); resuming replays the same data order and continues the same curve.
+an epoch into the next one. Checkpoints hold the LoRA weights, the optimizer state, every process's random
+state (dropout's) and the step in safetensors and JSON (no pickle), written into a temporary folder and
+renamed into place once whole; resuming replays the same data order and continues the same curve, and is
+refused for a checkpoint saved with other curve-shaping settings or other pairs (their hash is recorded).
 
 Every step (and every held-out evaluation) is one JSON object in ``OUTPUT/metrics.jsonl``; the run ends
 by drawing the loss and recall curves to ``OUTPUT/metrics.png``.
@@ -18,25 +21,32 @@ by drawing the loss and recall curves to ``OUTPUT/metrics.png``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..batching import plan_batches
+from ..diskio import TMP_MARK, sync_folder
 from ..errors import ConfigError
 from .data import Pair
 from .loss import TAU, infonce_loss, mamcl_loss
 
 LM_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+CHECKPOINT_FILES = ("lora.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer.json")
 STAGE_DEFAULTS = {1: {"lr": 1e-4, "lora_alpha": 16}, 2: {"lr": 2e-5, "lora_alpha": 64}}
 
 
@@ -81,6 +91,54 @@ def _dist():
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def pairs_digest(pairs: list[Pair]) -> str:
+    """sha256 of the pairs in order (texts, media, targets): what a checkpoint was trained on. Media paths count
+    relative to the folder holding them all, so a data folder moved whole keeps its digest."""
+    from PIL import Image
+
+    files = [os.path.abspath(v) for p in pairs for item in (p.query, p.candidate) for v in (item.image, item.video)
+             if isinstance(v, (str, os.PathLike))]  # fmt: skip
+    root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+
+    def media(value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, (str, os.PathLike)):
+            return Path(os.path.relpath(os.path.abspath(value), root)).as_posix()
+        if isinstance(value, Image.Image):
+            value = np.asarray(value)
+        return f"{type(value).__name__}:{hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}"
+
+    digest = hashlib.sha256()
+    for p in pairs:
+        sides = [[i.text, i.instruction, media(i.image), media(i.video)] for i in (p.query, p.candidate)]
+        digest.update((json.dumps([*sides, p.target, p.candidate_code]) + "\n").encode())
+    return digest.hexdigest()
+
+
+def _rng_state(device) -> dict[str, Any]:
+    """The random state dropout draws from: the CPU generator's, and the model's CUDA device's."""
+    import torch
+
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+@contextlib.contextmanager
+def _replaying(state: dict[str, Any], device) -> Iterator[None]:
+    """Draw from ``state`` (of :func:`_rng_state`) inside, leaving the random state outside as it was."""
+    import torch
+
+    cuda = [device] if "cuda" in state else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.set_rng_state(state["cpu"])
+        if cuda:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        yield
 
 
 def add_lora(encoder, config: TrainConfig):
@@ -171,12 +229,14 @@ class Trainer:
 
         chunks = plan_batches([p.length for p in prepared], self.config.chunk_tokens or self.encoder.token_budget)
         out = [None] * len(prepared)
+        states = []  # the random state each chunk began with: its dropout masks, replayed by the gradient cache
         with torch.set_grad_enabled(grad):
             for group in chunks:
+                states.append(_rng_state(self.encoder.device))
                 vecs = self.encoder.embed([prepared[i] for i in group])
                 for row, i in enumerate(group):
                     out[i] = vecs[row]
-        return torch.stack(out), chunks
+        return torch.stack(out), chunks, states
 
     def _gather(self, local):
         """Every process's rows, this process's slice keeping its gradient."""
@@ -202,26 +262,35 @@ class Trainer:
         prep_q = [self.encoder.prepare(p.query) for p in local]
         prep_c = [self.encoder.prepare(p.candidate) for p in local]
         self.peft.train()
-        if not self.config.grad_cache:
-            q, _ = self._embed(prep_q, grad=True)
-            c, _ = self._embed(prep_c, grad=True)
-            loss = self._loss(self._gather(q), self._gather(c), batch)
-            loss.backward()
-        else:
-            q, q_chunks = self._embed(prep_q, grad=False)
-            c, c_chunks = self._embed(prep_c, grad=False)
-            q, c = q.detach().requires_grad_(), c.detach().requires_grad_()
-            loss = self._loss(self._gather(q), self._gather(c), batch)
-            loss.backward()  # gradients on the cached embeddings only
-            for prepared, chunks, cached in ((prep_q, q_chunks, q.grad), (prep_c, c_chunks, c.grad)):
-                for group in chunks:
-                    vecs = self.encoder.embed([prepared[i] for i in group])
-                    vecs.backward(gradient=cached[group])
+        try:
+            loss = self._backward(prep_q, prep_c, batch)
+        finally:  # dropout only while gradients are computed: outside, the encoder gives its vectors
+            self.peft.eval()
         if self.dist:
             for p in self.params:
                 if p.grad is not None:
                     self.dist.all_reduce(p.grad)  # each process holds its slice's share of the gradient
         return float(loss.detach())
+
+    def _backward(self, prep_q, prep_c, batch: list[Pair]):
+        if not self.config.grad_cache:
+            q, _, _ = self._embed(prep_q, grad=True)
+            c, _, _ = self._embed(prep_c, grad=True)
+            loss = self._loss(self._gather(q), self._gather(c), batch)
+            loss.backward()
+            return loss
+        q, q_chunks, q_states = self._embed(prep_q, grad=False)
+        c, c_chunks, c_states = self._embed(prep_c, grad=False)
+        q, c = q.detach().requires_grad_(), c.detach().requires_grad_()
+        loss = self._loss(self._gather(q), self._gather(c), batch)
+        loss.backward()  # gradients on the cached embeddings only
+        for prepared, chunks, states, cached in ((prep_q, q_chunks, q_states, q.grad),
+                                                 (prep_c, c_chunks, c_states, c.grad)):  # fmt: skip
+            for group, state in zip(chunks, states, strict=True):
+                with _replaying(state, self.encoder.device):  # the first pass's dropout masks
+                    vecs = self.encoder.embed([prepared[i] for i in group])
+                    vecs.backward(gradient=cached[group])
+        return loss
 
     # --------------------------------------------------------------- training
     def _mark(self) -> None:
@@ -328,63 +397,132 @@ class Trainer:
             (path / "unite_train.json").write_text(json.dumps(info, indent=2))
         return path
 
+    @cached_property
+    def pairs_sha256(self) -> str:
+        """:func:`pairs_digest` of the training pairs, recorded in each checkpoint."""
+        return pairs_digest(self.pairs)
+
     def _trainable(self) -> dict[str, Any]:
         return {n: p for n, p in self.peft.named_parameters() if p.requires_grad}
 
+    def _rng_tensors(self) -> dict[str, Any]:
+        """Every process's random state (dropout draws from it), as ``rng.cpu.<rank>`` / ``rng.cuda.<rank>``.
+        Called by every process at once: the states are gathered to each."""
+        mine = _rng_state(self.encoder.device)
+        every = [mine]
+        if self.dist:
+            every = [None] * self.world
+            self.dist.all_gather_object(every, {k: v.cpu() for k, v in mine.items()})
+        return {f"rng.{kind}.{rank}": value.cpu() for rank, state in enumerate(every) for kind, value in state.items()}
+
     def save_checkpoint(self) -> Path:
+        """``OUTPUT/checkpoint-<step>``: written whole into a temporary folder, then renamed into place (an older
+        checkpoint of the same step is replaced only then), so a crash while saving never leaves a mix."""
         from safetensors.torch import save_file
 
         path = self.output / f"checkpoint-{self.step}"
+        rng = self._rng_tensors()  # every process takes part
         if self.rank != 0:
             return path
-        path.mkdir(parents=True, exist_ok=True)
-        names = list(self._trainable())
-        save_file(
-            {n: p.detach().cpu().contiguous() for n, p in self._trainable().items()}, str(path / "lora.safetensors")
-        )
-        state = self.optimizer.state_dict()
-        tensors, meta = {}, {"step": self.step, "param_groups": state["param_groups"], "names": names, "slots": {}}
-        for index, slot in state["state"].items():
-            keys = []
-            for key, value in slot.items():
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous().reshape(value.shape or (1,))
-                keys.append(key)
-            meta["slots"][str(index)] = keys
-        save_file(tensors, str(path / "optimizer.safetensors"))
-        meta.update(config=asdict(self.config), pairs=len(self.pairs), log=self.log)
-        (path / "trainer.json").write_text(json.dumps(meta))
+        self.output.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temporary = self.output / f".{path.name}{TMP_MARK}{tag}"
+        try:
+            temporary.mkdir()
+            trainable = self._trainable()
+            save_file({n: p.detach().cpu().contiguous() for n, p in trainable.items()},
+                      str(temporary / "lora.safetensors"))  # fmt: skip
+            state = self.optimizer.state_dict()
+            tensors = {}
+            meta = {"step": self.step, "param_groups": state["param_groups"], "names": list(trainable), "slots": {}}
+            for index, slot in state["state"].items():
+                keys = []
+                for key, value in slot.items():
+                    tensors[f"{index}.{key}"] = value.detach().cpu().contiguous().reshape(value.shape or (1,))
+                    keys.append(key)
+                meta["slots"][str(index)] = keys
+            save_file(tensors, str(temporary / "optimizer.safetensors"))
+            save_file(rng, str(temporary / "rng.safetensors"))
+            meta.update(config=asdict(self.config), pairs=len(self.pairs), pairs_sha256=self.pairs_sha256,
+                        log=self.log)  # fmt: skip
+            (temporary / "trainer.json").write_text(json.dumps(meta))
+            for name in CHECKPOINT_FILES:  # on disk before the rename makes the folder a checkpoint
+                with open(temporary / name, "rb") as fh:
+                    os.fsync(fh.fileno())
+            sync_folder(temporary)
+            if path.exists():  # an older checkpoint of this step (an earlier run in this folder): set aside first
+                older = self.output / f".{path.name}.old-{tag}"
+                os.rename(path, older)
+                os.rename(temporary, path)
+                shutil.rmtree(older, ignore_errors=True)
+            else:
+                os.rename(temporary, path)
+            sync_folder(self.output)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         return path
 
-    def resume(self, checkpoint: str | os.PathLike) -> None:
-        """Continue from a checkpoint folder: LoRA weights, optimizer state, step and log."""
-        import torch
+    def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(trainer.json, LoRA weights, optimizer tensors, random states) of a checkpoint folder; one that is not
+        whole (a file missing, cut short or damaged) is a :class:`ConfigError`."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        name = "trainer.json"
+        try:
+            meta = json.loads((path / name).read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or not all(k in meta for k in ("step", "param_groups", "slots", "log")):
+                raise ValueError("no step, optimizer or log in it")
+            files = {}
+            for name in CHECKPOINT_FILES[:3]:
+                if (path / name).is_file():
+                    files[name] = load_file(str(path / name))
+                elif name != "rng.safetensors":  # an older checkpoint has no random states: resumed without
+                    raise FileNotFoundError(errno.ENOENT, "missing")
+        except (OSError, ValueError, SafetensorError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            raise ConfigError(f"{path} is not a whole checkpoint ({name}: {why}); resume from another one") from None
+        return meta, files["lora.safetensors"], files["optimizer.safetensors"], files.get("rng.safetensors", {})
+
+    def resume(self, checkpoint: str | os.PathLike) -> None:
+        """Continue from a checkpoint folder: LoRA weights, optimizer state, random state, step and log."""
+        import torch
+
         path = Path(checkpoint)
-        meta = json.loads((path / "trainer.json").read_text())
+        meta, weights, tensors, rng = self._read_checkpoint(path)
         saved, now = meta.get("config", {}), asdict(self.config)
         differ = [f"{k} {saved[k]!r} (now {now[k]!r})" for k in CURVE if k in saved and saved[k] != now[k]]
         if meta.get("pairs", len(self.pairs)) != len(self.pairs):
             differ.append(f"{meta['pairs']} training pairs (now {len(self.pairs)})")
+        elif meta.get("pairs_sha256", self.pairs_sha256) != self.pairs_sha256:  # (an older checkpoint has none)
+            differ.append(f"other training pairs (the same number, {len(self.pairs)}, but other texts, media or order)")
         if differ:
             raise ConfigError(f"{path} was saved by a run with {', '.join(differ)}: resuming it with other "
                               "settings or data would not continue its curve; resume with the same ones")  # fmt: skip
-        weights = load_file(str(path / "lora.safetensors"))
         trainable = self._trainable()
         if set(weights) != set(trainable):
             raise ConfigError(f"{path}: its LoRA weights do not match this model's adapters")
+        try:
+            state = {}
+            for index, keys in meta["slots"].items():
+                slot = {}
+                for key in keys:
+                    value = tensors[f"{index}.{key}"]
+                    slot[key] = value.reshape(()) if key == "step" else value.to(self.params[int(index)].device)
+                state[int(index)] = slot
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: its optimizer state does not match this run ({type(exc).__name__}: {exc}); "
+                              "resume from another checkpoint") from None  # fmt: skip
         with torch.no_grad():
             for name, param in trainable.items():
                 param.copy_(weights[name].to(param.device, param.dtype))
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        state = {}
-        for index, keys in meta["slots"].items():
-            slot = {}
-            for key in keys:
-                value = tensors[f"{index}.{key}"]
-                slot[key] = value.reshape(()) if key == "step" else value.to(self.params[int(index)].device)
-            state[int(index)] = slot
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        # dropout draws on from the random state the run had at this step
+        if f"rng.cpu.{self.rank}" in rng:
+            torch.set_rng_state(rng[f"rng.cpu.{self.rank}"])
+        if f"rng.cuda.{self.rank}" in rng and self.encoder.device.type == "cuda":
+            torch.cuda.set_rng_state(rng[f"rng.cuda.{self.rank}"], self.encoder.device)
         self.step = int(meta["step"])
         self.log = list(meta["log"])
         self._mark()
