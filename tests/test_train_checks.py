@@ -259,3 +259,37 @@ def test_a_checkpoint_is_whole_or_absent_and_resume_refuses_damaged_ones_and_oth
     (checkpoint / "optimizer.safetensors").unlink()
     with pytest.raises(ConfigError, match=r"not a whole checkpoint \(optimizer\.safetensors: missing\)"):
         trainer.resume(checkpoint)
+
+
+def test_a_step_whose_loss_is_not_finite_stops_the_run_before_it_changes_a_weight(nan_dir, tmp_path):
+    from corpora import NAN_CHAR
+
+    from unite_search import TrainingError
+
+    encoder = Encoder.load(nan_dir, device="cpu")
+    pairs = _pairs(8)
+    pairs[5] = Pair(Item(text=f"question {NAN_CHAR}"), Item(text="answer"), 1, 1, 0)  # NaN in step 2's batch
+    cfg = TrainConfig(batch_size=4, lr=1e-2, max_steps=3, seed=0, save_every=1)
+    trainer = Trainer(encoder, pairs, cfg, tmp_path / "run")
+    order = [set(map(id, trainer.batch_at(step))) for step in range(3)]
+    bad = next(step for step in range(3) if id(pairs[5]) in order[step])
+    before = {}
+
+    def snapshot_at(step):
+        if trainer.step == step:
+            before.update({n: p.detach().clone() for n, p in trainer._trainable().items()})
+
+    original = trainer.compute_gradients
+
+    def watched(batch):
+        snapshot_at(bad)
+        return original(batch)
+
+    trainer.compute_gradients = watched
+    with pytest.raises(TrainingError, match=rf"step {bad + 1}: the loss or its gradients are not finite"):
+        trainer.train()
+    assert trainer.step == bad and before
+    for name, param in trainer._trainable().items():  # the weights of the step before, all finite
+        assert torch.equal(param, before[name]) and bool(torch.isfinite(param).all()), name
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [f"checkpoint-{s}" for s in
+                                                                            range(1, bad + 1)]  # fmt: skip

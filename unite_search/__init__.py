@@ -25,6 +25,7 @@ from .errors import (
     ModelLoadError,
     PlanError,
     StaleReadError,
+    TrainingError,
     UniteError,
 )
 from .modality import Item, Modality
@@ -73,6 +74,7 @@ __all__ = [
     "QueryPlan",
     "Speed",
     "StaleReadError",
+    "TrainingError",
     "UniteError",
     "__version__",
     "ingest",

@@ -48,6 +48,11 @@ class EncodeError(UniteError, RuntimeError):
     damaged weights. No such vector is returned, cached or indexed."""
 
 
+class TrainingError(UniteError, RuntimeError):
+    """Fine-tuning stopped: a step's loss or gradients are not finite (NaN or infinity). Nothing of that
+    step was applied; the weights are those after the step before it."""
+
+
 class IngestError(UniteError):
     """An ingest stopped: under ``on_error="raise"``, the first bad input (nothing was published)."""
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..batching import plan_batches
 from ..diskio import TMP_MARK, sync_folder
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from .data import Pair
 from .loss import TAU, infonce_loss, mamcl_loss
 
@@ -338,6 +338,7 @@ class Trainer:
                 group["lr"] = self.lr_at(self.step)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.compute_gradients(self.batch_at(self.step))
+            self._check_finite(loss)
             self.optimizer.step()
             self.step += 1
             self._mark()
@@ -359,6 +360,25 @@ class Trainer:
         if lead:
             plot_metrics(self.log, self.output / "metrics.png")
         return self.log
+
+    def _check_finite(self, loss: float) -> None:
+        """A step whose loss or gradients are not finite stops the run before it changes a weight (every process
+        decides alike: the gradients were summed across them, and so is the verdict)."""
+        import torch
+
+        bad = not math.isfinite(loss) or any(not bool(torch.isfinite(p.grad).all()) for p in self.params
+                                             if p.grad is not None)  # fmt: skip
+        if self.dist:
+            flag = torch.tensor([float(bad)], device=self.encoder.device)
+            self.dist.all_reduce(flag)
+            bad = bool(flag.item())
+        if bad:
+            half = str(self.encoder.dtype).endswith("float16") and "bfloat16" not in str(self.encoder.dtype)
+            why = ("float16 overflowing? train in bfloat16 or float32, or with a lower learning rate" if half
+                   else "a learning rate too high, or damaged weights?")  # fmt: skip
+            raise TrainingError(f"step {self.step + 1}: the loss or its gradients are not finite (NaN or infinity: "
+                                f"{why}); nothing of this step was applied, and the checkpoints saved so far are "
+                                "whole")  # fmt: skip
 
     def _eval_line(self, held: dict[str, Any]) -> str:
         return (f"step {held.get('step', self.step)}/{self.total} held-out R@1 {held['eval_r1']:.1f} "
