@@ -134,6 +134,27 @@ def test_ingest_then_info(runner, tiny_dir, tmp_path):
     assert again.exit_code == 0 and json.loads(again.stdout)["encoded_items"] == 0
 
 
+def test_a_rerun_without_options_takes_the_index_own_model_and_settings(runner, tiny_dir, tmp_path, monkeypatch):
+    """A rerun tried the default model (a 4.4 GB download, then refused) and the default settings."""
+    from corpora import write_clip
+
+    root = _corpus(tmp_path / "corpus")
+    write_clip(root / "clip.mp4", 40, fps=8)  # 5 s: two segments of 3 s
+    (root / "long.txt").write_text("word " * 100)
+    index = tmp_path / "index"
+    built = ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "-q",
+             "--segment-seconds", "3", "--passage-chars", "200", "--fps", "2", "--pairs", "composed"]  # fmt: skip
+    assert runner.invoke(main, built).exit_code == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no other model fetched either
+    (root / "new.txt").write_text("a note added later")
+    again = runner.invoke(main, ["ingest", str(root), "--index", str(index), "--device", "cpu", "-q", "--json"])
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert report["encoded_items"] == 1 and report["status"] == "ok"
+    other = runner.invoke(main, ["ingest", str(root), "--index", str(index), "--device", "cpu", "-q", "--fps", "1"])
+    assert other.exit_code == 1 and "fps" in other.output  # what is given still has to match
+
+
 def test_ingest_exit_status_tells_skipped_from_failed(runner, tiny_dir, tmp_path):
     root = _corpus(tmp_path / "corpus", bad=True)
     base = ["ingest", str(root), "--model", str(tiny_dir), "--device", "cpu", "-q"]
@@ -144,6 +165,15 @@ def test_ingest_exit_status_tells_skipped_from_failed(runner, tiny_dir, tmp_path
     info = runner.invoke(main, ["info", str(tmp_path / "i1")])
     assert "broken.jpg [read] content is text but the extension says image" in info.stdout
     assert "last run finished with failures: encoded 2, removed 0, failed 1" in info.stdout
+    refused = runner.invoke(main, [*base, "--index", str(tmp_path / "i1"), "--fps", "3"])  # another setting
+    assert refused.exit_code == 1
+    info = runner.invoke(main, ["info", str(tmp_path / "i1")]).stdout  # the refusal hides no failure
+    assert "last run failed:" in info and "fps" in info
+    assert "last finished run finished with failures: encoded 2, removed 0, failed 1" in info
+    assert "broken.jpg [read] content is text but the extension says image" in info
+    payload = json.loads(runner.invoke(main, ["info", str(tmp_path / "i1"), "--json"]).stdout)
+    assert payload["last_run"]["status"] == "failed"
+    assert payload["last_finished_run"]["failures"][0]["path"] == "broken.jpg"
     failed = runner.invoke(main, [*base, "--index", str(tmp_path / "i2"), "--on-error", "raise"])
     assert failed.exit_code == 1 and "broken.jpg" in failed.output and "nothing was published" in failed.output
     usage = runner.invoke(main, [*base, "--pairs", "everything"])

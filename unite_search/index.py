@@ -154,8 +154,7 @@ class Index:
                 from .settings import EncoderSettings
 
                 recorded = self.manifest["encoder"]
-                names = {f.name for f in fields(EncoderSettings)}
-                settings = EncoderSettings(**{k: v for k, v in recorded.items() if k in names})
+                settings = EncoderSettings.from_record(recorded)
                 adapter = self._adapter if self._adapter is not None else recorded.get("adapter")
                 encoder = Encoder.load(
                     self._model or recorded["model_id"],

@@ -38,6 +38,7 @@ from .manifest import MANIFEST
 from .memory import MEMORY_BYTES
 from .pipeline import encode_all, torch_threads
 from .report import FAILED, INTERRUPTED, OK, WITH_FAILURES, IngestReport
+from .settings import EncoderSettings
 from .store import IndexStore
 from .units import IngestOptions, Unit, declared_items, find_captions, plan_units, read_files
 
@@ -63,10 +64,10 @@ def ingest(
     settings=None,
     workers: int | None = None,
     torch_threads: int | None = None,
-    segment_seconds: float = 30.0,
+    segment_seconds: float | None = None,
     segment_overlap: float | None = None,
-    passage_chars: int = 2000,
-    pairs: str = "none",
+    passage_chars: int | None = None,
+    pairs: str | None = None,
     on_error: str = "skip",
     flat_max: int = ann.FLAT_MAX,
     index_memory: int | None = None,
@@ -83,8 +84,11 @@ def ingest(
     """Index a folder of texts, images, videos and ``*.jsonl`` manifests into ``index``.
 
     Default ``index`` is ``indexes/<corpus folder name>``. Videos longer than ``segment_seconds``
-    become overlapping segments (``segment_overlap``, default a sixth); text files become passages of
-    at most ``passage_chars`` characters. Rerunning finishes an interrupted run,
+    (default 30) become overlapping segments (``segment_overlap``, default a sixth); text files become
+    passages of at most ``passage_chars`` characters (default 2000); ``pairs="composed"`` also indexes
+    a captioned image or video as one composed item. Into an existing index, the model, adapter,
+    preprocessing ``settings`` and these four default to the ones it records (an ``encoder`` given
+    brings its own model and settings). Rerunning finishes an interrupted run,
     encodes only new or changed content and removes what left the corpus. ``on_error="skip"``
     records each bad input in the report and goes on; ``"raise"`` stops at the first one and
     publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`, or ``adapter``
@@ -127,12 +131,24 @@ def ingest(
         raise ConfigError("ray_encoders must be at least 1")
     if memory_bytes < 1:
         raise ConfigError("memory_bytes must be positive")
-    overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
-    options = IngestOptions(segment_seconds, overlap, passage_chars, pairs)
     root = os.path.abspath(os.path.expanduser(corpus))
     if not os.path.isdir(root):
         raise InputError(_not_a_folder(root), source=os.fspath(corpus))
     index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
+    # what is not given is the index's own: a rerun needs no option repeated (and fetches no other model)
+    recorded = _recorded(index_dir)
+    own, done = recorded.get("encoder") or {}, recorded.get("ingest") or {}
+    if encoder is None and model is None and adapter is None and own.get("model_id"):
+        model, adapter = own["model_id"], own.get("adapter")
+    if encoder is None and settings is None and own:
+        settings = EncoderSettings.from_record(own)
+    if segment_seconds is None:
+        segment_seconds = done.get("segment_seconds", 30.0)
+        segment_overlap = done.get("segment_overlap") if segment_overlap is None else segment_overlap
+    passage_chars = done.get("passage_chars", 2000) if passage_chars is None else passage_chars
+    pairs = done.get("pairs", "none") if pairs is None else pairs
+    overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
+    options = IngestOptions(segment_seconds, overlap, passage_chars, pairs)
     say = log or (lambda _msg: None)
     if encoder is not None:
         _check_encoder_arguments(encoder, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings)
@@ -187,6 +203,15 @@ def ingest(
                 raise IngestCrashError(_crash_message(error, run_log), run_log=str(run_log)) from error
             raise error
     return report
+
+
+def _recorded(index_dir: Path) -> dict[str, Any]:
+    """The index's manifest, or {} where there is none or it cannot be read (the run then says why, in its
+    place: a run log is written for it)."""
+    try:
+        return (IndexStore(index_dir).read_manifest() or {}) if (index_dir / MANIFEST).exists() else {}
+    except (UniteError, OSError):
+        return {}
 
 
 def _write_run_log(store: IndexStore, report: IngestReport, index_dir: Path, say) -> Path | None:

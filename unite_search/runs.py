@@ -26,7 +26,8 @@ def write_run(folder: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def last_run(folder: Path) -> dict[str, Any] | None:
+def last_run(folder: Path, statuses: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """The latest run log (of a run that ended with one of ``statuses``, when given)."""
     runs = sorted((folder / RUNS).glob("*.json")) if (folder / RUNS).exists() else []
     for path in reversed(runs):
         try:
@@ -34,7 +35,10 @@ def last_run(folder: Path) -> dict[str, Any] | None:
                 report = json.load(fh)
         except (OSError, json.JSONDecodeError):
             continue  # a report cut short by a full disk: show the one before
-        if isinstance(report, dict) and report.get("status") in RENAMED_STATUS:
+        if not isinstance(report, dict):
+            continue
+        if report.get("status") in RENAMED_STATUS:
             report["status"] = RENAMED_STATUS[report["status"]]  # a run log written before the rename
-        return report
+        if statuses is None or report.get("status") in statuses:
+            return report
     return None

@@ -64,6 +64,12 @@ class EncoderSettings:
         """UNITE's training-time video settings (fps 1, 4-12 frames, 240x320 per frame)."""
         return cls(min_frames=4, max_frames=12, video_max_pixels=240 * 320)
 
+    @classmethod
+    def from_record(cls, recorded: dict[str, Any]) -> EncoderSettings:
+        """The settings an index records (its manifest's ``encoder``: :meth:`to_dict` plus the model's)."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in recorded.items() if k in names})
+
     def to_dict(self) -> dict[str, Any]:
         fixed = {"prompt_version": PROMPT_VERSION, "positions": "1d", "pooling": "last-token"}
         # how texts and video frames are prepared: vectors made before these rules differ

@@ -30,6 +30,7 @@ from .errors import (
 )
 from .lock import writer_lock
 from .publish import disk_bytes, needs_repair, publish
+from .report import OK, WITH_FAILURES
 from .runs import last_run, write_run
 from .tables import ShardTables
 
@@ -100,6 +101,10 @@ class IndexStore:
     def last_run(self) -> dict[str, Any] | None:
         return last_run(self.path)
 
+    def last_finished_run(self) -> dict[str, Any] | None:
+        """The latest run that walked the whole corpus to its end: its failures are the corpus's."""
+        return last_run(self.path, (OK, WITH_FAILURES))
+
     def disk_bytes(self) -> int:
         return disk_bytes(self.path)
 
@@ -122,4 +127,6 @@ class IndexStore:
             "disk_bytes": self.disk_bytes(),
             "updated": manifest.get("updated"),
             "last_run": self.last_run(),
+            # a run refused or stopped (another model, Ctrl-C) hides no failure of the one before it
+            "last_finished_run": self.last_finished_run(),
         }

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,24 +31,21 @@ from ._common import _encoder_options, _run, _settings, _usage_mistake, main
 @click.option(
     "--segment-seconds",
     type=float,
-    default=30.0,
-    show_default=True,
-    help="Videos longer than this are indexed as overlapping segments of this length.",
+    default=None,
+    help="Videos longer than this are indexed as overlapping segments of this length (default 30).",
 )
 @click.option("--segment-overlap", type=float, default=None, help="Seconds two segments share (default: a sixth).")
 @click.option(
     "--passage-chars",
     type=click.IntRange(16),
-    default=2000,
-    show_default=True,
-    help="Text files are split into passages of at most this many characters.",
+    default=None,
+    help="Text files are split into passages of at most this many characters (default 2000).",
 )
 @click.option(
     "--pairs",
     type=click.Choice(["none", "composed"]),
-    default="none",
-    show_default=True,
-    help="composed: also index each image/video with its sidecar caption as one composed item.",
+    default=None,
+    help="composed: also index each image/video with its sidecar caption as one composed item (default none).",
 )
 @click.option(
     "--on-error",
@@ -85,7 +83,8 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
 
     \b
     Rerun it at will: it finishes an interrupted run (Ctrl-C included), encodes only new or
-    changed files and removes what left the folder. Exit status: 0 all indexed; 3 finished, some
+    changed files and removes what left the folder. Into an existing index, the model, adapter and
+    every setting not given are the index's own. Exit status: 0 all indexed; 3 finished, some
     inputs failed (listed); 1 failed; 2 bad usage; 130 interrupted.
     """
     from .. import ann
@@ -93,7 +92,8 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
 
     if os.path.isfile(corpus):
         raise _usage_mistake(_one_file_help(corpus))
-    settings = _settings(fps, max_frames, frames)
+    # no preprocessing option given: the index's own settings (the defaults for a new one)
+    settings = _settings(fps, max_frames, frames) if (fps, max_frames, frames) != (None, None, None) else None
     index_bytes = _size(index_memory, "--index-memory") if index_memory is not None else None
 
     def log(msg: str) -> None:
@@ -120,7 +120,11 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
             said = ("every item encoded so far is kept, and searches see the last published index meanwhile. "
                     "Run the same command again to continue where it stopped.")  # fmt: skip
         click.echo(f"\ninterrupted: {said}", err=True)
-        sys.exit(130)
+        # Everything is written (run log included). The interpreter's own exit would join whatever native
+        # thread the interrupt caught mid-task, and one was seen to abort it (exit 134 instead of 130).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
     sys.exit(report.exit_code)
 
@@ -212,7 +216,8 @@ def query(index_dir, text, image, video, instruction, like, target, k, where, ex
 @click.option("--verify", is_flag=True, help="Check every file the manifest names; exit 1 when any is damaged.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(index_dir, verify, as_json):
-    """Shards, counts, model, settings, index types, size on disk and the last run's failures.
+    """Shards, counts, model, settings, index types, size on disk and the last run's failures (and the
+    last finished run's, when the last one was refused or stopped).
 
     \b
     With --verify: FAISS checksums, table versions present and readable, row counts, and that every
@@ -245,28 +250,35 @@ def info(index_dir, verify, as_json):
     for name, entry in sorted(payload["shards"].items()):
         idx = entry["index"]
         click.echo(f"shard   {name:<12} {entry['rows']:>9} rows  {_index_words(idx)}")
+    finished = payload["last_finished_run"]
     if last:
-        from ..report import SHOWN, status_words
+        _show_run("last run", last)
+    if finished and finished != last:
+        _show_run("last finished run", finished)
 
-        if last.get("error") and not last.get("published"):  # stopped before its counts were known
-            click.echo(f"last run {status_words(last['status'])}: {last['error']}")
-        else:
-            click.echo(
-                f"last run {status_words(last['status'])}: encoded {last['encoded_items']}, "
-                f"removed {last['removed_items']}, failed {len(last['failures'])}"
-                + (f" ({last['error']})" if last.get("error") else "")
-            )
-        for p in last["failures"][:SHOWN]:
-            click.echo(f"  {p['path']} [{p['stage']}] {p['reason']}")
-        if len(last["failures"]) > SHOWN:
-            click.echo(f"  ... and {len(last['failures']) - SHOWN} more (--json)")
-        skipped = last.get("skipped") or []
-        if skipped:
-            click.echo(f"skipped {len(skipped)} (hidden, special files, links out of the corpus):")
-            for p in skipped[:SHOWN]:
-                click.echo(f"  {p['path']} [{p['reason']}]")
-            if len(skipped) > SHOWN:
-                click.echo(f"  ... and {len(skipped) - SHOWN} more (--json)")
+
+def _show_run(title: str, run: dict[str, Any]) -> None:
+    from ..report import SHOWN, status_words
+
+    if run.get("error") and not run.get("published"):  # stopped before its counts were known
+        click.echo(f"{title} {status_words(run['status'])}: {run['error']}")
+    else:
+        click.echo(
+            f"{title} {status_words(run['status'])}: encoded {run['encoded_items']}, "
+            f"removed {run['removed_items']}, failed {len(run['failures'])}"
+            + (f" ({run['error']})" if run.get("error") else "")
+        )
+    for p in run["failures"][:SHOWN]:
+        click.echo(f"  {p['path']} [{p['stage']}] {p['reason']}")
+    if len(run["failures"]) > SHOWN:
+        click.echo(f"  ... and {len(run['failures']) - SHOWN} more (--json)")
+    skipped = run.get("skipped") or []
+    if skipped:
+        click.echo(f"skipped {len(skipped)} (hidden, special files, links out of the corpus):")
+        for p in skipped[:SHOWN]:
+            click.echo(f"  {p['path']} [{p['reason']}]")
+        if len(skipped) > SHOWN:
+            click.echo(f"  ... and {len(skipped) - SHOWN} more (--json)")
 
 
 def _size(text: str, option: str) -> int:
