@@ -121,12 +121,12 @@ class _Dataset:
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise DatasetError(f"{path}: not valid JSON ({exc}); download it again") from None
 
-    def records(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
-        """A JSON file's list of records, each with where it is (``file record N``, 1-based)."""
+    def records(self, rel: str, limit: int | None) -> list[tuple[str, dict[str, Any]]]:
+        """A JSON file's first ``limit`` records (all: None), each with where it is (``file record N``)."""
         records = self.json(rel)
         if not isinstance(records, list):
             raise DatasetError(f"{self.root / rel}: holds a {type(records).__name__}, not a list of records")
-        return [(f"{rel} record {i}", _record(r, f"{rel} record {i}")) for i, r in enumerate(records, 1)]
+        return [(f"{rel} record {i}", _record(r, f"{rel} record {i}")) for i, r in enumerate(records[:limit], 1)]
 
     def csv_rows(self, rel: str, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, str]]]:
         """A CSV file's rows with the named columns non-empty, each with where it is (``file:line``)."""
@@ -205,7 +205,7 @@ def carebench(data, *, variant: str = "general", limit: int | None = None, allow
     key = CAREBENCH_FIELDS[variant]
     out = Retrieval([], [], [], [], frames=32, sampler="segment-middle")
     out.notes.append(f"{variant}: text from {key!r}; 32 frames, middle of 32 equal segments")
-    for where, entry in ds.records("json/metadata.json")[:limit]:
+    for where, entry in ds.records("json/metadata.json", limit):
         name = _field(entry, "video", where)
         video = ds.file(ds.root / "videos", name, where)  # joined as given: it may hold sub-folders
         if not video.is_file():
@@ -232,7 +232,7 @@ SHAREGPT4V_FILE = "share-captioner_coco_lcs_sam_1246k_1107.json"
 def sharegpt4v(data, *, limit: int | None = 1000, allow_outside: bool = False) -> Retrieval:
     ds = _Dataset(data, (SHAREGPT4V_FILE,), allow_outside)
     out = Retrieval([], [], [], [], notes=["the first 1,000 records in file order (ShareGPT4V-1k)"])
-    for where, record in ds.records(SHAREGPT4V_FILE)[: limit or 1000]:
+    for where, record in ds.records(SHAREGPT4V_FILE, limit or 1000):
         name = _field(record, "image", where)
         image = ds.file(ds.root, name, where)
         if not image.is_file():
