@@ -6,6 +6,8 @@ import dataclasses
 import os
 import signal
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +230,50 @@ def test_a_decoding_process_that_cannot_start_stops_the_run_instead_of_failing_e
     monkeypatch.setattr(decodeproc, "_pool_pid", os.getpid())
     with pytest.raises(RuntimeError, match=r"cannot start a decoding process: .*Too many open files"):
         fast.encode([{"image": media["image"]}])
+
+
+def _decoding_children() -> list[int]:
+    """Our child processes still running the decoding worker (zombies not counted)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (Path(entry.path) / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (Path(entry.path) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"unite_search.decodeproc" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_in_the_wait_for_a_decode_leaves_no_process_or_answer_file(encoder, tmp_path, monkeypatch):
+    """Ctrl-C landing while the caller waits for a worker (as in ``prepare`` on the main thread): the worker
+    was left in the pool, never reused nor ended, its answer file left in shared memory, at every interrupt."""
+    from unite_search.settings import EncoderSettings
+
+    photo = write_photo(tmp_path / "big.png", seed=4, size=(1600, 1200))  # answered through shared memory
+    before = set(_decoding_children())
+    pool = decodeproc.DecodePool()
+    try:
+        real = decodeproc._receive
+
+        def interrupted(stream):
+            raise KeyboardInterrupt  # the request is sent: the worker decodes while the caller is interrupted
+
+        monkeypatch.setattr(decodeproc, "_receive", interrupted)
+        for _ in range(2):
+            with pytest.raises(KeyboardInterrupt):
+                pool.run("image", str(photo), EncoderSettings())
+        monkeypatch.setattr(decodeproc, "_receive", real)
+        assert pool.pids() == []
+        deadline = time.monotonic() + 30  # each ends by itself once its answer meets the closed pipe
+        while (set(_decoding_children()) - before or _answer_files()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not set(_decoding_children()) - before and _answer_files() == []
+        visual = pool.run("image", str(photo), EncoderSettings())  # a new worker answers
+        np.testing.assert_array_equal(visual.pixel_values, encoder.prepare({"image": str(photo)}).image.pixel_values)
+    finally:
+        pool.close()
+    assert _answer_files() == []

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
 from corpora import write_photo
-from test_ingest import rows_by_id
+from test_ingest import assert_same_rows, rows_by_id
 
 from unite_search.ingestion import ingest
 from unite_search.reader import Snapshot
@@ -149,3 +150,53 @@ def test_a_moved_model_folder_is_recorded_without_a_publish(tmp_path, tiny_dir):
     assert Snapshot.open(index).manifest["encoder"]["model_id"] == str(moved)
     again = ingest(root, index, model=moved, device="cpu")  # so the next rerun stops after its walk again
     assert "read" not in again.timings and again.unchanged_items == 1
+
+
+def test_a_second_ctrl_c_while_decodes_end_still_stops_the_writer_first(tmp_path, encoder, monkeypatch):
+    """The first Ctrl-C lands in the encode loop, a second while the decode threads are being ended: the
+    writer was never closed, so it went on appending rows after ingest had raised and (under
+    on_error="raise") rolled the tables back."""
+    import threading
+
+    from unite_search import batching
+    from unite_search.tables import ShardTables
+
+    root = tmp_path / "corpus"
+    for i in range(3):
+        write_photo(root / f"{i}.png", seed=i)
+    index = tmp_path / "index"
+    assert ingest(root, index, encoder=encoder).status == "ok"
+    before = rows_by_id(index)
+    for i in range(3, 9):
+        write_photo(root / f"{i}.png", seed=i)
+
+    real_add, real_map, calls = ShardTables.add_rows, batching.admitted_map, []
+
+    def slow_add(self, *args, **kwargs):  # a slow disk: jobs wait in the writer's queue
+        time.sleep(0.3)
+        return real_add(self, *args, **kwargs)
+
+    def interrupted_map(*args, **kwargs):
+        decoded = real_map(*args, **kwargs)
+
+        class Decoded:
+            def __iter__(self):
+                for out in decoded:
+                    calls.append(1)
+                    if len(calls) == 4:
+                        raise KeyboardInterrupt  # the first Ctrl-C
+                    yield out
+
+            def close(self):
+                decoded.close()
+                raise KeyboardInterrupt  # the second, while the decode threads end
+
+        return Decoded()
+
+    monkeypatch.setattr(ShardTables, "add_rows", slow_add)
+    monkeypatch.setattr(batching, "admitted_map", interrupted_map)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(root, index, encoder=encoder, on_error="raise", commit_rows=1)
+    assert not [t for t in threading.enumerate() if t.name == "unite-writer"]
+    time.sleep(1.0)
+    assert_same_rows(rows_by_id(index), before)  # rolled back, and nothing written after

@@ -118,13 +118,24 @@ class _Worker:
         # numpy copies without the GIL; the copy is ours before the worker takes its next request
         return np.frombuffer(view, dtype=dtype, count=int(np.prod(shape))).reshape(shape).copy()
 
-    def close(self) -> None:
+    def abandon(self) -> None:
+        """Leave a worker whose answer will never be read (the call was interrupted): our ends of its pipes
+        close now, without waiting; it ends when its answer meets the closed pipe, removing its buffer."""
+        self._unmap()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def _unmap(self) -> None:
         if self.buffer is not None:
             fd, view = self.buffer
             with contextlib.suppress(BufferError):
                 view.close()
             os.close(fd)
             self.buffer = None
+
+    def close(self) -> None:
+        self._unmap()
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
         try:
@@ -189,7 +200,12 @@ class DecodePool:
         request = (kind, source, settings, span, decoderlog.active())
         for attempt in (1, 2):  # a worker that dies for another reason (killed from outside) gets a retry
             worker = self._take()
-            answer = worker.call(request)
+            try:
+                answer = worker.call(request)
+            except BaseException:  # Ctrl-C while it decodes: never reused, never waited for
+                self._drop(worker)
+                worker.abandon()
+                raise
             if answer is not None:
                 break
             self._drop(worker)
@@ -343,7 +359,10 @@ def main() -> None:
                 request = _receive(stdin)
             except EOFError:
                 return
-            _send(out, _answer(request, buffer))
+            try:
+                _send(out, _answer(request, buffer))
+            except BrokenPipeError:  # the caller left without its answer (Ctrl-C): nothing to tell
+                return
     finally:
         with contextlib.suppress(OSError):  # where the caller never opened it (it unlinks what it opens)
             os.unlink(buffer.path)

@@ -193,10 +193,14 @@ def encode_all(
                     break
         else:
             flush()
-    finally:
-        decoded.close()
-        bar.close()
-        writer.close(drop_on_interrupt=on_error == "raise")
+    finally:  # each step runs even when the one before is interrupted (a second Ctrl-C while decodes end)
+        try:
+            decoded.close()
+        finally:
+            try:
+                bar.close()
+            finally:
+                writer.close(drop_on_interrupt=on_error == "raise")
     if loading:
         encoder.wait_loaded()  # a load started is finished before the run returns, used or not
     timings["decode"] = round(decode_busy[0], 3)
