@@ -180,6 +180,6 @@ def make_nan_corpus(root: Path) -> None:
     root.mkdir(parents=True)
     (root / "fine.txt").write_text("a plain sentence about a harbour")
     (root / "bad.txt").write_text(f"a sentence with a {NAN_CHAR} in it")
-    paragraphs = [f"Paragraph {i}: " + "words " * 60 for i in range(3)] + [f"last {NAN_CHAR}"]
+    paragraphs = [f"Paragraph {i}: " + "words " * 60 for i in range(10)] + [f"last {NAN_CHAR}"]  # > a Ray batch
     (root / "long.md").write_text("\n\n".join(paragraphs))
     write_photo(root / "photo.png", seed=3)

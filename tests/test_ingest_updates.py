@@ -200,3 +200,24 @@ def test_a_second_ctrl_c_while_decodes_end_still_stops_the_writer_first(tmp_path
     assert not [t for t in threading.enumerate() if t.name == "unite-writer"]
     time.sleep(1.0)
     assert_same_rows(rows_by_id(index), before)  # rolled back, and nothing written after
+
+
+def test_the_raise_policy_rolls_back_the_tables_a_run_made_too(tmp_path, nan_dir):
+    """A first run (or one adding a shard) that stopped under on_error="raise" left the rows it had written
+    in the shard tables it had made: only tables that existed before were rolled back."""
+    from corpora import NAN_CHAR
+
+    from unite_search import Encoder, IngestError
+
+    encoder = Encoder.load(nan_dir, device="cpu", workers=2)
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    write_photo(root / "photo.png", seed=1)
+    assert ingest(root, index, encoder=encoder).status == "ok"
+    before = rows_by_id(index)
+    for i in range(6):
+        (root / f"t{i}.txt").write_text(f"plain sentence number {i}")
+    (root / "zz.txt").write_text(f"a sentence with a {NAN_CHAR} in it")  # fails at encoding, last
+    with pytest.raises(IngestError, match=r"zz\.txt"):
+        ingest(root, index, encoder=encoder, on_error="raise", commit_rows=1)
+    assert IndexStore(index).tables.shards() == ["image"]  # the text table it made is gone
+    assert_same_rows(rows_by_id(index), before)

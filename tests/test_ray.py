@@ -83,7 +83,76 @@ def test_an_item_the_model_gives_no_finite_vector_for_fails_as_in_a_local_ingest
     assert told == sorted((p.path, p.stage, p.reason) for p in local.failures)
     assert [(path, stage) for path, stage, _ in told] == [("bad.txt", "encode"), ("long.md", "encode")]
     assert remote.shards == local.shards == {"text": 1, "image": 1}
+    assert remote.encoded_rows == local.encoded_rows == 2  # not long.md's finite passages, written then deleted
     assert_same_rows(rows_by_id(tmp_path / "ray"), rows_by_id(tmp_path / "local"))
+    # a shard whose every row failed: none made, as locally (an empty one was published, and answered)
+    for name in ("fine.txt", "long.md"):
+        (tmp_path / "corpus" / name).unlink()
+    local = ingest(tmp_path / "corpus", tmp_path / "local2", encoder=encoder, passage_chars=400)
+    remote = ingest(tmp_path / "corpus", tmp_path / "ray2", encoder=encoder, passage_chars=400, engine="ray")
+    assert remote.shards == local.shards == {"image": 1}
+    assert IndexStore(tmp_path / "ray2").tables.shards() == ["image"]
+
+
+@pytest.mark.parametrize(("cpus", "gpus", "n"), [(1, 0, 1), (2, 0, 8), (4, 0, 16), (3, 0, 2), (2, 2, 2), (8, 4, 4)])
+def test_encoder_actors_always_leave_a_cpu_to_decoding(cpus, gpus, n):
+    """A 1-CPU cluster, or more CPU actors than (CPUs - 1) x 4, left no CPU for a decode task: the run
+    waited forever."""
+    from unite_search.distributed import actor_resources
+
+    actor, device, threads = actor_resources(cpus, gpus, n)
+    assert cpus - n * actor["num_cpus"] >= 1 - 1e-9  # a decode task takes one
+    assert device == ("cuda" if gpus else "cpu") and actor.get("num_gpus", 0) == (1 if gpus else 0)
+    assert threads is None if gpus else threads >= 1
+
+
+def test_a_decode_task_never_reserves_more_memory_than_a_node_has():
+    """One large input made every decode task reserve a batch of it (8 x 1.7 GiB for a 4K clip): more than
+    a node had, so Ray never scheduled any, and the run waited forever."""
+    from unite_search.distributed import RAY_BATCH, decode_memory
+
+    assert decode_memory([10, 30, 20], 0) == RAY_BATCH * 30
+    assert decode_memory([10, 30, 20], 10**9) == RAY_BATCH * 30
+    assert decode_memory([10, 2 * 10**9], 16 * 10**9) == 16 * 10**9
+
+
+def test_fragments_a_stopped_run_never_committed_are_deleted_by_the_next(tmp_path, nan_dir):
+    """Under on_error="raise", the fragments the workers wrote were left as files no version references, and
+    Lance's own cleanup keeps such files for a week. (The model gives NaN for one text: a failure found by
+    an encoder actor, in a batch whose other rows it writes.)"""
+    from corpora import NAN_CHAR
+
+    from unite_search import Encoder
+    from unite_search.errors import IngestError
+
+    encoder = Encoder.load(nan_dir, device="cpu", workers=2)
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    root.mkdir()
+    (root / "first.txt").write_text("the first note")
+    assert ingest(root, index, encoder=encoder).status == "ok"
+    for i in range(20):
+        (root / f"t{i:02d}.txt").write_text(f"plain sentence number {i} about a harbour")
+    (root / "zz.txt").write_text(f"a sentence with a {NAN_CHAR} in it")
+    with pytest.raises(IngestError, match=r"zz\.txt"):
+        ingest(root, index, encoder=encoder, engine="ray", on_error="raise", commit_rows=10_000)
+    assert unreferenced(index)  # written by the workers, never committed
+    (root / "zz.txt").unlink()
+    report = ingest(root, index, encoder=encoder)  # the next run, local or not
+    assert report.status == "ok" and report.shards == {"text": 21}
+    assert unreferenced(index) == []
+
+
+def unreferenced(index: Path) -> list[str]:
+    """The data files of the index's tables that no table version references."""
+    import lance
+
+    found = []
+    for table in sorted((index / "tables").glob("*.lance")):
+        dataset = lance.dataset(str(table))
+        used = {f.path for v in dataset.versions() for fr in lance.dataset(str(table), version=v["version"])
+                .get_fragments() for f in fr.metadata.files}  # fmt: skip
+        found += [p.name for p in (table / "data").glob("*") if p.name not in used]
+    return found
 
 
 def actor_pids() -> list[int]:

@@ -12,11 +12,11 @@ only the rows to encode go to Ray Data:
   tables (one Lance commit per ``commit_rows`` rows or so), then publishes as a local ingest does.
 
 A fragment is part of a table only once the driver has committed it. A worker killed mid-batch is
-retried by Ray; whatever it had written is never committed (an unreferenced file that a later
-compaction's cleanup removes), so the table never holds a row twice. The driver killed mid-run leaves
-committed fragments, which a rerun (with or without Ray) keeps unit by unit as it keeps a killed local
-run's rows. A bad file fails as in a local ingest: the decode task returns its error, and the driver
-records it with the same stage and reason.
+retried by Ray; whatever it had written is never committed, so the table never holds a row twice (the
+next ingest, finding that this one did not publish, deletes the files no table version references).
+The driver killed mid-run leaves committed fragments, which a rerun (with or without Ray) keeps unit by
+unit as it keeps a killed local run's rows. A bad file fails as in a local ingest: the decode task
+returns its error, and the driver records it with the same stage and reason.
 
 Every node reads the corpus by the absolute paths the driver found, and writes into the index folder:
 both must be on a filesystem every node mounts at the same path (``README.md``, "Ingest on a Ray
@@ -250,7 +250,7 @@ def encode_on_ray(
         _quiet_data()
         dim = int(slot.settings["dim"])
         spec = EncoderSpec.of(slot, dtype)
-        tables = {}
+        tables, existed = {}, set(store.tables.shards())
         for shard in sorted({task.shard for task in tasks}):
             store.tables.open_or_create(shard, dim)
             tables[shard] = str(store.tables.folder / f"{table_name(shard)}.lance")
@@ -260,13 +260,7 @@ def encode_on_ray(
         n = encoders or max(1, gpus)
         if gpus and n > gpus:
             raise ConfigError(f"the Ray cluster has {gpus} GPU(s): at most {gpus} encoder actors, one on each")
-        if gpus:
-            actor = {"num_gpus": 1, "num_cpus": 1}
-            device, threads = "cuda", None
-        else:  # CPU actors leave at least one CPU to decoding
-            share = max(0.25, min(1.0, (cpus - 1) / n))
-            actor = {"num_cpus": share}
-            device, threads = "cpu", max(1, int(cpus // (n + 1)) or 1)
+        actor, device, threads = actor_resources(cpus, gpus, n)
         items = [{"task": pickle.dumps(task)} for task in tasks]
         # blocks of at most RAY_BATCH rows: a short run still gives each encoder actor some to encode
         data = ray.data.from_items(items, override_num_blocks=max(1, min(-(-len(items) // RAY_BATCH), 200)))
@@ -275,7 +269,7 @@ def encode_on_ray(
         # each decode task reserves the memory a batch of the corpus's largest inputs may take at its peak
         # (memory.py): Ray then runs no more of them on a node than fit, and keeps them apart from the
         # encoder actors (ops of the same resources would be fused into the actors, decoding there)
-        peak = RAY_BATCH * max(task.cost for task in tasks)
+        peak = decode_memory([task.cost for task in tasks], _largest_node_memory(ray))
         data = data.map_batches(_decode_batch, fn_kwargs={"spec": spec}, batch_size=RAY_BATCH, num_cpus=1,
                                 memory=peak)  # fmt: skip
         data = data.map_batches(
@@ -284,11 +278,39 @@ def encode_on_ray(
             batch_size=RAY_BATCH, concurrency=n, **actor,
         )  # fmt: skip
         timings["encoders"] = n
-        return _drain(data, store, tables, by_key, tasks, on_error=on_error, commit_rows=commit_rows,
-                      progress=progress, timings=timings, failed=failed, bar=tqdm, problem=Problem)  # fmt: skip
+        written = _drain(data, store, tables, by_key, tasks, on_error=on_error, commit_rows=commit_rows,
+                         progress=progress, timings=timings, failed=failed, bar=tqdm, problem=Problem)  # fmt: skip
+        for shard in sorted(set(tables) - existed):  # made for rows that all failed: as a local run, no shard
+            if store.tables.open(shard).count_rows() == 0:
+                store.tables.drop(shard)
+        return written
     finally:
         if started:
             ray.shutdown()
+
+
+def actor_resources(cpus: float, gpus: int, n: int) -> tuple[dict[str, float], str, int | None]:
+    """(Ray resources of one encoder actor, its device, its torch threads) for ``n`` actors on a cluster
+    of ``cpus`` CPUs and ``gpus`` GPUs. The actors together always leave one CPU to the decode tasks
+    (each takes one): with none left, no decode task would ever start, and the run would wait forever."""
+    share = round(max(0.0, min(1.0, (cpus - 1) / n)), 4)
+    if gpus:
+        return {"num_gpus": 1, "num_cpus": share}, "cuda", None
+    return {"num_cpus": share}, "cpu", max(1, int(cpus // (n + 1)))
+
+
+def decode_memory(costs: list[int], node_memory: int) -> int:
+    """The memory a decode task reserves: a batch of the largest inputs' predicted peaks, at most the
+    largest node's memory (0: unknown). More than any node has, and Ray would never schedule the task;
+    a batch holding an input that large runs alone on its node instead, as a local ingest decodes it."""
+    peak = RAY_BATCH * max(costs)
+    return min(peak, node_memory) if node_memory > 0 else peak
+
+
+def _largest_node_memory(ray) -> int:
+    """Bytes of the ``memory`` resource of the cluster's largest live node (0 where Ray does not say)."""
+    return int(max((node.get("Resources", {}).get("memory", 0) for node in ray.nodes() if node.get("Alive")),
+                   default=0))  # fmt: skip
 
 
 def _cause(exc: BaseException) -> str:

@@ -398,7 +398,8 @@ def _mark_writing(index_dir: Path, store: IndexStore, remove) -> dict[str, list[
     marker of an older version does not say them: then the changed shards are indexed anew."""
     path = index_dir / WRITING
     replaced: dict[str, set[int]] | None = {}
-    if path.exists():
+    if path.exists():  # a run stopped before it published: what it wrote and never committed goes now
+        store.tables.remove_unreferenced()
         try:
             earlier = json.loads(path.read_text() or "{}")["replaced"]
             replaced = {str(s): {int(k) for k in keys} for s, keys in earlier.items()}
@@ -519,6 +520,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
         else:
             timings.update(decode=0.0, encode=0.0, write=0.0, pipeline=0.0)
         _fail_fast(on_error, list(failed.values()))
+        report.encoded_rows = sum(1 for task in tasks if task.unit not in failed)  # the rows kept, either engine
         t = time.perf_counter()
         failed_by_shard: dict[str, set[str]] = defaultdict(set)
         for key in failed:

@@ -162,11 +162,28 @@ class ShardTables:
             table.merge_insert("id").when_matched_update_all().execute(rows)
 
     def restore(self, versions: dict[str, int]) -> None:
-        """Put shards back to the given table versions (the ``raise`` policy's rollback)."""
+        """Put shards back to the given table versions (the ``raise`` policy's rollback); a shard's table
+        made since (not in ``versions``) is dropped."""
+        for shard in set(self.shards()) - set(versions):
+            self.drop(shard)
         for shard, version in versions.items():
             table = self.open(shard)
             if table.version != version:
                 table.restore(version)
+
+    def drop(self, shard: str) -> None:
+        """Remove a shard's table (one no manifest names)."""
+        self.db.drop_table(table_name(shard))
+
+    def remove_unreferenced(self) -> int:
+        """Delete the files in shard tables that no table version references: what a run stopped mid-write
+        left (the fragments a Ray worker wrote and the driver never committed). Only under the writer lock:
+        another writer's files are unreferenced until it commits. Returns the files removed."""
+        removed = 0
+        for shard in self.shards():
+            stats = self.open(shard).to_lance().cleanup_old_versions(older_than=NEVER, delete_unverified=True)
+            removed += stats.data_files_removed + stats.deletion_files_removed + stats.index_files_removed
+        return removed
 
     def read(self, shard: str, version: int, columns: list[str] | None = None):
         """A shard's rows at ``version`` as a pyarrow table."""
