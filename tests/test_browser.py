@@ -39,10 +39,12 @@ def server(tmp_path_factory, encoder):
     write_clip(root / "clips/long.mp4", 80, fps=8, seed=2)  # 10 s: 3 segments of 4 s
     write_clip(root / "clips/short.mp4", 16, fps=8, seed=3)
     write_clip(root.parent / "upload.mp4", 16, fps=8, seed=4)  # a query clip from outside the index
+    (root / "clips/short.txt").write_text("a short clip of moving bars")  # with --pairs composed: video+text
     (root / "notes").mkdir()
     (root / "notes/fox.txt").write_text("A red fox crossed the snowy road at dawn.")
     index = root.parent / "index"
-    assert ingest(root, index, encoder=encoder, segment_seconds=4.0, segment_overlap=1.0).status == "ok"
+    report = ingest(root, index, encoder=encoder, segment_seconds=4.0, segment_overlap=1.0, pairs="composed")
+    assert report.status == "ok" and "video+text" in report.shards
     port = _free_port()
     config = uvicorn.Config(create_app(Index.open(index, encoder=encoder)), host="127.0.0.1", port=port,
                             log_level="warning")  # fmt: skip
@@ -160,6 +162,91 @@ def test_a_page_the_server_refuses_says_so_before_any_search(server, browser, en
         error = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed()
                                                  and d.find_element(By.ID, "error"))  # fmt: skip
         assert error.text.startswith("could not read the index: unauthorized") and "HTTP 401" in error.text
+    finally:
+        live.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_composed_hits_play_in_place_and_more_like_this_keeps_the_other_fields(server, browser):
+    """A video+text hit opened the whole file in a new tab and showed no text; "more like this" with an
+    instruction typed was refused (400); k=0 became 12."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _ = server
+    browser.get(base + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#target option[value='video+text']"))
+    (hit,) = _search(browser, "moving bars", target="video+text")
+    assert hit.find_element(By.CSS_SELECTOR, ".caption").text == "a short clip of moving bars"
+    hit.find_element(By.CSS_SELECTOR, "button.media").click()  # plays here: no link to a new tab
+    WebDriverWait(browser, 30).until(lambda d: hit.find_elements(By.TAG_NAME, "video"))
+    assert len(browser.window_handles) == 1
+    browser.find_element(By.CSS_SELECTOR, "details.more summary").click()
+    browser.find_element(By.ID, "instruction").send_keys("Find a similar clip.")
+    hit.find_element(By.CSS_SELECTOR, ".more-like-this").click()
+    state = "return document.body.dataset.state"
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(state) in ("done", "error"))
+    assert browser.execute_script(state) == "done", browser.find_element(By.ID, "error").text
+    k = browser.find_element(By.ID, "k")
+    k.clear()
+    k.send_keys("0")
+    browser.find_element(By.ID, "search").click()
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(state) == "error")
+    assert "k must be a positive integer" in browser.find_element(By.ID, "error").text
+    k.clear()
+    k.send_keys("12")
+    browser.find_element(By.ID, "instruction").clear()
+
+
+def test_the_page_under_a_path_prefix_with_a_token_follows_the_index(browser, encoder, tmp_path):
+    """Mounted under /us, the page asked for /static/app.js and /info at the site root (404: a blank page),
+    and with a token even /us/healthz and the page answered 401; a token set after the page said it could
+    not read the index left that message up; a shard published later never reached the target list."""
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from unite_search import Index
+    from unite_search.ingestion import ingest
+    from unite_search.server import create_app
+
+    corpus, index = tmp_path / "corpus", tmp_path / "index"
+    for i in range(2):
+        write_photo(corpus / f"photos/p{i}.png", seed=20 + i, size=(160, 120))
+    assert ingest(corpus, index, encoder=encoder, pairs="composed").status == "ok"
+    outer = Starlette(routes=[Mount("/us", app=create_app(Index.open(index, encoder=encoder), token="s3cret"))])
+    port = _free_port()
+    live = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=live.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not live.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}/us"
+        with urllib.request.urlopen(base + "/healthz") as r:  # open, as at the root
+            assert r.status == 200
+        browser.get(base + "/")  # a new origin (port): no token saved for it
+        error = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed()
+                                                 and d.find_element(By.ID, "error"))  # fmt: skip
+        assert "HTTP 401" in error.text
+        browser.find_element(By.CSS_SELECTOR, "details.settings summary").click()
+        box = browser.find_element(By.ID, "token")
+        box.send_keys("s3cret")
+        box.send_keys("\t")  # a change event
+        WebDriverWait(browser, 30).until(lambda d: not d.find_element(By.ID, "error").is_displayed())
+        assert not [o for o in browser.find_elements(By.CSS_SELECTOR, "#target option") if o.get_attribute("value")
+                    == "image+text"]  # fmt: skip
+        (corpus / "photos/p0.txt").write_text("a photo with a caption")  # a new shard: image+text
+        assert "image+text" in ingest(corpus, index, encoder=encoder).shards
+        assert _search(browser, "a striped picture", target="image")
+        WebDriverWait(browser, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#target option[value='image+text']")
+        )
     finally:
         live.should_exit = True
         thread.join(timeout=10)

@@ -1,4 +1,5 @@
-// unite-search page: plain JS, no build step, same-origin API (/search, /info).
+// unite-search page: plain JS, no build step, same-origin API (search, info: relative to the page, so it
+// works under a path prefix too).
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -54,10 +55,12 @@ async function api(path, opts = {}) {
   return data;
 }
 
-// ---- /info -> target selector ----
+// ---- /info -> target selector (read at start, after each search and when a token is set) ----
+const INFO_FAILED = "could not read the index: ";
 async function loadInfo() {
   let info;
-  try { info = await api("/info"); } catch (e) { showError(`could not read the index: ${e.message}`); return; }
+  try { info = await api("info"); } catch (e) { showError(`${INFO_FAILED}${e.message}`); return; }
+  if ($("#error").textContent.startsWith(INFO_FAILED)) hideError();  // read now (a token was set, say)
   let names = [];
   const shards = info && info.shards;
   if (Array.isArray(shards)) names = shards.map((s) => (typeof s === "string" ? s : s && s.name)).filter(Boolean);
@@ -113,7 +116,9 @@ function initDrop() {
 
 // ---- search ----
 function collect(like) {
-  const f = { k: Math.max(1, parseInt($("#k").value, 10) || 12), explain: $("#explain").checked };
+  const f = { explain: $("#explain").checked };
+  const k = $("#k").value.trim();
+  if (k !== "") f.k = /^\d+$/.test(k) ? Number(k) : k;  // as typed: the server says what is wrong with it
   const text = $("#q").value.trim();
   if (like !== undefined) f.like = like;
   else if (text) f.text = text;
@@ -122,7 +127,7 @@ function collect(like) {
   const where = $("#where").value.trim();
   if (where) f.where = where;
   const instruction = $("#instruction").value.trim();
-  if (instruction) f.instruction = instruction;
+  if (instruction && like === undefined) f.instruction = instruction;  // like= reuses a stored vector as it is
   return f;
 }
 
@@ -152,8 +157,9 @@ async function search(like) {
   $("#search").disabled = true;
   $("#status").textContent = "searching…";
   try {
-    const data = await api("/search", opts);
+    const data = await api("search", opts);
     if (mine !== seq) return;
+    loadInfo();  // an ingest may have published meanwhile: new shards, new counts
     const hits = (data && data.hits) || [];
     renderPlan(fields.explain ? data && data.plan : null);
     renderHits(hits);
@@ -204,10 +210,11 @@ function card(h) {
   if (h.end != null) c.dataset.end = String(h.end);
   const path = h.path || (Array.isArray(h.paths) ? h.paths.join(", ") : "");
   const hasSpan = h.start != null && h.end != null;
+  const kinds = String(h.modality || "").split("+");  // a composed row: "video+text", "image+text"
 
   if (h.modality === "text" || (!h.thumb_url && !h.media_url && (h.text || h.caption))) {
     c.append(passage(h.text || h.caption || ""));
-  } else if (h.modality === "video" && h.media_url) {
+  } else if (kinds.includes("video") && h.media_url) {
     const play = el("button", "media");
     play.type = "button";
     play.setAttribute("aria-label", `play ${path}${hasSpan ? ` from ${fmtTime(h.start)} to ${fmtTime(h.end)}` : ""}`);
@@ -236,7 +243,8 @@ function card(h) {
   const p = el("div", "path", path);
   p.title = path;
   meta.append(p);
-  if (h.caption && h.modality !== "text" && h.caption !== h.text) meta.append(el("div", "caption", h.caption));
+  const words = h.modality !== "text" && (h.caption || h.text);  // a media row's caption, or its text
+  if (words) meta.append(el("div", "caption", words));
   const more = el("button", "more-like-this", "more like this");
   more.type = "button";
   more.onclick = () => { search(h.id); window.scrollTo({ top: 0, behavior: "smooth" }); };
