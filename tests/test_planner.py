@@ -93,6 +93,8 @@ def test_like_searches_the_rows_own_shard_and_leaves_the_row_out():
         plan_query(ALL, like="missing")
     with pytest.raises(PlanError, match="alone"):
         plan_query(ALL, like="abc", like_shard="video", text="x")
+    with pytest.raises(PlanError, match="without text, an instruction"):  # the instruction is named too
+        plan_query(ALL, like="abc", like_shard="video", instruction="Find more.")
 
 
 @pytest.mark.parametrize(
