@@ -131,6 +131,7 @@ def test_damaged_dataset_files_are_errors_naming_the_record(tmp_path):
     _rewrite_csv(data / "MSRVTT_JSFUSION_test.csv", lambda rows: rows[3].__setitem__(3, " "))
     with pytest.raises(DatasetError, match=r"MSRVTT_JSFUSION_test.csv:4: empty sentence"):
         msrvtt(data)
+    assert len(msrvtt(data, limit=2).texts) == 2  # only the rows a run uses are checked
 
     data = bench_fixtures.mmeb(tmp_path / "mmeb")
     part = data / "MMEB-eval" / "CIRR" / "test-00000-of-00001.parquet"

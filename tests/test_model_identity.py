@@ -509,8 +509,26 @@ def test_an_index_built_with_an_adapter_is_queried_with_it(tiny_dir, adapter_dir
         assert out.exit_code == 0, out.output  # the same weights from the adapter's new place
         assert "encoded 1" in out.output
         assert json.loads((index / "manifest.json").read_text())["encoder"]["adapter"] == str(moved)
+        # the model not given is the index's (it was the default model: a 4.4 GB fetch, then refused);
+        # the model given alone, if it is the index's, takes the index's adapter
+        write_photo(root / "p10.png", seed=10)
+        for given in (["--adapter", str(moved)], ["--model", str(tiny_dir)], []):
+            out = CliRunner().invoke(main, ["ingest", str(root), "--index", str(index), "-q", *given])
+            assert out.exit_code == 0, (given, out.output)
+        assert len(rows_of(index)) == 5
     finally:
         shutil.move(moved, adapter_dir)
+
+
+def rows_of(index: Path) -> list[str]:
+    from unite_search.store import IndexStore
+
+    return (
+        IndexStore(index)
+        .tables.read("image", IndexStore(index).tables.versions()["image"], ["id"])
+        .column("id")
+        .to_pylist()
+    )
 
 
 def test_an_index_built_under_the_earlier_identity_rule_is_read_and_upgraded(tiny_dir, tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import sys
@@ -293,7 +294,7 @@ def actor_resources(cpus: float, gpus: int, n: int) -> tuple[dict[str, float], s
     """(Ray resources of one encoder actor, its device, its torch threads) for ``n`` actors on a cluster
     of ``cpus`` CPUs and ``gpus`` GPUs. The actors together always leave one CPU to the decode tasks
     (each takes one): with none left, no decode task would ever start, and the run would wait forever."""
-    share = round(max(0.0, min(1.0, (cpus - 1) / n)), 4)
+    share = math.floor(max(0.0, min(1.0, (cpus - 1) / n)) * 10_000) / 10_000  # down: Ray counts to 1/10,000
     if gpus:
         return {"num_gpus": 1, "num_cpus": share}, "cuda", None
     return {"num_cpus": share}, "cpu", max(1, int(cpus // (n + 1)))

@@ -138,8 +138,11 @@ def ingest(
     # what is not given is the index's own: a rerun needs no option repeated (and fetches no other model)
     recorded = _recorded(index_dir)
     own, done = recorded.get("encoder") or {}, recorded.get("ingest") or {}
-    if encoder is None and model is None and adapter is None and own.get("model_id"):
-        model, adapter = own["model_id"], own.get("adapter")
+    if encoder is None and own.get("model_id"):
+        same = model is None or _same_model(model, own["model_id"])
+        model = own["model_id"] if model is None else model
+        if adapter is None and same:  # the index's model, so its adapter too
+            adapter = own.get("adapter")
     if encoder is None and settings is None and own:
         settings = EncoderSettings.from_record(own)
     if segment_seconds is None:
@@ -203,6 +206,20 @@ def ingest(
                 raise IngestCrashError(_crash_message(error, run_log), run_log=str(run_log)) from error
             raise error
     return report
+
+
+def _same_model(given: str | os.PathLike, recorded: str) -> bool:
+    """Whether ``given`` names the model an index records (a local folder by any path to it)."""
+    return str(given) == recorded or (os.path.isdir(given) and os.path.realpath(given) == os.path.realpath(recorded))
+
+
+def index_settings(corpus: str | os.PathLike, index: str | os.PathLike | None = None) -> EncoderSettings | None:
+    """The preprocessing settings the index of ``corpus`` (at ``index``, or its default folder) records, or
+    None for a new one: what a rerun's options change (the command line builds its settings on them)."""
+    root = os.path.abspath(os.path.expanduser(corpus))
+    index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
+    own = _recorded(index_dir).get("encoder")
+    return EncoderSettings.from_record(own) if own else None
 
 
 def _recorded(index_dir: Path) -> dict[str, Any]:

@@ -189,7 +189,9 @@ def plan_query(
     full_text, modalities = item.full_text, item.modalities
     if like is not None:
         if modalities:
-            raise PlanError("like= reuses a stored vector: give it alone, without text, an instruction, an image or a video")
+            raise PlanError(
+                "like= reuses a stored vector: give it alone, without text, an instruction, an image or a video"
+            )
         if like_shard is None:
             raise PlanError(f"no row with id {like!r} in this index")
         query = like_shard

@@ -33,14 +33,18 @@ def _encoder_options(fn):
     return fn
 
 
-def _settings(fps, max_frames, frames):
+def _settings(fps, max_frames, frames, base=None):
+    """The preprocessing settings: ``base`` (default: the defaults) with the options given."""
+    import dataclasses
+
     from ..settings import EncoderSettings
 
+    base = base or EncoderSettings()
     changes = {k: v for k, v in (("fps", fps), ("max_frames", max_frames), ("frames", frames)) if v is not None}
-    if max_frames is not None and max_frames < EncoderSettings.min_frames:
+    if max_frames is not None and max_frames < base.min_frames:
         changes["min_frames"] = max_frames
     try:
-        return EncoderSettings(**changes)
+        return dataclasses.replace(base, **changes)
     except ConfigError as exc:
         raise _usage_mistake(str(exc)) from exc
 

@@ -88,12 +88,14 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
     inputs failed (listed); 1 failed; 2 bad usage; 130 interrupted.
     """
     from .. import ann
+    from ..ingestion import index_settings
     from ..ingestion import ingest as run_ingest
 
     if os.path.isfile(corpus):
         raise _usage_mistake(_one_file_help(corpus))
-    # no preprocessing option given: the index's own settings (the defaults for a new one)
-    settings = _settings(fps, max_frames, frames) if (fps, max_frames, frames) != (None, None, None) else None
+    # the options given change the index's own settings (the defaults for a new one); none given: the index's
+    given = (fps, max_frames, frames) != (None, None, None)
+    settings = _settings(fps, max_frames, frames, base=index_settings(corpus, index_dir)) if given else None
     index_bytes = _size(index_memory, "--index-memory") if index_memory is not None else None
 
     def log(msg: str) -> None:

@@ -11,6 +11,7 @@ unless ``allow_outside=True``: one leading out is an error, decided before the f
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -283,8 +284,7 @@ def msrvtt(data, *, limit: int | None = None, allow_outside: bool = False) -> Re
     video_dirs = [ds.root / "MSRVTT" / "videos" / "all", ds.root / "videos" / "all", ds.root / "videos"]
     video_dir = next((d for d in video_dirs if d.is_dir()), video_dirs[0])
     out = Retrieval([], [], [], [], frames=48, notes=["1k-A split (JSFusion); 48 frames"])
-    rows = list(ds.csv_rows(MSRVTT_CSV, ("video_id", "sentence")))
-    for where, row in rows[:limit]:
+    for where, row in itertools.islice(ds.csv_rows(MSRVTT_CSV, ("video_id", "sentence")), limit):
         video = ds.file(video_dir, f"{row['video_id']}.mp4", where)
         if not video.is_file():
             out.missing.append(row["video_id"])
