@@ -120,3 +120,24 @@ def test_earlier_layers_get_the_pooled_keyword_and_ignore_it(full, items, monkey
         fast.encode(items[:2], token_budget=10**6), full.encode(items[:2], token_budget=10**6), atol=1e-6
     )
     assert seen == [True, False]
+
+
+def test_a_row_of_the_prompt_prefix_alone_is_not_run_from_the_cached_prefix(full):
+    """A hand-built row holding only the prompt's prefix, beside a longer row, pooled a padding column
+    under prefix_cache (its vector 0.67 off): the cache is used only where every row goes on after it."""
+    from unite_search.encoder import Prepared
+
+    cached = full.with_settings(speed=Speed.parse("prefix_cache"))
+    prefix = cached._prefix_ids()
+    rows = [Prepared(prefix.copy()), full.prepare({"text": "hello there"})]
+    np.testing.assert_allclose(cached.forward(rows), full.forward(rows), atol=1e-6)
+    np.testing.assert_allclose(cached.forward(rows[:1]), full.forward(rows[:1]), atol=1e-6)
+    one_more = Prepared(np.concatenate([prefix, prefix[-1:]]))  # the cache still serves a row one token longer
+    np.testing.assert_allclose(cached.forward([one_more, rows[1]]), full.forward([one_more, rows[1]]), atol=1e-6)
+
+
+def test_compiled_code_is_part_of_the_numerics(tiny_dir):
+    """In bfloat16, compiled code rounds otherwise (vectors ~1e-2 apart): a cache of vectors tells them apart."""
+    plain = Encoder.load(tiny_dir, device="cpu", workers=1, lazy=True)
+    compiled = plain.with_settings(speed=Speed.parse("compile"))
+    assert "compile" not in plain.numerics and compiled.numerics["compile"] == "inductor"

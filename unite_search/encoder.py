@@ -217,7 +217,10 @@ class Encoder:
         weights' dtype and the attention implementation. Not part of :attr:`settings` (an index takes
         queries from either), but part of what a cache of vectors is keyed by."""
         attn = getattr(self._model.config, "_attn_implementation", None)
-        return {"dtype": str(self.dtype).removeprefix("torch."), "attn": str(attn)}
+        out = {"dtype": str(self.dtype).removeprefix("torch."), "attn": str(attn)}
+        if self.speed.compile:  # in half precision, compiled code rounds otherwise (speed.py)
+            out["compile"] = "inductor"
+        return out
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -387,8 +390,11 @@ class Encoder:
         # (not under flash-attention 2, whose path for a cache beside padding has not been tested)
         if self.speed.prefix_cache and not torch.is_grad_enabled() and cache_tested(model.language_model):
             start = self._prefix_ids()
-            if 0 < len(start) < ids.shape[1] and bool((ids[:, : len(start)] == torch.from_numpy(start)).all()):
-                # every row begins with the prompt's prefix: its keys and values are computed once
+            if (
+                len(start) > 0
+                and bool((host["lengths"] > len(start)).all())
+                and bool((ids[:, : len(start)] == torch.from_numpy(start)).all())
+            ):  # every row begins with the prompt's prefix and goes on after it: its keys and values run once
                 prefix = prefix_state(self._weights, model, start, self.device)
         skip = 0 if prefix is None else len(start)
         ids = ids.to(self.device, non_blocking=non_blocking)[:, skip:]  # sliced there: a pinned copy stays whole
