@@ -221,3 +221,17 @@ def test_the_raise_policy_rolls_back_the_tables_a_run_made_too(tmp_path, nan_dir
         ingest(root, index, encoder=encoder, on_error="raise", commit_rows=1)
     assert IndexStore(index).tables.shards() == ["image"]  # the text table it made is gone
     assert_same_rows(rows_by_id(index), before)
+
+
+def test_the_index_model_is_known_by_any_of_its_names(tmp_path):
+    """A rerun given the index's own model (so that it takes the index's adapter too) may name it by an alias,
+    or a folder by another path to it."""
+    from unite_search.ingestion import _same_model
+
+    (tmp_path / "m").mkdir()
+    os.symlink(tmp_path / "m", tmp_path / "link")
+    assert _same_model("unite-base-2b", "friedrichor/Unite-Base-Qwen2-VL-2B")
+    assert _same_model("friedrichor/Unite-Base-Qwen2-VL-2B", "friedrichor/Unite-Base-Qwen2-VL-2B")
+    assert _same_model(tmp_path / "link", str(tmp_path / "m"))
+    assert not _same_model("unite-instruct-2b", "friedrichor/Unite-Base-Qwen2-VL-2B")
+    assert not _same_model(tmp_path / "m", "friedrichor/Unite-Base-Qwen2-VL-2B")

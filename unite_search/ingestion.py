@@ -209,8 +209,14 @@ def ingest(
 
 
 def _same_model(given: str | os.PathLike, recorded: str) -> bool:
-    """Whether ``given`` names the model an index records (a local folder by any path to it)."""
-    return str(given) == recorded or (os.path.isdir(given) and os.path.realpath(given) == os.path.realpath(recorded))
+    """Whether ``given`` names the model an index records (a local folder by any path to it, a hub model by
+    its alias)."""
+    from .models import ALIASES
+
+    name = os.fspath(given)
+    if os.path.isdir(name):
+        return os.path.realpath(name) == os.path.realpath(recorded)
+    return ALIASES.get(name.lower(), name) == recorded
 
 
 def index_settings(corpus: str | os.PathLike, index: str | os.PathLike | None = None) -> EncoderSettings | None:
