@@ -43,7 +43,7 @@ index, info = ann.build(publish._batches(table, dim), n, dim, memory=memory, gpu
 build_s = round(time.perf_counter() - t, 2)
 print(json.dumps({"src": unite_search.__file__.rsplit("/", 2)[0], "build_s": build_s, "rss_before_mb": before,
                   "peak_mb": status("VmHWM"), "factory": info["factory"], "index_mb": info["memory_bytes"] >> 20,
-                  "trained_on": info["trained_on"], "recall_at_10": info["recall_at_10"]}))
+                  "trained_on": info.get("trained_on"), "recall_at_10": info.get("recall_at_10")}))  # (flat: none)
 """
 
 
@@ -74,7 +74,7 @@ def main() -> None:
                 cmd = [sys.executable, "-c", CHILD, str(src), str(store.path), str(args.dim), str(args.index_memory)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
-                    raise SystemExit(out.stderr[-2000:])
+                    raise SystemExit(f"the build with unite_search from {src} failed:\n{out.stderr[-2000:]}")
                 build = json.loads(out.stdout.strip().splitlines()[-1])
                 result["builds"].append(build)
                 print(f"{build['src']}: {build['factory']} {build['build_s']} s, peak {build['peak_mb']} MB "

@@ -46,7 +46,6 @@ import dataclasses
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from timing import compare, load, machine, rate, ratio, repeats_arg, span  # noqa: E402
+from timing import compare, load, machine, rate, ratio, repeats_arg, scratch, span  # noqa: E402
 
 from unite_search.encoder import Encoder  # noqa: E402
 from unite_search.prompts import render  # noqa: E402
@@ -89,7 +88,7 @@ def load_encoder(args):
     if args.random == "2b":
         import torch
 
-        tok_dir = Path(tempfile.mkdtemp()) / "tok"
+        tok_dir = scratch("unite-bench-tok-") / "tok"
         tok_dir.mkdir()
         # the prompt's words and the texts' words as single tokens: a prompt takes 28 tokens plus its
         # text, as with Qwen2's tokenizer (with bytes alone it would take ~95 plus ~5 a word)
@@ -113,7 +112,7 @@ def load_encoder(args):
             token_budget=args.token_budget or (32768 if device.type == "cuda" else 4096),
             workers=args.workers or 8,
         )
-    model = args.model or str(tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
+    model = args.model or str(tiny_model(scratch("unite-bench-model-") / "tiny"))
     return Encoder.load(model, token_budget=args.token_budget, workers=args.workers)
 
 
@@ -310,7 +309,7 @@ def main() -> None:
         switches, _, budget = spec.partition("@")
         speeds[arm_name(spec)] = arm_speed(switches)
         budgets[arm_name(spec)] = int(budget) if budget else None
-    work = Path(tempfile.mkdtemp(prefix="unite-encode-"))
+    work = scratch("unite-encode-")
     if args.from_files:
         inputs, video_encoder = file_inputs(encoder, work / "inputs", counts, args.text_tokens)
     else:
@@ -379,7 +378,7 @@ def main() -> None:
             row["arms"][name] = {
                 "items_s": rate(res[name], len(items)),
                 f"x_{base}": ratio(res, name, base) if name != base and base not in failed else None,
-                f"max_abs_diff_vs_{first}": float(np.abs(out[name] - ref).max()) if same_input else float("nan"),
+                f"max_abs_diff_vs_{first}": float(np.abs(out[name] - ref).max()) if same_input else None,
             }
         row["timing"] = res
         rows.append(row)
@@ -388,10 +387,10 @@ def main() -> None:
             if "error" in a:
                 print(f"{kind:<6}{name:<34}  failed: {a['error'][:200]}", flush=True)
                 continue
-            x = a[f"x_{base}"]
+            x, diff = a[f"x_{base}"], a[f"max_abs_diff_vs_{first}"]  # diff None: other inputs (plain decodes its own)
             print(
                 f"{kind:<6}{name:<34}{span(a['items_s']):>26}{(span(x, fmt='.2f') if x else '-'):>22}"
-                f"{a[f'max_abs_diff_vs_{first}']:>12.2e}",
+                f"{format(diff, '>12.2e') if diff is not None else '-':>12}",
                 flush=True,
             )
         if args.profile:

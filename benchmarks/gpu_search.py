@@ -58,6 +58,8 @@ def main() -> None:
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result: dict = {"rows": args.rows, "dim": args.dim, "machine": machine(), "load_before": load(),
                     "faiss": faiss.__version__, "faiss_gpus": gpus}  # fmt: skip
+    if not gpus:
+        say(f"FAISS {faiss.__version__} sees no GPU (faiss-cpu, or no device): only the CPU arms run")
     mix = Mixture(args.dim, 2000, 1.0)
     say(f"drawing {args.rows} x {args.dim}")
     vecs = mix.draw(args.rows)

@@ -144,7 +144,7 @@ print(':'.join(sorted(found)))")
     ls -la "$OUT"
     ;;
 *)
-    sed -n '2,22p' "$0"
+    sed -n '2,23p' "$0"
     exit 2
     ;;
 esac

@@ -115,9 +115,12 @@ def main() -> None:
         )
         store = IndexStore(work / "index")
         manifest = store.init(encoder.settings, IngestOptions().to_dict(), "(synthetic)")
-        shards = {f"s{n}": (n, 10**9 if args.flat else None) for n in (int(x) for x in args.sizes.split(","))}
+        sizes = [int(x) for x in args.sizes.split(",")]
+        shards = {f"s{n}": (n, 10**9 if args.flat else None) for n in sizes}
         if args.ivf_too:
             shards[f"ivf{args.ivf_too}"] = (args.ivf_too, args.ivf_too - 1)
+        if len(shards) > 3 or len(shards) < len(sizes) + bool(args.ivf_too):  # one shard each: image, video, text
+            raise SystemExit("at most 3 shards in all (--sizes and --ivf-too), of different sizes")
         names = {}
         for (label, (n, flat_max)), shard in zip(shards.items(), ("image", "video", "text"), strict=False):
             t = time.perf_counter()

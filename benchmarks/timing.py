@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -168,6 +169,17 @@ def span(stats: Mapping[str, float], scale: float = 1.0, fmt: str = ".1f") -> st
 def rate(result_arm: Mapping[str, Any], items: int) -> dict[str, float]:
     """Items per second of one arm's timed calls: median and range (min from the slowest call)."""
     return summary([items / t for t in result_arm["times"]])
+
+
+def scratch(prefix: str) -> Path:
+    """A temporary folder removed when the process exits (models, tokenizers and media a run writes)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def repeats_arg(value: str) -> int:

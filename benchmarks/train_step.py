@@ -19,7 +19,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from timing import load, machine, repeats_arg, span, summary  # noqa: E402
+from timing import load, machine, repeats_arg, scratch, span, summary  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -51,7 +50,7 @@ def one(args) -> dict:
 
     encoder = load_encoder(argparse.Namespace(random=args.random, model=args.model, token_budget=None, workers=None))
     gpu = encoder.device.type == "cuda"
-    work = Path(tempfile.mkdtemp())
+    work = scratch("unite-bench-train-")
     rng = np.random.default_rng(0)
     pairs = []
     for i in range(args.batch * (args.steps + 1)):
@@ -104,7 +103,7 @@ def main() -> None:
     if args.model is None and args.random is None:
         from unite_search.testing import tiny_model
 
-        args.model = str(tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
+        args.model = str(tiny_model(scratch("unite-bench-model-") / "tiny"))
     before, runs = load(), {}
     print(f"machine {machine()}\nload before {before}; {args.rounds} rounds, the order of the arms "
           "alternating; samples/s and peak MB: median (min..max)")  # fmt: skip
