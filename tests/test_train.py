@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -376,6 +377,24 @@ def test_finetune_cli_with_held_out_evaluation(tiny_dir, tmp_path):
     assert resumed.exit_code == 0 and "trained 2 steps" in resumed.stdout  # nothing left to do
     bad = CliRunner().invoke(main, [*args[:2], str(tmp_path / "missing.jsonl"), *args[3:]])
     assert bad.exit_code == 2
+    # one of --eval-data and --eval-every without the other evaluated nothing, silently
+    for cut in (args[:11] + args[13:], args[:13] + args[15:]):
+        alone = CliRunner().invoke(main, cut)
+        assert alone.exit_code == 2 and "--eval-data and --eval-every go together" in alone.output
+    # merge writes a new folder only: into the base's own folder it overwrote the base's weights
+    base_copy = tmp_path / "base-copy"
+    shutil.copytree(tiny_dir, base_copy)
+    weights = {p.name: p.read_bytes() for p in base_copy.glob("*.safetensors")}
+    adapter = tmp_path / "run" / "adapter"
+    out = CliRunner().invoke(main, ["merge", "--model", str(base_copy), "--adapter", str(adapter),
+                                    "--output", str(base_copy)])  # fmt: skip
+    assert out.exit_code == 2 and "not an empty folder" in out.output
+    assert {p.name: p.read_bytes() for p in base_copy.glob("*.safetensors")} == weights
+    (tmp_path / "empty").mkdir()
+    out = CliRunner().invoke(main, ["merge", "--model", str(tiny_dir), "--adapter", str(adapter), "--output",
+                                    str(tmp_path / "empty")])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "empty" / "config.json").is_file() and not list(tmp_path.glob(".empty.tmp-*"))
 
 
 def test_pairs_from_an_index_and_only_language_model_adapters(tiny_dir, encoder, tmp_path):

@@ -249,6 +249,12 @@ def test_a_checkpoint_is_whole_or_absent_and_resume_refuses_damaged_ones_and_oth
     Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(8, "new "), cfg, out).train()
     assert (checkpoint / "lora.safetensors").read_bytes() != saved["lora.safetensors"]
     Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(8, "new "), cfg, tmp_path / "y").resume(checkpoint)
+    # nor another base model (of the same shape): the curve would join two models' runs
+    from unite_search.testing import tiny_model
+
+    other = Encoder.load(tiny_model(tmp_path / "other", seed=1), device="cpu")
+    with pytest.raises(ConfigError, match="the base model at revision"):
+        Trainer(other, _pairs(8, "new "), cfg, tmp_path / "w").resume(checkpoint)
     # a checkpoint cut short is a clear error, not a JSONDecodeError or a missing-file traceback
     text = (checkpoint / "trainer.json").read_text()
     (checkpoint / "trainer.json").write_text(text[: len(text) // 2])

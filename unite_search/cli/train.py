@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import _run, main
+from ._common import _run, _usage_mistake, main
 
 
 @main.command()
@@ -79,6 +79,9 @@ def finetune(
     unite-search finetune --data pairs.jsonl --model unite-base-2b --output runs/shop --epochs 2
     torchrun --nproc-per-node 8 -m unite_search.cli finetune --data pairs.jsonl --output runs/shop
     """
+    if bool(eval_data) != bool(eval_every):  # one without the other evaluated nothing, silently
+        raise _usage_mistake("--eval-data and --eval-every go together: held-out pairs, evaluated every N steps "
+                             "(and before the first and after the last)")  # fmt: skip
     import torch
 
     from ..encoder import Encoder

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import MissingDependencyError, ModelLoadError
+from ..errors import ConfigError, MissingDependencyError, ModelLoadError
 
 LINEAGE = "unite-merge.json"  # written into a merged folder: the base and adapter it was made from
 RECORD = "unite_train.json"  # written into an adapter by the trainer: its settings and the base it was trained on
@@ -85,9 +85,11 @@ def resolve_base(model: str | os.PathLike | None, adapter: Path):
     else:
         resolved = resolve(model)
     if revision not in _revisions(resolved):
+        hint = ("; it was trained on that model with an adapter of its own: merge those two (unite-search merge) "
+                "and pass the merged folder" if "+lora-" in revision else "")  # fmt: skip
         raise ModelLoadError(f"the adapter {adapter} was trained on {base} (revision {revision}), not on "
                              f"{resolved.model_id} (revision {resolved.revision}); load it with the model it was "
-                             "trained on")  # fmt: skip
+                             f"trained on{hint}")  # fmt: skip
     return resolved
 
 
@@ -104,11 +106,17 @@ def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, ou
     ``base`` None is the model the adapter records it was trained on; a base of another revision is refused
     (see :func:`resolve_base`). The folder's own fingerprint (its whole weights) is its identity;
     ``unite-merge.json`` records its lineage: the base model id and revision and the adapter's path and
-    fingerprint.
+    fingerprint. ``output`` must be new or empty: the model is written into a temporary folder beside it
+    and renamed into place once whole, so neither a failure nor a crash leaves half a model there.
     """
+    from ..diskio import TMP_MARK, sync_folder
     from ..models import fingerprint, load_model
 
     adapter = check_adapter(adapter)
+    output = Path(output).expanduser().absolute()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"{output} is not an empty folder: merge writes a new model folder (it would mix with "
+                             "or overwrite what is there, the base model's own files included)")  # fmt: skip
     resolved = resolve_base(base, adapter)
     lineage = {
         "base_model_id": resolved.model_id,
@@ -118,11 +126,21 @@ def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, ou
     }
     full = load_model(resolved.path, dtype=None, attn="sdpa")
     full.model = apply_adapter(full.model, adapter)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    full.save_pretrained(output)
-    for name in CARRIED:
-        if (resolved.path / name).is_file():
-            shutil.copy2(resolved.path / name, output / name)
-    (output / LINEAGE).write_text(json.dumps(lineage, indent=2) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}{TMP_MARK}{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        full.save_pretrained(temporary)
+        for name in CARRIED:
+            if (resolved.path / name).is_file():
+                shutil.copy2(resolved.path / name, temporary / name)
+        (temporary / LINEAGE).write_text(json.dumps(lineage, indent=2) + "\n")
+        sync_folder(temporary)
+        if output.exists():
+            output.rmdir()  # empty (checked above)
+        os.rename(temporary, output)
+        sync_folder(output.parent)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     return output

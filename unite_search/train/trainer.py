@@ -464,7 +464,7 @@ class Trainer:
             save_file(tensors, str(temporary / "optimizer.safetensors"))
             save_file(rng, str(temporary / "rng.safetensors"))
             meta.update(config=asdict(self.config), pairs=len(self.pairs), pairs_sha256=self.pairs_sha256,
-                        log=self.log)  # fmt: skip
+                        base_revision=self.base_revision, log=self.log)  # fmt: skip
             (temporary / "trainer.json").write_text(json.dumps(meta))
             for name in CHECKPOINT_FILES:  # on disk before the rename makes the folder a checkpoint
                 with open(temporary / name, "rb") as fh:
@@ -517,6 +517,8 @@ class Trainer:
             differ.append(f"{meta['pairs']} training pairs (now {len(self.pairs)})")
         elif meta.get("pairs_sha256", self.pairs_sha256) != self.pairs_sha256:  # (an older checkpoint has none)
             differ.append(f"other training pairs (the same number, {len(self.pairs)}, but other texts, media or order)")
+        if meta.get("base_revision", self.base_revision) != self.base_revision:
+            differ.append(f"the base model at revision {meta['base_revision']} (now {self.base_revision})")
         if differ:
             raise ConfigError(f"{path} was saved by a run with {', '.join(differ)}: resuming it with other "
                               "settings or data would not continue its curve; resume with the same ones")  # fmt: skip
