@@ -3,6 +3,7 @@ chromium-driver; skips where they or selenium are missing)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -27,6 +28,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serving(app):
+    """``app`` served by uvicorn on a free loopback port, on a thread: yields its base URL."""
+    port = _free_port()
+    live = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=live.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not live.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        live.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, encoder):
     from unite_search import Index
@@ -45,19 +64,8 @@ def server(tmp_path_factory, encoder):
     index = root.parent / "index"
     report = ingest(root, index, encoder=encoder, segment_seconds=4.0, segment_overlap=1.0, pairs="composed")
     assert report.status == "ok" and "video+text" in report.shards
-    port = _free_port()
-    config = uvicorn.Config(create_app(Index.open(index, encoder=encoder)), host="127.0.0.1", port=port,
-                            log_level="warning")  # fmt: skip
-    live = uvicorn.Server(config)
-    thread = threading.Thread(target=live.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not live.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", root
-    live.should_exit = True
-    thread.join(timeout=10)
+    with _serving(create_app(Index.open(index, encoder=encoder))) as base:
+        yield base, root
 
 
 @pytest.fixture(scope="module")
@@ -148,23 +156,11 @@ def test_a_page_the_server_refuses_says_so_before_any_search(server, browser, en
     from unite_search.server import create_app
 
     _, root = server
-    port = _free_port()
-    app = create_app(Index.open(root.parent / "index", encoder=encoder), token="s3cret")
-    live = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=live.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not live.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        browser.get(f"http://127.0.0.1:{port}/")
+    with _serving(create_app(Index.open(root.parent / "index", encoder=encoder), token="s3cret")) as base:
+        browser.get(f"{base}/")
         error = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed()
                                                  and d.find_element(By.ID, "error"))  # fmt: skip
         assert error.text.startswith("could not read the index: unauthorized") and "HTTP 401" in error.text
-    finally:
-        live.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_composed_hits_play_in_place_and_more_like_this_keeps_the_other_fields(server, browser):
@@ -218,16 +214,8 @@ def test_the_page_under_a_path_prefix_with_a_token_follows_the_index(browser, en
         write_photo(corpus / f"photos/p{i}.png", seed=20 + i, size=(160, 120))
     assert ingest(corpus, index, encoder=encoder, pairs="composed").status == "ok"
     outer = Starlette(routes=[Mount("/us", app=create_app(Index.open(index, encoder=encoder), token="s3cret"))])
-    port = _free_port()
-    live = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=live.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not live.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}/us"
+    with _serving(outer) as root_url:
+        base = root_url + "/us"
         with urllib.request.urlopen(base + "/healthz") as r:  # open, as at the root
             assert r.status == 200
         browser.get(base + "/")  # a new origin (port): no token saved for it
@@ -247,6 +235,3 @@ def test_the_page_under_a_path_prefix_with_a_token_follows_the_index(browser, en
         WebDriverWait(browser, 30).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#target option[value='image+text']")
         )
-    finally:
-        live.should_exit = True
-        thread.join(timeout=10)
