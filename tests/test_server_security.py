@@ -95,3 +95,15 @@ def test_serve_without_a_token_answers_only_requests_to_this_machines_names(dots
                 assert got.status_code == (200 if ok else 403), (args, base, got.text)
                 if not ok:
                     assert got.json()["error"] == "forbidden"
+
+
+@pytest.mark.parametrize("root_path", ["/us", "/us/"])
+def test_under_a_path_prefix_the_page_and_healthz_stay_open_with_a_token(dots, encoder, root_path):
+    """Under a proxy's prefix the token guard compared the whole path: /us/healthz and the page needed the
+    token (and with a root path ending in '/', as uvicorn --root-path /us/ gives, still did)."""
+    with TestClient(create_app(Index.open(dots[1], encoder=encoder), token="s3cret"), root_path=root_path) as c:
+        prefix = root_path + "/"  # what uvicorn --root-path gives: the root path, then the request's own
+        for open_path in ("healthz", "", "static/app.js"):
+            assert c.get(prefix + open_path).status_code == 200, open_path
+        assert c.get(prefix + "info").status_code == 401
+        assert c.get(prefix + "info", headers={"Authorization": "Bearer s3cret"}).status_code == 200

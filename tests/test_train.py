@@ -395,6 +395,12 @@ def test_finetune_cli_with_held_out_evaluation(tiny_dir, tmp_path):
                                     str(tmp_path / "empty")])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert (tmp_path / "empty" / "config.json").is_file() and not list(tmp_path.glob(".empty.tmp-*"))
+    (tmp_path / "target").mkdir()  # a link to an empty folder: written into that folder
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    out = CliRunner().invoke(main, ["merge", "--model", str(tiny_dir), "--adapter", str(adapter), "--output",
+                                    str(tmp_path / "link")])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "target" / "unite-merge.json").is_file()
 
 
 def test_pairs_from_an_index_and_only_language_model_adapters(tiny_dir, encoder, tmp_path):

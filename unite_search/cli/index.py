@@ -95,7 +95,8 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
         raise _usage_mistake(_one_file_help(corpus))
     # the options given change the index's own settings (the defaults for a new one); none given: the index's
     given = (fps, max_frames, frames) != (None, None, None)
-    settings = _settings(fps, max_frames, frames, base=index_settings(corpus, index_dir)) if given else None
+    own = _run(lambda: index_settings(corpus, index_dir)) if given else None  # (damaged: one line)
+    settings = _settings(fps, max_frames, frames, base=own) if given else None
     index_bytes = _size(index_memory, "--index-memory") if index_memory is not None else None
 
     def log(msg: str) -> None:

@@ -168,7 +168,7 @@ def pairs_command(source, output, allow_outside):
     relative to the output file, or absolute where they lie outside its folder.
 
     \b
-    unite-search pairs ~/products -o ~/products/pairs.jsonl
+    unite-search pairs ~/products -o ~/products-pairs.jsonl
     unite-search pairs indexes/products -o runs/pairs.jsonl
     """
     import warnings

@@ -111,9 +111,9 @@ class Server:
         """Whether a request may pass the token guard. Open: ``/healthz`` and the page's own files (``/``,
         ``/static/...``: no index data in them). ``/media`` and ``/thumbs`` also take ``?token=``, as
         ``<img>`` and ``<video>`` cannot send a header; the API takes only the header."""
-        path, prefix = scope["path"], scope.get("root_path", "").rstrip("/")
-        if prefix and path.startswith(prefix + "/"):  # served under a path prefix (a proxy, a mount)
-            path = path[len(prefix) :]
+        path, prefix = scope["path"], scope.get("root_path", "")
+        if prefix and path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == "/":
+            path = path[len(prefix) :]  # served under a path prefix (a proxy, a mount), as the router strips it
         if not self.token or path in ("/healthz", "/") or path.startswith("/static/"):
             return True
         for name, value in scope.get("headers", ()):

@@ -106,14 +106,14 @@ def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, ou
     ``base`` None is the model the adapter records it was trained on; a base of another revision is refused
     (see :func:`resolve_base`). The folder's own fingerprint (its whole weights) is its identity;
     ``unite-merge.json`` records its lineage: the base model id and revision and the adapter's path and
-    fingerprint. ``output`` must be new or empty: the model is written into a temporary folder beside it
-    and renamed into place once whole, so neither a failure nor a crash leaves half a model there.
+    fingerprint. ``output`` must be new or empty: a new one is written as a temporary folder beside it and
+    renamed into place once whole; an empty one given is written in place, ``unite-merge.json`` last.
     """
     from ..diskio import TMP_MARK, sync_folder
     from ..models import fingerprint, load_model
 
     adapter = check_adapter(adapter)
-    output = Path(output).expanduser().absolute()
+    output = Path(os.path.realpath(Path(output).expanduser()))  # a link to a folder: that folder
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"{output} is not an empty folder: merge writes a new model folder (it would mix with "
                              "or overwrite what is there, the base model's own files included)")  # fmt: skip
@@ -126,21 +126,29 @@ def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, ou
     }
     full = load_model(resolved.path, dtype=None, attn="sdpa")
     full.model = apply_adapter(full.model, adapter)
+    if output.exists():  # an empty folder given (perhaps in a parent this user cannot write): written in place,
+        _write_merged(full, resolved.path, lineage, output)  # its lineage last
+        return output
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        full.save_pretrained(temporary)
-        for name in CARRIED:
-            if (resolved.path / name).is_file():
-                shutil.copy2(resolved.path / name, temporary / name)
-        (temporary / LINEAGE).write_text(json.dumps(lineage, indent=2) + "\n")
-        sync_folder(temporary)
-        if output.exists():
-            output.rmdir()  # empty (checked above)
+        _write_merged(full, resolved.path, lineage, temporary)
         os.rename(temporary, output)
         sync_folder(output.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return output
+
+
+def _write_merged(full, base: Path, lineage: dict, folder: Path) -> None:
+    from ..diskio import sync_folder
+
+    folder.mkdir(exist_ok=True)
+    full.save_pretrained(folder)
+    for name in CARRIED:
+        if (base / name).is_file():
+            shutil.copy2(base / name, folder / name)
+    (folder / LINEAGE).write_text(json.dumps(lineage, indent=2) + "\n")
+    sync_folder(folder)
