@@ -91,8 +91,7 @@ OUTSIDE = "outside the corpus folder; pass --allow-outside (allow_outside=True) 
 
 def is_inside(path: str | os.PathLike, folder_real: str) -> bool:
     """Whether ``path``, symlinks resolved, lies in the folder whose resolved path is ``folder_real``."""
-    real = os.path.realpath(path)
-    return real == folder_real or real.startswith(folder_real.rstrip(os.sep) + os.sep)
+    return within(folder_real, os.path.realpath(path))
 
 
 def within(root: str, path: str) -> bool:

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..diskio import TMP_MARK, sync_folder
 from ..errors import ConfigError, MissingDependencyError, ModelLoadError
 
 LINEAGE = "unite-merge.json"  # written into a merged folder: the base and adapter it was made from
@@ -109,7 +110,6 @@ def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, ou
     fingerprint. ``output`` must be new or empty: a new one is written as a temporary folder beside it and
     renamed into place once whole; an empty one given is written in place, ``unite-merge.json`` last.
     """
-    from ..diskio import TMP_MARK, sync_folder
     from ..models import fingerprint, load_model
 
     adapter = check_adapter(adapter)
@@ -143,8 +143,6 @@ def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, ou
 
 
 def _write_merged(full, base: Path, lineage: dict, folder: Path) -> None:
-    from ..diskio import sync_folder
-
     folder.mkdir(exist_ok=True)
     full.save_pretrained(folder)
     for name in CARRIED:

@@ -366,15 +366,17 @@ class Trainer:
         decides alike: the gradients were summed across them, and so is the verdict)."""
         import torch
 
-        bad = not math.isfinite(loss) or any(not bool(torch.isfinite(p.grad).all()) for p in self.params
-                                             if p.grad is not None)  # fmt: skip
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # one read-back from the device for all of them, not one a tensor
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        bad = not (math.isfinite(loss) and finite)
         if self.dist:
             flag = torch.tensor([float(bad)], device=self.encoder.device)
             self.dist.all_reduce(flag)
             bad = bool(flag.item())
         if bad:
-            half = str(self.encoder.dtype).endswith("float16") and "bfloat16" not in str(self.encoder.dtype)
-            why = ("float16 overflowing? train in bfloat16 or float32, or with a lower learning rate" if half
+            why = ("float16 overflowing? train in bfloat16 or float32, or with a lower learning rate"
+                   if self.encoder.dtype == torch.float16
                    else "a learning rate too high, or damaged weights?")  # fmt: skip
             raise TrainingError(f"step {self.step + 1}: the loss or its gradients are not finite (NaN or infinity: "
                                 f"{why}); nothing of this step was applied, and the checkpoints saved so far are "
