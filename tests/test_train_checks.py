@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from unite_search import Encoder, Item  # noqa: E402
+from unite_search import Encoder, Item, Modality  # noqa: E402
 from unite_search.errors import ConfigError, InputError, ModelLoadError  # noqa: E402
 from unite_search.train.data import Pair, load_pairs, pairs_from_folder  # noqa: E402
 from unite_search.train.trainer import TrainConfig, Trainer  # noqa: E402
@@ -78,6 +78,36 @@ def test_an_image_the_encoder_refuses_after_its_first_resize_is_a_bad_line(tmp_p
     with pytest.raises(InputError, match="aspect ratio"):
         encoder.prepare({"image": str(tmp_path / "tall.png")})
     assert encoder.prepare({"image": str(tmp_path / "fits.png")}).image is not None
+
+
+def test_a_placeholder_only_opens_a_text_and_only_for_media_its_side_has(tmp_path, media):
+    """UNITE's prompt puts the media before the text: a placeholder later in the text, or for media the side lacks,
+    would train on another input than the line says (moved, or silently text only), so it is a bad line."""
+    (tmp_path / "a.png").write_bytes(Path(media["image"]).read_bytes())
+    (tmp_path / "c.mp4").write_bytes(Path(media["video"]).read_bytes())
+    image, video, text = {"image": "a.png"}, {"video": "c.mp4"}, {"text": "an answer"}
+    lines = [
+        {"query": {"text": "<|IMAGE|>\nRepresent the given image", **image}, "candidate": text},
+        {"query": {"text": "<|VIDEO|> <|IMAGE|>  both", **image, **video}, "candidate": text},
+        {"query": {"text": "<|IMAGE|>", **image}, "candidate": text},
+        {"query": {"text": "Find a photo like <|IMAGE|> but at night", **image}, "candidate": image},
+        {"query": {"text": "<|VIDEO|> what happens next?"}, "candidate": text},
+        {"query": {"text": "<|IMAGE|><|IMAGE|> twice", **image}, "candidate": text},
+        {"query": text, "candidate": {"text": "<|VIDEO|>", **image}},
+    ]
+    pairs, problems = load_pairs(_write(tmp_path / "pairs.jsonl", lines), on_error="skip", probe=False)
+    assert [(p.query.text, p.query.modalities) for p in pairs] == [
+        ("Represent the given image", {Modality.IMAGE, Modality.TEXT}),
+        ("both", {Modality.IMAGE, Modality.VIDEO, Modality.TEXT}),
+        (None, {Modality.IMAGE}),
+    ]
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "'query.text' has <|IMAGE|> after the start: UNITE's prompt puts the image before the text, as every query "
+        "and index vector has it; write it at the start or leave it out",
+        "'query.text' has <|VIDEO|> but 'query' has no video",
+        "'query.text' has <|IMAGE|> 2 times; an item holds one image",
+        "'candidate.text' has <|VIDEO|> but 'candidate' has no video",
+    ]
 
 
 def test_a_name_too_long_or_json_nested_too_deep_is_that_lines_problem(tmp_path):
@@ -211,6 +241,42 @@ def test_a_resumed_run_with_dropout_continues_the_same_curve(tiny_dir, tmp_path)
     again.resume(tmp_path / "full" / "checkpoint-2")
     resumed = again.train()
     np.testing.assert_allclose(_losses(resumed), _losses(full), rtol=1e-6)
+
+
+def test_gradients_are_clipped_to_max_grad_norm_and_the_norm_logged(tiny_dir, tmp_path):
+    """As UNITE's recipe (its trainer's default, 1.0): the LoRA gradients' total L2 norm is clipped before the
+    optimizer steps, in the same direction; the norm before clipping is in every step's log line."""
+    assert TrainConfig().max_grad_norm == 1.0 and TrainConfig().lora_dropout == 0.05  # UNITE's training scripts
+    grads, befores = {}, {}
+    for limit in (None, 1e-4):
+        cfg = TrainConfig(batch_size=4, max_grad_norm=limit, lora_dropout=0.0)
+        trainer = Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(4), cfg, tmp_path / str(limit))
+        for p in trainer.params:  # LoRA's B starts at zero: give it weights, so that A gets gradients too
+            torch.nn.init.normal_(p, std=0.05)
+        loss = trainer.compute_gradients(_pairs(4))
+        befores[limit] = before = torch.cat([p.grad.flatten() for p in trainer.params]).clone()
+        norm = trainer.clip_gradients(loss)
+        grads[limit] = torch.cat([p.grad.flatten() for p in trainer.params])
+        assert norm == pytest.approx(float(before.norm()), rel=1e-5) and norm > 1e-3
+    assert torch.equal(grads[None], befores[None])  # no limit: untouched
+    assert float(grads[1e-4].norm()) == pytest.approx(1e-4, rel=1e-4)
+    np.testing.assert_allclose(grads[1e-4] * (norm / 1e-4), befores[1e-4], rtol=1e-4, atol=1e-9)
+
+    log = Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(4), TrainConfig(batch_size=4, max_steps=2),
+                  tmp_path / "run").train()  # fmt: skip
+    assert [e["step"] for e in log if e.get("grad_norm", 0) > 0] == [1, 2]
+    for bad in ({"max_grad_norm": -1.0}, {"max_grad_norm": float("nan")}, {"lora_dropout": 1.0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            TrainConfig(**bad).resolved()
+
+
+def test_a_resume_with_another_clipping_is_refused(tiny_dir, tmp_path):
+    cfg = TrainConfig(batch_size=4, max_steps=2, save_every=1)
+    Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(4), cfg, tmp_path / "run").train()
+    other = Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(4), TrainConfig(batch_size=4, max_steps=2,
+                    max_grad_norm=0.5), tmp_path / "other")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"max_grad_norm 1\.0 \(now 0\.5\)"):
+        other.resume(tmp_path / "run" / "checkpoint-1")
 
 
 # ------------------------------------------------------------------------------------ checkpoints

@@ -130,9 +130,12 @@ def test_max_steps_runs_past_an_epoch_and_resume_continues_it(tiny_dir, tmp_path
 
 def test_the_command_line_trains_max_steps_and_reports_the_pairs_left_over(tiny_dir, tmp_path):
     data = _text_pairs(tmp_path, 11)  # batch 4: 2 steps an epoch, 3 pairs left over
-    out = _finetune(tiny_dir, data, tmp_path / "run", "--batch-size", "4", "--max-steps", "4")
+    out = _finetune(tiny_dir, data, tmp_path / "run", "--batch-size", "4", "--max-steps", "4", "--lora-dropout", "0.1",
+                    "--max-grad-norm", "0")  # fmt: skip
     assert out.exit_code == 0, out.output
     assert "trained 4 steps" in out.stdout
+    recorded = json.loads((tmp_path / "run" / "adapter" / "unite_train.json").read_text())["config"]
+    assert (recorded["lora_dropout"], recorded["max_grad_norm"]) == (0.1, None)  # 0: no clipping
     assert "3 pairs left over each epoch (batch 4) are not used in that epoch" in out.stdout
     assert "3 pairs left over each epoch" in out.stderr  # said before training too
     assert [e["step"] for e in _steps(tmp_path / "run")] == [1, 2, 3, 4]

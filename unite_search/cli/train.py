@@ -34,6 +34,10 @@ from ._common import _run, _usage_mistake, main
 )
 @click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lora-alpha", type=click.IntRange(1), default=None, help="Stage default: 16 / 64.")
+@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="Dropout on the LoRA layers' input (UNITE's scripts: 0.05).")  # fmt: skip
+@click.option("--max-grad-norm", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Clip the LoRA gradients' total L2 norm to this before each step (0: no clipping).")  # fmt: skip
 @click.option("--dual", is_flag=True, help="Average the loss with the (unmasked) candidate-to-query term, as upstream.")
 @click.option("--max-steps", type=click.IntRange(1), default=None, metavar="N",
               help="Train exactly N steps (overrides --epochs); past an epoch, the next one starts.")  # fmt: skip
@@ -62,6 +66,8 @@ def finetune(
     batch_size,
     lora_r,
     lora_alpha,
+    lora_dropout,
+    max_grad_norm,
     dual,
     max_steps,
     eval_data,
@@ -121,7 +127,8 @@ def finetune(
         dtype = "bfloat16" if device != "cpu" and torch.cuda.is_available() else "float32"
         encoder = Encoder.load(model, device=device, dtype=dtype)
         config = TrainConfig(stage=stage, epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r,
-                             lora_alpha=lora_alpha, dual=dual, max_steps=max_steps, eval_every=eval_every,
+                             lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_grad_norm=max_grad_norm,
+                             dual=dual, max_steps=max_steps, eval_every=eval_every,
                              save_every=save_every, grad_cache=not no_grad_cache)  # fmt: skip
         trainer = Trainer(encoder, pairs, config, output, eval_pairs=held)
         if resume:

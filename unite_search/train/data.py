@@ -6,8 +6,9 @@ One JSON object per line::
 
 ``text``, ``image`` and ``video`` are optional but one is needed; ``image``/``video`` may be a path or
 a one-element list (paths are relative to the JSONL file, and must stay inside its folder unless
-``allow_outside=True``). ``<|IMAGE|>`` / ``<|VIDEO|>`` in a text mark
-where the media goes; UNITE's prompt always puts the media before the text, so they are removed.
+``allow_outside=True``). ``<|IMAGE|>`` / ``<|VIDEO|>`` in a text mark where the media goes: UNITE's prompt
+(and so every vector the engine makes) puts it before the text, so a placeholder may only open a text, for media
+its side has, and is removed with the whitespace after it; one later in the text is a bad line, not moved.
 ``target_modal`` (e.g. ``"video"`` or ``"text,image"``) defaults to the candidate's modalities.
 
 :func:`load_pairs` checks each text as the encoder does (no reserved token, no lone surrogate) and opens every
@@ -33,8 +34,8 @@ from ..errors import ConfigError, InputError
 from ..modality import Item
 from .loss import CODES, modality_code
 
-PLACEHOLDERS = ("<|IMAGE|>", "<|VIDEO|>")
-_PLACEHOLDER = re.compile(r"\s*(?:<\|IMAGE\|>|<\|VIDEO\|>)\s*")
+PLACEHOLDERS = {"<|IMAGE|>": "image", "<|VIDEO|>": "video"}
+_LEADING = re.compile(r"\s*(<\|IMAGE\|>|<\|VIDEO\|>)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,25 @@ def _warn_skipped(skipped: list[str], folder: Confined) -> None:
         )
 
 
+def _without_placeholders(text: str, what: str, media: set[str]) -> str:
+    """``text`` without the placeholders that open it; one that does not, or that names media the side lacks
+    (or names twice), is an :class:`InputError`: moved or dropped, it would train on another input than written."""
+    seen: list[str] = []
+    while found := _LEADING.match(text):
+        seen.append(found.group(1))
+        text = text[found.end() :]
+    for tag, kind in PLACEHOLDERS.items():
+        if tag in text:
+            raise InputError(f"'{what}.text' has {tag} after the start: UNITE's prompt puts the {kind} before "
+                             "the text, as every query and index vector has it; write it at the start or leave it "
+                             "out")  # fmt: skip
+        if kind not in media and tag in seen:
+            raise InputError(f"'{what}.text' has {tag} but '{what}' has no {kind}")
+        if seen.count(tag) > 1:
+            raise InputError(f"'{what}.text' has {tag} {seen.count(tag)} times; an item holds one {kind}")
+    return text.strip()
+
+
 def _side(value: Any, base: Path, what: str, folder: Confined | None) -> Item:
     if not isinstance(value, dict) or not value:
         raise InputError(f"'{what}' must be a non-empty object with text, image or video")
@@ -79,7 +99,7 @@ def _side(value: Any, base: Path, what: str, folder: Confined | None) -> Item:
     if text is not None:
         if not isinstance(text, str):
             raise InputError(f"'{what}.text' must be a string")
-        text = _PLACEHOLDER.sub(" ", text).strip()
+        text = _without_placeholders(text, what, {m for m in ("image", "video") if value.get(m) is not None})
         if text:
             fields["text"] = text
     for media in ("image", "video"):

@@ -58,7 +58,8 @@ class TrainConfig:
     lr: float | None = None  # stage default: 1e-4 / 2e-5
     lora_r: int = 8
     lora_alpha: int | None = None  # stage default: 16 / 64
-    lora_dropout: float = 0.0
+    lora_dropout: float = 0.05  # UNITE's training scripts
+    max_grad_norm: float | None = 1.0  # clip the LoRA gradients' total L2 norm to this (None or 0: no clipping)
     warmup: float = 0.03
     weight_decay: float = 0.0
     tau: float = TAU
@@ -75,16 +76,21 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         if self.stage not in STAGE_DEFAULTS:
             raise ConfigError("stage is 1 or 2")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout {self.lora_dropout} must be in [0, 1)")
+        if self.max_grad_norm is not None and not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            raise ConfigError(f"max_grad_norm {self.max_grad_norm} must be a finite number >= 0 (0: no clipping)")
         defaults = STAGE_DEFAULTS[self.stage]
         out = TrainConfig(**asdict(self))
         out.lr = self.lr if self.lr is not None else defaults["lr"]
         out.lora_alpha = self.lora_alpha if self.lora_alpha is not None else defaults["lora_alpha"]
+        out.max_grad_norm = self.max_grad_norm or None  # 0 and None alike: no clipping
         return out
 
 
 # the settings that shape a run's curve (data order, schedule, loss): a resume must keep them
-CURVE = ("stage", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dropout", "warmup", "weight_decay",
-         "tau", "dual", "max_steps", "seed")  # fmt: skip
+CURVE = ("stage", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dropout", "max_grad_norm", "warmup",
+         "weight_decay", "tau", "dual", "max_steps", "seed")  # fmt: skip
 
 
 def _dist():
@@ -338,13 +344,13 @@ class Trainer:
                 group["lr"] = self.lr_at(self.step)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.compute_gradients(self.batch_at(self.step))
-            self._check_finite(loss)
+            norm = self.clip_gradients(loss)
             self.optimizer.step()
             self.step += 1
             self._mark()
             rate = self.config.batch_size / (time.perf_counter() - t)
             entry = {"step": self.step, "epoch": (self.step - 1) // self.per_epoch + 1, "loss": loss,
-                     "lr": self.lr_at(self.step - 1), "samples_s": rate}  # fmt: skip
+                     "lr": self.lr_at(self.step - 1), "grad_norm": norm, "samples_s": rate}  # fmt: skip
             if self.step % every == 0 or self.step == self.total:
                 say(f"step {self.step}/{self.total} (epoch {entry['epoch']}) loss {loss:.4f} lr {entry['lr']:.2e}")
             if self._evaluating() and (self.step % self.config.eval_every == 0 or self.step == self.total):
@@ -361,15 +367,21 @@ class Trainer:
             plot_metrics(self.log, self.output / "metrics.png")
         return self.log
 
-    def _check_finite(self, loss: float) -> None:
-        """A step whose loss or gradients are not finite stops the run before it changes a weight (every process
-        decides alike: the gradients were summed across them, and so is the verdict)."""
+    def clip_gradients(self, loss: float) -> float:
+        """Checks the step, then clips the LoRA gradients' total L2 norm to ``max_grad_norm``; returns the norm
+        before clipping. A step whose loss or gradients are not finite stops the run before it changes a weight
+        (every process decides alike: the gradients were summed across them, and so is the verdict)."""
         import torch
 
         grads = [p.grad for p in self.params if p.grad is not None]
-        # one read-back from the device for all of them, not one a tensor
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-        bad = not (math.isfinite(loss) and finite)
+        # one read-back from the device for all of them, not one a tensor; a NaN or infinity anywhere makes it so
+        total = (
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            if grads
+            else None
+        )
+        norm = float(total) if total is not None else 0.0
+        bad = not (math.isfinite(loss) and math.isfinite(norm))
         if self.dist:
             flag = torch.tensor([float(bad)], device=self.encoder.device)
             self.dist.all_reduce(flag)
@@ -381,6 +393,11 @@ class Trainer:
             raise TrainingError(f"step {self.step + 1}: the loss or its gradients are not finite (NaN or infinity: "
                                 f"{why}); nothing of this step was applied, and the checkpoints saved so far are "
                                 "whole")  # fmt: skip
+        limit = self.config.max_grad_norm
+        if limit and norm > limit:
+            for g in grads:  # as torch.nn.utils.clip_grad_norm_ scales them, from the norm already read back
+                g.mul_(limit / (norm + 1e-6))
+        return norm
 
     def _eval_line(self, held: dict[str, Any]) -> str:
         return (f"step {held.get('step', self.step)}/{self.total} held-out R@1 {held['eval_r1']:.1f} "
