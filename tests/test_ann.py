@@ -183,3 +183,35 @@ def test_widening_searches_each_nprobe_once_at_the_widest():
     assert str(index.nlist) in tuned.curve and tuned.curve[str(index.nlist)] < 0.95  # 100 missed at every list
     assert len(counted.calls) == len(set(counted.calls)), counted.calls  # no (nprobe, queries) searched twice
     assert {k for _, _, k in counted.calls} == {1001}  # always at the widest (+1: the query's own row)
+
+
+FAILING_WRITE = """
+import os, resource, signal, sys
+import numpy as np
+from unite_search import ann, publish
+from pathlib import Path
+out = Path(sys.argv[1])
+index = ann._faiss().IndexIDMap2(ann._faiss().IndexFlatIP(32))
+index.add_with_ids(np.random.default_rng(0).standard_normal((4000, 32)).astype("float32"), np.arange(4000))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))  # past 100 kB a write fails (EFBIG)
+for write in (lambda: ann.write(index, out / "a.faiss"), lambda: publish._write_ids(np.arange(50_000), out / "a.npy")):
+    try:
+        write()
+        print("written")
+    except OSError as exc:
+        print("failed", exc.errno)
+"""
+
+
+def test_a_failed_write_leaves_no_temporary_behind(tmp_path):
+    """A FAISS or ids file that cannot be written whole (disk full, too large) leaves nothing in faiss/: the run
+    fails, and its half-written temporary does not keep the space."""
+    import errno
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FAILING_WRITE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.stdout.split("\n")[:2] == [f"failed {errno.EFBIG}"] * 2, done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []

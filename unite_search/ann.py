@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .diskio import sync_folder
+from .diskio import write_atomic
 from .errors import MissingDependencyError
 
 FLAT_MAX = 100_000
@@ -540,16 +540,15 @@ def tune_nprobe(
 
 
 def write(index, path: str | os.PathLike) -> str:
-    """Write atomically (a reader never sees a half-written file); returns the file's sha256, computed
-    on the bytes as they are written rather than by reading the file back."""
+    """Write atomically (a reader never sees a half-written file, and a failed write leaves nothing behind);
+    returns the file's sha256, computed on the bytes as they are written rather than by reading the file back."""
     import hashlib
+    from pathlib import Path
 
     faiss = _faiss()
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
     digest = hashlib.sha256()
-    with open(tmp, "wb") as fh:
 
+    def write_all(fh) -> None:
         def put(data: bytes) -> None:
             digest.update(data)
             fh.write(data)
@@ -557,10 +556,8 @@ def write(index, path: str | os.PathLike) -> str:
         writer = faiss.PyCallbackIOWriter(put, 8 << 20)
         faiss.write_index(index, writer)
         del writer  # flushes its last block
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    sync_folder(os.path.dirname(path) or ".")
+
+    write_atomic(Path(path), write_all, binary=True)
     return digest.hexdigest()
 
 

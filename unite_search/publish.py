@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifests
-from .diskio import file_sha256, remove_stale_temporaries, sync_folder
+from .diskio import file_sha256, remove_stale_temporaries, write_atomic
 from .errors import IndexDamagedError, UniteError
 from .schema import table_name
 from .tables import READ_BATCH, ShardTables, record_files
@@ -322,13 +322,7 @@ def _write_ids(ids: np.ndarray, path: Path) -> str:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(ids, dtype=np.int64), allow_pickle=False)
     data = buf.getvalue()
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    sync_folder(path.parent)
+    write_atomic(path, lambda fh: fh.write(data), binary=True)
     return hashlib.sha256(data).hexdigest()
 
 
