@@ -189,6 +189,20 @@ def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
     assert items[0].image == str(tmp_path / "pics/a.png") and items[0].metadata == {"x": 1}
 
 
+def test_a_manifest_line_with_nan_or_infinity_is_a_problem_of_its_own(tmp_path):
+    """Python's json reads NaN and Infinity, which JSON has not: a row holding one broke every server answer
+    that held it (a 500), so the line is refused where it is read."""
+    lines = ['{"id": "a", "text": "t", "metadata": {"score": NaN}}', '{"id": "b", "metadata": [-Infinity]}',
+             '{"id": "c", "text": "t", "metadata": {"score": 1e999}}', '{"id": "d", "text": "t"}']  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    items, problems = parse_manifest(walk(tmp_path).entries[0])
+    assert [i.id for i in items] == ["d"]
+    assert [(p.path, p.stage) for p in problems] == [("m.jsonl:1", "manifest"), ("m.jsonl:2", "manifest"),
+                                                     ("m.jsonl:3", "manifest")]  # fmt: skip
+    assert "NaN is not a JSON value" in problems[0].reason and "-Infinity is not" in problems[1].reason
+    assert "1e999 is beyond a float's range" in problems[2].reason
+
+
 def test_walk_skips_and_reports_names_that_are_not_utf8(tmp_path):
     """A Latin-1 name cannot be stored in the index: it is reported (bytes escaped), the rest is indexed."""
     write_photo(tmp_path / "good.jpg", seed=1)

@@ -343,10 +343,10 @@ def test_info_healthz_metrics_docs(client, built):
     _, index = built
     info = client.get("/info").json()
     assert info["shards"]["image"]["rows"] == 3 and info["model"] and info["last_run"]["status"] == "ok"
-    assert info["last_run"]["failures"] == [] and info["serving_serial"] >= 1
+    assert info["last_run"]["failures"] == [] and info["serving_serial"] >= 1 and info["refresh_error"] is None
     cli = CliRunner().invoke(main, ["info", str(index), "--json"])
     expected = json.loads(cli.stdout)
-    assert {k: v for k, v in info.items() if k not in ("disk_bytes", "serving_serial")} == {
+    assert {k: v for k, v in info.items() if k not in ("disk_bytes", "serving_serial", "refresh_error")} == {
         k: v for k, v in expected.items() if k != "disk_bytes"
     }
     assert client.get("/healthz").json() == {"ok": True}
@@ -445,6 +445,9 @@ def test_uploads_are_limited_sniffed_and_removed(built, encoder, tmp_path):
         _assert_error(r, 415)
         two = c.post("/search", files=[("image", ("a.jpg", whole)), ("image", ("b.jpg", whole))])
         _assert_error(two, 400, "bad_query", "one uploaded file")
+        cut = c.post("/search", files={"image": ("q.jpg", whole[: len(whole) // 2])})  # decodes no further
+        _assert_error(cut, 400, "bad_input", "the image upload: cannot read image")
+        assert str(folder) not in cut.text  # the server's folders are its own business
         ok = c.post("/search", files={"image": ("q.jpg", whole)})
         assert ok.status_code == 200 and ok.json()["hits"][0]["path"] == "photos/small.jpg"
         huge = b"x" * 100_000
@@ -522,6 +525,10 @@ def test_parse_range():
     assert parse_range("bytes=-", 10) is None and parse_range("bytes=4-2", 10) is None
     with pytest.raises(Exception, match="outside the file"):
         parse_range("bytes=0-", 0)
+    many = "9" * 5000  # past int()'s 4,300 digits: beyond any file, as a smaller huge number is
+    assert parse_range(f"bytes=-{many}", 10) == (0, 9) and parse_range(f"bytes=0-{many}", 10) == (0, 9)
+    with pytest.raises(Exception, match="outside the file"):
+        parse_range(f"bytes={many}-", 10)
 
 
 # -------------------------------------------------------------------------------------- Index hooks

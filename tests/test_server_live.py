@@ -101,14 +101,14 @@ def test_uploads_are_decoded_by_a_bounded_pool(built, encoder):
     server = app.state.server
     real, lock, running, seen = server._plan_and_prepare, threading.Lock(), [0], {"max": 0, "threads": set()}
 
-    def watched(query):
+    def watched(index, query):
         with lock:
             running[0] += 1
             seen["max"] = max(seen["max"], running[0])
             seen["threads"].add(threading.current_thread().name)
         try:
             time.sleep(0.05)  # long enough for the other uploads to arrive meanwhile
-            return real(query)
+            return real(index, query)
         finally:
             with lock:
                 running[0] -= 1
@@ -130,6 +130,53 @@ def test_uploads_are_decoded_by_a_bounded_pool(built, encoder):
     assert all(isinstance(r, dict) and r["hits"][0]["path"] == "photos/small.jpg" for r in results), results
     assert seen["max"] == 2, seen
     assert all(name.startswith("unite-search-decode") for name in seen["threads"]), seen
+
+
+def _raw(base: str, request: bytes, hang_up: bool = False) -> bytes:
+    """Send ``request`` as bytes on a socket (no client library rewrites its headers); the answer, or nothing when
+    ``hang_up`` closes the connection before the request is whole."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        if hang_up:
+            return b""
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_a_non_ascii_token_passes_in_the_header_as_clients_send_it(built, encoder):
+    """Clients send a header's non-ASCII characters as UTF-8 bytes: the guard compared their latin-1 reading, so
+    such a token never passed in the header (and did in ?token=)."""
+    app = create_app(Index.open(built[1], encoder=encoder), token="pässwort")
+    with live(app) as base:
+
+        def info(token: bytes) -> bytes:
+            request = b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer "
+            return _raw(base, request + token + b"\r\n\r\n").split(b"\r\n")[0]
+
+        assert info("pässwort".encode()) == b"HTTP/1.1 200 OK"
+        assert info("pässwort".encode("latin-1")) == info(b"p\xc3\xa4sswor") == b"HTTP/1.1 401 Unauthorized"
+
+
+def test_a_client_that_hangs_up_mid_request_is_not_a_server_error(built, encoder, caplog):
+    app = create_app(Index.open(built[1], encoder=encoder))
+    image = (built[0] / "photos/small.jpg").read_bytes()
+    head = b'--xx\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n\r\n'
+    form = b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+    form += b"Content-Length: %d\r\n\r\n" % (len(head) + len(image) + 100) + head + image[:500]
+    with live(app) as base:
+        _raw(base, b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b'Content-Length: 100\r\n\r\n{"text": ', hang_up=True)  # fmt: skip
+        _raw(base, form, hang_up=True)
+        deadline, counted = time.monotonic() + 20, ""
+        while time.monotonic() < deadline and not re.search(r'status="499"\} 2$', counted, re.M):
+            time.sleep(0.1)
+            metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+            counted = "\n".join(re.findall(r'^unite_search_requests_total\{endpoint="/search".*$', metrics, re.M))
+    assert re.search(r'status="499"\} 2$', counted, re.M) and 'status="500"' not in counted, counted
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ import codecs
 import errno
 import hashlib
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -521,9 +522,9 @@ def parse_manifest(entry: Entry) -> tuple[list[Declared], list[Problem]]:
                 where = f"{entry.rel}:{number}"
                 if not raw.strip():
                     continue
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                try:  # NaN and Infinity are not JSON: a row holding one could not be answered as JSON
+                    record = json.loads(raw.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
+                except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                     problems.append(Problem(where, "manifest", f"not a JSON object: {exc}"))
                     continue
                 try:
@@ -533,6 +534,17 @@ def parse_manifest(entry: Entry) -> tuple[list[Declared], list[Problem]]:
     except OSError as exc:
         return items, [*problems, Problem(entry.rel, "manifest", f"cannot read manifest: {exc.strerror or exc}")]
     return items, problems
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value (write null, or a string)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond a float's range (write it as a string)")
+    return value
 
 
 def _declared(record: Any, where: str, base: str) -> Declared:

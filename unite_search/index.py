@@ -13,6 +13,7 @@ published states, and a hit whose row cannot be found is an error, never a silen
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -82,6 +83,7 @@ class Index:
         self._dtype = dtype
         self._encoder = encoder
         self._lock = threading.RLock()  # the encoder loads once, whichever thread queries first
+        self._parent: Index | None = None  # a pinned copy's: the index whose encoder it uses
         if encoder is not None:
             self._check(encoder)
 
@@ -110,8 +112,24 @@ class Index:
         )  # fmt: skip
 
     def refresh(self) -> None:
-        """See what an ingest published since the index was opened: the whole snapshot is replaced at once."""
-        self._snapshot = Snapshot.open(self.path, gpu_search=self._gpu_search)
+        """See what an ingest published since the index was opened: the whole snapshot is replaced at once.
+
+        With the encoder loaded, a state its vectors do not fit (the index rebuilt with another model or
+        settings) is refused with :class:`~unite_search.errors.IndexMismatchError`, and the index stays as it was.
+        """
+        snapshot = Snapshot.open(self.path, gpu_search=self._gpu_search)
+        encoder = self._parent._encoder if self._parent is not None else self._encoder
+        if encoder is not None:
+            self._check(encoder, snapshot.manifest)
+        self._snapshot = snapshot
+
+    def pinned(self) -> Index:
+        """This index at the state it has now, for a caller that plans, encodes and then searches (a server's
+        request): the copy's plans and searches read that one state whatever :meth:`refresh` does meanwhile.
+        It shares this index's encoder."""
+        view = copy.copy(self)
+        view._parent = self._parent or self
+        return view
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -135,19 +153,21 @@ class Index:
         return f"Index({str(self.path)!r}, shards={self.shards})"
 
     # ------------------------------------------------------------------ encoder
-    def _check(self, encoder) -> None:
+    def _check(self, encoder, manifest: dict[str, Any] | None = None) -> None:
         from . import manifest as manifests
 
         hint = (
             "Query with the model the index was built with (Index.open without model=), "
             f"or rebuild the index with this one (rm -r {self.path}, then ingest)."
         )
-        m = self.manifest
+        m = manifest if manifest is not None else self.manifest
         manifests.check(self.path, m, encoder.settings, m["ingest"], m["corpus"], hint=hint)
 
     @property
     def encoder(self):
         """The encoder, loaded on first use: the index's own model, adapter and preprocessing settings."""
+        if self._parent is not None:
+            return self._parent.encoder
         with self._lock:
             if self._encoder is None:
                 from .encoder import Encoder

@@ -17,10 +17,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import (
     ConfigError,
     IndexDamagedError,
+    IndexMismatchError,
     InputError,
     PlanError,
     StaleReadError,
@@ -167,11 +169,15 @@ def create_app(
             return _error(400, "bad_query", str(exc))
         if isinstance(exc, InputError):
             return _error(400, "bad_input", str(exc))
-        if isinstance(exc, StaleReadError):
+        if isinstance(exc, StaleReadError | IndexMismatchError):  # pruned under us; rebuilt for another model
             return _error(503, "unavailable", str(exc))
         kind = "index_damaged" if isinstance(exc, IndexDamagedError) else "internal"
         log.error("request failed: %s", exc)
         return _error(500, kind, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):
+        return Response(status_code=499)  # nobody reads it: counted apart from the server's own errors
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -253,6 +259,10 @@ def create_app(
         try:
             query, explain = await read_search(request, folder_box)
             return JSONResponse(await server.run_query(query, explain, prefix(request)))
+        except InputError as exc:
+            if folder_box and os.fspath(folder_box[0]) in str(exc.source or ""):  # not the server's own folders
+                raise exc.located(f"the {Path(str(exc.source)).stem} upload") from None
+            raise
         finally:
             for folder in folder_box:
                 shutil.rmtree(folder, ignore_errors=True)

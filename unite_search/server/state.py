@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .http_errors import api_error
 from .metrics import Metrics
 
 log = logging.getLogger("unite_search.server")
+REFRESH_RETRY_S = 2.0  # a newer state that failed to open is tried again this long after
 
 
 class Server:
@@ -68,7 +70,11 @@ class Server:
         self._upload_lock = threading.Lock()
         self.thumbs_dir = Path(thumbs_dir) if thumbs_dir is not None else Path(index.path) / "thumbs"
         self._refresh_lock = threading.Lock()
-        self._stamp = self._manifest_stamp()
+        # None: the first request compares the manifest on disk with the one served (an ingest may have
+        # published while the model loaded); after a failed refresh, the next request tries again
+        self._stamp = None
+        self._retry_at = 0.0  # after a failed refresh, no new try before this time (time.monotonic)
+        self.refresh_error: str | None = None  # why the newest state is not served, until it is
 
     def upload_folder(self) -> Path:
         """A new folder for one request's uploads (removed by the request)."""
@@ -119,7 +125,10 @@ class Server:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 scheme, _, given = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+                # the header's own bytes (a client sends a non-ASCII token in UTF-8), against the token's UTF-8
+                return scheme.lower() == "bearer" and hmac.compare_digest(
+                    given.strip(" \t").encode("latin-1"), self.token.encode()
+                )
         if scope.get("method") in ("GET", "HEAD") and (
             path in ("/media", "/thumbs") or path.startswith(("/media/", "/thumbs/"))
         ):
@@ -137,7 +146,7 @@ class Server:
     async def follow(self) -> None:
         """Refresh the index when ``manifest.json`` changed since the last look (a stat: cheap)."""
         stamp = self._manifest_stamp()
-        if stamp is not None and stamp != self._stamp:
+        if stamp is not None and stamp != self._stamp and time.monotonic() >= self._retry_at:
             await run_in_threadpool(self._refresh, stamp)
 
     def _refresh(self, stamp) -> None:
@@ -148,12 +157,17 @@ class Server:
                 return  # another request refreshed meanwhile
             try:
                 current = manifests.read(Path(self.index.path))
-                if current is not None and current.get("serial", 0) != self.index.manifest.get("serial", 0):
+                # the whole manifest, not its serial: an index removed and built again starts over at serial 1
+                if current is not None and current != self.index.manifest:
                     self.index.refresh()
                     self.metrics.refreshed()
             except Exception as exc:  # noqa: BLE001  a damaged new state: keep serving the one we have
-                log.warning("index not refreshed: %s", exc)
-            self._stamp = stamp
+                why = f"{type(exc).__name__}: {exc}"
+                if why != self.refresh_error:  # said once, not at every try
+                    log.warning("index not refreshed (tried again while requests come): %s", why)
+                self.refresh_error, self._retry_at = why, time.monotonic() + REFRESH_RETRY_S
+                return
+            self._stamp, self.refresh_error = stamp, None
 
     # ----------------------------------------------------------------- queries
     def hit_json(self, hit, prefix: str) -> dict[str, Any]:
@@ -171,39 +185,40 @@ class Server:
             "media_url": f"{prefix}/media{tail}" if path else None,
         }
 
-    def _plan_and_prepare(self, query: dict[str, Any]):
+    def _plan_and_prepare(self, index, query: dict[str, Any]):
         from ..modality import Item
 
-        plan = self.index.plan(**query)
+        plan = index.plan(**query)
         item = Item(query.get("text"), query.get("image"), query.get("video"), query.get("instruction"))
-        return plan, self.index.encoder.prepare(item)
+        return plan, index.encoder.prepare(item)
 
-    def _search(self, query: dict[str, Any], vector) -> list:
+    def _answer(self, index, query: dict[str, Any], vector, plan, explain: bool, prefix: str) -> dict[str, Any]:
+        """Search ``index`` (pinned: the state ``plan`` was made on) and answer the hits and the plan."""
         try:
-            return self.index.query_batch([query], vectors=[vector])[0]
-        except StaleReadError:  # our snapshot was pruned under us: the newest one answers
+            hits = index.query_batch([query], vectors=[vector])[0]
+        except StaleReadError:  # our state was pruned under us: the newest one answers, and explains itself
             self.index.refresh()
-            return self.index.query_batch([query], vectors=[vector])[0]
-
-    def _answer(self, query: dict[str, Any], vector, plan, explain: bool, prefix: str) -> dict[str, Any]:
-        hits = self._search(query, vector)
+            index = self.index.pinned()
+            plan, hits = index.plan(**query), index.query_batch([query], vectors=[vector])[0]
         return {"hits": [self.hit_json(h, prefix) for h in hits], "plan": plan.explain() if explain else None}
 
-    def _answer_like(self, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
+    def _answer_like(self, index, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
         """The answer of a ``like=`` query: it needs no encoding."""
-        return self._answer(query, None, self.index.plan(**query), explain, prefix)
+        return self._answer(index, query, None, index.plan(**query), explain, prefix)
 
     async def run_query(self, query: dict[str, Any], explain: bool, prefix: str) -> dict[str, Any]:
-        """Plan, encode (in the batcher, with the queries of other requests) and search: the JSON answer."""
+        """Plan, encode (in the batcher, with the queries of other requests) and search, on one published
+        state whatever is published meanwhile: the JSON answer."""
+        index = self.index.pinned()
         if query.get("like") is not None:  # one hop off the event loop: plan and search, no encoder
-            return await run_in_threadpool(self._answer_like, query, explain, prefix)
+            return await run_in_threadpool(self._answer_like, index, query, explain, prefix)
         if query.get("image") is None and query.get("video") is None:
-            plan, prepared = await run_in_threadpool(self._plan_and_prepare, query)
+            plan, prepared = await run_in_threadpool(self._plan_and_prepare, index, query)
         else:
             loop = asyncio.get_running_loop()
-            plan, prepared = await loop.run_in_executor(self.decode_pool(), self._plan_and_prepare, query)
+            plan, prepared = await loop.run_in_executor(self.decode_pool(), self._plan_and_prepare, index, query)
         vector = await asyncio.wrap_future(self.batcher.submit(prepared))
-        return await run_in_threadpool(self._answer, query, vector, plan, explain, prefix)
+        return await run_in_threadpool(self._answer, index, query, vector, plan, explain, prefix)
 
     # ----------------------------------------------------------------- uploads
     async def save_upload(self, upload: UploadFile, kind: str, folder: Path) -> str:
@@ -301,4 +316,5 @@ class Server:
 
         payload = IndexStore(self.index.path).info()
         payload["serving_serial"] = self.index.manifest.get("serial", 0)
+        payload["refresh_error"] = self.refresh_error
         return payload
