@@ -45,6 +45,17 @@ def test_urban1k_nested_root_and_stray_files(tmp_path, encoder):
     assert result["reference"]["Long-CLIP-L"]["T2I R@1"] == 86.1
 
 
+def test_urban1k_takes_the_first_line_as_a_file_reads_it_and_skips_names_int_cannot_read(tmp_path):
+    data = bench_fixtures.urban1k(tmp_path / "data")
+    captions = data / "Urban1k" / "Urban1k" / "caption"
+    (captions / "1.txt").write_text("a street at dusk\u2028with neon\x0cand a tram\r\nsecond line\n", newline="")
+    (captions / "2.txt").write_text("old mac line\rsecond", newline="")
+    (captions / "\u00b2.txt").write_text("a stray: '\u00b2' is a digit to str.isdigit, not to int()")
+    ds = urban1k(data)
+    assert ds.texts[:2] == ["a street at dusk\u2028with neon\x0cand a tram", "old mac line"]
+    assert ds.item_ids == ["1", "2", "3", "4", "5", "6"]
+
+
 def test_missing_media_is_counted_not_dropped_silently(tmp_path, encoder):
     data = bench_fixtures.urban1k(tmp_path / "data")
     (data / "Urban1k" / "Urban1k" / "image" / "3.jpg").unlink()

@@ -53,6 +53,22 @@ def test_mmeb_gold_is_candidate_zero_and_first_wins_ties():
     assert not metrics.mmeb_correct(q, np.array([[0.5, 0.0], [0.9, 0.0]]))
 
 
+@pytest.mark.parametrize(("dim", "n"), [(1536, 7), (1536, 33), (896, 772), (3584, 33)])
+def test_identical_vectors_tie_exactly_so_a_copy_of_the_gold_never_beats_it(dim, n):
+    """A gallery holding an item twice gives both copies one vector; a float32 matrix product can still score
+    them one float apart (as its blocks fall), and the copy then ranked above the gold."""
+    rng = np.random.default_rng(dim + n)
+    unit = lambda v: (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    query, gold = unit(rng.standard_normal(dim)), unit(rng.standard_normal(dim))
+    copies = np.repeat(gold[None], n, axis=0)
+    assert metrics.mmeb_correct(query, copies)
+    texts = unit(rng.standard_normal((n, dim)))
+    assert metrics.two_way(texts, copies, list(range(n)))["t2x"]["R@1"] == 100.0
+    scores = metrics.similarities(texts, copies)
+    assert (scores == scores[:, :1]).all() and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, texts @ copies.T, atol=1e-6)
+
+
 def test_mmeb_summary_means():
     per = {"ImageNet-1K": 80.0, "Place365": 40.0, "CIRR": 60.0, "MSCOCO": 90.0, "MyOwnSet": 10.0}
     out = metrics.mmeb_summary(per)

@@ -169,8 +169,10 @@ def _field(record: dict[str, Any], key: str, where: str, kind: type | tuple[type
 
 
 def _first_line(path: Path) -> str:
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return lines[0].strip() if lines else ""
+    """The file's first line, stripped: lines end at \\n, \\r\\n or \\r only, as a file read line by line
+    (``str.splitlines`` would also cut at form feeds, U+2028 and the like, which a caption may hold)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:  # universal newlines: CR and CRLF read as LF
+        return fh.readline().strip()
 
 
 # ----------------------------------------------------------------------------- Urban1K
@@ -181,7 +183,7 @@ def urban1k(data, *, limit: int | None = None, allow_outside: bool = False) -> R
         p.stem for folder, ext in (("caption", ".txt"), ("image", ".jpg")) for p in (root / folder).glob(f"*{ext}")
     }
     out = Retrieval([], [], [], [], notes=["caption = first line of caption/<n>.txt; pairs by numeric stem"])
-    for stem in sorted((s for s in stems if s.isdigit()), key=int)[:limit]:
+    for stem in sorted((s for s in stems if s.isascii() and s.isdigit()), key=int)[:limit]:  # not "²": a stray
         caption = ds.inside(root / "caption" / f"{stem}.txt", f"caption/{stem}.txt")
         image = ds.inside(root / "image" / f"{stem}.jpg", f"image/{stem}.jpg")
         if not image.is_file():

@@ -2,7 +2,9 @@
 
 Ties follow the upstream argmax-first behaviour: a gold item's rank is 1 + the number of candidates
 scoring strictly higher than it, so a tie with the gold counts in the gold's favour. With several
-positives, a query's rank is that of its best-scoring positive (the "any positive" rule).
+positives, a query's rank is that of its best-scoring positive (the "any positive" rule). Scores come from
+:func:`similarities`, so that identical vectors (a gallery holding one item twice) tie exactly: a matrix
+product can score two copies one float apart, as its blocks fall.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     if not np.isfinite(scores).all():
         raise ValueError("scores that are not finite (NaN or infinity): no recall can be computed from them")
     return scores
+
+
+def similarities(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``queries @ candidates.T``, each distinct vector scored once: identical rows or columns get identical
+    scores (``(len(queries), len(candidates))``)."""
+    rows, row_of = np.unique(np.asarray(queries), axis=0, return_inverse=True)
+    cols, col_of = np.unique(np.asarray(candidates), axis=0, return_inverse=True)
+    return (rows @ cols.T)[np.ix_(row_of.reshape(-1), col_of.reshape(-1))]
 
 
 def gold_ranks(scores: np.ndarray, positives: Sequence[Sequence[int]]) -> np.ndarray:
@@ -48,7 +58,7 @@ def two_way(
 
     An item described by several texts is a hit (item-to-text) if any of them is retrieved.
     """
-    scores = text_embs @ item_embs.T  # (texts, items)
+    scores = similarities(text_embs, item_embs)  # (texts, items)
     t2x = gold_ranks(scores, [[i] for i in text_item])
     by_item: list[list[int]] = [[] for _ in range(len(item_embs))]
     for t, i in enumerate(text_item):
@@ -79,7 +89,7 @@ def covr(sim: np.ndarray, reference_ids: Sequence[str], target_ids: Sequence[str
 
 def mmeb_correct(query: np.ndarray, candidates: np.ndarray) -> bool:
     """MMEB's local re-ranking: correct iff candidate 0 (the gold) scores highest (first wins ties)."""
-    return int(np.argmax(_finite(candidates @ query))) == 0
+    return int(np.argmax(_finite(similarities(query[None, :], candidates)[0]))) == 0
 
 
 MMEB_CATEGORIES: Mapping[str, tuple[str, ...]] = {

@@ -113,7 +113,9 @@ def run_benchmark(
             raise DatasetError(f"{name}: no row with both of its videos found under {data}")
         queries = cache.embed(dataset.queries, encode)
         gallery = cache.embed(dataset.gallery, encode)
-        result["metrics"] = {"V+T2V": metrics.covr(queries @ gallery.T, dataset.reference_ids, dataset.target_ids)}
+        result["metrics"] = {
+            "V+T2V": metrics.covr(metrics.similarities(queries, gallery), dataset.reference_ids, dataset.target_ids)
+        }
         result["counts"] = {"queries": len(dataset.queries), "skipped_missing_media": len(dataset.missing)}
     else:
         result.update(_run_mmeb(dataset, cache, encode))
