@@ -11,6 +11,7 @@ from corpora import write_photo
 from fastapi.testclient import TestClient
 
 from unite_search import Encoder, Index
+from unite_search import index as index_module
 from unite_search.errors import IndexMismatchError
 from unite_search.ingestion import ingest
 from unite_search.server import create_app
@@ -48,7 +49,7 @@ def test_an_index_built_again_in_place_is_followed_though_its_serial_starts_over
         assert c.get("/info").json()["refresh_error"] is None
 
 
-def test_a_state_built_with_another_model_is_not_served_with_this_ones_vectors(tmp_path, encoder):
+def test_a_state_built_with_another_model_is_not_served_with_this_ones_vectors(tmp_path, encoder, monkeypatch):
     root, index = _corpus(tmp_path / "corpus", ["p0.png", "p1.png"]), tmp_path / "index"
     assert ingest(root, index, encoder=encoder).status == "ok"
     opened = Index.open(index, encoder=encoder)
@@ -58,8 +59,12 @@ def test_a_state_built_with_another_model_is_not_served_with_this_ones_vectors(t
         other = Encoder.load(tiny_model(tmp_path / "other", seed=1), device="cpu")
         shutil.rmtree(index)
         assert ingest(root, index, encoder=other).status == "ok"  # rebuilt with another model
-        r = c.post("/search", json={"text": "x", "target": "image"})
-        assert r.status_code == 200  # still the state it can answer, with its own vectors
+        opens, real_open = [], index_module.Snapshot.open
+        monkeypatch.setattr(index_module.Snapshot, "open", lambda *a, **kw: opens.append(1) or real_open(*a, **kw))
+        for _ in range(3):
+            r = c.post("/search", json={"text": "x", "target": "image"})
+            assert r.status_code == 200  # still the state it can answer, with its own vectors
+        assert opens == []  # refused from its manifest, before any of its files was opened, and not retried
         info = c.get("/info").json()
         assert info["refresh_error"].startswith("IndexMismatchError: ") and "another model" in info["refresh_error"]
         assert c.post("/search", json={"like": like, "k": 5}).json()["hits"] == before

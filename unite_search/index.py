@@ -117,10 +117,15 @@ class Index:
         With the encoder loaded, a state its vectors do not fit (the index rebuilt with another model or
         settings) is refused with :class:`~unite_search.errors.IndexMismatchError`, and the index stays as it was.
         """
-        snapshot = Snapshot.open(self.path, gpu_search=self._gpu_search)
+        from . import manifest as manifests
+
         encoder = self._parent._encoder if self._parent is not None else self._encoder
+        current = manifests.read(self.path) if encoder is not None else None
+        if current is not None:
+            self._check(encoder, current)  # before a file of that state is opened (a large one: gigabytes)
+        snapshot = Snapshot.open(self.path, gpu_search=self._gpu_search)
         if encoder is not None:
-            self._check(encoder, snapshot.manifest)
+            self._check(encoder, snapshot.manifest)  # the state opened, if another was published meanwhile
         self._snapshot = snapshot
 
     def pinned(self) -> Index:

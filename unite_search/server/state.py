@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, quote
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..errors import StaleReadError
+from ..errors import IndexMismatchError, StaleReadError
 from ..manifest import MANIFEST
 from .batcher import QueryBatcher
 from .bodies import _check_image, _copy_upload
@@ -164,8 +164,10 @@ class Server:
             except Exception as exc:  # noqa: BLE001  a damaged new state: keep serving the one we have
                 why = f"{type(exc).__name__}: {exc}"
                 if why != self.refresh_error:  # said once, not at every try
-                    log.warning("index not refreshed (tried again while requests come): %s", why)
+                    log.warning("index not refreshed: %s", why)
                 self.refresh_error, self._retry_at = why, time.monotonic() + REFRESH_RETRY_S
+                if isinstance(exc, IndexMismatchError):  # built with another model: no use trying this one again
+                    self._stamp = stamp
                 return
             self._stamp, self.refresh_error = stamp, None
 
