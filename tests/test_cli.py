@@ -143,8 +143,8 @@ def test_a_rerun_without_options_takes_the_index_own_model_and_settings(runner, 
     (root / "long.txt").write_text("word " * 100)
     index = tmp_path / "index"
     built = ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "-q",
-             "--segment-seconds", "3", "--passage-chars", "200", "--fps", "2", "--max-frames", "16",
-             "--pairs", "composed"]  # fmt: skip
+             "--segment-seconds", "3", "--segment-overlap", "1", "--passage-chars", "200", "--fps", "2",
+             "--max-frames", "16", "--pairs", "composed"]  # fmt: skip
     assert runner.invoke(main, built).exit_code == 0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no other model fetched either
     (root / "new.txt").write_text("a note added later")
@@ -156,6 +156,9 @@ def test_a_rerun_without_options_takes_the_index_own_model_and_settings(runner, 
     assert other.exit_code == 1 and "fps" in other.output  # what is given still has to match
     same = runner.invoke(main, ["ingest", str(root), "--index", str(index), "--device", "cpu", "-q", "--fps", "2"])
     assert same.exit_code == 0, same.output  # one option given: the others stay the index's (max_frames 16)
+    seconds = runner.invoke(main, ["ingest", str(root), "--index", str(index), "--device", "cpu", "-q",
+                                   "--segment-seconds", "3"])  # fmt: skip
+    assert seconds.exit_code == 0, seconds.output  # the index's own length: its own overlap (1), not a sixth of it
 
 
 def test_ingest_exit_status_tells_skipped_from_failed(runner, tiny_dir, tmp_path):

@@ -85,6 +85,8 @@ class Walk:
     skipped: list[Problem] = field(default_factory=list)  # hidden, non-UTF-8 names, special files, symlink loops
     failures: list[Problem] = field(default_factory=list)  # broken links, unreadable folders
     ignored: int = 0  # files whose extension is not indexed
+    # folders and files that are there but could not be looked at (permissions, I/O): not gone from the corpus
+    unseen: list[str] = field(default_factory=list)
 
 
 OUTSIDE = "outside the corpus folder; pass --allow-outside (allow_outside=True) to index it"
@@ -146,6 +148,7 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
             st = os.stat(folder)
         except OSError as exc:
             out.failures.append(Problem(rel(folder), "discover", f"cannot read folder: {exc.strerror}"))
+            out.unseen.append(rel(folder))
             return
         if (st.st_dev, st.st_ino) in seen_dirs:
             out.skipped.append(Problem(rel(folder), "discover", "symlink loop (folder already visited)"))
@@ -156,6 +159,7 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
                 children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             out.failures.append(Problem(rel(folder), "discover", f"cannot list folder: {exc.strerror}"))
+            out.unseen.append(rel(folder))
             return
         for child in children:
             path = child.path
@@ -173,8 +177,11 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
                 if exc.errno == errno.ELOOP:  # links leading to each other: skipped, as a folder loop is
                     out.skipped.append(Problem(rel(path), "discover", "symlink loop"))
                     continue
-                reason = "broken symlink" if child.is_symlink() else f"cannot stat: {exc.strerror}"
+                gone = exc.errno == errno.ENOENT  # a broken symlink, or deleted since the folder was listed
+                reason = "broken symlink" if child.is_symlink() and gone else f"cannot stat: {exc.strerror}"
                 out.failures.append(Problem(rel(path), "discover", reason))
+                if not gone:
+                    out.unseen.append(rel(path))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 kind = None  # a folder: visited below unless its name is not UTF-8
@@ -520,6 +527,8 @@ def parse_manifest(entry: Entry) -> tuple[list[Declared], list[Problem]]:
         with open(entry.path, "rb") as fh:
             for number, raw in enumerate(fh, start=1):  # line by line: a large manifest is never held whole
                 where = f"{entry.rel}:{number}"
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):  # as some editors save UTF-8
+                    raw = raw[len(codecs.BOM_UTF8) :]
                 if not raw.strip():
                     continue
                 try:  # NaN and Infinity are not JSON: a row holding one could not be answered as JSON
@@ -537,14 +546,22 @@ def parse_manifest(entry: Entry) -> tuple[list[Declared], list[Problem]]:
 
 
 def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON value (write null, or a string)")
+    raise InputError(f"{name} is not a JSON value (write null, or a string)")
 
 
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"{text} is beyond a float's range (write it as a string)")
+        raise InputError(f"{text} is beyond a float's range (write it as a string)")
     return value
+
+
+def _storable(value: str, key: str) -> None:
+    """An id or a path is stored as UTF-8 text and names a file: a lone surrogate or a NUL can be neither."""
+    if "\x00" in value:
+        raise InputError(f"'{key}' holds a NUL character")
+    if not _is_utf8(value):
+        raise InputError(f"'{key}' is not valid Unicode (a lone surrogate: half of a character, cut?)")
 
 
 def _declared(record: Any, where: str, base: str) -> Declared:
@@ -556,6 +573,7 @@ def _declared(record: Any, where: str, base: str) -> Declared:
     item_id = record.get("id")
     if not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or not str(item_id).strip():
         raise InputError("each line needs an 'id' (a non-empty string or integer)")
+    _storable(str(item_id), "id")
     text = record.get("text")
     if text is not None and (not isinstance(text, str) or not text.strip()):
         raise InputError("'text' must be a non-empty string")
@@ -564,6 +582,8 @@ def _declared(record: Any, where: str, base: str) -> Declared:
         value = record.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             raise InputError(f"'{key}' must be a file path")
+        if value is not None:
+            _storable(value, key)
         media[key] = os.path.normpath(os.path.join(base, value)) if value else None
     if text is None and media["image"] is None and media["video"] is None:
         raise InputError("item has none of text, image or video")

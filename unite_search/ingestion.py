@@ -40,7 +40,15 @@ from .pipeline import encode_all, torch_threads
 from .report import FAILED, INTERRUPTED, OK, WITH_FAILURES, IngestReport
 from .settings import EncoderSettings
 from .store import IndexStore
-from .units import IngestOptions, Unit, declared_items, find_captions, plan_units, read_files
+from .units import (
+    IngestOptions,
+    declared_items,
+    diff_units,
+    find_captions,
+    plan_units,
+    read_files,
+    without_clashing_ids,
+)
 
 DEFAULT_HOME = "indexes"
 COMMIT_ROWS = 1024
@@ -145,9 +153,9 @@ def ingest(
             adapter = own.get("adapter")
     if encoder is None and settings is None and own:
         settings = EncoderSettings.from_record(own)
-    if segment_seconds is None:
-        segment_seconds = done.get("segment_seconds", 30.0)
-        segment_overlap = done.get("segment_overlap") if segment_overlap is None else segment_overlap
+    if segment_overlap is None and segment_seconds in (None, done.get("segment_seconds")):  # the index's own
+        segment_overlap = done.get("segment_overlap")
+    segment_seconds = done.get("segment_seconds", 30.0) if segment_seconds is None else segment_seconds
     passage_chars = done.get("passage_chars", 2000) if passage_chars is None else passage_chars
     pairs = done.get("pairs", "none") if pairs is None else pairs
     overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
@@ -458,6 +466,9 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
         timings["discover"] = round(time.perf_counter() - t, 3)
     report.skipped, report.ignored_files = found.skipped, found.ignored
     failures: list[Problem] = list(found.failures)
+    if "." in found.unseen:  # not an empty corpus: one that cannot be read, whose rows would all be removed
+        why = next(p.reason for p in failures if p.path == ".")
+        raise IngestError(f"the corpus folder {root}: {why}; nothing was changed", failures[0])
     _fail_fast(on_error, failures)
 
     # read: hash and probe every file; captions; manifests and the media they name
@@ -478,31 +489,17 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     # plan: units by content, diffed against what the index holds
     named_only = set(facts) - walked  # media only a manifest names (hidden, say): items only as its lines say
     units = plan_units(facts, captions, sidecars, declared, options, slot.preprocessing, named_only)
-    units = [u for u in units if u.tasks]
+    units, problems = without_clashing_ids([u for u in units if u.tasks])
+    failures += problems
+    _fail_fast(on_error, failures)
     report.items = len(units)
     by_key = {u.key: u for u in units}
     start_versions = store.tables.versions()
-    todo: list[Unit] = []
-    remove: dict[str, set[str]] = defaultdict(set)
-    relabel: dict[str, dict[str, tuple]] = defaultdict(dict)
     shards = {u.shard for u in units} | set(manifest.get("shards", {})) | set(store.tables.shards())
-    for shard in sorted(shards):
-        states = store.tables.unit_states(shard)
-        for key, state in states.items():
-            unit = by_key.get(key)
-            if unit is None:
-                remove[shard].add(key)
-                report.removed_items += 1
-            elif state.rows != state.expected or state.expected != len(unit.tasks):
-                remove[shard].add(key)  # cut short by a killed run: redo it whole
-                report.redone_items += 1
-                todo.append(unit)
-            else:
-                report.unchanged_items += 1
-                now = (unit.paths, unit.caption, unit.tasks[0].row["source"])  # a manifest line may have moved
-                if (state.paths, state.caption, state.source) != now:
-                    relabel[shard][key] = now
-        todo += [u for u in units if u.shard == shard and u.key not in states]
+    diff = diff_units(units, store.tables, shards, found.unseen)
+    todo, remove, relabel = diff.todo, diff.remove, diff.relabel
+    report.unchanged_items, report.removed_items, report.redone_items = diff.unchanged, diff.removed, diff.redone
+    report.items += diff.kept
     report.relabeled_items = sum(len(v) for v in relabel.values())
     rows = sum(len(u.tasks) for u in todo)
     say(f"{len(units)} items: {len(todo)} to encode ({rows} rows), {report.removed_items} to remove")

@@ -376,3 +376,66 @@ def prepare_task(encoder, task: Task):
         video = encoder.visual("video", task.item["video"], start=start, end=end, probe=task.probe)
         return task.row.get("text"), encoder.prepare(Item(video=video, text=task.item.get("text")))
     return task.row.get("text"), encoder.prepare(Item(**{k: v for k, v in task.item.items() if v is not None}))
+
+
+def without_clashing_ids(units: list[Unit]) -> tuple[list[Unit], list[Problem]]:
+    """A declared item whose id is the id of a file's row (``231aa9e1aec99274``, as hits show it) would give two
+    rows one id, and the lookups by id one of them: the item is refused, as a line of its manifest."""
+    owners = {t.row["id"]: t.row.get("path") for u in units for t in u.tasks if t.row["source"] in ("file", "pair")}
+    kept, problems = [], []
+    for unit in units:
+        row = unit.tasks[0].row if unit.tasks else {}
+        if row.get("source") not in (None, "file", "pair") and row["id"] in owners:
+            why = f"id {row['id']!r} is the id of the row of {owners[row['id']]}; give the item another id"
+            problems.append(Problem(row["source"], "manifest", why))
+        else:
+            kept.append(unit)
+    return kept, problems
+
+
+@dataclass
+class Diff:
+    """What a run does to the index: units to encode, rows to remove, labels to update, and the counts."""
+
+    todo: list[Unit]
+    remove: dict[str, set[str]]
+    relabel: dict[str, dict[str, tuple]]
+    unchanged: int = 0
+    removed: int = 0
+    redone: int = 0
+    kept: int = 0  # held where the walk could not look: kept as they were (counted as unchanged too)
+
+
+def _unseen(state, unseen: Collection[str]) -> bool:
+    """Whether a unit the index holds lies in a folder (or is a file) the walk could not look at."""
+    files = [*state.paths, *([state.source.rsplit(":", 1)[0]] if ":" in (state.source or "") else [])]
+    return any(f == u or f.startswith(u + "/") for f in files for u in unseen)
+
+
+def diff_units(units: list[Unit], tables, shards: Collection[str], unseen: Collection[str] = ()) -> Diff:
+    """The planned ``units`` against what ``tables`` hold in each of ``shards``. A held unit no longer planned is
+    removed, unless it lies where the walk could not look (``unseen``: a folder that could not be listed is not
+    a folder emptied); one a killed run cut short is encoded again."""
+    by_key = {u.key: u for u in units}
+    out = Diff([], defaultdict(set), defaultdict(dict))
+    for shard in sorted(shards):
+        states = tables.unit_states(shard)
+        for key, state in states.items():
+            unit = by_key.get(key)
+            if unit is None and not _unseen(state, unseen):
+                out.remove[shard].add(key)
+                out.removed += 1
+            elif unit is None:
+                out.unchanged += 1
+                out.kept += 1
+            elif state.rows != state.expected or state.expected != len(unit.tasks):
+                out.remove[shard].add(key)  # cut short by a killed run: redo it whole
+                out.redone += 1
+                out.todo.append(unit)
+            else:
+                out.unchanged += 1
+                now = (unit.paths, unit.caption, unit.tasks[0].row["source"])  # a manifest line may have moved
+                if (state.paths, state.caption, state.source) != now:
+                    out.relabel[shard][key] = now
+        out.todo += [u for u in units if u.shard == shard and u.key not in states]
+    return out
