@@ -122,3 +122,19 @@ def test_a_manifest_id_that_is_a_files_row_id_is_refused(tmp_path, encoder):
     ]
     hits = Index.open(index, encoder=encoder).query(text="harbour", target="text", k=5)
     assert [(h.id, h.path, h.text) for h in hits] == [(file_id, "n.txt", "a note about a harbour")]
+
+
+def test_an_image_failure_says_what_is_wrong_in_the_same_words_and_keeps_pillows_in_detail(tmp_path, encoder):
+    """Reasons are the same words every run; Pillow's own message (with the absolute path, byte counts) is the
+    failure's detail, as a video decoder's is."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2)
+    whole = write_photo(tmp_path / "whole.jpg", seed=2, size=(300, 200))
+    (root / "cut.jpg").write_bytes(whole.read_bytes()[:2000])
+    report = ingest(root, tmp_path / "index", encoder=encoder)
+    got = {p.path: (p.stage, p.reason, p.detail) for p in report.failures}
+    assert got["garbage.png"][:2] == ("read", "cannot read image header: damaged or not an image (no decoder can "
+                                      "open it)")  # fmt: skip
+    assert got["cut.jpg"][:2] == ("decode", "cannot read image: truncated image (an incomplete copy or download)")
+    assert str(root / "garbage.png") in got["garbage.png"][2] and "truncated" in got["cut.jpg"][2]

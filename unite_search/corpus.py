@@ -498,7 +498,9 @@ def _image_size(entry: Entry) -> tuple[int, int]:
     except Image.DecompressionBombError as exc:
         raise InputError(f"image too large to decode safely ({exc})", source=entry.rel) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read image header: {exc}", source=entry.rel) from exc
+        from .image import image_reason
+
+        raise InputError(f"cannot read image header: {image_reason(exc)}", source=entry.rel, detail=str(exc)) from exc
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 

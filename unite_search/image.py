@@ -94,12 +94,23 @@ def load_image(source) -> Image.Image:
         except Image.DecompressionBombError as exc:
             raise InputError(f"image too large to decode safely ({exc})", source=path) from exc
         except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"cannot read image: {exc}", source=path) from exc
+            raise InputError(f"cannot read image: {image_reason(exc)}", source=path, detail=str(exc)) from exc
     else:
         raise InputError(f"an image is a path, a PIL image or a uint8 array, not {type(source).__name__}")
     with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels as stored
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
+
+
+def image_reason(exc: BaseException) -> str:
+    """What Pillow's exception says about the file, in the same words every time (its own message holds the
+    path, byte counts, decoder codes: it goes to the failure's ``detail``)."""
+    said = str(exc).lower()
+    if "truncated" in said or isinstance(exc, EOFError):
+        return "truncated image (an incomplete copy or download)"
+    if "cannot identify image file" in said:
+        return "damaged or not an image (no decoder can open it)"
+    return "damaged image (its pixels cannot be decoded)"
 
 
 def fetch_resize(img: Image.Image, settings: EncoderSettings) -> Image.Image:
