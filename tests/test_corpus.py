@@ -203,6 +203,24 @@ def test_a_manifest_line_with_nan_or_infinity_is_a_problem_of_its_own(tmp_path):
     assert "1e999 is beyond a float's range" in problems[2].reason
 
 
+def test_a_link_to_a_folder_of_the_corpus_never_takes_the_folders_place(tmp_path):
+    """The first path to reach a folder won: a link sorting before the folder ("favourites" -> "photos", or one
+    deeper in an earlier folder) indexed the files under the link's path and reported the folder as a loop."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos/x.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "a").mkdir()
+    os.symlink(tmp_path / "photos", tmp_path / "favourites")
+    os.symlink(tmp_path / "photos", tmp_path / "a/deeper")
+    os.symlink(tmp_path, tmp_path / "photos/up")  # a real loop is still one
+    found = walk(tmp_path)
+    assert [e.rel for e in found.entries] == ["photos/x.png"]
+    assert sorted((p.path, p.reason) for p in found.skipped) == [
+        ("a/deeper", "symlink to a folder indexed at photos"),
+        ("favourites", "symlink to a folder indexed at photos"),
+        ("photos/up", "symlink loop (folder already visited)"),
+    ]
+
+
 def test_walk_skips_and_reports_names_that_are_not_utf8(tmp_path):
     """A Latin-1 name cannot be stored in the index: it is reported (bytes escaped), the rest is indexed."""
     write_photo(tmp_path / "good.jpg", seed=1)

@@ -18,7 +18,7 @@ import pytest
 from corpora import write_clip, write_photo
 from test_ingest import OPTS, assert_same_rows, rows_by_id
 
-from unite_search.errors import InputError
+from unite_search.errors import ConfigError, InputError
 from unite_search.ingestion import ingest
 from unite_search.store import IndexLockedError, IndexMismatchError, IndexStore
 
@@ -150,6 +150,8 @@ def test_mismatched_model_settings_or_corpus_are_refused(tmp_path, tiny_dir, enc
     assert IndexStore(index).require_manifest() == published
     last = IndexStore(index).last_run()
     assert last["status"] == "failed" and "indexes the corpus" in last["error"] and last["items"] == 0
+    os.symlink(root, tmp_path / "link")  # the same corpus by another name: not another corpus
+    assert ingest(tmp_path / "link", index, encoder=encoder).status == "ok"
 
 
 def test_default_index_dir_and_bad_arguments(tmp_path, encoder, monkeypatch):
@@ -167,6 +169,10 @@ def test_default_index_dir_and_bad_arguments(tmp_path, encoder, monkeypatch):
         ingest(root, encoder=encoder, pairs="all")
     with pytest.raises(InputError, match="not a folder"):
         ingest(tmp_path / "missing", encoder=encoder)
+    for same in (root, tmp_path / "photos/."):  # its own tables, and the server's thumbnails, would be indexed
+        with pytest.raises(ConfigError, match=r"the index folder cannot be the corpus folder itself"):
+            ingest(root, same, encoder=encoder)
+    assert not (root / "manifest.json").exists()
 
 
 def test_index_inside_the_corpus_is_not_walked(tmp_path, encoder, monkeypatch):

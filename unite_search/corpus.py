@@ -128,7 +128,9 @@ class Confined:
 
 
 def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), allow_outside: bool = False) -> Walk:
-    """Every candidate file under ``root`` in sorted order, following symlinks without looping.
+    """Every candidate file under ``root`` in sorted order, following symlinks without looping: folders by their
+    own paths first, then folders only a symlink leads to, so a link to a folder of the corpus never takes the
+    folder's place.
 
     A symlink that leads outside ``root`` is skipped (and reported) unless ``allow_outside``; the
     report does not say whether its target exists.
@@ -138,6 +140,7 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
     excluded = {os.path.realpath(p) for p in exclude}
     out = Walk()
     seen_dirs: set[tuple[int, int]] = set()
+    linked: list[str] = []  # folders reached through a symlink: visited after every folder by its own path
 
     def rel(path: str) -> str:
         # a name that is not UTF-8 shows its raw bytes escaped (as \xe9), so that reports can print it
@@ -151,7 +154,10 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
             out.unseen.append(rel(folder))
             return
         if (st.st_dev, st.st_ino) in seen_dirs:
-            out.skipped.append(Problem(rel(folder), "discover", "symlink loop (folder already visited)"))
+            real = os.path.realpath(folder)
+            why = ("symlink loop (folder already visited)" if within(real, os.path.abspath(folder))
+                   else f"symlink to a folder indexed at {rel(real) if within(root_real, real) else real}")  # fmt: skip
+            out.skipped.append(Problem(rel(folder), "discover", why))
             return
         seen_dirs.add((st.st_dev, st.st_ino))
         try:
@@ -193,12 +199,16 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
                 continue
             if not _is_utf8(child.name):  # the index stores paths as UTF-8 text: this one cannot be written
                 out.skipped.append(Problem(rel(path), "discover", NOT_UTF8))
+            elif kind is None and child.is_symlink():
+                linked.append(path)
             elif kind is None:
                 visit(path)
             else:
                 out.entries.append(Entry(rel(path), path, st.st_size, st.st_mtime_ns, kind))
 
     visit(root)
+    while linked:
+        visit(linked.pop(0))
     return out
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import IndexWriteError, UniteError
+
 TMP_MARK = ".tmp-"
 CHUNK = 8 << 20  # temporary files are "<name>.tmp-<pid>" or ".<name>.tmp-<pid>"
 
@@ -108,3 +110,19 @@ def remove_stale_temporaries(folder: Path) -> int:
                 entry.unlink()
                 removed += 1
     return removed
+
+
+def write_error(exc: BaseException, index_dir: Path) -> IndexWriteError | None:
+    """A disk-full, read-only or permission failure as one line naming the cause and the path."""
+    if isinstance(exc, UniteError):
+        return None
+    reason = io_reason(exc)
+    if reason is None:
+        return None
+    where = getattr(exc, "filename", None) or index_dir
+    error = IndexWriteError(
+        f"cannot write the index at {where}: {reason}. The published state is unchanged; free space or fix "
+        "permissions, then run ingest again (it resumes where this run stopped)."
+    )
+    error.__cause__ = exc
+    return error

@@ -24,10 +24,9 @@ from typing import Any
 from . import ann, decoderlog, filecache
 from . import manifest as manifests
 from .corpus import Problem, walk
-from .diskio import io_reason, remove_stale_temporaries, write_json
+from .diskio import io_reason, remove_stale_temporaries, write_error, write_json
 from .errors import (
     ConfigError,
-    IndexWriteError,
     IngestCrashError,
     IngestError,
     InputError,
@@ -143,6 +142,8 @@ def ingest(
     if not os.path.isdir(root):
         raise InputError(_not_a_folder(root), source=os.fspath(corpus))
     index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
+    if os.path.realpath(index_dir) == os.path.realpath(root):  # its tables and thumbnails would be indexed
+        raise ConfigError(f"the index folder cannot be the corpus folder itself ({root}); pass another --index")
     # what is not given is the index's own: a rerun needs no option repeated (and fetches no other model)
     recorded = _recorded(index_dir)
     own, done = recorded.get("encoder") or {}, recorded.get("ingest") or {}
@@ -197,7 +198,7 @@ def ingest(
                 finally:
                     report.decoder_messages = list(messages)
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
-            error = _write_error(exc, index_dir) or exc
+            error = write_error(exc, index_dir) or exc
             report.status = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED
             if isinstance(exc, KeyboardInterrupt):
                 report.error = "interrupted (Ctrl-C); run the same ingest again to continue"
@@ -232,6 +233,8 @@ def index_settings(corpus: str | os.PathLike, index: str | os.PathLike | None = 
     None for a new one: what a rerun's options change (the command line builds its settings on them)."""
     root = os.path.abspath(os.path.expanduser(corpus))
     index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
+    if os.path.realpath(index_dir) == os.path.realpath(root):  # its tables and thumbnails would be indexed
+        raise ConfigError(f"the index folder cannot be the corpus folder itself ({root}); pass another --index")
     own = _recorded(index_dir).get("encoder")
     return EncoderSettings.from_record(own) if own else None
 
@@ -402,22 +405,6 @@ def _check_encoder_arguments(encoder, *, model, adapter, device, dtype, settings
             "ingest was given an encoder and also " + "; ".join(conflicts) + ". Leave them out (the encoder's "
             "own are used), or load an encoder with them: Encoder.load(model, device=..., dtype=..., settings=...)"
         )
-
-
-def _write_error(exc: BaseException, index_dir: Path) -> IndexWriteError | None:
-    """A disk-full, read-only or permission failure as one line naming the cause and the path."""
-    if isinstance(exc, UniteError):
-        return None
-    reason = io_reason(exc)
-    if reason is None:
-        return None
-    where = getattr(exc, "filename", None) or index_dir
-    error = IndexWriteError(
-        f"cannot write the index at {where}: {reason}. The published state is unchanged; free space or fix "
-        "permissions, then run ingest again (it resumes where this run stopped)."
-    )
-    error.__cause__ = exc
-    return error
 
 
 def _mark_writing(index_dir: Path, store: IndexStore, remove) -> dict[str, list[int]] | None:

@@ -105,7 +105,8 @@ def check(
     rebuild = hint or f"To rebuild, remove the index (rm -r {folder}) or pass another --index."
     if manifest.get("format") not in READABLE:
         raise IndexMismatchError(f"{folder}: index format {manifest.get('format')}, this version writes {FORMAT}")
-    if manifest.get("corpus") != corpus:
+    recorded = manifest.get("corpus")
+    if recorded != corpus and (recorded is None or os.path.realpath(recorded) != os.path.realpath(corpus)):
         raise IndexMismatchError(
             f"{folder} indexes the corpus {manifest.get('corpus')}, not {corpus}; ingesting here would "
             f"remove every row of the other corpus. {rebuild}"
