@@ -237,7 +237,9 @@ def test_query_table_json_and_explain(runner, tiny_dir, tmp_path):
     first = lines[header + 1].split()
     assert first[:4] == ["1", "1.000", "image", "photos/beach_day.png"]
     assert "A sunny beach under a blue sky." in lines[header + 1]  # the sidecar caption
-    clip = runner.invoke(main, ["query", str(index), "--text", "bars", "--target", "video", *base])
+    clip = runner.invoke(
+        main, ["query", str(index), "--text", "bars", "--target", "video", *base, "--dtype", "float32"]
+    )
     assert "0:00.0-0:03.0" in clip.stdout  # a 3 s clip shows its time range
     payload = json.loads(
         runner.invoke(main, ["query", str(index), "--image", day, "--text", "at night", "--json", *base]).stdout

@@ -174,8 +174,9 @@ def _time_range(hit) -> str:
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
               help="LoRA adapter folder (default: the one the index was built with, if any).")  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16.")
 def query(index_dir, text, image, video, instruction, like, target, k, where, exclude, explain, as_json, model,
-          adapter, device):  # fmt: skip
+          adapter, device, dtype):  # fmt: skip
     """Search an index with text, an image, a video, a combination, or --like ROW_ID.
 
     \b
@@ -191,7 +192,7 @@ def query(index_dir, text, image, video, instruction, like, target, k, where, ex
         raise click.UsageError("give --text, --image, --video (or a combination), or --like ROW_ID")
 
     def work():
-        index = Index.open(index_dir, device=device, model=model, adapter=adapter)
+        index = Index.open(index_dir, device=device, dtype=dtype, model=model, adapter=adapter)
         plan = index.plan(**args)
         return plan, index.query(**args)
 
@@ -348,8 +349,8 @@ def _verify(index_dir: str, as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16.")
 @click.option("--token", default=None,
-              help="Require 'Authorization: Bearer TOKEN' on every endpoint but /healthz "
-                   "(default: $UNITE_SEARCH_TOKEN).")  # fmt: skip
+              help="Require 'Authorization: Bearer TOKEN' on every endpoint but /healthz and the search page's own "
+                   "files (/, /static/...) (default: $UNITE_SEARCH_TOKEN).")  # fmt: skip
 @click.option("--batch-window-ms", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Queries arriving within this window share one encoder forward pass.")  # fmt: skip
 @click.option("--gpu-search", is_flag=True,

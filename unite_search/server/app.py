@@ -104,7 +104,8 @@ def create_app(
     or an open :class:`~unite_search.Index`).
 
     ``token`` (default: the ``UNITE_SEARCH_TOKEN`` environment variable) makes every endpoint but
-    ``/healthz`` require ``Authorization: Bearer <token>``. Uploads above ``max_image_bytes`` /
+    ``/healthz`` and the search page's own files (``/``, ``/static/...``) require ``Authorization: Bearer
+    <token>``. Uploads above ``max_image_bytes`` /
     ``max_video_bytes`` are refused (413); they are kept in ``upload_dir`` (default: a new temporary
     folder) only while their request runs. Thumbnails are cached in ``thumbs_dir`` (default
     ``<index>/thumbs``). Queries arriving within ``batch_window_ms`` of each other share a forward
