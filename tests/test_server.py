@@ -525,6 +525,8 @@ def test_parse_range():
     assert parse_range("bytes=-", 10) is None and parse_range("bytes=4-2", 10) is None
     with pytest.raises(Exception, match="outside the file"):
         parse_range("bytes=0-", 0)
+    zeros = "0" * 30  # leading zeros are allowed, and do not make a number large
+    assert parse_range(f"bytes={zeros}1-{zeros}5", 10) == (1, 5) and parse_range(f"bytes=-{zeros}3", 10) == (7, 9)
     many = "9" * 5000  # past int()'s 4,300 digits: beyond any file, as a smaller huge number is
     assert parse_range(f"bytes=-{many}", 10) == (0, 9) and parse_range(f"bytes=0-{many}", 10) == (0, 9)
     with pytest.raises(Exception, match="outside the file"):

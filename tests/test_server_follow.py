@@ -3,6 +3,8 @@ vectors of another model, and a failed refresh tried again."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import threading
 
@@ -47,6 +49,22 @@ def test_an_index_built_again_in_place_is_followed_though_its_serial_starts_over
         assert ingest(root, index, encoder=encoder).status == "ok"
         assert _paths(c) == ["q0.png", "q1.png", "q2.png"]
         assert c.get("/info").json()["refresh_error"] is None
+
+
+def test_a_rerun_that_publishes_nothing_is_not_a_new_state(tmp_path, encoder):
+    """A rerun over a touched file rewrites the manifest (its scan, its time) and publishes nothing: the server
+    keeps its state, and the FAISS files it has read, instead of reading every one again."""
+    root, index = _corpus(tmp_path / "corpus", ["p0.png", "p1.png"]), tmp_path / "index"
+    assert ingest(root, index, encoder=encoder).status == "ok"
+    app = create_app(Index.open(index, encoder=encoder))
+    with TestClient(app) as c:
+        assert _paths(c) == ["p0.png", "p1.png"]
+        before = (index / "manifest.json").read_text()
+        os.utime(root / "p0.png", ns=(1, 1))
+        again = ingest(root, index, encoder=encoder)
+        assert not again.published and (index / "manifest.json").read_text() != before
+        assert _paths(c) == ["p0.png", "p1.png"]
+        assert re.search(r"^unite_search_index_refreshes_total 0$", c.get("/metrics").text, re.M)
 
 
 def test_a_state_built_with_another_model_is_not_served_with_this_ones_vectors(tmp_path, encoder, monkeypatch):

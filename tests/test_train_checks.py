@@ -277,6 +277,14 @@ def test_a_resume_with_another_clipping_is_refused(tiny_dir, tmp_path):
                     max_grad_norm=0.5), tmp_path / "other")  # fmt: skip
     with pytest.raises(ConfigError, match=r"max_grad_norm 1\.0 \(now 0\.5\)"):
         other.resume(tmp_path / "run" / "checkpoint-1")
+    meta_path = tmp_path / "run" / "checkpoint-1" / "trainer.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["max_grad_norm"]  # saved before clipping was a setting: that run never clipped
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"max_grad_norm None \(now 1\.0\)"):
+        Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(4), cfg, tmp_path / "again").resume(meta_path.parent)
+    unclipped = TrainConfig(batch_size=4, max_steps=2, save_every=1, max_grad_norm=None)
+    Trainer(Encoder.load(tiny_dir, device="cpu"), _pairs(4), unclipped, tmp_path / "again").resume(meta_path.parent)
 
 
 # ------------------------------------------------------------------------------------ checkpoints

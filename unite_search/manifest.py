@@ -202,6 +202,12 @@ def _file_problem(folder: Path, entry: dict[str, Any], trust_stat: bool) -> str 
     return None
 
 
+def published_state(manifest: dict[str, Any]) -> tuple:
+    """What tells one published state from another: an index built again in place starts over at serial 1 with
+    another ``created``; a rerun that publishes nothing rewrites only ``scan`` and ``updated``."""
+    return manifest.get("created"), manifest.get("serial", 0), manifest.get("published")
+
+
 def state(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a published manifest names on disk: its time and, per shard, the table version and FAISS file."""
     keys = ("version", "faiss", "faiss_bytes", "faiss_sha256", *DELTA_PARTS)

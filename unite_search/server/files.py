@@ -64,8 +64,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     m = _RANGE.fullmatch(header)
     if not m or not any(m.groups()):
         return None
-    # past 18 digits a number is beyond any file's size (and past 4,300 digits int() refuses it): cap it there
-    first, last = (d if len(d) <= 18 else "9" * 18 for d in m.groups())
+    # past 18 digits (leading zeros aside) a number is beyond any file's size, and past 4,300 int() refuses it
+    first, last = (d if len(d.lstrip("0")) <= 18 else "9" * 18 for d in m.groups())
     unsatisfiable = api_error(
         416,
         f"range {header.strip()!r} lies outside the file ({size} bytes)",

@@ -157,8 +157,10 @@ class Server:
                 return  # another request refreshed meanwhile
             try:
                 current = manifests.read(Path(self.index.path))
-                # the whole manifest, not its serial: an index removed and built again starts over at serial 1
-                if current is not None and current != self.index.manifest:
+                # not the serial alone: an index removed and built again starts over at serial 1
+                if current is not None and manifests.published_state(current) != manifests.published_state(
+                    self.index.manifest
+                ):
                     self.index.refresh()
                     self.metrics.refreshed()
             except Exception as exc:  # noqa: BLE001  a damaged new state: keep serving the one we have

@@ -93,6 +93,10 @@ CURVE = ("stage", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dr
          "weight_decay", "tau", "dual", "max_steps", "seed")  # fmt: skip
 
 
+# settings added since checkpoints were first written, as the runs that did not record them had them
+UNRECORDED = {"max_grad_norm": None}
+
+
 def _dist():
     import torch.distributed as dist
 
@@ -530,7 +534,7 @@ class Trainer:
 
         path = Path(checkpoint)
         meta, weights, tensors, rng = self._read_checkpoint(path)
-        saved, now = meta.get("config", {}), asdict(self.config)
+        saved, now = {**UNRECORDED, **meta.get("config", {})}, asdict(self.config)
         differ = [f"{k} {saved[k]!r} (now {now[k]!r})" for k in CURVE if k in saved and saved[k] != now[k]]
         if meta.get("pairs", len(self.pairs)) != len(self.pairs):
             differ.append(f"{meta['pairs']} training pairs (now {len(self.pairs)})")
