@@ -231,6 +231,14 @@ def test_segment_spans(duration, seconds, overlap, spans):
     assert segment_spans(duration, seconds, overlap) == spans
 
 
+def test_segment_spans_never_end_with_a_span_inside_the_one_before():
+    """The default overlap is a sixth: the start's sum of strides fell an ulp short of where the last span
+    ended, and a span lying wholly inside the one before was added (an extra row of content already covered)."""
+    for duration in (2000 / 30, 6100 / 30, 4880 / 24):
+        spans = segment_spans(duration, 20, 20 / 6)
+        assert spans[-1][1] == round(duration, 3) and spans[-2][1] < spans[-1][1], spans[-2:]
+
+
 def test_segment_spans_rejects_overlap_not_below_length():
     with pytest.raises(ValueError, match="overlap"):
         segment_spans(100, 10, 10)
@@ -375,6 +383,15 @@ def test_reader_samples_from_the_given_probe(long_mkv, backend):
     assert [frame_index(f) for f in frames] == [0, 33, 66, 99]
     assert preprocess_video(long_mkv, settings, backend, probe=short).grid_thw[0] == 2
     assert preprocess_video(long_mkv, settings, backend).grid_thw[0] == 4  # 20 s: 8 frames
+
+
+@pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])
+def test_a_probe_that_over_counts_takes_the_last_frame_of_the_file_on_both_backends(long_mkv, backend):
+    """Past the file's end, an index takes its last frame (decord's behaviour): PyAV took the last frame it
+    had sampled before, an earlier one."""
+    over = Probe(total_frames=215, fps=10.0, width=0, height=0)  # the file holds 200
+    frames, info = read_frames(long_mkv, EncoderSettings(frames=8), backend, probe=over)
+    assert info.indices[-2:] == (183, 214) and [frame_index(f) for f in frames][-2:] == [183, 199]
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".webm"])

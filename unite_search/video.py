@@ -326,7 +326,7 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: 
     got, decoded, idx, probe = _with_av(path, lambda c: _decode_av(c, settings, start, end, probe, key))
     if not got:
         raise InputError(BAD_FRAMES, source=path, detail="no decodable frame")
-    # Containers can over-report their frame count: a missing index reuses the closest earlier frame.
+    # Containers can over-report their frame count: a missing index reuses the closest earlier frame decoded.
     keys = sorted(got)
 
     def nearest(i: int) -> np.ndarray:
@@ -393,12 +393,16 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
         if times is not None:
             container.seek(0)
         numbered = enumerate(container.decode(stream))
+    i = -1
     for i, frame in numbered:
         decoded += 1
         if i in wanted:
             got[i] = _upright(frame)
         if i >= last:
             break
+    else:  # the file ended before the count its header gave: indices past its end take its last frame
+        if i >= 0 and i not in got:
+            got[i] = _upright(frame)
     return got, decoded, idx, probe
 
 
@@ -447,7 +451,7 @@ def segment_spans(duration: float, seconds: float, overlap: float) -> list[tuple
     while True:
         end = min(start + seconds, float(duration))
         spans.append((round(start, 3), round(end, 3)))
-        if end >= duration:
+        if end >= duration - 1e-9 * max(1.0, duration):  # start's sum of strides may fall an ulp short
             return spans
         start += stride
 
