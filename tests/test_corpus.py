@@ -7,7 +7,8 @@ import os
 import pytest
 from corpora import write_photo
 
-from unite_search.corpus import decode_text, parse_manifest, sniff, split_passages, walk
+from unite_search.corpus import decode_text, sniff, split_passages, walk
+from unite_search.declared import parse_manifest
 from unite_search.errors import InputError
 
 

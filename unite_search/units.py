@@ -21,16 +21,15 @@ from .batching import bounded_map
 from .corpus import (
     OUTSIDE,
     SIDECAR_EXTENSION,
-    Declared,
     Entry,
     FileFacts,
     Problem,
     decode_text,
     is_inside,
-    parse_manifest,
     read_file,
     read_passage,
 )
+from .declared import Declared, parse_manifest
 from .diskio import io_reason
 from .errors import ConfigError, InputError
 from .memory import TEXT_COST, image_cost, video_cost
