@@ -7,6 +7,7 @@ from conftest import BAR, BITS, frame_index, index_pixels, write_empty_video, wr
 
 from unite_search.errors import InputError
 from unite_search.settings import EncoderSettings
+from unite_search.units import segment_spans
 from unite_search.video import (
     Probe,
     frame_count,
@@ -16,7 +17,6 @@ from unite_search.video import (
     read_frames,
     resize_frames,
     sample_indices,
-    segment_spans,
 )
 
 
@@ -383,6 +383,16 @@ def test_reader_samples_from_the_given_probe(long_mkv, backend):
     assert [frame_index(f) for f in frames] == [0, 33, 66, 99]
     assert preprocess_video(long_mkv, settings, backend, probe=short).grid_thw[0] == 2
     assert preprocess_video(long_mkv, settings, backend).grid_thw[0] == 4  # 20 s: 8 frames
+
+
+@needs_decord
+def test_an_avi_is_read_in_the_order_shown_whatever_the_backend(tmp_path):
+    """decord returns an AVI's frames in decode order: with B-frames, 8 frames sampled from 60 came back as
+    [0, 0, 1, 1, 2, 2, 3, 3]. An AVI is read with PyAV, whichever backend is asked for."""
+    path = _write_coded(tmp_path / "clip.avi", 60, "libx264", {"crf": "12", "g": "12", "bf": "3"}, 0)
+    for backend in ("decord", "av"):
+        frames, info = read_frames(path, EncoderSettings(frames=8), backend, probe=probe(path, backend))
+        assert [frame_index(f) for f in frames] == list(info.indices) == [0, 8, 17, 25, 34, 42, 51, 59], backend
 
 
 @pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])

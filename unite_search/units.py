@@ -236,7 +236,7 @@ def _base_row(unit: str, unit_rows: int, modality: str, source: str, row_id: str
 def _media_tasks(
     unit: str, shard: str, f: FileFacts, paths: tuple[str, ...], caption, options, settings, text=None
 ) -> list[Task]:
-    from .video import Probe, segment_spans
+    from .video import Probe
 
     common = {"path": paths[0], "paths": list(paths), "content_hash": f.sha256, "size": f.size}
     common.update(mtime=f.mtime_ns / 1e9, width=f.width, height=f.height, caption=caption, text=text)
@@ -438,3 +438,22 @@ def diff_units(units: list[Unit], tables, shards: Collection[str], unseen: Colle
                     out.relabel[shard][key] = now
         out.todo += [u for u in units if u.shard == shard and u.key not in states]
     return out
+
+
+def segment_spans(duration: float, seconds: float, overlap: float) -> list[tuple[float, float]]:
+    """Overlapping [start, end) windows covering a clip; one window when it is short enough.
+
+    >>> segment_spans(70, 30, 5)
+    [(0.0, 30.0), (25.0, 55.0), (50.0, 70.0)]
+    """
+    if seconds <= 0 or not 0 <= overlap < seconds:
+        raise ConfigError("need segment seconds > 0 and 0 <= overlap < seconds")
+    if duration <= seconds:
+        return [(0.0, float(duration))]
+    stride, spans, start = seconds - overlap, [], 0.0
+    while True:
+        end = min(start + seconds, float(duration))
+        spans.append((round(start, 3), round(end, 3)))
+        if end >= duration - 1e-9 * max(1.0, duration):  # start's sum of strides may fall an ulp short
+            return spans
+        start += stride

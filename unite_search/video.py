@@ -258,6 +258,17 @@ def _checked_for_decord(path: str) -> int:
     return _with_av(path, rotation)
 
 
+def _is_avi(path: str) -> bool:
+    """Whether the file is an AVI: decord returns an AVI's frames in decode order (with B-frames, not the order
+    shown), so it is read with PyAV whatever the backend, as the order shown is what PyAV's reader numbers."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:  # said by the reader that opens it next
+        return False
+    return head[:4] == b"RIFF" and head[8:12] == b"AVI "
+
+
 def _with_av(path: str, use):
     """``use(container)`` on the file opened with PyAV, FFmpeg's messages captured; a decoder's error
     becomes an :class:`InputError` that says in words what is wrong with the file (see :func:`_failure`)."""
@@ -423,7 +434,7 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     """
     path = os.fspath(source)
     # PyAV opens every file first, whichever the backend: one decord cannot open never reaches it
-    if _backend(backend) == "decord" and not _checked_for_decord(path):
+    if _backend(backend) == "decord" and not _is_avi(path) and not _checked_for_decord(path):
         vr, found = _open_decord(path)
         try:
             height, width = vr[0].shape[:2]
@@ -435,25 +446,6 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
         raise InputError(NO_FRAMES, source=path)
     width, height = (found.height, found.width) if rotation in (90, 270) else (found.width, found.height)
     return Probe(found.total_frames, found.fps, width, height, rotation)
-
-
-def segment_spans(duration: float, seconds: float, overlap: float) -> list[tuple[float, float]]:
-    """Overlapping [start, end) windows covering a clip; one window when it is short enough.
-
-    >>> segment_spans(70, 30, 5)
-    [(0.0, 30.0), (25.0, 55.0), (50.0, 70.0)]
-    """
-    if seconds <= 0 or not 0 <= overlap < seconds:
-        raise ConfigError("need segment seconds > 0 and 0 <= overlap < seconds")
-    if duration <= seconds:
-        return [(0.0, float(duration))]
-    stride, spans, start = seconds - overlap, [], 0.0
-    while True:
-        end = min(start + seconds, float(duration))
-        spans.append((round(start, 3), round(end, 3)))
-        if end >= duration - 1e-9 * max(1.0, duration):  # start's sum of strides may fall an ulp short
-            return spans
-        start += stride
 
 
 def read_frames(
@@ -484,7 +476,7 @@ def read_frames(
         # a file not probed yet is opened by PyAV first: one decord cannot open never reaches it
         known = probe is not None and probe.rotation is not None
         rotation = probe.rotation if known else _checked_for_decord(path)
-        reader = _read_av if rotation else _read_decord
+        reader = _read_av if rotation or _is_avi(path) else _read_decord
     try:
         return reader(path, settings, start, end, probe)
     except InputError as exc:
