@@ -461,7 +461,7 @@ def read_frames(
     ``start``/``end`` (seconds) restrict a file to a time range, sampled by the same rule.
     ``probe``, this file's :func:`probe`, saves recounting its frames on every call: without it, PyAV
     decodes a whole mkv/webm to count them, so reading a long clip segment by segment is quadratic.
-    A video with a display rotation is read with PyAV whatever ``backend`` says (see
+    A video with a display rotation, and an AVI, is read with PyAV whatever ``backend`` says (see
     :func:`_checked_for_decord`). Frames given as a list are not read here: see :func:`frame_list`.
     """
     if not isinstance(source, (str, os.PathLike)):
