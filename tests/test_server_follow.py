@@ -38,7 +38,10 @@ def _paths(client, **query) -> list[str]:
     return sorted(h["path"] for h in r.json()["hits"])
 
 
-def test_an_index_built_again_in_place_is_followed_though_its_serial_starts_over(tmp_path, encoder):
+def test_an_index_built_again_in_place_is_followed_though_its_serial_starts_over(tmp_path, encoder, monkeypatch):
+    from unite_search import manifest
+
+    monkeypatch.setattr(manifest, "now", lambda: "2026-11-29T12:00:00Z")  # both built within one second
     root, index = _corpus(tmp_path / "corpus", ["p0.png", "p1.png"]), tmp_path / "index"
     assert ingest(root, index, encoder=encoder).status == "ok"
     with TestClient(create_app(Index.open(index, encoder=encoder))) as c:
@@ -68,6 +71,9 @@ def test_a_rerun_that_publishes_nothing_is_not_a_new_state(tmp_path, encoder):
 
 
 def test_a_state_built_with_another_model_is_not_served_with_this_ones_vectors(tmp_path, encoder, monkeypatch):
+    from unite_search import manifest
+
+    monkeypatch.setattr(manifest, "now", lambda: "2026-11-29T12:00:00Z")  # both built within one second
     root, index = _corpus(tmp_path / "corpus", ["p0.png", "p1.png"]), tmp_path / "index"
     assert ingest(root, index, encoder=encoder).status == "ok"
     opened = Index.open(index, encoder=encoder)

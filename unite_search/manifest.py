@@ -202,10 +202,11 @@ def _file_problem(folder: Path, entry: dict[str, Any], trust_stat: bool) -> str 
     return None
 
 
-def published_state(manifest: dict[str, Any]) -> tuple:
-    """What tells one published state from another: an index built again in place starts over at serial 1 with
-    another ``created``; a rerun that publishes nothing rewrites only ``scan`` and ``updated``."""
-    return manifest.get("created"), manifest.get("serial", 0), manifest.get("published")
+def published_state(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest without what a rerun that publishes nothing rewrites (``scan``, ``updated``): equal for one
+    published state, unequal for another, also for an index built again in place within the same second
+    (serial 1 again, and ``created`` in whole seconds)."""
+    return {key: value for key, value in manifest.items() if key not in ("scan", "updated")}
 
 
 def state(manifest: dict[str, Any]) -> dict[str, Any]:
