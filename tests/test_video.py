@@ -396,6 +396,19 @@ def test_an_avi_is_read_in_the_order_shown_whatever_the_backend(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])
+def test_a_clip_trimmed_by_an_edit_list_is_counted_and_read_as_shown(tmp_path, backend):
+    """A `-c copy` trim keeps the cut packets in the header's count (130 for 80 shown): with PyAV the late
+    segments read no frame and the whole file failed as damaged; decord read the frames out of order."""
+    path = _write_coded(tmp_path / "trim.mp4", 130, "libx264", {"crf": "12", "g": "60", "bf": "0"}, -50)
+    found = probe(path, backend)
+    assert found.total_frames == 80
+    frames, info = read_frames(path, EncoderSettings(frames=8), backend, probe=found)
+    assert [frame_index(f) for f in frames] == [50 + i for i in info.indices] == [50, 61, 73, 84, 95, 106, 118, 129]
+    frames, info = read_frames(path, EncoderSettings(frames=8), backend, 6.0, 8.0, probe=found)
+    assert [frame_index(f) for f in frames] == [50 + i for i in info.indices]
+
+
+@pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])
 def test_a_probe_that_over_counts_takes_the_last_frame_of_the_file_on_both_backends(long_mkv, backend):
     """Past the file's end, an index takes its last frame (decord's behaviour): PyAV took the last frame it
     had sampled before, an earlier one."""

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from . import decoderlog
+from .containers import ends_early, is_avi
 from .errors import ConfigError, InputError, MissingDependencyError
 from .image import BICUBIC, Visual, load_image, patchify, smart_resize
 from .settings import TEMPORAL_PATCH, EncoderSettings
@@ -39,7 +40,7 @@ UNREADABLE = "damaged or not a video (no decoder can open it)"
 BAD_FRAMES = "damaged video (its frames cannot be decoded)"
 NO_DECODER = "damaged or unsupported video (no decoder for its stream)"
 NO_FRAMES = "video has no frames"
-# FFmpeg's words for a file that ends early (an MP4 is also checked by its boxes: see ends_early)
+# FFmpeg's words for a file that ends early (an MP4 is also checked by its boxes: see containers.ends_early)
 _TRUNCATION_SIGNS = ("partial file", "end of file")
 
 
@@ -135,39 +136,6 @@ def _av_errors() -> tuple[type[BaseException], ...]:
     return (av.FFmpegError, ValueError, OSError, EOFError)
 
 
-def ends_early(path: str) -> bool:
-    """Whether an MP4/QuickTime file (ISO-BMFF: mp4, mov, m4v) is cut short: a top-level box runs past
-    the file's end, or the index box (``moov``) is missing. Reads only the box headers."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-            if len(head) < 8 or head[4:8] not in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
-                return False
-            pos, index = 0, False
-            while pos + 8 <= size:
-                fh.seek(pos)
-                header = fh.read(16)
-                length, kind = int.from_bytes(header[:4], "big"), header[4:8]
-                if not all(32 <= c < 127 for c in kind):
-                    return False  # not a box: damaged, not cut short
-                if length == 1:  # 64-bit size
-                    if len(header) < 16:
-                        return True
-                    length = int.from_bytes(header[8:16], "big")
-                elif length == 0:  # runs to the end of the file
-                    length = size - pos
-                if length < 8:
-                    return False
-                index = index or kind == b"moov"
-                if pos + length > size:
-                    return True
-                pos += length
-            return not index
-    except OSError:
-        return False
-
-
 def _failure(path: str, exc: BaseException, logs=(), *, opened: bool) -> InputError:
     """A decoder's exception as an :class:`InputError` that says in words what is wrong with the file.
 
@@ -243,7 +211,8 @@ def _first_rotation(container) -> int:
 
 
 def _checked_for_decord(path: str) -> int:
-    """Open a file with PyAV before decord does, and return its display rotation (degrees counter-clockwise).
+    """Open a file with PyAV before decord does, and return its display rotation (degrees counter-clockwise),
+    or 1 for a clip trimmed by an edit list: nonzero, PyAV reads the file.
 
     A file PyAV cannot open or decode the first frame of, or without a video stream, raises here:
     decord (an older FFmpeg) would fail on it too, printing its complaints on the terminal from C.
@@ -253,20 +222,11 @@ def _checked_for_decord(path: str) -> int:
 
     def rotation(container) -> int:
         _require_video(container)
-        return _first_rotation(container)
+        stream = container.streams.video[0]
+        cut = _counts_cut_frames(container, stream, float(stream.average_rate or stream.guessed_rate or 0))
+        return _first_rotation(container) or int(cut)  # decord reads a trimmed clip's frames out of order
 
     return _with_av(path, rotation)
-
-
-def _is_avi(path: str) -> bool:
-    """Whether the file is an AVI: decord returns an AVI's frames in decode order (with B-frames, not the order
-    shown), so it is read with PyAV whatever the backend, as the order shown is what PyAV's reader numbers."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-    except OSError:  # said by the reader that opens it next
-        return False
-    return head[:4] == b"RIFF" and head[8:12] == b"AVI "
 
 
 def _with_av(path: str, use):
@@ -298,6 +258,8 @@ def _open_decord(path: str):
 
 def _read_decord(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
     vr, found = _open_decord(path)
+    if probe is not None and probe.total_frames != found.total_frames:  # PyAV's count of a trimmed clip
+        return _read_av(path, settings, start, end, probe)
     probe = found if probe is None else probe
     idx = sampled_indices(probe, settings, start, end)
     try:  # a probe that over-counts reuses the last frame, as the PyAV reader does
@@ -323,12 +285,24 @@ def _av_probe(container) -> tuple[Probe, int]:
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 0)
     total, decoded = stream.frames, 0
+    if _counts_cut_frames(container, stream, fps):  # a `-c copy` trim: its edit list cuts packets still counted
+        total = sum(1 for p in container.demux(stream) if p.pts is not None and not p.is_discard) or total
+        container.seek(0)
     if total <= 0:
         # mkv/webm store no count; their duration overestimates it after a pause or a dropped frame,
         # and the reader numbers frames as decoded, so count them the same way.
         total = decoded = sum(1 for _ in container.decode(stream))
         container.seek(0)
     return Probe(int(total), fps, int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)), decoded
+
+
+def _counts_cut_frames(container, stream, fps: float) -> bool:
+    """Whether the header's frame count exceeds the stream's duration by more than a frame or two: packets
+    an edit list cuts (a `-c copy` trim) are still counted there, not shown. AVI keeps no such list."""
+    if stream.frames <= 0 or not stream.duration or stream.time_base is None or fps <= 0:
+        return False
+    shown = float(stream.duration * stream.time_base) * fps
+    return stream.frames > shown + max(2.0, 0.01 * shown) and "avi" not in container.format.name.split(",")
 
 
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
@@ -434,7 +408,7 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     """
     path = os.fspath(source)
     # PyAV opens every file first, whichever the backend: one decord cannot open never reaches it
-    if _backend(backend) == "decord" and not _is_avi(path) and not _checked_for_decord(path):
+    if _backend(backend) == "decord" and not is_avi(path) and not _checked_for_decord(path):
         vr, found = _open_decord(path)
         try:
             height, width = vr[0].shape[:2]
@@ -476,7 +450,7 @@ def read_frames(
         # a file not probed yet is opened by PyAV first: one decord cannot open never reaches it
         known = probe is not None and probe.rotation is not None
         rotation = probe.rotation if known else _checked_for_decord(path)
-        reader = _read_av if rotation or _is_avi(path) else _read_decord
+        reader = _read_av if rotation or is_avi(path) else _read_decord
     try:
         return reader(path, settings, start, end, probe)
     except InputError as exc:
