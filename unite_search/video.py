@@ -210,23 +210,23 @@ def _first_rotation(container) -> int:
     return 0
 
 
-def _checked_for_decord(path: str) -> int:
-    """Open a file with PyAV before decord does, and return its display rotation (degrees counter-clockwise),
-    or 1 for a clip trimmed by an edit list: nonzero, PyAV reads the file.
+def _checked_for_decord(path: str) -> bool:
+    """Open a file with PyAV before decord does; whether PyAV must read it instead.
 
     A file PyAV cannot open or decode the first frame of, or without a video stream, raises here:
     decord (an older FFmpeg) would fail on it too, printing its complaints on the terminal from C.
-    Phones store portrait video as landscape frames plus a rotation; decord 0.6 turns some such files
-    itself, fails on others and ignores mkv's, so a rotated file is read with PyAV (see :func:`read_frames`).
+    PyAV reads three kinds that decord gets wrong (see :func:`read_frames`): a display rotation (phones store
+    portrait video as landscape frames plus a rotation; decord 0.6 turns some such files itself, fails on
+    others and ignores mkv's), an AVI (decord returns its frames in decode order) and a clip trimmed by an edit
+    list (decord reads its frames out of order).
     """
 
-    def rotation(container) -> int:
+    def with_av(container) -> bool:
         _require_video(container)
         stream = container.streams.video[0]
-        cut = _counts_cut_frames(container, stream, float(stream.average_rate or stream.guessed_rate or 0))
-        return _first_rotation(container) or int(cut)  # decord reads a trimmed clip's frames out of order
+        return bool(_first_rotation(container)) or _is_avi(container) or _counts_cut_frames(container, stream)
 
-    return _with_av(path, rotation)
+    return _with_av(path, with_av)
 
 
 def _with_av(path: str, use):
@@ -283,9 +283,9 @@ def _av_probe(container) -> tuple[Probe, int]:
     """The stream's facts and how many frames were decoded to get them."""
     _require_video(container)
     stream = container.streams.video[0]
-    fps = float(stream.average_rate or stream.guessed_rate or 0)
+    fps = _fps(stream)
     total, decoded = stream.frames, 0
-    if _counts_cut_frames(container, stream, fps):  # a `-c copy` trim: its edit list cuts packets still counted
+    if _counts_cut_frames(container, stream):  # a `-c copy` trim: its edit list cuts packets still counted
         total = sum(1 for p in container.demux(stream) if p.pts is not None and not p.is_discard) or total
         container.seek(0)
     if total <= 0:
@@ -296,13 +296,22 @@ def _av_probe(container) -> tuple[Probe, int]:
     return Probe(int(total), fps, int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)), decoded
 
 
-def _counts_cut_frames(container, stream, fps: float) -> bool:
+def _fps(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or 0)
+
+
+def _is_avi(container) -> bool:
+    return "avi" in container.format.name.split(",")
+
+
+def _counts_cut_frames(container, stream) -> bool:
     """Whether the header's frame count exceeds the stream's duration by more than a frame or two: packets
     an edit list cuts (a `-c copy` trim) are still counted there, not shown. AVI keeps no such list."""
-    if stream.frames <= 0 or not stream.duration or stream.time_base is None or fps <= 0:
+    fps = _fps(stream)
+    if stream.frames <= 0 or not stream.duration or stream.time_base is None or fps <= 0 or _is_avi(container):
         return False
     shown = float(stream.duration * stream.time_base) * fps
-    return stream.frames > shown + max(2.0, 0.01 * shown) and "avi" not in container.format.name.split(",")
+    return stream.frames > shown + max(2.0, 0.01 * shown)
 
 
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
@@ -365,7 +374,7 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
     got: dict[int, np.ndarray] = {}
     first = int(idx.min())
     # AVI stores no presentation times (PyAV's frames there carry decode times): numbered as decoded, from 0
-    seekable = first > 0 and stream.time_base is not None and "avi" not in container.format.name.split(",")
+    seekable = first > 0 and stream.time_base is not None and not _is_avi(container)
     times, keys = _frame_times(container, stream, key) if seekable else (None, None)
     if times is not None and first < len(times) and len(keys) and keys[0] <= times[first]:
         # Seek to the last keyframe shown at or before the range (by its own timestamp: a seek to the
@@ -408,7 +417,7 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     """
     path = os.fspath(source)
     # PyAV opens every file first, whichever the backend: one decord cannot open never reaches it
-    if _backend(backend) == "decord" and not is_avi(path) and not _checked_for_decord(path):
+    if _backend(backend) == "decord" and not _checked_for_decord(path):
         vr, found = _open_decord(path)
         try:
             height, width = vr[0].shape[:2]
@@ -435,7 +444,7 @@ def read_frames(
     ``start``/``end`` (seconds) restrict a file to a time range, sampled by the same rule.
     ``probe``, this file's :func:`probe`, saves recounting its frames on every call: without it, PyAV
     decodes a whole mkv/webm to count them, so reading a long clip segment by segment is quadratic.
-    A video with a display rotation, and an AVI, is read with PyAV whatever ``backend`` says (see
+    A video with a display rotation, an AVI and a trimmed clip are read with PyAV whatever ``backend`` says (see
     :func:`_checked_for_decord`). Frames given as a list are not read here: see :func:`frame_list`.
     """
     if not isinstance(source, (str, os.PathLike)):
@@ -449,8 +458,9 @@ def read_frames(
     if _backend(backend) == "decord":
         # a file not probed yet is opened by PyAV first: one decord cannot open never reaches it
         known = probe is not None and probe.rotation is not None
-        rotation = probe.rotation if known else _checked_for_decord(path)
-        reader = _read_av if rotation or is_avi(path) else _read_decord
+        # with a probe, a trimmed clip is told by its count (see _read_decord), the others here
+        with_av = (bool(probe.rotation) or is_avi(path)) if known else _checked_for_decord(path)
+        reader = _read_av if with_av else _read_decord
     try:
         return reader(path, settings, start, end, probe)
     except InputError as exc:
