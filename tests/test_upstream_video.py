@@ -11,18 +11,10 @@ import restated
 from conftest import frame_index, write_index_video
 from PIL import Image
 
+from unite_search.frames import antialiased_bicubic, frame_list, frame_size, resize_frames
 from unite_search.image import patchify
 from unite_search.settings import EncoderSettings
-from unite_search.video import (
-    SampledFrames,
-    antialiased_bicubic,
-    frame_list,
-    frame_size,
-    preprocess_video,
-    probe,
-    read_frames,
-    resize_frames,
-)
+from unite_search.video import SampledFrames, preprocess_video, probe, read_frames
 
 BACKENDS = ["av", "decord"]
 

@@ -6,18 +6,10 @@ import pytest
 from conftest import BAR, BITS, frame_index, index_pixels, write_empty_video, write_index_video
 
 from unite_search.errors import InputError
+from unite_search.frames import frame_list, resize_frames
 from unite_search.settings import EncoderSettings
 from unite_search.units import segment_spans
-from unite_search.video import (
-    Probe,
-    frame_count,
-    frame_list,
-    preprocess_video,
-    probe,
-    read_frames,
-    resize_frames,
-    sample_indices,
-)
+from unite_search.video import Probe, frame_count, preprocess_video, probe, read_frames, sample_indices
 
 
 def _has_decord() -> bool:

@@ -351,13 +351,16 @@ class FileFacts:
     fps: float | None = None
     total_frames: int | None = None
     rotation: int | None = None  # a video's display rotation (degrees counter-clockwise); width/height are upright
+    # a video: whether its frame rate varies (its duration then comes from its timestamps, see frametimes.py);
+    # None: a cache row written before this was read
+    vfr: bool | None = None
     passages: tuple[tuple[int, int, int, int], ...] = ()  # (char_start, char_end, byte_start, byte_end)
 
     def to_row(self) -> dict[str, Any]:
         """The file-cache row (no absolute path: the corpus may move)."""
         row = {k: getattr(self, k) for k in ("rel", "size", "mtime_ns", "sha256", "modality")}
         row.update(width=self.width, height=self.height, duration=self.duration, fps=self.fps)
-        row.update(total_frames=self.total_frames, rotation=self.rotation)
+        row.update(total_frames=self.total_frames, rotation=self.rotation, vfr=self.vfr)
         row.update(spans=[x for span in self.passages for x in span])
         return row
 
@@ -367,7 +370,15 @@ class FileFacts:
         spans = tuple(tuple(flat[i : i + 4]) for i in range(0, len(flat), 4))
         keep = ("rel", "size", "mtime_ns", "sha256", "modality", "width", "height", "duration", "fps", "total_frames",
                 "rotation")  # fmt: skip
-        return cls(path=path, passages=spans, **{k: row[k] for k in keep})  # type: ignore[arg-type]
+        return cls(path=path, passages=spans, vfr=row.get("vfr"), **{k: row[k] for k in keep})  # type: ignore[arg-type]
+
+    def probe(self):
+        """A video's read-stage :class:`~unite_search.video.Probe`, as the reader takes it."""
+        from .video import Probe
+
+        seconds = self.duration if self.vfr else None
+        return Probe(int(self.total_frames or 0), float(self.fps or 0), self.width or 0, self.height or 0,
+                     self.rotation, seconds=seconds)  # fmt: skip
 
 
 def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = None) -> FileFacts:
@@ -430,6 +441,7 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
         fps=info.fps,
         total_frames=info.total_frames,
         rotation=info.rotation,
+        vfr=info.seconds is not None,
         **facts,
     )
 

@@ -20,9 +20,15 @@ def load(tables: ShardTables) -> dict[str, dict[str, Any]]:
     if FILES_TABLE not in tables.names():
         return {}
     table = tables.db.open_table(FILES_TABLE)
+    if table.schema == _without_vfr(files_schema()):  # before 'vfr': its videos are read again (see units)
+        return {r["rel"]: {**r, "vfr": None} for r in table.search().limit(None).to_arrow().to_pylist()}
     if table.schema != files_schema():
         return {}  # an older layout: facts are cheap to read again
     return {r["rel"]: r for r in table.search().limit(None).to_arrow().to_pylist()}
+
+
+def _without_vfr(schema):
+    return schema.remove(schema.get_field_index("vfr"))
 
 
 def save(tables: ShardTables, rows: list[dict[str, Any]], previous: dict[str, dict[str, Any]]) -> bool:

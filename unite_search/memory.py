@@ -43,8 +43,8 @@ def image_cost(width: int | None, height: int | None, settings: EncoderSettings)
 
 def video_cost(width: int | None, height: int | None, frames: int | None, settings: EncoderSettings) -> int:
     """Peak bytes while ``frames`` sampled frames of one video (or segment) are decoded and prepared."""
+    from .frames import frame_size
     from .image import smart_resize
-    from .video import frame_size
 
     n = frames or settings.frames or settings.max_frames
     n += n % 2  # the sampler reads an even count (a temporal patch is two frames)

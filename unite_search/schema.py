@@ -106,6 +106,7 @@ def files_schema():
             pa.field("fps", pa.float64()),
             pa.field("total_frames", pa.int64()),
             pa.field("rotation", pa.int32()),  # a video's display rotation, degrees counter-clockwise
+            pa.field("vfr", pa.bool_()),  # a video's frame rate varies (null: written before this was read)
             # text passages, flat: (char_start, char_end, byte_start, byte_end) per passage
             pa.field("spans", pa.list_(pa.int64())),
         ]

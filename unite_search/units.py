@@ -100,7 +100,9 @@ def read_files(
     todo: list[Entry] = []
     for entry in entries:
         row = cache.get(entry.rel)
-        if row is not None and row["size"] == entry.size and row["mtime_ns"] == entry.mtime_ns:
+        # a video cached before its frame rate was checked ('vfr' null) is read again
+        known = row is not None and (row["modality"] != Modality.VIDEO.value or row.get("vfr") is not None)
+        if known and row["size"] == entry.size and row["mtime_ns"] == entry.mtime_ns:
             facts[entry.rel] = FileFacts.from_row(row, entry.path)
         else:
             todo.append(entry)
@@ -236,8 +238,6 @@ def _base_row(unit: str, unit_rows: int, modality: str, source: str, row_id: str
 def _media_tasks(
     unit: str, shard: str, f: FileFacts, paths: tuple[str, ...], caption, options, settings, text=None
 ) -> list[Task]:
-    from .video import Probe
-
     common = {"path": paths[0], "paths": list(paths), "content_hash": f.sha256, "size": f.size}
     common.update(mtime=f.mtime_ns / 1e9, width=f.width, height=f.height, caption=caption, text=text)
     checks = ((f.path, f.size, f.mtime_ns),)
@@ -248,7 +248,7 @@ def _media_tasks(
         row = _base_row(unit, 1, shard, source, f.sha256[:16] + suffix, **common)
         cost = image_cost(f.width, f.height, settings)
         return [Task(unit, shard, row, {"image": f.path, **item_text}, checks, cost=cost)]
-    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0, f.rotation)
+    probe = f.probe()
     spans = [(0.0, probe.duration)] if text is not None else segment_spans(probe.duration, *_seg(options))
     tasks = []
     for start, end in spans:
@@ -268,10 +268,10 @@ def _seg(options: IngestOptions) -> tuple[float, float]:
 
 
 def _frames_used(probe, settings, start, end) -> int:
-    from .video import sampled_indices
+    from .video import frames_sampled
 
     try:
-        return len(sampled_indices(probe, settings, start, end))
+        return frames_sampled(probe, settings, start, end)
     except InputError:
         return 0
 
@@ -303,7 +303,9 @@ def plan_units(
             if g.rel in captions:
                 captioned[captions[g.rel]].append(g)
         caption = next(iter(captioned), None)  # the row's: its first captioned path's
-        key = f"{modality}/{sha}"
+        # a variable-rate clip's segments are found by their timestamps (versions before 'vfr' was read found
+        # them through the average rate): a key of its own replaces the rows read that way
+        key = f"{modality}/{sha}" + ("/timed" if first.vfr else "")
         if modality == Modality.TEXT.value:
             tasks = []
             for i, (a, b, byte_a, byte_b) in enumerate(first.passages):
@@ -334,9 +336,7 @@ def plan_units(
                 row_cols.update(width=f.width, height=f.height)
                 cost += image_cost(f.width, f.height, settings) if kind == "image" else 0
                 if kind == "video":
-                    from .video import Probe
-
-                    probe = Probe(int(f.total_frames or 0), float(f.fps or 0), f.width or 0, f.height or 0, f.rotation)
+                    probe = f.probe()
                     frames = _frames_used(probe, settings, None, None)
                     row_cols.update(duration=probe.duration, frames=frames)
                     cost += video_cost(f.width, f.height, frames, settings)

@@ -2,10 +2,10 @@
 
 Decodes with decord when installed, else PyAV; a video with a display rotation (phone videos) is
 read with PyAV and turned upright, whichever backend is chosen. Frames are sampled by fps (clamped to
-a frame range) or to a fixed count, both with the linspace rule; then each frame goes through a
-per-frame pixel cap (the qwen-vl-utils step, antialiased bicubic) and the processor's resize with
-UNITE's budget (which raises small frames). A video given as a list of frames takes upstream's
-other path: each frame through the image fetch step, the count padded to even, never cut.
+a frame range) or to a fixed count, both with the linspace rule; a time range (a segment) holds the
+frames the clip shows in those seconds, found by their timestamps where the frame rate varies
+(``frametimes.py``). Then the frames take upstream's two resizes (``frames.py``); a video given as a
+list of frames takes upstream's other path there.
 """
 
 from __future__ import annotations
@@ -13,23 +13,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
-from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-from . import decoderlog
+from . import decoderlog, frametimes
 from .containers import ends_early, is_avi
 from .errors import ConfigError, InputError, MissingDependencyError
-from .image import BICUBIC, Visual, load_image, patchify, smart_resize
+from .frames import NO_FRAMES, VideoInfo, frame_list, resize_frames
+from .image import Visual, patchify
 from .settings import TEMPORAL_PATCH, EncoderSettings
-
-# qwen-vl-utils bounds that enter the per-frame cap alongside the user's.
-VIDEO_MAX_PIXELS = 768 * 28 * 28
-VIDEO_TOTAL_PIXELS = 24576 * 28 * 28
 
 # What is wrong with a video file, in words: the same every run. The decoder's own message (times,
 # paths, source lines) goes to InputError.detail, which ingest keeps in its run log.
@@ -39,7 +32,6 @@ TRUNCATED = "truncated file (an incomplete copy or download)"
 UNREADABLE = "damaged or not a video (no decoder can open it)"
 BAD_FRAMES = "damaged video (its frames cannot be decoded)"
 NO_DECODER = "damaged or unsupported video (no decoder for its stream)"
-NO_FRAMES = "video has no frames"
 # FFmpeg's words for a file that ends early (an MP4 is also checked by its boxes: see containers.ends_early)
 _TRUNCATION_SIGNS = ("partial file", "end of file")
 
@@ -71,15 +63,6 @@ def sample_indices(total: int, n: int, sampler: str = "linspace") -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class VideoInfo:
-    total_frames: int
-    fps: float
-    indices: tuple[int, ...]
-    backend: str
-    decoded: int | None = None  # frames PyAV decoded for this call, counting pass included (None: not measured)
-
-
-@dataclass(frozen=True)
 class Probe:
     """A video's frame count, rate and size, as the reader will use them (see :func:`probe`)."""
 
@@ -88,10 +71,19 @@ class Probe:
     width: int  # as shown: a display rotation of a quarter turn swaps the stored width and height
     height: int
     rotation: int | None = None  # display rotation, degrees counter-clockwise (0/90/180/270); None: not read
+    # a variable frame rate's length in seconds, from the frames' timestamps (see frametimes.py); None where
+    # the frames keep ``fps``: ranges then map to frames through the rate
+    seconds: float | None = None
 
     @property
     def duration(self) -> float:
+        if self.seconds is not None:
+            return self.seconds
         return self.total_frames / self.fps if self.fps > 0 else 0.0
+
+    def by_times(self, start, end) -> bool:
+        """Whether the frames of [start, end) are found by their timestamps (a range of a variable-rate clip)."""
+        return self.seconds is not None and (start is not None or end is not None)
 
 
 def _backend(name: str | None) -> str:
@@ -175,20 +167,47 @@ def _ffmpeg_messages(path: str):
     decoderlog.note(path, decoderlog.formatted(logs))
 
 
-def _frame_range(probe: Probe, start: float | None, end: float | None) -> tuple[int, int]:
-    """Frame indices [first, stop) of the time range [start, end) seconds (whole clip when None)."""
+def _frame_range(probe: Probe, start: float | None, end: float | None, shown=None) -> tuple[int, int]:
+    """Frame indices [first, stop) of the time range [start, end) seconds (whole clip when None); ``shown``:
+    each frame's time (seconds after the first), needed for a range of a variable-rate clip."""
+    empty = InputError(f"time range {start}-{end} s holds no frame (clip is {probe.duration:.2f} s)")
+    if probe.by_times(start, end) and shown is not None:
+        if (start or 0) >= probe.duration or (end is not None and end <= (start or 0)):
+            raise empty
+        first, stop = frametimes.time_range(shown, start, end)
+        return first, min(stop, probe.total_frames)
     first = 0 if start is None else max(0, round(start * probe.fps))
     stop = probe.total_frames if end is None else min(probe.total_frames, round(end * probe.fps))
     if stop <= first:
-        raise InputError(f"time range {start}-{end} s holds no frame (clip is {probe.duration:.2f} s)")
+        raise empty
     return first, stop
 
 
-def sampled_indices(probe: Probe, settings: EncoderSettings, start, end) -> np.ndarray:
-    """Frame indices the encoder reads for the time range [start, end) (whole clip when None)."""
+def sample_count(probe: Probe, settings: EncoderSettings, start, end, frames: int) -> int:
+    """How many frames are sampled from [start, end) (``frames`` frames long): by the range's seconds for a
+    variable-rate clip, by its frames and the rate for the others (upstream's rule, whole clips)."""
+    if not probe.by_times(start, end):
+        return frame_count(frames, probe.fps, settings)
+    span = min(probe.duration, probe.duration if end is None else end) - (start or 0.0)
+    return frame_count(max(span, 0.0), 1.0, settings)
+
+
+def frames_sampled(probe: Probe, settings: EncoderSettings, start, end) -> int:
+    """How many frames the encoder reads for [start, end), without the timestamps :func:`sampled_indices`
+    needs for a range of a variable-rate clip; raises as it does for a range that holds no frame."""
+    if probe.by_times(start, end):
+        _frame_range(probe, start, end, np.zeros(1))  # refuses a range past the clip's end
+        return sample_count(probe, settings, start, end, 0)
     first, stop = _frame_range(probe, start, end)
+    return sample_count(probe, settings, start, end, stop - first)
+
+
+def sampled_indices(probe: Probe, settings: EncoderSettings, start, end, shown=None) -> np.ndarray:
+    """Frame indices the encoder reads for the time range [start, end) (whole clip when None); ``shown``
+    as for :func:`_frame_range`."""
+    first, stop = _frame_range(probe, start, end, shown)
     count = stop - first
-    return first + sample_indices(count, frame_count(count, probe.fps, settings), settings.sampler)
+    return first + sample_indices(count, sample_count(probe, settings, start, end, count), settings.sampler)
 
 
 def _quarter_turns(degrees: float | None) -> int:
@@ -253,7 +272,18 @@ def _open_decord(path: str):
         raise _failure(path, exc, opened=True) from exc
     if len(vr) < 1:
         raise InputError(NO_FRAMES, source=path)
-    return vr, Probe(len(vr), float(vr.get_avg_fps()), 0, 0)  # size: probe() decodes a frame for it
+    fps = float(vr.get_avg_fps())
+    length = frametimes.variable_length(_decord_times(vr), fps)
+    return vr, Probe(len(vr), fps, 0, 0, seconds=length)  # size: probe() decodes a frame for it
+
+
+def _decord_times(vr) -> np.ndarray:
+    """Each frame's time, seconds after the first (decord's index: nothing is decoded)."""
+    try:
+        starts = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0].astype(np.float64)
+    except _decord_errors() as exc:
+        raise InputError(BAD_FRAMES, detail=f"{type(exc).__name__}: {exc}") from exc
+    return starts - starts[0]
 
 
 def _read_decord(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
@@ -261,7 +291,7 @@ def _read_decord(path: str, settings: EncoderSettings, start=None, end=None, pro
     if probe is not None and probe.total_frames != found.total_frames:  # PyAV's count of a trimmed clip
         return _read_av(path, settings, start, end, probe)
     probe = found if probe is None else probe
-    idx = sampled_indices(probe, settings, start, end)
+    idx = sampled_indices(probe, settings, start, end, _decord_times(vr) if probe.by_times(start, end) else None)
     try:  # a probe that over-counts reuses the last frame, as the PyAV reader does
         frames = vr.get_batch(np.minimum(idx, len(vr) - 1).tolist()).asnumpy()
     except _decord_errors() as exc:
@@ -279,21 +309,26 @@ def _pyav():
     return av
 
 
-def _av_probe(container) -> tuple[Probe, int]:
-    """The stream's facts and how many frames were decoded to get them."""
+def _av_probe(container, key: tuple) -> tuple[Probe, int]:
+    """The stream's facts and how many frames were decoded to get them (``key``: the file's, as for
+    :func:`frametimes.packet_times`)."""
     _require_video(container)
     stream = container.streams.video[0]
     fps = _fps(stream)
-    total, decoded = stream.frames, 0
-    if _counts_cut_frames(container, stream):  # a `-c copy` trim: its edit list cuts packets still counted
-        total = sum(1 for p in container.demux(stream) if p.pts is not None and not p.is_discard) or total
+    total, decoded, length = stream.frames, 0, None
+    if stream.time_base is not None and not _is_avi(container):  # AVI: no presentation times, a fixed rate
+        times, _ = frametimes.packet_times(container, stream, key)
+        length = frametimes.variable_length(frametimes.seconds(times, stream.time_base), fps)
         container.seek(0)
+        if _counts_cut_frames(container, stream):  # a `-c copy` trim: its edit list cuts packets still counted
+            total = len(times) or total
     if total <= 0:
         # mkv/webm store no count; their duration overestimates it after a pause or a dropped frame,
         # and the reader numbers frames as decoded, so count them the same way.
         total = decoded = sum(1 for _ in container.decode(stream))
         container.seek(0)
-    return Probe(int(total), fps, int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)), decoded
+    width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+    return Probe(int(total), fps, width, height, seconds=length), decoded
 
 
 def _fps(stream) -> float:
@@ -314,9 +349,17 @@ def _counts_cut_frames(container, stream) -> bool:
     return stream.frames > shown + max(2.0, 0.01 * shown)
 
 
+def _file_key(path: str) -> tuple:
+    """What a file's packet timestamps are kept by: a changed file is read again."""
+    try:
+        st = os.stat(path)
+    except OSError:  # the decoder says what is wrong with it
+        return (path, None, None)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
+    key = _file_key(path)
     got, decoded, idx, probe = _with_av(path, lambda c: _decode_av(c, settings, start, end, probe, key))
     if not got:
         raise InputError(BAD_FRAMES, source=path, detail="no decodable frame")
@@ -331,58 +374,37 @@ def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: 
     return frames, VideoInfo(probe.total_frames, probe.fps, tuple(idx.tolist()), "av", decoded)
 
 
-_TIMES: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # the files read last (_frame_times)
-_TIMES_LOCK = threading.Lock()
-TIMES_KEPT = 16
-
-
-def _frame_times(container, stream, key: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(every shown frame's timestamp in presentation order, the keyframes' timestamps), from the packets
-    (nothing is decoded): frame i is the one at ``times[i]``, whatever the frame rate did. Packets an
-    edit list cuts are not frames. Kept for the file's next segments."""
-    with _TIMES_LOCK:
-        if key in _TIMES:
-            _TIMES.move_to_end(key)
-            return _TIMES[key]
-    shown, keys = [], []
-    for packet in container.demux(stream):
-        if packet.pts is not None and not packet.is_discard:
-            shown.append(packet.pts)
-            if packet.is_keyframe:
-                keys.append(packet.pts)
-    found = (np.sort(np.asarray(shown, np.int64)), np.sort(np.asarray(keys, np.int64)))
-    with _TIMES_LOCK:
-        _TIMES[key] = found
-        while len(_TIMES) > TIMES_KEPT:
-            _TIMES.popitem(last=False)
-    return found
-
-
 def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | None, key: tuple = ()):
     """The sampled frames of an open container: ({index: frame}, frames decoded, indices, probe)."""
     decoded = 0
     if probe is None:
-        probe, decoded = _av_probe(container)
+        probe, decoded = _av_probe(container, key)
     else:
         _require_video(container)
     if probe.total_frames < 1:
         raise InputError(NO_FRAMES)
-    idx = sampled_indices(probe, settings, start, end)
     stream = container.streams.video[0]
+    # AVI stores no presentation times (PyAV's frames there carry decode times): numbered as decoded, from 0
+    timed = stream.time_base is not None and not _is_avi(container)
+    times, keys = None, None
+    if timed and probe.by_times(start, end):
+        times, keys = frametimes.packet_times(container, stream, key)
+        idx = sampled_indices(probe, settings, start, end, frametimes.seconds(times, stream.time_base))
+    else:
+        idx = sampled_indices(probe, settings, start, end)
     wanted = set(idx.tolist())
     last = int(idx.max())
     got: dict[int, np.ndarray] = {}
     first = int(idx.min())
-    # AVI stores no presentation times (PyAV's frames there carry decode times): numbered as decoded, from 0
-    seekable = first > 0 and stream.time_base is not None and not _is_avi(container)
-    times, keys = _frame_times(container, stream, key) if seekable else (None, None)
+    if times is None and timed and first > 0:
+        times, keys = frametimes.packet_times(container, stream, key)
     if times is not None and first < len(times) and len(keys) and keys[0] <= times[first]:
         # Seek to the last keyframe shown at or before the range (by its own timestamp: a seek to the
         # frame's lands after it where a GOP is open) and number frames by the table of their timestamps
         # (decoding from frame 0 for every segment of a long clip would be quadratic; numbering them by
         # fps would shift them wherever the frame rate varies, as in phone videos)
         container.seek(int(keys[np.searchsorted(keys, times[first], side="right") - 1]), stream=stream, backward=True)
-        numbered = ((_position(times, f.pts), f) for f in container.decode(stream))
+        numbered = ((frametimes.position(times, f.pts), f) for f in container.decode(stream))
     else:
         if times is not None:
             container.seek(0)
@@ -400,14 +422,6 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
     return got, decoded, idx, probe
 
 
-def _position(times: np.ndarray, pts) -> int:
-    """The frame index of a timestamp (-1 for one the packets did not show)."""
-    if pts is None:
-        return -1
-    at = int(np.searchsorted(times, pts))
-    return at if at < len(times) and times[at] == pts else -1
-
-
 def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     """Frame count, fps and size of a video file; raises :class:`InputError` when it cannot be read.
 
@@ -423,12 +437,13 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
             height, width = vr[0].shape[:2]
         except _decord_errors() as exc:  # decord's own error class for an undecodable first frame
             raise _failure(path, exc, opened=True) from exc
-        return Probe(found.total_frames, found.fps, int(width), int(height), rotation=0)
-    found, rotation = _with_av(path, lambda container: (_av_probe(container)[0], _first_rotation(container)))
+        return Probe(found.total_frames, found.fps, int(width), int(height), rotation=0, seconds=found.seconds)
+    key = _file_key(path)
+    found, rotation = _with_av(path, lambda container: (_av_probe(container, key)[0], _first_rotation(container)))
     if found.total_frames < 1 or found.fps <= 0:
         raise InputError(NO_FRAMES, source=path)
     width, height = (found.height, found.width) if rotation in (90, 270) else (found.width, found.height)
-    return Probe(found.total_frames, found.fps, width, height, rotation)
+    return Probe(found.total_frames, found.fps, width, height, rotation, seconds=found.seconds)
 
 
 def read_frames(
@@ -479,82 +494,6 @@ class SampledFrames:
 
     frames: np.ndarray  # (n, H, W, 3) uint8, n even
     source: str | None = None
-
-
-def frame_list(source, settings: EncoderSettings) -> tuple[np.ndarray, VideoInfo]:
-    """A video given as a list of frames (paths, PIL images or arrays), preprocessed as upstream does.
-
-    Every frame is taken, none dropped, and an odd count is padded to even by repeating the last
-    frame. Each frame goes through the image fetch step (PIL bicubic to multiples of 28, at least
-    4*28*28 px, at most ``video_max_pixels``, or the image maximum when that is None), then all
-    frames through the processor's resize to the size it gives the first frame.
-    Returns ((n, H, W, 3) uint8 ready to patchify, VideoInfo).
-    """
-    if isinstance(source, np.ndarray) and source.ndim == 4:
-        source = list(source)
-    if not isinstance(source, Sequence) or isinstance(source, (str, bytes)):
-        raise InputError(f"a video is a path or a sequence of frames, not {type(source).__name__}")
-    if len(source) == 0:
-        raise InputError(NO_FRAMES)
-    cap = settings.video_max_pixels if settings.video_max_pixels is not None else settings.fetch_max_pixels
-    fetched = []
-    for frame in source:
-        img = load_image(frame)
-        h, w = smart_resize(img.height, img.width, settings.fetch_min_pixels, cap)
-        fetched.append(img.resize((w, h), BICUBIC))
-    indices = list(range(len(fetched))) + [len(fetched) - 1] * (len(fetched) % TEMPORAL_PATCH)
-    height, width = smart_resize(fetched[0].height, fetched[0].width, settings.min_pixels, settings.max_pixels)
-    out = np.empty((len(indices), height, width, 3), dtype=np.uint8)
-    for row, i in enumerate(indices):
-        img = fetched[i]
-        out[row] = np.asarray(img if img.size == (width, height) else img.resize((width, height), BICUBIC))
-    return out, VideoInfo(len(fetched), 0.0, tuple(indices), "frames")
-
-
-def frame_size(height: int, width: int, n: int, settings: EncoderSettings) -> tuple[int, int]:
-    """Stage-1 size of every frame of a video file (the qwen-vl-utils step).
-
-    An explicit per-frame ``video_max_pixels`` is the cap, as upstream; None takes qwen-vl-utils' own
-    cap, which shrinks with the frame count to share a total-pixel budget.
-    """
-    cap = settings.video_max_pixels
-    if cap is None:
-        shared = VIDEO_TOTAL_PIXELS / n * TEMPORAL_PATCH
-        cap = max(min(VIDEO_MAX_PIXELS, shared), int(settings.video_min_pixels * 1.05))
-    return smart_resize(height, width, settings.video_min_pixels, cap)
-
-
-def antialiased_bicubic(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, height, width, 3) uint8, as torchvision resizes uint8 video tensors.
-
-    That is antialiased bicubic on float pixels, rounded and clamped to uint8; PyTorch's own
-    ``interpolate`` computes it, so torchvision is not needed. One frame at a time bounds memory.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
-    with torch.inference_mode():
-        for i, frame in enumerate(frames):
-            x = torch.tensor(frame, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
-            y = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-            out[i] = y[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return out
-
-
-def resize_frames(frames: np.ndarray, settings: EncoderSettings) -> np.ndarray:
-    """Both resizes of a video file's (n, H, W, 3) uint8 frames: stage 1 antialiased bicubic as
-    torchvision's (upstream's), stage 2 PIL bicubic as the processor's."""
-    n, height, width, _ = frames.shape
-    h1, w1 = frame_size(height, width, n, settings)
-    h2, w2 = smart_resize(h1, w1, settings.min_pixels, settings.max_pixels)
-    stage1 = frames if (h1, w1) == (height, width) else antialiased_bicubic(frames, h1, w1)
-    if (h2, w2) == (h1, w1):
-        return stage1
-    out = np.empty((n, h2, w2, 3), dtype=np.uint8)
-    for i, frame in enumerate(stage1):
-        out[i] = np.asarray(Image.fromarray(frame).resize((w2, h2), BICUBIC))
-    return out
 
 
 def preprocess_video(

@@ -1,0 +1,136 @@
+"""Clips whose frame rate varies (phones, screen recorders): a time range holds the frames the clip shows in
+those seconds, and the clip's length is the one its timestamps give, whatever its average or nominal rate
+says. Clips that keep their rate read the frames they read before."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import BAR, BITS, frame_index, index_pixels, write_index_video
+from corpora import write_photo
+from test_ingest import assert_same_rows, rows_by_id
+from test_video import needs_decord
+
+from unite_search.ingestion import ingest
+from unite_search.settings import EncoderSettings
+from unite_search.units import segment_spans
+from unite_search.video import probe, read_frames
+
+BACKENDS = ["av", pytest.param("decord", marks=needs_decord)]
+# 30 frames a second for 4 s, then 5 a second for 8 s: 160 frames, 12 s; an average of 13.3 frames a second,
+# and a nominal 30 in mkv
+TIMES_MS = [round(i * 1000 / 30) for i in range(120)] + [4000 + 200 * i for i in range(40)]
+
+
+def write_timed_video(path: Path, times_ms: list[int]) -> Path:
+    """Frame i shows i in binary and is shown from ``times_ms[i]``."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = BITS * BAR, 64, "yuv420p"
+        stream.options = {"crf": "12", "g": "15", "bf": "0"}
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(index_pixels(i), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_segment_holds_the_frames_shown_in_its_seconds(tmp_path, backend, suffix):
+    """Seconds became frames through the average rate: the row of [3, 5.5) s embedded frames shown at
+    1.3-2.3 s; and an mkv, whose rate is nominal, was 5.3 s long for 12 s of frames, so its last 6.7 s had
+    no segment."""
+    path = write_timed_video(tmp_path / f"vfr{suffix}", TIMES_MS)
+    found = probe(path, backend)
+    assert found.total_frames == 160 and found.duration == pytest.approx(12.0)
+    spans = segment_spans(found.duration, 3.0, 0.5)
+    assert spans[-1] == (10.0, 12.0) and len(spans) == 5
+    seconds = np.asarray(TIMES_MS) / 1000
+    for start, end in spans:
+        frames, info = read_frames(path, EncoderSettings(fps=2), backend, start, end, probe=found)
+        read = [frame_index(f) for f in frames]
+        assert read == list(info.indices)
+        assert len(read) == round((end - start) * 2)  # sampled by the range's seconds, as a constant-rate clip
+        first, last = read[0], read[-1]
+        assert seconds[first] <= start < seconds[first + 1]  # the frame on screen when the range opens
+        assert seconds[last] < end and (last == 159 or seconds[last + 1] >= end)  # the last one before it ends
+        assert np.all(np.diff(read) >= 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clips_that_keep_their_rate_are_read_by_it(tmp_path, backend):
+    """A constant-rate clip, also one with B-frames and a start offset, keeps the rate's arithmetic: its
+    frames are the ones earlier versions read (the rows of an index built before stay right)."""
+    cfr = write_index_video(tmp_path / "cfr.mp4", 95, fps=10)
+    offset = tmp_path / "offset.mp4"
+    with av.open(str(offset), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = BITS * BAR, 64, "yuv420p"
+        stream.options = {"crf": "12", "g": "12", "bf": "3"}
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(index_pixels(i), format="rgb24")
+            frame.pts = 37 + i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    for path, n in ((cfr, 95), (offset, 60)):
+        found = probe(path, backend)
+        assert found.seconds is None and found.duration == pytest.approx(n / 10)
+        frames, info = read_frames(path, EncoderSettings(fps=2), backend, 2.04, 4.96, probe=found)
+        assert info.indices[0] == 20 and info.indices[-1] == 49  # round(2.04 x 10), round(4.96 x 10) - 1
+        assert [frame_index(f) for f in frames] == list(info.indices)
+
+
+def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_rate_clips_rows(
+    tmp_path, encoder, monkeypatch
+):
+    """An index whose file cache predates the frame-rate check: its videos (only) are read again, and the
+    rows of a variable-rate clip, read through the average rate, are encoded again by the timestamps."""
+    import pyarrow.compute as pc
+
+    from unite_search import frametimes, ingestion, units
+    from unite_search.store import IndexStore
+
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    root.mkdir()
+    write_timed_video(root / "walk.mkv", TIMES_MS)
+    write_index_video(root / "steady.mp4", 40, fps=10)
+    write_photo(root / "photo.png", 1)
+    (root / "note.txt").write_text("a note about nothing in particular")
+    opts = {"segment_seconds": 3.0, "segment_overlap": 0.5}
+    with monkeypatch.context() as m:  # what earlier versions did: no clip was told by its timestamps
+        m.setattr(frametimes, "variable_length", lambda shown, fps: None)
+        m.setattr(ingestion, "READS", 1)
+        ingest(root, index, encoder=encoder, **opts)
+    before = rows_by_id(index)
+    assert max(r["end"] for r in before.values() if r["path"] == "walk.mkv") == pytest.approx(160 / 30, abs=1e-3)
+    tables = IndexStore(index).tables
+    old = tables.db.open_table("files").to_arrow()  # the file cache's layout before 'vfr'
+    old = old.drop_columns(["vfr"])
+    tables.db.create_table("files", data=old, mode="overwrite")
+    assert pc.sum(pc.equal(old["modality"], "video")).as_py() == 2
+
+    read = []
+    real = units.read_file
+    monkeypatch.setattr(units, "read_file", lambda entry, **kw: read.append(entry.rel) or real(entry, **kw))
+    report = ingest(root, index, encoder=encoder, **opts)
+    assert sorted(read) == ["steady.mp4", "walk.mkv"]  # the photo and the text are not read again
+    assert report.encoded_items == 1 and report.removed_items == 1 and report.unchanged_items == 3
+    after = rows_by_id(index)
+    walk = sorted((r["start"], r["end"]) for r in after.values() if r["path"] == "walk.mkv")
+    assert walk == segment_spans(12.0, 3.0, 0.5)
+    fresh = tmp_path / "fresh"
+    ingest(root, fresh, encoder=encoder, **opts)
+    assert_same_rows(after, rows_by_id(fresh))
+    read.clear()
+    assert ingest(root, index, encoder=encoder, **opts).encoded_items == 0 and read == []
