@@ -1,3 +1,5 @@
+import os
+import shutil
 from pathlib import Path
 
 import av
@@ -291,6 +293,39 @@ def test_segment_reads_with_the_probe_decode_only_their_span(long_mkv):
     # Linear: every frame about once, plus the overlaps and a GOP per segment; without: once per segment.
     assert sum(with_probe) <= 200 + len(spans) * (10 + GOP)
     assert sum(without) >= 200 * len(spans)
+
+
+@needs_decord
+def test_decord_opens_a_clip_once_for_all_the_segments_a_thread_reads(long_mkv, tmp_path, monkeypatch):
+    """decord reads a whole file to index it when it opens it: opened again for every segment, a 27 MB clip
+    in 7 segments was read 7 times more. Each thread keeps its last reader; never shares it."""
+    import threading
+
+    import decord
+
+    from unite_search import video
+
+    long_mkv = Path(shutil.copy(long_mkv, tmp_path / "long.mkv"))
+    opened = []
+    real = decord.VideoReader
+    monkeypatch.setattr(decord, "VideoReader", lambda path, **kw: opened.append(path) or real(path, **kw))
+    found = probe(long_mkv, "decord")
+    spans = segment_spans(found.duration, 4.0, 1.0)
+    settings = EncoderSettings(fps=2)
+    kept = [read_frames(long_mkv, settings, "decord", start, end, probe=found)[0] for start, end in spans]
+    assert opened == [str(long_mkv)]
+    other = threading.Thread(target=read_frames, args=(long_mkv, settings, "decord", 4.0, 8.0, found))
+    other.start()
+    other.join()
+    assert opened == [str(long_mkv)] * 2
+    for (start, end), frames in zip(spans, kept, strict=True):  # a fresh reader for each segment reads the same frames
+        video._readers.last = None
+        np.testing.assert_array_equal(read_frames(long_mkv, settings, "decord", start, end, probe=found)[0], frames)
+    assert len(opened) == 2 + len(spans)
+    os.utime(long_mkv)  # a file that changed is opened again
+    read_frames(long_mkv, settings, "decord", 0.0, 4.0, probe=found)
+    read_frames(long_mkv, settings, "decord", 0.0, 4.0, probe=found)
+    assert len(opened) == 3 + len(spans)
 
 
 def write_vfr_index_video(path: Path, n_frames: int) -> Path:
