@@ -551,3 +551,24 @@ def test_query_batch_takes_precomputed_vectors(built, encoder):
         idx.query_batch([{"like": row_id}], vectors=[vectors[0]])
     assert idx.row(row_id)["id"] == row_id and "vector" not in idx.row(row_id)
     assert idx.row("no-such-row") is None and idx.row("") is None
+
+
+def test_metadata_an_older_version_stored_with_nan_is_answered_as_null(tmp_path, encoder, monkeypatch):
+    """Ingest refuses NaN and Infinity in a manifest now, but an index an older version built may hold them:
+    every search answer holding such a row was a 500 (JSON has neither). They read as null."""
+    from unite_search import declared
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    line = '{"id": "odd", "text": "a reading", "metadata": {"score": NaN, "top": 1e999, "low": -Infinity, "ok": 2.5}}'
+    (root / "items.jsonl").write_text(line + "\n")
+    with monkeypatch.context() as m:  # what an older version stored
+        m.setattr(declared, "_not_json", float)
+        m.setattr(declared, "_finite", float)
+        ingest(root, tmp_path / "index", encoder=encoder)
+    index = Index.open(tmp_path / "index", encoder=encoder)
+    assert "NaN" in index.row("odd")["metadata"]
+    expected = {"score": None, "top": None, "low": None, "ok": 2.5}
+    assert index.query(text="a reading", target="text", k=1)[0].metadata == expected
+    with TestClient(create_app(index, upload_dir=tmp_path / "up")) as c:
+        assert _search(c, text="a reading", target="text", k=1)["hits"][0]["metadata"] == expected

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +62,15 @@ class Hit:
 
 
 _HIT_FIELDS = tuple(f.name for f in fields(Hit) if f.name != "row")
+
+
+def _null(_name: str) -> None:
+    return None
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None  # 1e999
 
 
 def _file_sha256(value) -> str | None:
@@ -338,7 +348,8 @@ def _execute(snapshot: Snapshot, plan: QueryPlan, vec: np.ndarray, q: Mapping[st
 
 
 def _hit(shard: str, row: dict[str, Any], score: float, fused: float | None, rank: int) -> Hit:
-    metadata = json.loads(row["metadata"]) if row.get("metadata") else None
+    # NaN and Infinity (in rows an older version stored; ingest refuses them now) read as null: JSON has neither
+    metadata = json.loads(row["metadata"], parse_constant=_null, parse_float=_finite) if row.get("metadata") else None
     return Hit(
         id=row["id"],
         score=score,
