@@ -42,6 +42,7 @@ import numpy as np
 from ..batching import plan_batches
 from ..diskio import TMP_MARK, sync_folder
 from ..errors import ConfigError, TrainingError
+from ..evaluation.metrics import gold_ranks, similarities
 from .data import Pair
 from .loss import TAU, infonce_loss, mamcl_loss
 
@@ -416,10 +417,9 @@ class Trainer:
         self.peft.eval()
         q = self.encoder.encode([p.query for p in pairs])
         c = self.encoder.encode([p.candidate for p in pairs])
-        scores = q @ c.T
-        own = np.diag(scores)[:, None]
-        ahead = (scores > own) | ((scores == own) & (np.arange(len(pairs))[None, :] < np.arange(len(pairs))[:, None]))
-        rank = ahead.sum(axis=1)  # 0: the own candidate comes first (ties go to the earlier one, as argmax)
+        # ranked as the benchmarks rank (evaluation.metrics): a candidate tied with the own one (two held-out
+        # pairs with one candidate) does not push it down
+        rank = gold_ranks(similarities(q, c), [[i] for i in range(len(pairs))]) - 1  # 0: the own one first
         with torch.no_grad():
             loss = float(self._loss(torch.from_numpy(q), torch.from_numpy(c), pairs))
         return {"eval_r1": float(100.0 * np.mean(rank < 1)), "eval_r5": float(100.0 * np.mean(rank < 5)),
