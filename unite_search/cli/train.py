@@ -41,6 +41,8 @@ from ._common import _run, _usage_mistake, main
 @click.option("--dual", is_flag=True, help="Average the loss with the (unmasked) candidate-to-query term, as upstream.")
 @click.option("--max-steps", type=click.IntRange(1), default=None, metavar="N",
               help="Train exactly N steps (overrides --epochs); past an epoch, the next one starts.")  # fmt: skip
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Draws the epochs' order, the LoRA weights' start and dropout's masks.")  # fmt: skip
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out pairs.")
 @click.option("--eval-every", type=click.IntRange(0), default=0,
               help="Held-out R@1, R@5 and loss every N steps (and before the first, after the last).")  # fmt: skip
@@ -70,6 +72,7 @@ def finetune(
     max_grad_norm,
     dual,
     max_steps,
+    seed,
     eval_data,
     eval_every,
     save_every,
@@ -128,7 +131,7 @@ def finetune(
         encoder = Encoder.load(model, device=device, dtype=dtype)
         config = TrainConfig(stage=stage, epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r,
                              lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_grad_norm=max_grad_norm,
-                             dual=dual, max_steps=max_steps, eval_every=eval_every,
+                             dual=dual, max_steps=max_steps, seed=seed, eval_every=eval_every,
                              save_every=save_every, grad_cache=not no_grad_cache)  # fmt: skip
         trainer = Trainer(encoder, pairs, config, output, eval_pairs=held)
         if resume:

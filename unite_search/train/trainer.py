@@ -207,6 +207,12 @@ class Trainer:
         self.leftover = len(pairs) % self.config.batch_size  # pairs not used in each epoch
         self.step = 0
         self.log: list[dict[str, Any]] = []
+        # dropout's own random stream, from the run's seed (one a process): two runs alike draw alike masks, and
+        # the caller's random state is neither used nor moved
+        cuda = [self.encoder.device] if self.encoder.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(int(np.random.SeedSequence([self.config.seed, self.rank]).generate_state(1)[0]))
+            self._random = _rng_state(self.encoder.device)
         self._mark()
 
     # ---------------------------------------------------------------- schedule
@@ -274,7 +280,9 @@ class Trainer:
         prep_c = [self.encoder.prepare(p.candidate) for p in local]
         self.peft.train()
         try:
-            loss = self._backward(prep_q, prep_c, batch)
+            with _replaying(self._random, self.encoder.device):
+                loss = self._backward(prep_q, prep_c, batch)
+                self._random = _rng_state(self.encoder.device)
         finally:  # dropout only while gradients are computed: outside, the encoder gives its vectors
             self.peft.eval()
         if self.dist:
@@ -451,7 +459,7 @@ class Trainer:
     def _rng_tensors(self) -> dict[str, Any]:
         """Every process's random state (dropout draws from it), as ``rng.cpu.<rank>`` / ``rng.cuda.<rank>``.
         Called by every process at once: the states are gathered to each."""
-        mine = _rng_state(self.encoder.device)
+        mine = self._random
         every = [mine]
         if self.dist:
             every = [None] * self.world
@@ -565,9 +573,9 @@ class Trainer:
                 param.copy_(weights[name].to(param.device, param.dtype))
         # dropout draws on from the random state the run had at this step
         if f"rng.cpu.{self.rank}" in rng:
-            torch.set_rng_state(rng[f"rng.cpu.{self.rank}"])
-        if f"rng.cuda.{self.rank}" in rng and self.encoder.device.type == "cuda":
-            torch.cuda.set_rng_state(rng[f"rng.cuda.{self.rank}"], self.encoder.device)
+            self._random = {"cpu": rng[f"rng.cpu.{self.rank}"]}
+            if self.encoder.device.type == "cuda":
+                self._random["cuda"] = rng.get(f"rng.cuda.{self.rank}", torch.cuda.get_rng_state(self.encoder.device))
         self.step = int(meta["step"])
         self.log = list(meta["log"])
         self._mark()
