@@ -228,7 +228,7 @@ def test_ingest_reads_a_rotated_video_upright_opening_it_with_pyav_once(
     monkeypatch.setattr(video, "_backend", lambda name: backend)
     checks = []
     real = video._checked_for_decord
-    monkeypatch.setattr(video, "_checked_for_decord", lambda path: checks.append(path) or real(path))
+    monkeypatch.setattr(video, "_checked_for_decord", lambda path, **kw: checks.append(path) or real(path, **kw))
     report = ingest(root, tmp_path / "index", encoder=encoder)
     assert report.status == "ok" and not report.failures
     assert len(checks) == (2 if backend == "decord" else 0)  # once per file, in the read stage's probe

@@ -298,7 +298,9 @@ def test_segment_reads_with_the_probe_decode_only_their_span(long_mkv):
 @needs_decord
 def test_decord_opens_a_clip_once_for_all_the_segments_a_thread_reads(long_mkv, tmp_path, monkeypatch):
     """decord reads a whole file to index it when it opens it: opened again for every segment, a 27 MB clip
-    in 7 segments was read 7 times more. Each thread keeps its last reader; never shares it."""
+    in 7 segments was read 7 times more. A thread keeps its reader for ingest's segments (a range read with
+    the read stage's probe), never shares it, and keeps none for other reads (a query's upload, whose file
+    is deleted after)."""
     import threading
 
     import decord
@@ -310,22 +312,29 @@ def test_decord_opens_a_clip_once_for_all_the_segments_a_thread_reads(long_mkv, 
     real = decord.VideoReader
     monkeypatch.setattr(decord, "VideoReader", lambda path, **kw: opened.append(path) or real(path, **kw))
     found = probe(long_mkv, "decord")
+    assert len(opened) == 1 and video._READERS == {}
     spans = segment_spans(found.duration, 4.0, 1.0)
     settings = EncoderSettings(fps=2)
     kept = [read_frames(long_mkv, settings, "decord", start, end, probe=found)[0] for start, end in spans]
-    assert opened == [str(long_mkv)]
+    assert len(opened) == 2 and len(video._READERS) == 1
     other = threading.Thread(target=read_frames, args=(long_mkv, settings, "decord", 4.0, 8.0, found))
     other.start()
     other.join()
-    assert opened == [str(long_mkv)] * 2
+    assert len(opened) == 3
+    video.release_readers()
+    assert video._READERS == {}
     for (start, end), frames in zip(spans, kept, strict=True):  # a fresh reader for each segment reads the same frames
-        video._readers.last = None
+        video.release_readers()
         np.testing.assert_array_equal(read_frames(long_mkv, settings, "decord", start, end, probe=found)[0], frames)
-    assert len(opened) == 2 + len(spans)
+    assert len(opened) == 3 + len(spans)
     os.utime(long_mkv)  # a file that changed is opened again
     read_frames(long_mkv, settings, "decord", 0.0, 4.0, probe=found)
     read_frames(long_mkv, settings, "decord", 0.0, 4.0, probe=found)
-    assert len(opened) == 3 + len(spans)
+    assert len(opened) == 4 + len(spans)
+    video.release_readers()
+    read_frames(long_mkv, settings, "decord", 0.0, 4.0)  # no probe: not ingest's segments
+    read_frames(long_mkv, settings, "decord", probe=found)  # the whole clip
+    assert video._READERS == {}
 
 
 def write_vfr_index_video(path: Path, n_frames: int) -> Path:

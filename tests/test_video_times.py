@@ -91,6 +91,30 @@ def test_clips_that_keep_their_rate_are_read_by_it(tmp_path, backend):
         assert [frame_index(f) for f in frames] == list(info.indices)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_screen_recording_of_a_few_frames_is_as_long_as_its_timestamps(tmp_path, backend):
+    """A screen recorder sends a frame when the screen changes: 5 frames in a minute. decord has no times for
+    an mkv this short (FFmpeg's "no timestamp" for each frame), so the clip looked 0 s long with decord and
+    every segment failed; the times come from the packets for both backends."""
+    path = write_timed_video(tmp_path / "screen.mkv", [0, 12000, 24000, 36000, 48000])
+    found = probe(path, backend)
+    assert found.duration == 60.0 and probe(path, "av") == found
+    read = [read_frames(path, EncoderSettings(fps=0.2), backend, start, end, probe=found)[1].indices
+            for start, end in segment_spans(found.duration, 30.0, 5.0)]  # fmt: skip
+    assert [(i[0], i[-1]) for i in read] == [(0, 2), (2, 4), (4, 4)]  # on screen at 0, 25 and 50 s
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timestamps_far_from_zero_pick_the_same_frames_on_both_backends(tmp_path, backend):
+    """A capture whose clock starts at 80,000 s: decord's float32 times moved frames across a segment's edge
+    (frames 74-126 where PyAV read 75-127)."""
+    path = write_timed_video(tmp_path / "late.mkv", [80_000_123 + t for t in TIMES_MS])
+    found = probe(path, backend)
+    for start, end in segment_spans(found.duration, 3.0, 0.5):
+        ours = read_frames(path, EncoderSettings(fps=2), backend, start, end, probe=found)[1].indices
+        assert ours == read_frames(path, EncoderSettings(fps=2), "av", start, end)[1].indices
+
+
 def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_rate_clips_rows(
     tmp_path, encoder, monkeypatch
 ):
@@ -107,13 +131,16 @@ def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_r
     write_index_video(root / "steady.mp4", 40, fps=10)
     write_photo(root / "photo.png", 1)
     (root / "note.txt").write_text("a note about nothing in particular")
-    opts = {"segment_seconds": 3.0, "segment_overlap": 0.5}
+    (root / "walk.txt").write_text("a walk in the park")  # its caption: a composed pair's row of the whole clip
+    (root / "items.jsonl").write_text('{"id": "walk-item", "video": "walk.mkv", "text": "the same walk"}\n')
+    opts = {"segment_seconds": 3.0, "segment_overlap": 0.5, "pairs": "composed"}
     with monkeypatch.context() as m:  # what earlier versions did: no clip was told by its timestamps
         m.setattr(frametimes, "variable_length", lambda shown, fps: None)
         m.setattr(ingestion, "READS", 1)
         ingest(root, index, encoder=encoder, **opts)
     before = rows_by_id(index)
-    assert max(r["end"] for r in before.values() if r["path"] == "walk.mkv") == pytest.approx(160 / 30, abs=1e-3)
+    assert {round(r["end"], 3) for r in before.values() if r["path"] == "walk.mkv" and r["start"] > 0} == {5.333}
+    assert {round(r["duration"], 3) for r in before.values() if r["path"] == "walk.mkv"} == {5.333}
     tables = IndexStore(index).tables
     old = tables.db.open_table("files").to_arrow()  # the file cache's layout before 'vfr'
     old = old.drop_columns(["vfr"])
@@ -125,12 +152,17 @@ def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_r
     monkeypatch.setattr(units, "read_file", lambda entry, **kw: read.append(entry.rel) or real(entry, **kw))
     report = ingest(root, index, encoder=encoder, **opts)
     assert sorted(read) == ["steady.mp4", "walk.mkv"]  # the photo and the text are not read again
-    assert report.encoded_items == 1 and report.removed_items == 1 and report.unchanged_items == 3
+    # the clip's segments, its composed pair and its manifest item (rows of the whole clip, 5.3 s long before)
+    assert report.encoded_items == 3 and report.removed_items == 3 and report.unchanged_items == 3
     after = rows_by_id(index)
-    walk = sorted((r["start"], r["end"]) for r in after.values() if r["path"] == "walk.mkv")
+    walk = sorted((r["start"], r["end"]) for r in after.values() if r["path"] == "walk.mkv" and r["source"] == "file")
     assert walk == segment_spans(12.0, 3.0, 0.5)
+    assert {r["duration"] for r in after.values() if r["path"] == "walk.mkv"} == {12.0}
     fresh = tmp_path / "fresh"
     ingest(root, fresh, encoder=encoder, **opts)
     assert_same_rows(after, rows_by_id(fresh))
     read.clear()
     assert ingest(root, index, encoder=encoder, **opts).encoded_items == 0 and read == []
+    from unite_search import video
+
+    assert video._READERS == {}  # the run let go of the readers it kept for a clip's next segment

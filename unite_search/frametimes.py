@@ -9,12 +9,14 @@ timestamps, and its ranges and its length come from them (:func:`variable_length
 A clip whose frames all lie within half a frame of ``i/fps`` keeps the rate's arithmetic, so its
 frames are the ones earlier versions read.
 
-The timestamps come from the packets (PyAV; nothing is decoded) or from decord's index, the same to a
-microsecond; each is taken relative to the first frame shown.
+The timestamps come from the packets, read with PyAV (nothing is decoded), whichever backend decodes the
+frames: decord's own times are float32 (a millisecond off past a day's offset) and absent in short mkv clips.
+Each is taken relative to the first frame shown.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 
@@ -24,31 +26,37 @@ import numpy as np
 EDGE = 1e-3
 TIMES_KEPT = 16  # files whose packet timestamps are kept for their next segments
 
-_TIMES: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_TIMES: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()  # by file: pts, keys, seconds
 _TIMES_LOCK = threading.Lock()
+
+
+def kept_seconds(key: tuple) -> np.ndarray | None:
+    """The times :func:`packet_times` read for ``key``, in seconds after the first frame (None: not kept)."""
+    with _TIMES_LOCK:
+        return _TIMES[key][2] if key in _TIMES else None
 
 
 def packet_times(container, stream, key: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(every shown frame's timestamp in presentation order, the keyframes' timestamps), in the stream's
     time base, from the packets of an open PyAV container (nothing is decoded): frame i is the one at
     ``times[i]``, whatever the frame rate did. Packets an edit list cuts are not frames. Kept by ``key``
-    (path, size, mtime) for the file's next segments; the container is left at its end."""
+    (the file's path and stat) for its next segments; the container is left at its end."""
     with _TIMES_LOCK:
         if key in _TIMES:
             _TIMES.move_to_end(key)
-            return _TIMES[key]
+            return _TIMES[key][:2]
     shown, keys = [], []
     for packet in container.demux(stream):
         if packet.pts is not None and not packet.is_discard:
             shown.append(packet.pts)
             if packet.is_keyframe:
                 keys.append(packet.pts)
-    found = (np.sort(np.asarray(shown, np.int64)), np.sort(np.asarray(keys, np.int64)))
+    times, keys = np.sort(np.asarray(shown, np.int64)), np.sort(np.asarray(keys, np.int64))
     with _TIMES_LOCK:
-        _TIMES[key] = found
+        _TIMES[key] = (times, keys, seconds(times, stream.time_base))
         while len(_TIMES) > TIMES_KEPT:
             _TIMES.popitem(last=False)
-    return found
+    return times, keys
 
 
 def seconds(times: np.ndarray, time_base) -> np.ndarray:
@@ -74,7 +82,8 @@ def variable_length(shown: np.ndarray, fps: float) -> float | None:
         return None
     if np.abs(shown - np.arange(len(shown)) / fps).max() <= 0.5 / fps:
         return None
-    return float(shown[-1] + (shown[-1] - shown[-2]))
+    length = round(float(shown[-1] + (shown[-1] - shown[-2])), 6)  # to the microsecond: 12.0, not 12.000000000000002
+    return length if math.isfinite(length) and length > 0 else None
 
 
 def time_range(shown: np.ndarray, start: float | None, end: float | None) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import traceback
 from collections import defaultdict
@@ -197,6 +198,8 @@ def ingest(
                          say, found, ray)  # fmt: skip
                 finally:
                     report.decoder_messages = list(messages)
+                    if "unite_search.video" in sys.modules:  # the decord readers kept for a clip's next segment
+                        sys.modules["unite_search.video"].release_readers()
         except BaseException as exc:  # noqa: BLE001  recorded in the run report, then raised again below
             error = write_error(exc, index_dir) or exc
             report.status = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED

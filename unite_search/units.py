@@ -320,7 +320,10 @@ def plan_units(
         units.append(Unit(key, modality, tasks, paths, caption, paths[0]))
         for text, copies in captioned.items() if options.pairs == "composed" else ():  # a pair for each caption
             shard = shard_name({Modality(modality), Modality.TEXT})
-            pair_key, named = f"{shard}/{sha}/{_sha(text)}", tuple(g.rel for g in copies)
+            pair_key, named = (
+                f"{shard}/{sha}/{_sha(text)}" + ("/timed" if first.vfr else ""),
+                tuple(g.rel for g in copies),
+            )
             tasks = _media_tasks(pair_key, shard, copies[0], named, text, options, settings, text=text)
             units.append(Unit(pair_key, shard, tasks, named, text, named[0]))
     for d, media in declared:
@@ -332,6 +335,8 @@ def plan_units(
             if f is not None:
                 modalities.add(Modality(kind))
                 parts[kind] = f.sha256
+                if f.vfr:  # as a file's key (above): the row of before holds the length the average rate gave
+                    parts["timed"] = True
                 checks.append((f.path, f.size, f.mtime_ns))
                 row_cols.update(width=f.width, height=f.height)
                 cost += image_cost(f.width, f.height, settings) if kind == "image" else 0

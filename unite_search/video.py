@@ -230,7 +230,7 @@ def _first_rotation(container) -> int:
     return 0
 
 
-def _checked_for_decord(path: str) -> bool:
+def _checked_for_decord(path: str, times: bool = False) -> bool:
     """Open a file with PyAV before decord does; whether PyAV must read it instead.
 
     A file PyAV cannot open or decode the first frame of, or without a video stream, raises here:
@@ -238,13 +238,19 @@ def _checked_for_decord(path: str) -> bool:
     PyAV reads three kinds that decord gets wrong (see :func:`read_frames`): a display rotation (phones store
     portrait video as landscape frames plus a rotation; decord 0.6 turns some such files itself, fails on
     others and ignores mkv's), an AVI (decord returns its frames in decode order) and a clip trimmed by an edit
-    list (decord reads its frames out of order).
+    list (decord reads its frames out of order). ``times``: also read the frames' times from the packets (kept
+    for the probe decord's reader gives, see :func:`_decord_probe`).
     """
 
     def with_av(container) -> bool:
         _require_video(container)
         stream = container.streams.video[0]
-        return bool(_first_rotation(container)) or _is_avi(container) or _counts_cut_frames(container, stream)
+        if _first_rotation(container) or _is_avi(container) or _counts_cut_frames(container, stream):
+            return True
+        if times and stream.time_base is not None:  # the probe's frame times, kept (see _shown_seconds)
+            container.seek(0)
+            frametimes.packet_times(container, stream, _file_key(path))
+        return False
 
     return _with_av(path, with_av)
 
@@ -265,50 +271,74 @@ def _with_av(path: str, use):
             raise _failure(path, exc, logs, opened=opened) from exc
 
 
-# Each thread's last decord reader, by file: decord reads the whole file to index it when it opens one, so
-# reopening it for every segment of a long clip read it once a segment (404 MB for a 27 MB clip in 7).
-_readers = threading.local()
+# Each thread's last decord reader, by thread: decord reads the whole file to index it when it opens one, so
+# reopening it for every segment of a long clip read it once a segment (404 MB for a 27 MB clip in 7). Kept
+# only for ingest's segments (a range read with the read stage's probe), until the thread opens another file
+# or the run ends (release_readers).
+_READERS: dict[int, tuple[tuple, object]] = {}
 
 
-def _open_decord(path: str):
-    key = _file_key(path)
-    kept = getattr(_readers, "last", None)
+def release_readers() -> None:
+    """Let go of the decord readers kept for the next segment (their files and decoders)."""
+    _READERS.clear()
+
+
+def _open_decord(path: str, keep: bool = False):
+    thread, key = threading.get_ident(), _file_key(path)
+    kept = _READERS.pop(thread, None)  # the last file's reader goes before another one opens
     if kept is not None and kept[0] == key:
-        return kept[1], kept[2]
-    _readers.last = None  # the last file's reader goes before the next one opens
-    decord = _decord()
-    try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except _decord_errors() as exc:  # PyAV opened the file before (see _checked_for_decord)
-        raise _failure(path, exc, opened=True) from exc
-    if len(vr) < 1:
-        raise InputError(NO_FRAMES, source=path)
+        vr = kept[1]
+    else:
+        decord = _decord()
+        try:
+            vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        except _decord_errors() as exc:  # PyAV opened the file before (see _checked_for_decord)
+            raise _failure(path, exc, opened=True) from exc
+        if len(vr) < 1:
+            raise InputError(NO_FRAMES, source=path)
+    if keep:
+        _READERS[thread] = (key, vr)
+    return vr
+
+
+def _decord_probe(path: str, vr, timed: bool = True) -> Probe:
+    """What decord says of a file (size aside: probe() decodes a frame for it); ``timed``: with the length of a
+    variable frame rate (from PyAV's packets, see frametimes.py)."""
     fps = float(vr.get_avg_fps())
-    length = frametimes.variable_length(_decord_times(vr), fps)
-    found = Probe(len(vr), fps, 0, 0, seconds=length)  # size: probe() decodes a frame for it
-    _readers.last = (key, vr, found)
-    return vr, found
+    shown = _shown_seconds(path) if timed else None
+    return Probe(len(vr), fps, 0, 0, seconds=None if shown is None else frametimes.variable_length(shown, fps))
 
 
-def _decord_times(vr) -> np.ndarray:
-    """Each frame's time, seconds after the first (decord's index: nothing is decoded)."""
-    try:
-        starts = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0].astype(np.float64)
-    except _decord_errors() as exc:
-        raise InputError(BAD_FRAMES, detail=f"{type(exc).__name__}: {exc}") from exc
-    return starts - starts[0]
+def _shown_seconds(path: str) -> np.ndarray | None:
+    """Each frame's time in seconds after the first, from PyAV's packets (kept for the file's next segments);
+    None for an AVI, which keeps no presentation times."""
+    key = _file_key(path)
+    kept = frametimes.kept_seconds(key)
+    if kept is not None:
+        return kept
+
+    def read(container):
+        _require_video(container)
+        stream = container.streams.video[0]
+        if stream.time_base is None or _is_avi(container):
+            return None
+        return frametimes.seconds(frametimes.packet_times(container, stream, key)[0], stream.time_base)
+
+    return _with_av(path, read)
 
 
 def _read_decord(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
-    vr, found = _open_decord(path)
-    if probe is not None and probe.total_frames != found.total_frames:  # PyAV's count of a trimmed clip
+    ranged = start is not None or end is not None
+    vr = _open_decord(path, keep=probe is not None and ranged)  # ingest reads a clip segment by segment
+    if probe is None:
+        probe = _decord_probe(path, vr, timed=ranged)
+    elif probe.total_frames != len(vr):  # PyAV's count of a trimmed clip
         return _read_av(path, settings, start, end, probe)
-    probe = found if probe is None else probe
-    idx = sampled_indices(probe, settings, start, end, _decord_times(vr) if probe.by_times(start, end) else None)
+    idx = sampled_indices(probe, settings, start, end, _shown_seconds(path) if probe.by_times(start, end) else None)
     try:  # a probe that over-counts reuses the last frame, as the PyAV reader does
         frames = vr.get_batch(np.minimum(idx, len(vr) - 1).tolist()).asnumpy()
     except _decord_errors() as exc:
-        _readers.last = None  # not trusted with another segment
+        _READERS.pop(threading.get_ident(), None)  # not trusted with another segment
         raise _failure(path, exc, opened=True) from exc
     if frames.ndim != 4 or frames.shape[3] != 3:
         raise InputError(f"decord returned frames of shape {frames.shape}; read it with backend='av'", source=path)
@@ -364,12 +394,13 @@ def _counts_cut_frames(container, stream) -> bool:
 
 
 def _file_key(path: str) -> tuple:
-    """What a file's packet timestamps are kept by: a changed file is read again."""
+    """What a file's packet timestamps and decord reader are kept by: a file changed, or another one renamed
+    onto its path, is read again."""
     try:
         st = os.stat(path)
     except OSError:  # the decoder says what is wrong with it
-        return (path, None, None)
-    return (path, st.st_size, st.st_mtime_ns)
+        return (path, None)
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
@@ -445,12 +476,12 @@ def probe(source: str | os.PathLike, backend: str | None = None) -> Probe:
     """
     path = os.fspath(source)
     # PyAV opens every file first, whichever the backend: one decord cannot open never reaches it
-    if _backend(backend) == "decord" and not _checked_for_decord(path):
-        vr, found = _open_decord(path)
+    if _backend(backend) == "decord" and not _checked_for_decord(path, times=True):
+        vr = _open_decord(path)
+        found = _decord_probe(path, vr)
         try:
             height, width = vr[0].shape[:2]
         except _decord_errors() as exc:  # decord's own error class for an undecodable first frame
-            _readers.last = None
             raise _failure(path, exc, opened=True) from exc
         return Probe(found.total_frames, found.fps, int(width), int(height), rotation=0, seconds=found.seconds)
     key = _file_key(path)
