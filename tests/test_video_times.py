@@ -166,3 +166,15 @@ def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_r
     from unite_search import video
 
     assert video._READERS == {}  # the run let go of the readers it kept for a clip's next segment
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_count_below_the_packets_reads_the_last_frame_counted(tmp_path, backend):
+    """A damaged mkv decodes fewer frames than it has packets (its count comes from decoding): a late segment
+    began past the count and failed as a clip with no frames."""
+    from dataclasses import replace
+
+    path = write_timed_video(tmp_path / "vfr.mkv", TIMES_MS)
+    short = replace(probe(path, backend), total_frames=100)
+    frames, info = read_frames(path, EncoderSettings(fps=2), backend, 10.0, 12.0, probe=short)
+    assert set(info.indices) == {99} and {frame_index(f) for f in frames} == {99}

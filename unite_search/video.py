@@ -176,7 +176,8 @@ def _frame_range(probe: Probe, start: float | None, end: float | None, shown=Non
         if (start or 0) >= probe.duration or (end is not None and end <= (start or 0)):
             raise empty
         first, stop = frametimes.time_range(shown, start, end)
-        return first, min(stop, probe.total_frames)
+        stop = min(stop, probe.total_frames)  # a damaged file can decode fewer frames than it has packets
+        return min(first, stop - 1), stop
     first = 0 if start is None else max(0, round(start * probe.fps))
     stop = probe.total_frames if end is None else min(probe.total_frames, round(end * probe.fps))
     if stop <= first:
