@@ -304,3 +304,55 @@ def test_sniff_quicktime_without_ftyp():
     assert sniff(b"\x00\x00\x02\x00moov") == "video" and sniff(b"\x00\x00\x00\x04moov") is None
     big = b"\x40\x00\x00\x10mdat"  # a 1 GiB mdat first: a movie when the file holds it
     assert sniff(big) is None and sniff(big, 1 << 31) == "video" and sniff(big, 1 << 20) is None
+
+
+def _read(path):
+    from unite_search.corpus import Entry, read_file
+
+    st = os.stat(path)
+    return read_file(Entry(path.name, str(path), st.st_size, st.st_mtime_ns, "image"), passage_chars=100)
+
+
+def _png_with_exif_after_its_data(path, size, orientation):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", size, (10, 200, 30)).save(path)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = exif.tobytes()
+    chunk = struct.pack(">I", len(data)) + b"eXIf" + data + struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-12] + chunk + raw[-12:])  # just before IEND, after the image data
+    return path
+
+
+def test_the_read_stage_reads_image_headers_never_the_pixels(tmp_path, monkeypatch):
+    """Pillow decodes a whole PNG to look for an eXIf chunk after its data: the read stage held 244 MiB for an
+    8000x8000 PNG of 200 KB, outside the memory budget, and every PNG was decoded twice. And a portrait TIFF
+    (orientation 6), which Pillow already gives upright, was turned a second time: width and height swapped
+    in the index."""
+    from PIL import Image, ImageFile
+
+    from unite_search.image import load_image
+
+    late = _png_with_exif_after_its_data(tmp_path / "late.png", (40, 20), 6)
+    plain = tmp_path / "big.png"
+    Image.new("RGB", (8000, 6000), (10, 200, 30)).save(plain)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tiff, jpeg = tmp_path / "portrait.tif", tmp_path / "portrait.jpg"
+    for path in (tiff, jpeg):
+        Image.new("RGB", (40, 20), (10, 200, 30)).save(path, exif=exif)
+    upright = {p: load_image(str(p)).size for p in (late, plain, tiff, jpeg)}
+    assert upright[late] == upright[tiff] == upright[jpeg] == (20, 40)
+
+    def decoded(self, *args, **kwargs):
+        raise AssertionError(f"{self.filename} decoded in the read stage")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)
+    for path, size in upright.items():
+        found = _read(path)
+        assert (found.width, found.height) == size, path.name

@@ -514,7 +514,13 @@ def _image_size(entry: Entry) -> tuple[int, int]:
     try:
         with Image.open(entry.path) as img:
             size = img.size
+            if img.format == "PNG" and "exif" not in img.info:
+                # Pillow decodes the whole image to reach an eXIf chunk stored after its data (every PNG
+                # without one before it): the read stage walks the chunk headers instead
+                img.info["exif"] = _png_exif(entry.path) or b""
             orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swaps width and height
+            if getattr(img, "_tile_size", size) != size:  # a TIFF whose size Pillow (>= 11) gives upright
+                orientation = 1
     except Image.DecompressionBombError as exc:
         raise InputError(f"image too large to decode safely ({exc})", source=entry.rel) from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -522,3 +528,18 @@ def _image_size(entry: Entry) -> tuple[int, int]:
 
         raise InputError(f"cannot read image header: {image_reason(exc)}", source=entry.rel, detail=str(exc)) from exc
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+def _png_exif(path: str) -> bytes | None:
+    """A PNG's eXIf chunk, found by walking the chunk headers (the image data is skipped, never read)."""
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while len(head := fh.read(8)) == 8:
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"eXIf":
+                return fh.read(length)
+            if kind == b"IEND":
+                return None
+            fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return None

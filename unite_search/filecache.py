@@ -20,8 +20,8 @@ def load(tables: ShardTables) -> dict[str, dict[str, Any]]:
     if FILES_TABLE not in tables.names():
         return {}
     table = tables.db.open_table(FILES_TABLE)
-    if table.schema == _without_vfr(files_schema()):  # before 'vfr': its videos are read again (see units)
-        return {r["rel"]: {**r, "vfr": None} for r in table.search().limit(None).to_arrow().to_pylist()}
+    if table.schema == _without_vfr(files_schema()):  # a layout before 'vfr': some rows are read again (see units)
+        return {r["rel"]: {**r, "vfr": None, "older": True} for r in table.search().limit(None).to_arrow().to_pylist()}
     if table.schema != files_schema():
         return {}  # an older layout: facts are cheap to read again
     return {r["rel"]: r for r in table.search().limit(None).to_arrow().to_pylist()}

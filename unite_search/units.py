@@ -100,8 +100,7 @@ def read_files(
     todo: list[Entry] = []
     for entry in entries:
         row = cache.get(entry.rel)
-        # a video cached before its frame rate was checked ('vfr' null) is read again
-        known = row is not None and (row["modality"] != Modality.VIDEO.value or row.get("vfr") is not None)
+        known = row is not None and not (row.get("older") and _read_again(row))
         if known and row["size"] == entry.size and row["mtime_ns"] == entry.mtime_ns:
             facts[entry.rel] = FileFacts.from_row(row, entry.path)
         else:
@@ -127,6 +126,11 @@ def read_files(
                 facts[entry.rel] = got
             bar.update(1)
     return facts, problems
+
+
+def _read_again(row: dict[str, Any]) -> bool:
+    """Whether a file cached by an earlier version is read again: a video (its frame rate was not checked)."""
+    return row["modality"] == Modality.VIDEO.value
 
 
 def _entry_for(path: str, root: str) -> Entry | None:
