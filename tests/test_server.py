@@ -425,6 +425,7 @@ def test_uploads_are_limited_sniffed_and_removed(built, encoder, tmp_path):
     cases = [
         ("image", big, 413, "too_large"),
         ("image", bomb, 413, "too_large"),
+        ("image", write_bomb_png(tmp_path / "warns.png", side=10_000), 413, "too_large"),  # above the warning level
         ("image", not_image, 415, "unsupported_media_type"),
         ("image", root / "clips/long.mp4", 415, "unsupported_media_type"),
         ("image", junk_png, 415, "unsupported_media_type"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +108,14 @@ def _check_image(path: str) -> None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.size  # noqa: B018  the header is read on open
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        with Image.open(path) as img:
+            width, height = img.size  # the header is read on open
+    except Image.DecompressionBombError as exc:
         raise api_error(413, f"the image upload has too many pixels to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise api_error(415, f"the image upload cannot be read as an image ({exc})") from None
+    # the warning level, compared here: a warnings filter set to "error" is not thread-safe (a request's filter
+    # could stay in place for every thread, failing thumbnails of large indexed images)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise api_error(413, f"the image upload has too many pixels to decode safely ({width}x{height}, above {limit})")
