@@ -132,3 +132,22 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 400x400 is then over twice the limit
     with pytest.raises(InputError, match="too large"):
         load_image(path)
+
+
+def test_16_bit_and_float_pixels_take_the_same_8_bit_values_in_integer_arithmetic():
+    """16-bit and float images were scaled through float64 copies (2.6x the memory the budget predicts for an
+    image); the values are the rounded ones they were: rint(x / 257) for 16 bits, rint(x) clipped for floats."""
+    from unite_search.image import to_rgb
+
+    rng = np.random.default_rng(0)
+    sixteen = rng.integers(0, 65536, (64, 80)).astype(np.uint16)
+    sixteen[1, :80] = np.arange(80) * 257 + 128  # the halfway points of each step
+    wide = rng.integers(-70000, 70000, (64, 80)).astype(np.int32)
+    floats = rng.normal(128, 100, (64, 80)).astype(np.float32)
+    cases = [(Image.fromarray(sixteen), np.rint(sixteen / 257.0)),
+             (Image.fromarray(wide, "I"), np.rint(wide / 257.0)),
+             (Image.fromarray(floats, "F"), np.rint(floats.astype(np.float64)))]  # fmt: skip
+    for img, want in cases:
+        got = np.asarray(to_rgb(img))
+        assert got.shape == (64, 80, 3) and (got[..., 0] == got[..., 2]).all()
+        np.testing.assert_array_equal(got[..., 0], np.clip(want, 0, 255).astype(np.uint8), err_msg=img.mode)
