@@ -151,3 +151,41 @@ def test_16_bit_and_float_pixels_take_the_same_8_bit_values_in_integer_arithmeti
         got = np.asarray(to_rgb(img))
         assert got.shape == (64, 80, 3) and (got[..., 0] == got[..., 2]).all()
         np.testing.assert_array_equal(got[..., 0], np.clip(want, 0, 255).astype(np.uint8), err_msg=img.mode)
+
+
+def test_a_png_whose_data_fails_its_checksum_is_a_damaged_image(tmp_path, encoder):
+    """Pillow checks no CRC of a PNG's image data: one flipped bit decoded to other pixels without a word (18%
+    of single-bit flips), in ingest, queries and uploads alike."""
+    import zlib
+
+    from unite_search.image import DAMAGED_PNG
+    from unite_search.ingestion import ingest
+
+    yy, xx = np.mgrid[0:60, 0:80]
+    good = tmp_path / "corpus" / "good.png"
+    good.parent.mkdir()
+    Image.fromarray(np.stack([xx * 3, yy * 4, xx + yy], -1).astype(np.uint8)).save(good)
+    raw = good.read_bytes()
+    at = raw.index(b"IDAT") + 4
+    flipped = None
+    for offset in range(2, 400):  # a flip the decoder takes without complaint
+        data = bytearray(raw)
+        data[at + offset] ^= 0x04
+        candidate = tmp_path / "probe.png"
+        candidate.write_bytes(bytes(data))
+        try:
+            with Image.open(candidate) as img:
+                img.load()
+        except (OSError, zlib.error):
+            continue
+        flipped = bytes(data)
+        break
+    assert flipped is not None
+    bad = tmp_path / "corpus" / "bad.png"
+    bad.write_bytes(flipped)
+    with pytest.raises(InputError, match=r"damaged image \(a PNG chunk fails its checksum\)") as caught:
+        load_image(str(bad))
+    assert caught.value.detail == "the IDAT chunk's CRC does not match its bytes"
+    assert load_image(str(good)).size == (80, 60)
+    report = ingest(tmp_path / "corpus", tmp_path / "index", encoder=encoder)
+    assert [(f.path, f.reason) for f in report.failures] == [("bad.png", DAMAGED_PNG)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,12 @@ def load_image(source) -> Image.Image:
         if not os.path.isfile(path):
             raise InputError("not a regular file", source=path)
         try:
+            damaged = png_damage(path)
+        except OSError:  # Pillow's open below says what is wrong
+            damaged = None
+        if damaged is not None:
+            raise InputError(DAMAGED_PNG, source=path, detail=f"the {damaged} chunk's CRC does not match its bytes")
+        try:
             img = Image.open(path)
             img.load()
         except Image.DecompressionBombError as exc:
@@ -107,6 +114,32 @@ def load_image(source) -> Image.Image:
     with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels as stored
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DAMAGED_PNG = "damaged image (a PNG chunk fails its checksum)"
+
+
+def png_damage(path: str) -> str | None:
+    """The first chunk of a PNG file whose CRC does not match its bytes (None: all match, or not a PNG, or cut
+    short, which the decoder reports). Pillow checks no CRC of the image data: one flipped bit there can
+    decode to other pixels without a word."""
+    with open(path, "rb") as fh:
+        if fh.read(8) != PNG_SIGNATURE:
+            return None
+        while len(head := fh.read(8)) == 8:
+            left, kind = int.from_bytes(head[:4], "big"), head[4:]
+            crc = zlib.crc32(kind)
+            while left and (piece := fh.read(min(left, 1 << 20))):
+                crc, left = zlib.crc32(piece, crc), left - len(piece)
+            stored = fh.read(4)
+            if left or len(stored) < 4:
+                return None
+            if int.from_bytes(stored, "big") != crc:
+                return kind.decode("latin-1")
+            if kind == b"IEND":
+                return None
+    return None
 
 
 def image_reason(exc: BaseException) -> str:
