@@ -135,8 +135,9 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
 
 
 def test_16_bit_and_float_pixels_take_the_same_8_bit_values_in_integer_arithmetic():
-    """16-bit and float images were scaled through float64 copies (2.6x the memory the budget predicts for an
-    image); the values are the rounded ones they were: rint(x / 257) for 16 bits, rint(x) clipped for floats."""
+    """16-bit images were scaled through float64 copies (2.6x the memory the budget predicts for an image); the
+    values are the rounded ones they were, rint(x / 257). A float image is converted as upstream converts it,
+    clipped and truncated (it was rounded: half its pixels a level off)."""
     from unite_search.image import to_rgb
 
     rng = np.random.default_rng(0)
@@ -146,7 +147,7 @@ def test_16_bit_and_float_pixels_take_the_same_8_bit_values_in_integer_arithmeti
     floats = rng.normal(128, 100, (64, 80)).astype(np.float32)
     cases = [(Image.fromarray(sixteen), np.rint(sixteen / 257.0)),
              (Image.fromarray(wide, "I"), np.rint(wide / 257.0)),
-             (Image.fromarray(floats, "F"), np.rint(floats.astype(np.float64)))]  # fmt: skip
+             (Image.fromarray(floats, "F"), np.trunc(np.clip(floats, 0, 255)))]  # fmt: skip
     for img, want in cases:
         got = np.asarray(to_rgb(img))
         assert got.shape == (64, 80, 3) and (got[..., 0] == got[..., 2]).all()
@@ -189,3 +190,17 @@ def test_a_png_whose_data_fails_its_checksum_is_a_damaged_image(tmp_path, encode
     assert load_image(str(good)).size == (80, 60)
     report = ingest(tmp_path / "corpus", tmp_path / "index", encoder=encoder)
     assert [(f.path, f.reason) for f in report.failures] == [("bad.png", DAMAGED_PNG)]
+
+
+def test_a_pil_image_that_cannot_be_read_or_converted_is_bad_input(tmp_path):
+    """A PIL image opened lazily from a truncated file, or in a mode with no conversion to RGB, raised Pillow's
+    own OSError or ValueError out of a query."""
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(whole)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated image"):
+        load_image(Image.open(cut))
+    with pytest.raises(InputError, match="PIL mode La cannot be converted to RGB"):
+        load_image(Image.new("La", (8, 8)))
+    assert load_image(Image.open(whole)).size == (300, 200)

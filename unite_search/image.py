@@ -62,21 +62,19 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, fact
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB, the way a viewer shows it (16-bit and float scaled, not clipped)."""
+    """Any PIL mode to RGB, the way a viewer shows it (16-bit scaled, not clipped; float as upstream converts it,
+    clipped and truncated)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img)
-        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
             # the 16-bit range onto 8 bits, rounded (= rint(x / 257) for integers), in one 4-byte copy worked in
             # place: float64 copies held 2.6x the memory budget's prediction
             arr = np.clip(arr, 0, 65535) if img.mode == "I" else arr.astype(np.int32)
             arr += 128
             arr //= 257
-        else:
-            arr = np.rint(arr)  # in the array's own type
-            np.clip(arr, 0, 255, out=arr)
-        img = Image.fromarray(arr.astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
@@ -111,9 +109,16 @@ def load_image(source) -> Image.Image:
             raise InputError(f"cannot read image: {image_reason(exc)}", source=path, detail=str(exc)) from exc
     else:
         raise InputError(f"an image is a path, a PIL image or a uint8 array, not {type(source).__name__}")
+    try:
+        img.load()  # a PIL image opened lazily by the caller is decoded here
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot read image: {image_reason(exc)}", detail=str(exc)) from exc
     with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels as stored
         img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
+    try:
+        return to_rgb(img)
+    except ValueError as exc:  # a mode Pillow has no conversion for ("La", "PA" in some versions)
+        raise InputError(f"an image in PIL mode {img.mode} cannot be converted to RGB", detail=str(exc)) from exc
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
