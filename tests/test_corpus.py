@@ -202,6 +202,15 @@ def test_a_manifest_line_with_nan_or_infinity_is_a_problem_of_its_own(tmp_path):
                                                      ("m.jsonl:3", "manifest")]  # fmt: skip
     assert "NaN is not a JSON value" in problems[0].reason and "-Infinity is not" in problems[1].reason
     assert "1e999 is beyond a float's range" in problems[2].reason
+    # a lone surrogate: JSON escapes carry one, UTF-8 cannot (every search answer holding the row failed)
+    lines = ['{"id": "e", "text": "t", "metadata": {"tags": ["ok", "half \\udc00"]}}',
+             '{"id": "f", "text": "t", "metadata": {"\\udc00": 1}}',
+             '{"id": "g", "text": "t", "metadata": {"ok": "\\ud83d\\ude00"}}']  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    items, problems = parse_manifest(walk(tmp_path).entries[0])
+    assert [i.id for i in items] == ["g"] and items[0].metadata == {"ok": "\U0001f600"}
+    assert [p.reason.split("'")[1] for p in problems] == ["metadata.tags[1]", "metadata"]
+    assert "not valid Unicode (a lone surrogate" in problems[0].reason
 
 
 def test_a_link_to_a_folder_of_the_corpus_never_takes_the_folders_place(tmp_path):

@@ -555,21 +555,24 @@ def test_query_batch_takes_precomputed_vectors(built, encoder):
 
 
 def test_metadata_an_older_version_stored_with_nan_is_answered_as_null(tmp_path, encoder, monkeypatch):
-    """Ingest refuses NaN and Infinity in a manifest now, but an index an older version built may hold them:
-    every search answer holding such a row was a 500 (JSON has neither). They read as null."""
+    """Ingest refuses NaN, Infinity and lone surrogates in a manifest now, but an index an older version built
+    may hold them: every search answer holding such a row was a 500. They read as null and U+FFFD."""
     from unite_search import declared
 
     root = tmp_path / "corpus"
     root.mkdir()
-    line = '{"id": "odd", "text": "a reading", "metadata": {"score": NaN, "top": 1e999, "low": -Infinity, "ok": 2.5}}'
+    line = ('{"id": "odd", "text": "a reading", "metadata": {"score": NaN, "top": 1e999, "low": -Infinity, "ok": 2.5, '
+            '"cut": "half \\udc00", "\\ud83d": ["\\ud83d\\ude00"]}}')  # fmt: skip
     (root / "items.jsonl").write_text(line + "\n")
     with monkeypatch.context() as m:  # what an older version stored
         m.setattr(declared, "_not_json", float)
         m.setattr(declared, "_finite", float)
+        m.setattr(declared, "_lone_surrogate", lambda value, where: None)
         ingest(root, tmp_path / "index", encoder=encoder)
     index = Index.open(tmp_path / "index", encoder=encoder)
     assert "NaN" in index.row("odd")["metadata"]
-    expected = {"score": None, "top": None, "low": None, "ok": 2.5}
+    # and a lone surrogate as U+FFFD (UTF-8 has none: the answer failed to encode), a pair as its character
+    expected = {"score": None, "top": None, "low": None, "ok": 2.5, "cut": "half \ufffd", "\ufffd": ["\U0001f600"]}
     assert index.query(text="a reading", target="text", k=1)[0].metadata == expected
     with TestClient(create_app(index, upload_dir=tmp_path / "up")) as c:
         assert _search(c, text="a reading", target="text", k=1)["hits"][0]["metadata"] == expected

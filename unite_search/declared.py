@@ -102,5 +102,24 @@ def _declared(record: Any, where: str, base: str) -> Declared:
     metadata = record.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError("'metadata' must be a JSON object")
+    broken = _lone_surrogate(metadata, "metadata")
+    if broken is not None:  # JSON escapes carry one, UTF-8 cannot: every answer holding the row would fail
+        raise InputError(f"'{broken}' is not valid Unicode (a lone surrogate: half of a character, cut?)")
     raw = {key: record[key] for key in ("image", "video") if record.get(key)}
     return Declared(str(item_id), where, text, media["image"], media["video"], metadata, raw)
+
+
+def _lone_surrogate(value: Any, where: str) -> str | None:
+    """Where in a JSON value a key or string holds a lone surrogate (``metadata.tags[2]``), or None."""
+    if isinstance(value, str):
+        return None if _is_utf8(value) else where
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = where if not _is_utf8(key) else _lone_surrogate(item, f"{where}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _lone_surrogate(item, f"{where}[{i}]")) is not None:
+                return found
+    return None

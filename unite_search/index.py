@@ -64,6 +64,17 @@ class Hit:
 _HIT_FIELDS = tuple(f.name for f in fields(Hit) if f.name != "row")
 
 
+def _mended(value: Any) -> Any:
+    """A JSON value with each lone surrogate in its keys and strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_mended(k): _mended(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mended(v) for v in value]
+    return value
+
+
 def _null(_name: str) -> None:
     return None
 
@@ -348,8 +359,12 @@ def _execute(snapshot: Snapshot, plan: QueryPlan, vec: np.ndarray, q: Mapping[st
 
 
 def _hit(shard: str, row: dict[str, Any], score: float, fused: float | None, rank: int) -> Hit:
-    # NaN and Infinity (in rows an older version stored; ingest refuses them now) read as null: JSON has neither
-    metadata = json.loads(row["metadata"], parse_constant=_null, parse_float=_finite) if row.get("metadata") else None
+    # NaN and Infinity (in rows an older version stored; ingest refuses them now) read as null: JSON has neither;
+    # and a lone surrogate as U+FFFD: UTF-8 has none
+    raw = row.get("metadata")
+    metadata = json.loads(raw, parse_constant=_null, parse_float=_finite) if raw else None
+    if raw and "\\ud" in raw:
+        metadata = _mended(metadata)
     return Hit(
         id=row["id"],
         score=score,
