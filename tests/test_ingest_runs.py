@@ -378,6 +378,12 @@ def test_user_mistakes_are_typed_errors_that_are_still_value_errors(tmp_path, ti
         (lambda: ingest(root, encoder=encoder, pairs="all"), ConfigError),
         (lambda: ingest(root, encoder=encoder, segment_seconds=5, segment_overlap=5), ConfigError),
         (lambda: ingest(root, encoder=encoder, memory_bytes=0), ConfigError),
+        # a fractional or string passage length stopped the run as "a bug in unite-search" (a TypeError while
+        # slicing); one of 10**9 held a 10 MB file whole (2.9 GB) while its one passage was tokenized
+        (lambda: ingest(root, encoder=encoder, passage_chars=100.5), ConfigError),
+        (lambda: ingest(root, encoder=encoder, passage_chars="2000"), ConfigError),
+        (lambda: ingest(root, encoder=encoder, passage_chars=10**9), ConfigError),
+        (lambda: ingest(root, encoder=encoder, segment_seconds="30"), ConfigError),
         (lambda: ingest(root / "a.png", encoder=encoder), InputError),
         (lambda: Encoder.load(tiny_dir, device="gpu"), DeviceError),
         (lambda: Encoder.load(tiny_dir, device="cpu", dtype="float8"), ConfigError),
@@ -390,6 +396,12 @@ def test_user_mistakes_are_typed_errors_that_are_still_value_errors(tmp_path, ti
         assert isinstance(info.value, ValueError)
     with pytest.raises(InputError, match=r"is a file, and ingest takes a folder.*folder of its own.*embed"):
         ingest(root / "a.png", encoder=encoder)
+    with pytest.raises(ConfigError, match=r"passage_chars must be 16 to 32,768, not 1,000,000,000"):
+        ingest(root, encoder=encoder, passage_chars=10**9)
+    import numpy as np
+
+    assert ingest(root, tmp_path / "np", encoder=encoder, passage_chars=np.int64(500)).status == "ok"  # numpy's int
+    assert json.loads((tmp_path / "np" / "manifest.json").read_text())["ingest"]["passage_chars"] == 500
 
 
 # ------------------------------------------------------------------------------ no work, no model

@@ -160,7 +160,8 @@ def ingest(
     segment_seconds = done.get("segment_seconds", 30.0) if segment_seconds is None else segment_seconds
     passage_chars = done.get("passage_chars", 2000) if passage_chars is None else passage_chars
     pairs = done.get("pairs", "none") if pairs is None else pairs
-    overlap = segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
+    options = IngestOptions(segment_seconds, 0.0, passage_chars, pairs)  # the numbers' checks, before the sixth
+    overlap = options.segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
     options = IngestOptions(segment_seconds, overlap, passage_chars, pairs)
     say = log or (lambda _msg: None)
     if encoder is not None:

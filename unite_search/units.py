@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from collections import defaultdict
 from collections.abc import Collection
@@ -39,6 +40,9 @@ from .schema import row_key, shard_name
 CAPTION_BYTES = 64 << 10  # a sidecar caption at most: it is read whole and stored with every row it labels
 
 
+PASSAGE_CHARS_MAX = 32_768
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     """How a corpus becomes rows. Recorded in the manifest; changing them needs a rebuild."""
@@ -49,10 +53,19 @@ class IngestOptions:
     pairs: str = "none"  # "composed": also index each image/video with its sidecar caption as one item
 
     def __post_init__(self) -> None:
+        for name in ("segment_seconds", "segment_overlap", "passage_chars"):
+            value = getattr(self, name)
+            whole = name == "passage_chars"
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+                kind = "a whole number of characters" if whole else "a number of seconds"
+                raise ConfigError(f"{name} must be {kind}, not {value!r}")
+            object.__setattr__(self, name, int(value) if whole else float(value))  # numpy's, as plain numbers
         if self.segment_seconds <= 0 or not 0 <= self.segment_overlap < self.segment_seconds:
             raise ConfigError("need segment_seconds > 0 and 0 <= segment_overlap < segment_seconds")
-        if self.passage_chars < 16:
-            raise ConfigError("passage_chars must be at least 16")
+        if not 16 <= self.passage_chars <= PASSAGE_CHARS_MAX:
+            # a longer passage cannot fit the model's context (32,768 tokens) whatever its script, and a file
+            # cut into passages that long was held whole while the one passage was tokenized
+            raise ConfigError(f"passage_chars must be 16 to {PASSAGE_CHARS_MAX:,}, not {self.passage_chars:,}")
         if self.pairs not in ("none", "composed"):
             raise ConfigError(f"pairs must be 'none' or 'composed', not {self.pairs!r}")
 

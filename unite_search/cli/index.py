@@ -37,7 +37,7 @@ from ._common import _encoder_options, _run, _settings, _usage_mistake, main
 @click.option("--segment-overlap", type=float, default=None, help="Seconds two segments share (default: a sixth).")
 @click.option(
     "--passage-chars",
-    type=click.IntRange(16),
+    type=click.IntRange(16, 32_768),
     default=None,
     help="Text files are split into passages of at most this many characters (default 2000).",
 )
