@@ -365,3 +365,34 @@ def test_the_read_stage_reads_image_headers_never_the_pixels(tmp_path, monkeypat
     for path, size in upright.items():
         found = _read(path)
         assert (found.width, found.height) == size, path.name
+
+
+def test_a_text_is_told_by_its_bytes_not_by_its_first_words(tmp_path):
+    """A text opening with a format's magic words was refused as image or video data; a UTF-16 file was
+    called binary data."""
+    from corpora import write_photo
+
+    from unite_search.corpus import Entry, read_file
+
+    def read(name: str):
+        path = tmp_path / name
+        st = path.stat()
+        return read_file(Entry(name, str(path), st.st_size, st.st_mtime_ns, "text"), passage_chars=100)
+
+    (tmp_path / "gif.txt").write_text("GIF89a is the name of the format's second version, from 1989.\n")
+    (tmp_path / "ftyp.md").write_text("The ftyp box opens an MP4 file: four bytes of size, then its type.\n")
+    (tmp_path / "riff.txt").write_text("RIFF1234WEBP is how a WebP file begins, in bytes.\n")
+    for name in ("gif.txt", "ftyp.md", "riff.txt"):
+        assert len(read(name).passages) == 1, name
+    write_photo(tmp_path / "photo.png", seed=1)
+    (tmp_path / "photo.txt").write_bytes((tmp_path / "photo.png").read_bytes())  # an image is still refused
+    with pytest.raises(InputError, match="content is image data but the extension says text"):
+        read("photo.txt")
+    (tmp_path / "wide.txt").write_text("a note written in UTF-16\n", encoding="utf-16")
+    with pytest.raises(InputError, match=r"text is UTF-16 \(by its byte order mark\); convert it to UTF-8"):
+        read("wide.txt")
+    with pytest.raises(InputError, match="text is UTF-16"):
+        decode_text((tmp_path / "wide.txt").read_bytes(), "wide.txt")
+    (tmp_path / "nul.txt").write_bytes(b"text\x00with a NUL")
+    with pytest.raises(InputError, match="binary data"):
+        read("nul.txt")

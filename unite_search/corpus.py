@@ -322,10 +322,26 @@ def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b, _, _ in splitter.finish()]
 
 
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)  # fmt: skip  (UTF-32 LE's BOM begins as UTF-16 LE's)
+
+
+def _binary(data: bytes, source: str) -> InputError:
+    """Why a text holding NUL bytes is refused: a UTF-16 or UTF-32 file, told by its BOM, or binary data."""
+    wide = next((name for bom, name in _WIDE_BOMS if data.startswith(bom)), None)
+    if wide is not None:
+        return InputError(f"text is {wide} (by its byte order mark); convert it to UTF-8", source=source)
+    return InputError("text file holds binary data (NUL bytes)", source=source)
+
+
 def decode_text(data: bytes, source: str) -> str:
     """Strict UTF-8 (a BOM is dropped); binary data and invalid bytes are an :class:`InputError`."""
     if b"\x00" in data:
-        raise InputError("text file holds binary data (NUL bytes)", source=source)
+        raise _binary(data, source)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -396,7 +412,8 @@ def read_file(entry: Entry, *, passage_chars: int, video_backend: str | None = N
         with open(entry.path, "rb") as fh:
             st = os.fstat(fh.fileno())
             head = fh.read(64)
-            if text is not None and (found := sniff(head, st.st_size)) is not None:
+            # a text that opens with a format's magic words ("GIF89a is the name of...") is still a text
+            if text is not None and (found := sniff(head, st.st_size)) is not None and not _looks_like_text(head):
                 raise InputError(f"content is {found} data but the extension says text", source=entry.rel)
             chunk = head
             while chunk:
@@ -459,7 +476,7 @@ class _TextStream:
 
     def feed(self, chunk: bytes) -> None:
         if b"\x00" in chunk:
-            raise InputError("text file holds binary data (NUL bytes)", source=self.source)
+            raise _binary(chunk if not self._started else b"", self.source)
         if not self._started:  # a BOM is not text, but it takes 3 bytes of the file
             self._started = True
             if chunk.startswith(codecs.BOM_UTF8):
