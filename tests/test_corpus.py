@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import unicodedata
 
 import pytest
 from corpora import write_photo
@@ -396,3 +397,25 @@ def test_a_text_is_told_by_its_bytes_not_by_its_first_words(tmp_path):
     (tmp_path / "nul.txt").write_bytes(b"text\x00with a NUL")
     with pytest.raises(InputError, match="binary data"):
         read("nul.txt")
+
+
+def test_passages_are_cut_alike_whatever_the_line_ends_and_never_inside_a_character():
+    """CRLF and CR files were cut elsewhere than the same text with LF (a blank line unseen); a hard cut (no
+    space in the second half of the window) parted flags, emoji sequences and accents from their letter."""
+    lf = "alpha beta gamma. " * 3 + "\n\n" + "delta epsilon zeta " * 2 + "\nlast line here and more words"
+    cuts = split_passages(lf, 100)
+    assert len(cuts) == 2
+    for ending in ("\r\n", "\r"):
+        text = lf.replace("\n", ending)
+        assert [text[a:b].replace(ending, "\n") for a, b in split_passages(text, 100)] == [lf[a:b] for a, b in cuts]
+    flags = "\U0001f1eb\U0001f1f7\U0001f1e9\U0001f1ea\U0001f1ee\U0001f1f9" * 12  # FR DE IT, no spaces
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 12
+    accents = "e\u0301a\u0300" * 30  # letters and their combining accents (NFD)
+    for text in (flags, family, accents):
+        spans = split_passages(text, 17)
+        assert "".join(text[a:b] for a, b in spans) == text  # nothing lost
+        for a, b in spans:
+            assert not unicodedata.category(text[a]).startswith("M") and text[a] != "\u200d"
+            assert b == len(text) or text[b - 1] != "\u200d"
+        if text is flags:
+            assert all((b - a) % 2 == 0 for a, b in spans)  # whole flags only

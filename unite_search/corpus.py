@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,10 +289,13 @@ class PassageSplitter:
         if end < n:
             half = self.max_chars // 2
             window = self._buffer[half:end]
-            for sep in ("\n\n", "\n", ". ", " "):
-                cut = window.rfind(sep)
+            if "\r" in window:  # CRLF and CR line ends found as LF ones (the same length: offsets hold)
+                window = window.replace("\r\n", "\x01\n").replace("\r", "\n")
+            for seps in (("\n\n", "\n\x01\n"), ("\n",), (". ",), (" ",)):
+                cut = max(window.rfind(sep) + len(sep) if sep in window else -1 for sep in seps)
                 if cut >= 0:
-                    return half + cut + len(sep)
+                    return half + cut
+            return _grapheme_start(self._buffer, end, half)
         return end
 
     def _cut(self, end: int) -> None:
@@ -308,6 +312,39 @@ class PassageSplitter:
         self._buffer = self._buffer[end:]
         self._char += end
         self._byte += size
+
+
+def _joins(before: str, char: str) -> bool:
+    """Whether ``char`` belongs to the character before it as one user-perceived character: a combining mark, a
+    variation selector, a skin tone, a zero-width joiner or what follows one."""
+    code = ord(char)
+    return (
+        unicodedata.category(char) in ("Mn", "Mc", "Me")
+        or 0xFE00 <= code <= 0xFE0F
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x1F3FB <= code <= 0x1F3FF
+        or char == "\u200d"
+        or before == "\u200d"
+    )
+
+
+def _is_flag_half(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF  # a regional indicator: two make a flag
+
+
+def _grapheme_start(text: str, end: int, floor: int) -> int:
+    """A cut at ``end`` moved back (not below ``floor``) to where no user-perceived character is split: not
+    before a combining accent, inside an emoji sequence, or between the two halves of a flag."""
+    cut = end
+    while cut > floor and _joins(text[cut - 1], text[cut]):
+        cut -= 1
+    if cut > floor and _is_flag_half(text[cut]) and _is_flag_half(text[cut - 1]):
+        run = cut
+        while run > 0 and _is_flag_half(text[run - 1]):
+            run -= 1
+        if (cut - run) % 2:  # the cut would part a pair
+            cut -= 1
+    return cut if cut > floor else end
 
 
 def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
