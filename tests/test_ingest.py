@@ -371,3 +371,14 @@ def test_raise_policy_stops_and_publishes_nothing(tmp_path, encoder):
 
 
 # ------------------------------------------------------------------------------------ crash, resume
+
+
+def test_a_manifest_items_text_is_stored_as_the_model_saw_it(tmp_path, encoder):
+    """The encoder strips a text's ends; the row kept them, so its text column was not the text embedded."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "items.jsonl").write_text(json.dumps({"id": "a", "text": "  fine text \n"}) + "\n")
+    ingest(root, tmp_path / "index", encoder=encoder)
+    row = rows_by_id(tmp_path / "index")["text:a"]
+    assert row["text"] == "fine text"
+    np.testing.assert_allclose(row["vector"], encoder.encode([{"text": "fine text"}])[0], atol=1e-5)

@@ -372,7 +372,8 @@ def plan_units(
         # a row with media carries its file's hash, as a pair's row does: a composed query excludes the rows
         # of its own reference file by it (the unit's key above tells a changed item)
         media_hash = next((parts[k] for k in ("video", "image") if k in parts), content)
-        row.update(paths=media_paths, content_hash=media_hash, text=d.text, metadata=meta, **row_cols)
+        text = d.text.strip() if d.text is not None else None  # as the model sees it (the encoder strips it)
+        row.update(paths=media_paths, content_hash=media_hash, text=text, metadata=meta, **row_cols)
         item = {"text": d.text, "image": d.image, "video": d.video}
         task = Task(key, shard, row, item, tuple(checks), cost=cost)
         units.append(Unit(key, shard, [task], tuple(media_paths), None, d.source))
