@@ -344,6 +344,9 @@ def test_the_read_stage_reads_image_headers_never_the_pixels(tmp_path, monkeypat
     8000x8000 PNG of 200 KB, outside the memory budget, and every PNG was decoded twice. And a portrait TIFF
     (orientation 6), which Pillow already gives upright, was turned a second time: width and height swapped
     in the index."""
+    import struct
+    import zlib
+
     from PIL import Image, ImageFile
 
     from unite_search.image import load_image
@@ -356,8 +359,20 @@ def test_the_read_stage_reads_image_headers_never_the_pixels(tmp_path, monkeypat
     tiff, jpeg = tmp_path / "portrait.tif", tmp_path / "portrait.jpg"
     for path in (tiff, jpeg):
         Image.new("RGB", (40, 20), (10, 200, 30)).save(path, exif=exif)
-    upright = {p: load_image(str(p)).size for p in (late, plain, tiff, jpeg)}
-    assert upright[late] == upright[tiff] == upright[jpeg] == (20, 40)
+    # ImageMagick keeps EXIF as hex in a text chunk ("Raw profile type exif"), before the data or after it
+    from PIL import PngImagePlugin
+
+    profile = "\nexif\n" + f"{len(exif.tobytes()) + 6:8d}\n" + (b"Exif\x00\x00" + exif.tobytes()).hex()
+    early, after = tmp_path / "early.png", tmp_path / "after.png"
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("Raw profile type exif", profile)
+    Image.new("RGB", (40, 20), (10, 200, 30)).save(early, pnginfo=meta)
+    Image.new("RGB", (40, 20), (10, 200, 30)).save(after)
+    data = b"Raw profile type exif\0\0" + zlib.compress(profile.encode())
+    chunk = struct.pack(">I", len(data)) + b"zTXt" + data + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    after.write_bytes(after.read_bytes()[:-12] + chunk + after.read_bytes()[-12:])
+    upright = {p: load_image(str(p)).size for p in (late, plain, tiff, jpeg, early, after)}
+    assert upright[late] == upright[tiff] == upright[jpeg] == upright[early] == upright[after] == (20, 40)
 
     def decoded(self, *args, **kwargs):
         raise AssertionError(f"{self.filename} decoded in the read stage")
@@ -383,7 +398,8 @@ def test_a_text_is_told_by_its_bytes_not_by_its_first_words(tmp_path):
     (tmp_path / "gif.txt").write_text("GIF89a is the name of the format's second version, from 1989.\n")
     (tmp_path / "ftyp.md").write_text("The ftyp box opens an MP4 file: four bytes of size, then its type.\n")
     (tmp_path / "riff.txt").write_text("RIFF1234WEBP is how a WebP file begins, in bytes.\n")
-    for name in ("gif.txt", "ftyp.md", "riff.txt"):
+    (tmp_path / "spaces.txt").write_text("GIF89a\u00a0and\u3000soft\u00adhyphen, a\u200djoiner\fand a page\n")
+    for name in ("gif.txt", "ftyp.md", "riff.txt", "spaces.txt"):
         assert len(read(name).passages) == 1, name
     write_photo(tmp_path / "photo.png", seed=1)
     (tmp_path / "photo.txt").write_bytes((tmp_path / "photo.png").read_bytes())  # an image is still refused
@@ -394,6 +410,9 @@ def test_a_text_is_told_by_its_bytes_not_by_its_first_words(tmp_path):
         read("wide.txt")
     with pytest.raises(InputError, match="text is UTF-16"):
         decode_text((tmp_path / "wide.txt").read_bytes(), "wide.txt")
+    (tmp_path / "cjk.txt").write_text("中文的笔记" * 20, encoding="utf-16")  # no NUL byte in it
+    with pytest.raises(InputError, match="text is UTF-16"):
+        read("cjk.txt")
     (tmp_path / "nul.txt").write_bytes(b"text\x00with a NUL")
     with pytest.raises(InputError, match="binary data"):
         read("nul.txt")

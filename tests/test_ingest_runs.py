@@ -402,6 +402,12 @@ def test_user_mistakes_are_typed_errors_that_are_still_value_errors(tmp_path, ti
 
     assert ingest(root, tmp_path / "np", encoder=encoder, passage_chars=np.int64(500)).status == "ok"  # numpy's int
     assert json.loads((tmp_path / "np" / "manifest.json").read_text())["ingest"]["passage_chars"] == 500
+    # the ceiling is asked of a new run: an index built before with longer passages keeps them
+    manifest = json.loads((tmp_path / "np" / "manifest.json").read_text())
+    manifest["ingest"]["passage_chars"] = 40_000
+    (tmp_path / "np" / "manifest.json").write_text(json.dumps(manifest))
+    (root / "b.txt").write_text("a new note")
+    assert ingest(root, tmp_path / "np", encoder=encoder).status == "ok"
 
 
 # ------------------------------------------------------------------------------ no work, no model

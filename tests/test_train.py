@@ -391,6 +391,10 @@ def test_finetune_cli_with_held_out_evaluation(tiny_dir, tmp_path):
     assert resumed.exit_code == 0 and "trained 2 steps" in resumed.stdout  # nothing left to do
     reseeded = CliRunner().invoke(main, [*args, "--seed", "5", "--resume", str(tmp_path / "run" / "checkpoint-2")])
     assert reseeded.exit_code != 0 and "seed 0 (now 5)" in reseeded.output  # the CLI's seed reaches the run
+    huge = CliRunner().invoke(main, [*args, "--seed", str(2**64)])  # torch's generators take 64 bits
+    assert huge.exit_code == 2 and "--seed" in huge.output
+    with pytest.raises(ConfigError, match="seed -1 must be a whole number"):
+        TrainConfig(seed=-1).resolved()
     bad = CliRunner().invoke(main, [*args[:2], str(tmp_path / "missing.jsonl"), *args[3:]])
     assert bad.exit_code == 2
     # one of --eval-data and --eval-every without the other evaluated nothing, silently

@@ -9,11 +9,13 @@ duration and text passages on the way. What a ``*.jsonl`` file declares is read 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import hashlib
 import os
 import stat
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,7 +379,7 @@ def _binary(data: bytes, source: str) -> InputError:
 
 def decode_text(data: bytes, source: str) -> str:
     """Strict UTF-8 (a BOM is dropped); binary data and invalid bytes are an :class:`InputError`."""
-    if b"\x00" in data:
+    if b"\x00" in data or data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise _binary(data, source)
     try:
         text = data.decode("utf-8-sig")
@@ -516,6 +518,8 @@ class _TextStream:
             raise _binary(chunk if not self._started else b"", self.source)
         if not self._started:  # a BOM is not text, but it takes 3 bytes of the file
             self._started = True
+            if chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # never UTF-8, NUL or not
+                raise _binary(chunk, self.source)
             if chunk.startswith(codecs.BOM_UTF8):
                 self._splitter = PassageSplitter(self.passage_chars, byte_offset=3)
                 chunk, self._bytes = chunk[3:], 3
@@ -559,7 +563,9 @@ def _looks_like_text(head: bytes) -> bool:
         sample = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
-    return bool(sample) and all(c.isprintable() or c in "\t\r\n" for c in sample)
+    # no control character but the layout ones; any space and any invisible format character (a no-break or an
+    # ideographic space, a soft hyphen, a zero-width joiner) is text
+    return bool(sample) and all(c in "\t\r\n\f\v" or unicodedata.category(c) != "Cc" for c in sample)
 
 
 def _image_size(entry: Entry) -> tuple[int, int]:
@@ -570,8 +576,9 @@ def _image_size(entry: Entry) -> tuple[int, int]:
             size = img.size
             if img.format == "PNG" and "exif" not in img.info:
                 # Pillow decodes the whole image to reach an eXIf chunk stored after its data (every PNG
-                # without one before it): the read stage walks the chunk headers instead
-                img.info["exif"] = _png_exif(entry.path) or b""
+                # without one before it): the read stage walks the chunk headers instead (an XMP orientation
+                # is still read from the text chunks before the data)
+                img.info["exif"] = _png_exif(entry.path, img.info) or b""
             orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swaps width and height
             if getattr(img, "_tile_size", size) != size:  # a TIFF whose size Pillow (>= 11) gives upright
                 orientation = 1
@@ -584,16 +591,37 @@ def _image_size(entry: Entry) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
-def _png_exif(path: str) -> bytes | None:
-    """A PNG's eXIf chunk, found by walking the chunk headers (the image data is skipped, never read)."""
+_RAW_EXIF = b"Raw profile type exif"  # ImageMagick's text chunk: the EXIF block in hex, after three lines
+
+
+def _png_exif(path: str, info: dict) -> bytes | None:
+    """A PNG's EXIF block: its eXIf chunk, else a raw-profile text chunk (as Pillow reads them), found by walking
+    the chunk headers; the image data is skipped, never read. ``info``: what Pillow read before the data."""
+    raw = info.get(_RAW_EXIF.decode())
+    found = _raw_profile(raw.encode("latin-1", "replace")) if isinstance(raw, str) else None
     with open(path, "rb") as fh:
         if fh.read(8) != b"\x89PNG\r\n\x1a\n":
-            return None
+            return found
         while len(head := fh.read(8)) == 8:
             length, kind = int.from_bytes(head[:4], "big"), head[4:]
             if kind == b"eXIf":
                 return fh.read(length)
             if kind == b"IEND":
-                return None
-            fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
-    return None
+                break
+            if found is None and kind in (b"tEXt", b"zTXt") and length <= 1 << 20:
+                data = fh.read(length)
+                keyword, _, text = data.partition(b"\0")
+                if keyword == _RAW_EXIF:
+                    with contextlib.suppress(zlib.error, IndexError):
+                        found = _raw_profile(zlib.decompress(text[1:]) if kind == b"zTXt" else text)
+                fh.seek(4, os.SEEK_CUR)
+            else:
+                fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return found
+
+
+def _raw_profile(text: bytes) -> bytes | None:
+    try:
+        return bytes.fromhex("".join(text.decode("latin-1").split("\n")[3:]))
+    except ValueError:
+        return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import sys
 import time
@@ -41,6 +42,7 @@ from .report import FAILED, INTERRUPTED, OK, WITH_FAILURES, IngestReport
 from .settings import EncoderSettings
 from .store import IndexStore
 from .units import (
+    PASSAGE_CHARS_MAX,
     IngestOptions,
     declared_items,
     diff_units,
@@ -158,6 +160,8 @@ def ingest(
     if segment_overlap is None and segment_seconds in (None, done.get("segment_seconds")):  # the index's own
         segment_overlap = done.get("segment_overlap")
     segment_seconds = done.get("segment_seconds", 30.0) if segment_seconds is None else segment_seconds
+    if isinstance(passage_chars, numbers.Real) and passage_chars > PASSAGE_CHARS_MAX:  # the caller's, not the index's
+        raise ConfigError(f"passage_chars must be 16 to {PASSAGE_CHARS_MAX:,}, not {passage_chars:,}")
     passage_chars = done.get("passage_chars", 2000) if passage_chars is None else passage_chars
     pairs = done.get("pairs", "none") if pairs is None else pairs
     options = IngestOptions(segment_seconds, 0.0, passage_chars, pairs)  # the numbers' checks, before the sixth

@@ -41,7 +41,7 @@ from ._common import _run, _usage_mistake, main
 @click.option("--dual", is_flag=True, help="Average the loss with the (unmasked) candidate-to-query term, as upstream.")
 @click.option("--max-steps", type=click.IntRange(1), default=None, metavar="N",
               help="Train exactly N steps (overrides --epochs); past an epoch, the next one starts.")  # fmt: skip
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Draws the epochs' order, the LoRA weights' start and dropout's masks.")  # fmt: skip
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out pairs.")
 @click.option("--eval-every", type=click.IntRange(0), default=0,

@@ -81,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"lora_dropout {self.lora_dropout} must be in [0, 1)")
         if self.max_grad_norm is not None and not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
             raise ConfigError(f"max_grad_norm {self.max_grad_norm} must be a finite number >= 0 (0: no clipping)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed {self.seed!r} must be a whole number from 0 to {SEED_MAX}")
         defaults = STAGE_DEFAULTS[self.stage]
         out = TrainConfig(**asdict(self))
         out.lr = self.lr if self.lr is not None else defaults["lr"]
@@ -88,6 +90,8 @@ class TrainConfig:
         out.max_grad_norm = self.max_grad_norm or None  # 0 and None alike: no clipping
         return out
 
+
+SEED_MAX = 2**63 - 1  # torch's generators take a 64-bit seed
 
 # the settings that shape a run's curve (data order, schedule, loss): a resume must keep them
 CURVE = ("stage", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dropout", "max_grad_norm", "warmup",
