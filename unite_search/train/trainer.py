@@ -213,10 +213,10 @@ class Trainer:
         self.log: list[dict[str, Any]] = []
         # dropout's own random stream, from the run's seed (one a process): two runs alike draw alike masks, and
         # the caller's random state is neither used nor moved
-        cuda = [self.encoder.device] if self.encoder.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(int(np.random.SeedSequence([self.config.seed, self.rank]).generate_state(1)[0]))
-            self._random = _rng_state(self.encoder.device)
+        seed = int(np.random.SeedSequence([self.config.seed, self.rank]).generate_state(1)[0])
+        self._random = {"cpu": torch.Generator().manual_seed(seed).get_state()}  # no process-wide seed is touched
+        if self.encoder.device.type == "cuda":
+            self._random["cuda"] = torch.Generator(device=self.encoder.device).manual_seed(seed).get_state()
         self._mark()
 
     # ---------------------------------------------------------------- schedule
