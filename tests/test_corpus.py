@@ -8,9 +8,10 @@ import unicodedata
 import pytest
 from corpora import write_photo
 
-from unite_search.corpus import decode_text, sniff, split_passages, walk
+from unite_search.corpus import decode_text, sniff, walk
 from unite_search.declared import parse_manifest
 from unite_search.errors import InputError
+from unite_search.passages import PassageSplitter, split_passages
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,6 @@ def test_passages_cover_the_text_within_the_limit():
 
 
 def test_passages_leave_out_surrounding_whitespace_in_chars_and_bytes():
-    from unite_search.corpus import PassageSplitter
 
     text = "\n  a red kite\n\n\u00e9t\u00e9 \u00e0 Paris \n"
     splitter = PassageSplitter(14, byte_offset=3)  # as after a UTF-8 BOM
@@ -87,8 +87,6 @@ def _whole_text_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
 
 def test_streamed_passages_equal_whole_text_passages_with_their_byte_ranges():
     import random
-
-    from unite_search.corpus import PassageSplitter
 
     rng = random.Random(0)
     pieces = ["word", " ", "\n", "\n\n", ". ", "caf\u00e9", "\u65e5\u672c", "  ", "\U0001f98a"]

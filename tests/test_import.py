@@ -62,7 +62,8 @@ def test_user_input_never_meets_a_bare_value_key_or_type_error():
     import unite_search
 
     package = Path(unite_search.__file__).parent
-    checked = ["batching", "corpus", "encoder", "image", "ingestion", "modality", "runs", "settings", "units", "video"]
+    checked = ["batching", "corpus", "encoder", "frames", "frametimes", "image", "ingestion", "modality", "passages",
+               "runs", "settings", "units", "video"]  # fmt: skip
     bare = [
         f"{name}.py: {m.group(0)}"
         for name in checked

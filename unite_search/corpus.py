@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .diskio import file_sha256
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .modality import Modality
+from .passages import PassageSplitter
 
 __all__ = ["file_sha256"]  # re-exported: ingest, queries and the benchmark cache hash files with it
 
@@ -254,111 +255,6 @@ def sniff(head: bytes, size: int | None = None) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return Modality.VIDEO.value
     return None
-
-
-class PassageSplitter:
-    """Cut text fed in pieces into passages of at most ``max_chars`` characters, as it streams.
-
-    Cuts prefer a blank line, then a line end or sentence end, then any space, in the second half
-    of the window; whitespace-only spans are dropped, and each span leaves out its passage's leading
-    and trailing whitespace (the encoder strips it from every text). A passage is decided once ``max_chars + 1``
-    characters past its start are known (or the text ended), so memory stays about one window, and
-    the cuts are those :func:`split_passages` makes on the whole text. Each span also gives its
-    UTF-8 byte range, so a passage can be read back without decoding the file around it.
-    """
-
-    def __init__(self, max_chars: int, byte_offset: int = 0):
-        if max_chars < 1:
-            raise ConfigError("max_chars must be positive")
-        self.max_chars = max_chars
-        self._buffer = ""
-        self._char = 0  # character offset of _buffer[0] in the whole text
-        self._byte = byte_offset  # its byte offset in the file
-        self.spans: list[tuple[int, int, int, int]] = []  # (char_start, char_end, byte_start, byte_end)
-
-    def feed(self, text: str) -> None:
-        self._buffer += text
-        while len(self._buffer) > self.max_chars:
-            self._cut(self._end(len(self._buffer)))
-
-    def finish(self) -> list[tuple[int, int, int, int]]:
-        while self._buffer:
-            self._cut(self._end(len(self._buffer)))
-        return self.spans
-
-    def _end(self, n: int) -> int:
-        end = min(self.max_chars, n)
-        if end < n:
-            half = self.max_chars // 2
-            window = self._buffer[half:end]
-            if "\r" in window:  # CRLF and CR line ends found as LF ones (the same length: offsets hold)
-                window = window.replace("\r\n", "\x01\n").replace("\r", "\n")
-            for seps in (("\n\n", "\n\x01\n"), ("\n",), (". ",), (" ",)):
-                cut = max(window.rfind(sep) + len(sep) if sep in window else -1 for sep in seps)
-                if cut >= 0:
-                    return half + cut
-            return _grapheme_start(self._buffer, end, half)
-        return end
-
-    def _cut(self, end: int) -> None:
-        piece = self._buffer[:end]
-        size = len(piece.encode("utf-8"))
-        if piece.strip():  # the span is the passage less its leading and trailing whitespace
-            lead = len(piece) - len(piece.lstrip())
-            tail = len(piece) - len(piece.rstrip())
-            lead_bytes = len(piece[:lead].encode("utf-8"))
-            tail_bytes = len(piece[end - tail :].encode("utf-8"))
-            self.spans.append(
-                (self._char + lead, self._char + end - tail, self._byte + lead_bytes, self._byte + size - tail_bytes)
-            )
-        self._buffer = self._buffer[end:]
-        self._char += end
-        self._byte += size
-
-
-def _joins(before: str, char: str) -> bool:
-    """Whether ``char`` belongs to the character before it as one user-perceived character: a combining mark, a
-    variation selector, a skin tone, a zero-width joiner or what follows one."""
-    code = ord(char)
-    return (
-        unicodedata.category(char) in ("Mn", "Mc", "Me")
-        or 0xFE00 <= code <= 0xFE0F
-        or 0xE0100 <= code <= 0xE01EF
-        or 0x1F3FB <= code <= 0x1F3FF
-        or char == "\u200d"
-        or before == "\u200d"
-    )
-
-
-def _is_flag_half(char: str) -> bool:
-    return 0x1F1E6 <= ord(char) <= 0x1F1FF  # a regional indicator: two make a flag
-
-
-def _grapheme_start(text: str, end: int, floor: int) -> int:
-    """A cut at ``end`` moved back (not below ``floor``) to where no user-perceived character is split: not
-    before a combining accent, inside an emoji sequence, or between the two halves of a flag."""
-    cut = end
-    while cut > floor and _joins(text[cut - 1], text[cut]):
-        cut -= 1
-    if cut > floor and _is_flag_half(text[cut]) and _is_flag_half(text[cut - 1]):
-        run = cut
-        while run > 0 and _is_flag_half(text[run - 1]):
-            run -= 1
-        if (cut - run) % 2:  # the cut would part a pair
-            cut -= 1
-    return cut if cut > floor else end
-
-
-def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
-    """Character spans [start, end) of the passages of at most ``max_chars`` that ``text`` is cut
-    into, without their leading and trailing whitespace (see :class:`PassageSplitter`).
-
-    >>> split_passages("one two. three four", 10)
-    [(0, 8), (9, 19)]
-    """
-    splitter = PassageSplitter(max_chars)
-    splitter.feed(text)
-    return [(a, b) for a, b, _, _ in splitter.finish()]
 
 
 _WIDE_BOMS = (
