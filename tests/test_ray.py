@@ -319,7 +319,7 @@ def test_a_run_that_starts_ray_shows_our_progress_and_none_of_rays_lines(tmp_pat
     local ingest's messages and progress bar only."""
     root = tmp_path / "corpus"
     texts(root, 6)  # one Ray Data input for two encoders: Ray warned of it on stderr
-    (root / "notes/broken.txt").write_bytes(b"\xff\xfe not utf-8 \xff")
+    (root / "notes/broken.txt").write_bytes(b"caf\xe9 in Latin-1, not UTF-8")
     exe = Path(sys.executable).with_name("unite-search")
     env = {**os.environ, "RAY_ADDRESS": ""}
     args = [str(exe), "ingest", str(root), "--index", str(tmp_path / "index"), "--model", str(tiny_dir), "--device",
