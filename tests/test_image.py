@@ -203,4 +203,8 @@ def test_a_pil_image_that_cannot_be_read_or_converted_is_bad_input(tmp_path):
         load_image(Image.open(cut))
     with pytest.raises(InputError, match="PIL mode La cannot be converted to RGB"):
         load_image(Image.new("La", (8, 8)))
+    closed = Image.open(whole)
+    closed.close()
+    with pytest.raises(InputError, match="the PIL image was closed before it was read"):
+        load_image(closed)
     assert load_image(Image.open(whole)).size == (300, 200)

@@ -151,6 +151,8 @@ def image_reason(exc: BaseException) -> str:
     """What Pillow's exception says about the file, in the same words every time (its own message holds the
     path, byte counts, decoder codes: it goes to the failure's ``detail``)."""
     said = str(exc).lower()
+    if "closed image" in said:
+        return "the PIL image was closed before it was read"
     if "truncated" in said or isinstance(exc, EOFError):
         return "truncated image (an incomplete copy or download)"
     if "cannot identify image file" in said:
