@@ -36,27 +36,29 @@ def kept_seconds(key: tuple) -> np.ndarray | None:
         return _TIMES[key][2] if key in _TIMES else None
 
 
-def packet_times(container, stream, key: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(every shown frame's timestamp in presentation order, the keyframes' timestamps), in the stream's
-    time base, from the packets of an open PyAV container (nothing is decoded): frame i is the one at
-    ``times[i]``, whatever the frame rate did. Packets an edit list cuts are not frames. Kept by ``key``
-    (the file's path and stat) for its next segments; the container is left at its end."""
+def packet_times(container, stream, key: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(every shown frame's timestamp in presentation order, the keyframes' timestamps, both in the stream's
+    time base; the frames' times in seconds after the first), from the packets of an open PyAV container
+    (nothing is decoded): frame i is the one at ``times[i]``, whatever the frame rate did. Packets an edit
+    list cuts are not frames. Kept by ``key`` (the file's path and stat) for its next segments; the container
+    is left at its end."""
     with _TIMES_LOCK:
         if key in _TIMES:
             _TIMES.move_to_end(key)
-            return _TIMES[key][:2]
+            return _TIMES[key]
     shown, keys = [], []
     for packet in container.demux(stream):
         if packet.pts is not None and not packet.is_discard:
             shown.append(packet.pts)
             if packet.is_keyframe:
                 keys.append(packet.pts)
-    times, keys = np.sort(np.asarray(shown, np.int64)), np.sort(np.asarray(keys, np.int64))
+    times = np.sort(np.asarray(shown, np.int64))
+    found = (times, np.sort(np.asarray(keys, np.int64)), seconds(times, stream.time_base))
     with _TIMES_LOCK:
-        _TIMES[key] = (times, keys, seconds(times, stream.time_base))
+        _TIMES[key] = found
         while len(_TIMES) > TIMES_KEPT:
             _TIMES.popitem(last=False)
-    return times, keys
+    return found
 
 
 def seconds(times: np.ndarray, time_base) -> np.ndarray:

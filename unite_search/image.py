@@ -8,6 +8,7 @@ second resize sees the first one's output, not the original.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import zlib
@@ -94,14 +95,19 @@ def load_image(source) -> Image.Image:
             raise InputError("image file not found", source=path)
         if not os.path.isfile(path):
             raise InputError("not a regular file", source=path)
-        try:
-            damaged = png_damage(path)
+        try:  # a PNG is read once, its chunks' checksums checked in memory before it is decoded from there
+            data = None
+            with open(path, "rb") as fh:
+                if fh.read(8) == PNG_SIGNATURE:
+                    fh.seek(0)
+                    data = fh.read()
         except OSError:  # Pillow's open below says what is wrong
-            damaged = None
+            data = None
+        damaged = png_damage(memoryview(data)[8:]) if data is not None else None
         if damaged is not None:
             raise InputError(DAMAGED_PNG, source=path, detail=f"the {damaged} chunk's CRC does not match its bytes")
         try:
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data) if data is not None else path)  # (BytesIO shares the bytes)
             img.load()
         except Image.DecompressionBombError as exc:
             raise InputError(f"image too large to decode safely ({exc})", source=path) from exc
@@ -125,25 +131,22 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DAMAGED_PNG = "damaged image (a PNG chunk fails its checksum)"
 
 
-def png_damage(path: str) -> str | None:
-    """The first chunk of a PNG file whose CRC does not match its bytes (None: all match, or not a PNG, or cut
-    short, which the decoder reports). Pillow checks no CRC of the image data: one flipped bit there can
-    decode to other pixels without a word."""
-    with open(path, "rb") as fh:
-        if fh.read(8) != PNG_SIGNATURE:
+def png_damage(chunks) -> str | None:
+    """The first chunk whose CRC does not match its bytes, of a PNG's bytes after its signature (None: all
+    match, or cut short, which the decoder reports). Pillow checks no CRC of the image data: one flipped bit
+    there can decode to other pixels without a word."""
+    view, pos = memoryview(chunks), 0
+    while pos + 8 <= len(view):
+        length = int.from_bytes(view[pos : pos + 4], "big")
+        end = pos + 8 + length  # the chunk's type and data run from pos + 4 to end, its CRC after
+        if end + 4 > len(view):
             return None
-        while len(head := fh.read(8)) == 8:
-            left, kind = int.from_bytes(head[:4], "big"), head[4:]
-            crc = zlib.crc32(kind)
-            while left and (piece := fh.read(min(left, 1 << 20))):
-                crc, left = zlib.crc32(piece, crc), left - len(piece)
-            stored = fh.read(4)
-            if left or len(stored) < 4:
-                return None
-            if int.from_bytes(stored, "big") != crc:
-                return kind.decode("latin-1")
-            if kind == b"IEND":
-                return None
+        kind = bytes(view[pos + 4 : pos + 8])
+        if zlib.crc32(view[pos + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
+            return kind.decode("latin-1")
+        if kind == b"IEND":
+            return None
+        pos = end + 4
     return None
 
 

@@ -164,9 +164,7 @@ def ingest(
         raise ConfigError(f"passage_chars must be 16 to {PASSAGE_CHARS_MAX:,}, not {passage_chars:,}")
     passage_chars = done.get("passage_chars", 2000) if passage_chars is None else passage_chars
     pairs = done.get("pairs", "none") if pairs is None else pairs
-    options = IngestOptions(segment_seconds, 0.0, passage_chars, pairs)  # the numbers' checks, before the sixth
-    overlap = options.segment_seconds / 6 if segment_overlap is None else segment_overlap  # 5 s of 30 s
-    options = IngestOptions(segment_seconds, overlap, passage_chars, pairs)
+    options = IngestOptions(segment_seconds, segment_overlap, passage_chars, pairs)
     say = log or (lambda _msg: None)
     if encoder is not None:
         _check_encoder_arguments(encoder, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings)

@@ -51,13 +51,15 @@ class IngestOptions:
     """How a corpus becomes rows. Recorded in the manifest; changing them needs a rebuild."""
 
     segment_seconds: float = 30.0
-    segment_overlap: float = 5.0
+    segment_overlap: float | None = 5.0  # None: a sixth of segment_seconds
     passage_chars: int = 2000
     pairs: str = "none"  # "composed": also index each image/video with its sidecar caption as one item
 
     def __post_init__(self) -> None:
         for name in ("segment_seconds", "segment_overlap", "passage_chars"):
             value = getattr(self, name)
+            if value is None and name == "segment_overlap":
+                value = self.segment_seconds / 6  # 5 s of 30 s (segment_seconds is checked above)
             whole = name == "passage_chars"
             if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
                 kind = "a whole number of characters" if whole else "a number of seconds"

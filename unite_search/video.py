@@ -173,7 +173,7 @@ def _frame_range(probe: Probe, start: float | None, end: float | None, shown=Non
     each frame's time (seconds after the first), needed for a range of a variable-rate clip."""
     empty = InputError(f"time range {start}-{end} s holds no frame (clip is {probe.duration:.2f} s)")
     if probe.by_times(start, end) and shown is not None:
-        if (start or 0) >= probe.duration or (end is not None and end <= (start or 0)):
+        if not _within(probe, start, end):
             raise empty
         first, stop = frametimes.time_range(shown, start, end)
         stop = min(stop, probe.total_frames)  # a damaged file can decode fewer frames than it has packets
@@ -185,12 +185,17 @@ def _frame_range(probe: Probe, start: float | None, end: float | None, shown=Non
     return first, stop
 
 
+def _within(probe: Probe, start, end) -> bool:
+    """Whether [start, end) seconds opens inside a clip timed by its frames, and is not empty."""
+    return (start or 0) < probe.duration and (end is None or end > (start or 0))
+
+
 def sample_count(probe: Probe, settings: EncoderSettings, start, end, frames: int) -> int:
     """How many frames are sampled from [start, end) (``frames`` frames long): by the range's seconds for a
     variable-rate clip, by its frames and the rate for the others (upstream's rule, whole clips)."""
     if not probe.by_times(start, end):
         return frame_count(frames, probe.fps, settings)
-    span = min(probe.duration, probe.duration if end is None else end) - (start or 0.0)
+    span = (probe.duration if end is None else min(end, probe.duration)) - (start or 0.0)
     return frame_count(max(span, 0.0), 1.0, settings)
 
 
@@ -198,7 +203,8 @@ def frames_sampled(probe: Probe, settings: EncoderSettings, start, end) -> int:
     """How many frames the encoder reads for [start, end), without the timestamps :func:`sampled_indices`
     needs for a range of a variable-rate clip; raises as it does for a range that holds no frame."""
     if probe.by_times(start, end):
-        _frame_range(probe, start, end, np.zeros(1))  # refuses a range past the clip's end
+        if not _within(probe, start, end):
+            raise InputError(f"time range {start}-{end} s holds no frame (clip is {probe.duration:.2f} s)")
         return sample_count(probe, settings, start, end, 0)
     first, stop = _frame_range(probe, start, end)
     return sample_count(probe, settings, start, end, stop - first)
@@ -323,7 +329,7 @@ def _shown_seconds(path: str) -> np.ndarray | None:
         stream = container.streams.video[0]
         if stream.time_base is None or _is_avi(container):
             return None
-        return frametimes.seconds(frametimes.packet_times(container, stream, key)[0], stream.time_base)
+        return frametimes.packet_times(container, stream, key)[2]
 
     return _with_av(path, read)
 
@@ -362,8 +368,8 @@ def _av_probe(container, key: tuple) -> tuple[Probe, int]:
     fps = _fps(stream)
     total, decoded, length = stream.frames, 0, None
     if stream.time_base is not None and not _is_avi(container):  # AVI: no presentation times, a fixed rate
-        times, _ = frametimes.packet_times(container, stream, key)
-        length = frametimes.variable_length(frametimes.seconds(times, stream.time_base), fps)
+        times, _, shown = frametimes.packet_times(container, stream, key)
+        length = frametimes.variable_length(shown, fps)
         container.seek(0)
         if _counts_cut_frames(container, stream):  # a `-c copy` trim: its edit list cuts packets still counted
             total = len(times) or total
@@ -434,8 +440,8 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
     timed = stream.time_base is not None and not _is_avi(container)
     times, keys = None, None
     if timed and probe.by_times(start, end):
-        times, keys = frametimes.packet_times(container, stream, key)
-        idx = sampled_indices(probe, settings, start, end, frametimes.seconds(times, stream.time_base))
+        times, keys, shown = frametimes.packet_times(container, stream, key)
+        idx = sampled_indices(probe, settings, start, end, shown)
     else:
         idx = sampled_indices(probe, settings, start, end)
     wanted = set(idx.tolist())
@@ -443,7 +449,7 @@ def _decode_av(container, settings: EncoderSettings, start, end, probe: Probe | 
     got: dict[int, np.ndarray] = {}
     first = int(idx.min())
     if times is None and timed and first > 0:
-        times, keys = frametimes.packet_times(container, stream, key)
+        times, keys, _ = frametimes.packet_times(container, stream, key)
     if times is not None and first < len(times) and len(keys) and keys[0] <= times[first]:
         # Seek to the last keyframe shown at or before the range (by its own timestamp: a seek to the
         # frame's lands after it where a GOP is open) and number frames by the table of their timestamps
