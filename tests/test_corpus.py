@@ -74,9 +74,11 @@ def _whole_text_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
         end = min(start + max_chars, len(text))
         if end < len(text):
             window = text[start + max_chars // 2 : end]
-            for sep in ("\n\n", "\n", ". ", " "):
-                if (cut := window.rfind(sep)) >= 0:
-                    end = start + max_chars // 2 + cut + len(sep)
+            sentence_ends = [". ", "! ", "? ", "\u3002", "\uff01", "\uff1f", "\uff0e", "\u0964", "\u0965"]
+            for level in (["\n\n"], ["\n"], sentence_ends, [" "]):
+                cuts = [window.rfind(sep) + len(sep) for sep in level if sep in window]
+                if cuts:
+                    end = start + max_chars // 2 + max(cuts)
                     break
         piece = text[start:end]
         if piece.strip():
@@ -89,7 +91,7 @@ def test_streamed_passages_equal_whole_text_passages_with_their_byte_ranges():
     import random
 
     rng = random.Random(0)
-    pieces = ["word", " ", "\n", "\n\n", ". ", "caf\u00e9", "\u65e5\u672c", "  ", "\U0001f98a"]
+    pieces = ["word", " ", "\n", "\n\n", ". ", "? ", "caf\u00e9", "\u65e5\u672c", "\u3002", "  ", "\U0001f98a"]
     for _ in range(400):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 200)))
         max_chars = rng.randint(1, 60)
@@ -436,3 +438,24 @@ def test_passages_are_cut_alike_whatever_the_line_ends_and_never_inside_a_charac
             assert b == len(text) or text[b - 1] != "\u200d"
         if text is flags:
             assert all((b - a) % 2 == 0 for a, b in spans)  # whole flags only
+
+
+def test_passages_of_scripts_without_spaces_end_at_sentences_and_keep_syllables_whole():
+    """Chinese and Japanese were cut mid-sentence every ``max_chars`` (only ". " counted as a sentence end), and a
+    hard cut parted Hangul syllables written in jamo and Indic conjuncts (a consonant, virama, consonant)."""
+    import regex
+
+    chinese = "\u4eca\u5929\u5929\u6c14\u5f88\u597d\u3002" * 10  # 今天天气很好。 x10: 70 characters
+    spans = split_passages(chinese, 30)
+    assert all(chinese[b - 1] == "\u3002" for _, b in spans)  # each passage ends a sentence
+    assert "".join(chinese[a:b] for a, b in spans) == chinese
+    english = "Is this the one? I think it is not"
+    assert [english[a:b] for a, b in split_passages(english, 24)] == ["Is this the one?", "I think it is not"]
+    jamo = "\u1100\u1161\u11a8" * 20  # 각 as three conjoining jamo, 20 times
+    devanagari = "\u0915\u094d\u0937" * 20  # क्ष: two consonants joined by a virama
+    for text in (jamo, devanagari):
+        for max_chars in (10, 11, 13):
+            spans = split_passages(text, max_chars)
+            assert "".join(text[a:b] for a, b in spans) == text
+            assert all((b - a) % 3 == 0 for a, b in spans), (max_chars, spans)  # whole syllables only
+            assert all(regex.match(r"\X", text[a:]).end() == 3 for a, _ in spans)

@@ -1,19 +1,31 @@
 """Text cut into passages as it streams: at most ``max_chars`` characters each, at a blank line, a line end,
-a sentence end or a space where one falls in the second half of the window, never inside a character."""
+a sentence end or a space where one falls in the second half of the window, never inside a user-perceived
+character (an extended grapheme cluster of Unicode's UAX #29)."""
 
 from __future__ import annotations
 
-import unicodedata
+import regex
 
 from .errors import ConfigError
+
+# Where a cut may fall, best first; the last cut of the best kind found in the window wins. Sentence ends
+# of scripts written without spaces between sentences (Chinese, Japanese) need no space after them.
+SEPARATORS = (
+    ("\n\n", "\n\x01\n"),  # a blank line (the second: CRLF CRLF, see _end)
+    ("\n",),
+    (". ", "! ", "? ", "\u3002", "\uff01", "\uff1f", "\uff0e", "\u0964", "\u0965"),  # also 。！？． and danda
+    (" ",),
+)
+_GRAPHEME = regex.compile(r"\X")
 
 
 class PassageSplitter:
     """Cut text fed in pieces into passages of at most ``max_chars`` characters, as it streams.
 
-    Cuts prefer a blank line, then a line end or sentence end, then any space, in the second half
-    of the window; whitespace-only spans are dropped, and each span leaves out its passage's leading
-    and trailing whitespace (the encoder strips it from every text). A passage is decided once ``max_chars + 1``
+    Cuts prefer a blank line, then a line end, then a sentence end, then any space, in the second half
+    of the window (:data:`SEPARATORS`), else fall at the window's last character boundary; whitespace-only
+    spans are dropped, and each span leaves out its passage's leading and trailing whitespace (the encoder
+    strips it from every text). A passage is decided once ``max_chars + 1``
     characters past its start are known (or the text ended), so memory stays about one window, and
     the cuts are those :func:`split_passages` makes on the whole text. Each span also gives its
     UTF-8 byte range, so a passage can be read back without decoding the file around it.
@@ -45,7 +57,7 @@ class PassageSplitter:
             window = self._buffer[half:end]
             if "\r" in window:  # CRLF and CR line ends found as LF ones (the same length: offsets hold)
                 window = window.replace("\r\n", "\x01\n").replace("\r", "\n")
-            for seps in (("\n\n", "\n\x01\n"), ("\n",), (". ",), (" ",)):
+            for seps in SEPARATORS:
                 cut = max(window.rfind(sep) + len(sep) if sep in window else -1 for sep in seps)
                 if cut >= 0:
                     return half + cut
@@ -68,37 +80,15 @@ class PassageSplitter:
         self._byte += size
 
 
-def _joins(before: str, char: str) -> bool:
-    """Whether ``char`` belongs to the character before it as one user-perceived character: a combining mark, a
-    variation selector, a skin tone, a zero-width joiner or what follows one."""
-    code = ord(char)
-    return (
-        unicodedata.category(char) in ("Mn", "Mc", "Me")
-        or 0xFE00 <= code <= 0xFE0F
-        or 0xE0100 <= code <= 0xE01EF
-        or 0x1F3FB <= code <= 0x1F3FF
-        or char == "\u200d"
-        or before == "\u200d"
-    )
-
-
-def _is_flag_half(char: str) -> bool:
-    return 0x1F1E6 <= ord(char) <= 0x1F1FF  # a regional indicator: two make a flag
-
-
 def _grapheme_start(text: str, end: int, floor: int) -> int:
-    """A cut at ``end`` moved back (not below ``floor``) to where no user-perceived character is split: not
-    before a combining accent, inside an emoji sequence, or between the two halves of a flag."""
+    """A cut at ``end`` moved back (not below ``floor``) to the nearest boundary between user-perceived
+    characters, so that no accent, emoji sequence, flag, Hangul syllable or Indic conjunct is parted; ``end``
+    itself when none lies above ``floor``. ``text`` starts at a boundary (the previous cut)."""
     cut = end
-    while cut > floor and _joins(text[cut - 1], text[cut]):
-        cut -= 1
-    if cut > floor and _is_flag_half(text[cut]) and _is_flag_half(text[cut - 1]):
-        run = cut
-        while run > 0 and _is_flag_half(text[run - 1]):
-            run -= 1
-        if (cut - run) % 2:  # the cut would part a pair
-            cut -= 1
-    return cut if cut > floor else end
+    for match in _GRAPHEME.finditer(text, 0, end + 1):  # a boundary depends on what precedes it and one character
+        if match.start() > floor:
+            cut = match.start()
+    return cut
 
 
 def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
