@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,16 @@ def test_the_previous_state_stays_readable_and_older_ones_are_pruned(grown, enco
 
 FAKETIME = shutil.which("faketime")
 LATER_SCRIPT = """
-import sys
+import os, sys, time
 from unite_search import Encoder
 from unite_search.ingestion import ingest
-ingest(sys.argv[2], sys.argv[3], encoder=Encoder.load(sys.argv[1], device="cpu", workers=1))
+encoder = Encoder.load(sys.argv[1], device="cpu", workers=1)
+for days in sys.argv[4:]:
+    os.environ["FAKETIME"] = f"+{days}d"  # read again at every clock call (FAKETIME_NO_CACHE)
+    if sys.stdin.readline() != "go\\n":  # the test has put this run's files in place
+        sys.exit(1)
+    ingest(sys.argv[2], sys.argv[3], encoder=encoder)
+    print(f"done {time.time() - int(days) * 86400:.0f}", flush=True)  # the real time, if the clock moved
 """
 
 
@@ -91,23 +98,34 @@ def test_a_published_version_survives_later_runs_days_apart(tmp_path, tiny_dir, 
     index = tmp_path / "index"
     ingest(root, index, encoder=encoder)
     v1 = IndexStore(index).require_manifest()
+    # one process for both later runs (8 and 16 days on), told when to start each
+    env = {**os.environ, "LANCEDB_LOG": "error", "FAKETIME_NO_CACHE": "1"}
+    cmd = [FAKETIME, "+8 days", sys.executable, "-c", LATER_SCRIPT, str(tiny_dir), str(root), str(index), "8", "16"]
+    runs = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def later(days: int, seed: int) -> dict:
+    def later(seed: int) -> dict:
         _photos(root, [seed])
-        env = {**os.environ, "LANCEDB_LOG": "error"}
-        cmd = [FAKETIME, f"+{days} days", sys.executable, "-c", LATER_SCRIPT, str(tiny_dir), str(root), str(index)]
-        subprocess.run(cmd, env=env, check=True, timeout=300)
+        runs.stdin.write("go\n")
+        runs.stdin.flush()
+        said = runs.stdout.readline().split()
+        assert said[:1] == ["done"], runs.wait(timeout=60)
+        assert abs(float(said[1]) - time.time()) < 60  # its clock was that many days on
         return IndexStore(index).require_manifest()
 
-    v2 = later(8, 10)  # 8 days on: v1 is the previous state and must stay readable
-    tables = IndexStore(index).tables
-    assert tables.open("image", v1["shards"]["image"]["version"]).count_rows() == 3
-    assert (index / v1["shards"]["image"]["faiss"]).is_file()
-    later(16, 11)  # 16 days on: v2 is the previous state, v1 is pruned explicitly
-    assert tables.open("image", v2["shards"]["image"]["version"]).count_rows() == 4
-    with pytest.raises(ValueError, match="no longer exists"):  # LanceDB's error for a cleaned-up version
-        tables.open("image", v1["shards"]["image"]["version"]).count_rows()
-    assert not (index / v1["shards"]["image"]["faiss"]).exists()
+    try:
+        v2 = later(10)  # 8 days on: v1 is the previous state and must stay readable
+        tables = IndexStore(index).tables
+        assert tables.open("image", v1["shards"]["image"]["version"]).count_rows() == 3
+        assert (index / v1["shards"]["image"]["faiss"]).is_file()
+        later(11)  # 16 days on: v2 is the previous state, v1 is pruned explicitly
+        assert tables.open("image", v2["shards"]["image"]["version"]).count_rows() == 4
+        with pytest.raises(ValueError, match="no longer exists"):  # LanceDB's error for a cleaned-up version
+            tables.open("image", v1["shards"]["image"]["version"]).count_rows()
+        assert not (index / v1["shards"]["image"]["faiss"]).exists()
+    finally:
+        runs.stdin.close()
+        code = runs.wait(timeout=300)
+    assert code == 0
     assert not verify(index).damaged
 
 
