@@ -71,32 +71,39 @@ def test_the_armed_folder_runs_its_code_through_a_plain_autotokenizer_call(tmp_p
 
 
 LOAD_ARMED = """
-import sys, numpy as np
+import json, sys, numpy as np
 from unite_search import Encoder, ModelLoadError
-try:
-    enc = Encoder.load(sys.argv[1], device="cpu", workers=1)
-except ModelLoadError as exc:
-    print("REFUSED", exc)
-else:
-    np.save(sys.argv[2], enc.encode(sys.argv[3:]))
-    print("LOADED", type(enc._tokenizer).__name__)
+cut = sys.argv.index("--")
+texts, pairs = sys.argv[cut + 1 :], sys.argv[1:cut]
+for folder, vecs in zip(pairs[::2], pairs[1::2]):
+    try:
+        enc = Encoder.load(folder, device="cpu", workers=1)
+    except ModelLoadError as exc:
+        print(json.dumps({"refused": str(exc)}))
+    else:
+        np.save(vecs, enc.encode(texts))
+        print(json.dumps({"refused": None, "tokenizer": type(enc._tokenizer).__name__}))
 """
 
 
-@pytest.mark.parametrize("legacy", [True, False])
-def test_folder_code_never_runs_and_nothing_prompts(tmp_path, encoder, legacy):
-    folder = _armed_folder(tmp_path / "armed", legacy=legacy)
-    vecs = tmp_path / "vecs.npy"
-    out = subprocess.run([sys.executable, "-c", LOAD_ARMED, str(folder), str(vecs), *TEXTS], stdin=subprocess.DEVNULL,
+def test_folder_code_never_runs_and_nothing_prompts(tmp_path, encoder):
+    """Both config styles (the releases' model type and transformers' own), loaded in one fresh process."""
+    folders = {legacy: _armed_folder(tmp_path / f"armed-{legacy}", legacy=legacy) for legacy in (True, False)}
+    vecs = {legacy: tmp_path / f"vecs-{legacy}.npy" for legacy in folders}
+    args = [str(path) for legacy in folders for path in (folders[legacy], vecs[legacy])]
+    out = subprocess.run([sys.executable, "-c", LOAD_ARMED, *args, "--", *TEXTS], stdin=subprocess.DEVNULL,
                          capture_output=True, text=True, env=_env(tmp_path), timeout=120)  # fmt: skip
     said = out.stdout + out.stderr
     assert out.returncode == 0, said
     assert "custom code" not in said and "[y/N]" not in said
-    assert not (folder / "PWNED").exists()
+    assert not [f for f in folders.values() if (f / "PWNED").exists()]
     assert not list((tmp_path / "hf_modules").rglob("evil.py"))  # transformers never even copied it
-    if "REFUSED" not in out.stdout:  # loaded as plain Qwen2-VL: the same vectors as the clean folder
-        assert "LOADED PreTrainedTokenizerFast" in out.stdout or "LOADED TokenizersBackend" in out.stdout, said
-        np.testing.assert_allclose(np.load(vecs), encoder.encode(TEXTS), atol=1e-6)
+    answers = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == 2, said
+    for legacy, answer in zip(folders, answers, strict=True):
+        if answer["refused"] is None:  # loaded as plain Qwen2-VL: the same vectors as the clean folder
+            assert answer["tokenizer"] in ("PreTrainedTokenizerFast", "TokenizersBackend"), said
+            np.testing.assert_allclose(np.load(vecs[legacy]), encoder.encode(TEXTS), atol=1e-6)
 
 
 def _release_style_tokenizer(tiny_dir: Path, path: Path) -> Path:
