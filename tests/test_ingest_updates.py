@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from corpora import write_photo
+from PIL import Image
 from test_ingest import assert_same_rows, rows_by_id
 
 from unite_search.ingestion import ingest
@@ -235,3 +236,55 @@ def test_the_index_model_is_known_by_any_of_its_names(tmp_path):
     assert _same_model(tmp_path / "link", str(tmp_path / "m"))
     assert not _same_model("unite-instruct-2b", "friedrichor/Unite-Base-Qwen2-VL-2B")
     assert not _same_model(tmp_path / "m", "friedrichor/Unite-Base-Qwen2-VL-2B")
+
+
+def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, encoder, monkeypatch):
+    """An index built before read-stage edition 3 kept a portrait TIFF's swapped width and height (and its float
+    pixels' old conversion) and manifest items' rows of before (their content_hash and text) on every rerun: the
+    file cache trusted the TIFF's facts and the units' keys were unchanged."""
+    import pyarrow.compute as pc
+
+    from unite_search import corpus, ingestion, units
+
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    root.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (72, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "portrait.tiff", tiffinfo={274: 6})  # turned upright: 72 wide, 96 high
+    write_photo(root / "photo.png", seed=1)
+    (root / "portrait.txt").write_text("a portrait")  # its caption: a composed pair's row too
+    (root / "note.txt").write_text("a note about nothing in particular")
+    lines = [{"id": "edit", "image": "photo.png", "text": "the same at night"},
+             {"id": "padded", "text": "  a text with spaces around it \n"},
+             {"id": "plain", "text": "a plain text"}]  # fmt: skip
+    (root / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    real_size = corpus._image_size
+    with monkeypatch.context() as m:  # what earlier versions did
+        m.setattr(corpus, "_image_size", lambda e: real_size(e)[::-1] if e.rel.endswith(".tiff") else real_size(e))
+        m.setattr(units, "_is_tiff", lambda rel: False, raising=False)
+        m.setattr(units, "_made_otherwise_before", lambda d, media: False, raising=False)
+        m.setattr(ingestion, "READS", 2)
+        ingest(root, index, encoder=encoder, pairs="composed")
+    sizes = {(r["width"], r["height"]) for r in rows_by_id(index).values() if r["path"] == "portrait.tiff"}
+    assert sizes == {(96, 72)}
+    tables = IndexStore(index).tables
+    old = tables.db.open_table("files").to_arrow().drop_columns(["reads"])  # the file cache's layout of edition 2
+    tables.db.create_table("files", data=old, mode="overwrite")
+    assert pc.sum(pc.equal(old["rel"], "portrait.tiff")).as_py() == 1
+
+    read = []
+    real_read = units.read_file
+    monkeypatch.setattr(units, "read_file", lambda entry, **kw: read.append(entry.rel) or real_read(entry, **kw))
+    report = ingest(root, index, encoder=encoder, pairs="composed")
+    assert read == ["portrait.tiff"]  # the other files' facts are trusted as they were
+    # the TIFF, its composed pair, the item with an image and the padded text: encoded again, their old rows gone
+    assert report.encoded_items == report.removed_items == 4, report.summary()
+    after = rows_by_id(index)
+    ingest(root, tmp_path / "fresh", encoder=encoder, pairs="composed")
+    fresh = rows_by_id(tmp_path / "fresh")
+    assert_same_rows(after, fresh)
+    columns = ("unit", "width", "height", "text", "content_hash")
+    assert {k: [r[c] for c in columns] for k, r in after.items()} == {
+        k: [r[c] for c in columns] for k, r in fresh.items()
+    }
+    read.clear()
+    assert ingest(root, index, encoder=encoder, pairs="composed").encoded_items == 0 and read == []

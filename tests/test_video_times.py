@@ -143,7 +143,7 @@ def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_r
     assert {round(r["duration"], 3) for r in before.values() if r["path"] == "walk.mkv"} == {5.333}
     tables = IndexStore(index).tables
     old = tables.db.open_table("files").to_arrow()  # the file cache's layout before 'vfr'
-    old = old.drop_columns(["vfr"])
+    old = old.drop_columns(["vfr", "reads"])
     tables.db.create_table("files", data=old, mode="overwrite")
     assert pc.sum(pc.equal(old["modality"], "video")).as_py() == 2
 

@@ -286,6 +286,12 @@ def decode_text(data: bytes, source: str) -> str:
     return text
 
 
+# What the read stage tells of a file, and how, in this version; each file-cache row records the edition
+# that read it. 2: a video's frame-rate check (files.vfr); 3: a TIFF's orientation applied once (its width
+# and height were swapped) and its float pixels converted as upstream converts them.
+READS = 3
+
+
 @dataclass(frozen=True)
 class FileFacts:
     """One file after the read stage: its content hash and what a header read tells."""
@@ -306,13 +312,14 @@ class FileFacts:
     # None: a cache row written before this was read
     vfr: bool | None = None
     passages: tuple[tuple[int, int, int, int], ...] = ()  # (char_start, char_end, byte_start, byte_end)
+    reads: int = READS  # the read-stage edition these facts come from (a cache row's, else this version's)
 
     def to_row(self) -> dict[str, Any]:
         """The file-cache row (no absolute path: the corpus may move)."""
         row = {k: getattr(self, k) for k in ("rel", "size", "mtime_ns", "sha256", "modality")}
         row.update(width=self.width, height=self.height, duration=self.duration, fps=self.fps)
         row.update(total_frames=self.total_frames, rotation=self.rotation, vfr=self.vfr)
-        row.update(spans=[x for span in self.passages for x in span])
+        row.update(spans=[x for span in self.passages for x in span], reads=self.reads)
         return row
 
     @classmethod
@@ -321,7 +328,8 @@ class FileFacts:
         spans = tuple(tuple(flat[i : i + 4]) for i in range(0, len(flat), 4))
         keep = ("rel", "size", "mtime_ns", "sha256", "modality", "width", "height", "duration", "fps", "total_frames",
                 "rotation")  # fmt: skip
-        return cls(path=path, passages=spans, vfr=row.get("vfr"), **{k: row[k] for k in keep})  # type: ignore[arg-type]
+        known = {k: row[k] for k in keep}
+        return cls(path=path, passages=spans, vfr=row.get("vfr"), reads=row["reads"], **known)  # type: ignore[arg-type]
 
     def probe(self):
         """A video's read-stage :class:`~unite_search.video.Probe`, as the reader takes it."""

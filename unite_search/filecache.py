@@ -16,19 +16,18 @@ from .tables import ShardTables
 
 
 def load(tables: ShardTables) -> dict[str, dict[str, Any]]:
-    """Rows by corpus-relative path; empty when absent or written by an older layout."""
+    """Rows by corpus-relative path, each with the read-stage edition that wrote it (``reads``: a layout of
+    before tells it); empty when absent or written by a layout not known here."""
     if FILES_TABLE not in tables.names():
         return {}
     table = tables.db.open_table(FILES_TABLE)
-    if table.schema == _without_vfr(files_schema()):  # a layout before 'vfr': some rows are read again (see units)
-        return {r["rel"]: {**r, "vfr": None, "older": True} for r in table.search().limit(None).to_arrow().to_pylist()}
-    if table.schema != files_schema():
+    schema = files_schema()
+    before_reads = schema.remove(schema.get_field_index("reads"))
+    before_vfr = before_reads.remove(before_reads.get_field_index("vfr"))
+    filled = {schema: {}, before_reads: {"reads": 2}, before_vfr: {"reads": 1, "vfr": None}}.get(table.schema)
+    if filled is None:
         return {}  # an older layout: facts are cheap to read again
-    return {r["rel"]: r for r in table.search().limit(None).to_arrow().to_pylist()}
-
-
-def _without_vfr(schema):
-    return schema.remove(schema.get_field_index("vfr"))
+    return {r["rel"]: {**r, **filled} for r in table.search().limit(None).to_arrow().to_pylist()}
 
 
 def save(tables: ShardTables, rows: list[dict[str, Any]], previous: dict[str, dict[str, Any]]) -> bool:

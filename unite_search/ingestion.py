@@ -25,7 +25,7 @@ from typing import Any
 
 from . import ann, decoderlog, filecache
 from . import manifest as manifests
-from .corpus import Problem, walk
+from .corpus import READS, Problem, walk
 from .diskio import io_reason, remove_stale_temporaries, write_error, write_json
 from .errors import (
     ConfigError,
@@ -311,14 +311,10 @@ class _EncoderSlot:
         return self._encoder.load_seconds if self._made else 0.0
 
 
-# What the read stage tells of a file, in this version: 2 added a video's frame-rate check (files.vfr). An
-# index stamped by an earlier one is no no-op: its rerun reads what the file cache lacks.
-READS = 2
-
-
 def _scan_stamp(found) -> str:
     """A digest of what the walk found: every file's path, size, mtime and kind (what the read stage's
-    cache trusts a file by), and what this version reads of them."""
+    cache trusts a file by), and what this version reads of them (an index stamped by an earlier edition
+    is no no-op: its rerun reads again what that edition read otherwise)."""
     h = hashlib.sha256(f"reads {READS}\n".encode())
     for e in sorted(found.entries, key=lambda e: e.rel):
         h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.kind}\n".encode())

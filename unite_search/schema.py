@@ -109,5 +109,6 @@ def files_schema():
             pa.field("vfr", pa.bool_()),  # a video's frame rate varies (null: written before this was read)
             # text passages, flat: (char_start, char_end, byte_start, byte_end) per passage
             pa.field("spans", pa.list_(pa.int64())),
+            pa.field("reads", pa.int16()),  # the read-stage edition that wrote the row (corpus.READS)
         ]
     )

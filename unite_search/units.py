@@ -116,7 +116,7 @@ def read_files(
     todo: list[Entry] = []
     for entry in entries:
         row = cache.get(entry.rel)
-        known = row is not None and not (row.get("older") and _read_again(row))
+        known = row is not None and not _read_again(row)
         if known and row["size"] == entry.size and row["mtime_ns"] == entry.mtime_ns:
             facts[entry.rel] = FileFacts.from_row(row, entry.path)
         else:
@@ -145,8 +145,22 @@ def read_files(
 
 
 def _read_again(row: dict[str, Any]) -> bool:
-    """Whether a file cached by an earlier version is read again: a video (its frame rate was not checked)."""
-    return row["modality"] == Modality.VIDEO.value
+    """Whether a file cached by an earlier read-stage edition is read again: a video before 2 (its frame rate
+    was not checked), a TIFF before 3 (a portrait one's width and height were swapped)."""
+    if row["modality"] == Modality.VIDEO.value:
+        return row["reads"] < 2
+    return row["modality"] == Modality.IMAGE.value and row["reads"] < 3 and _is_tiff(row["rel"])
+
+
+def _is_tiff(rel: str) -> bool:
+    return rel.lower().endswith((".tif", ".tiff"))
+
+
+def _made_otherwise_before(d: Declared, media: dict[str, FileFacts]) -> bool:
+    """Whether earlier versions made a manifest item's row otherwise: one with media held a hash of the whole
+    item as its content_hash before 2026-11-29 (a composed query did not leave its own reference out); one whose
+    text has leading or trailing whitespace held its text as written before 2026-11-30."""
+    return bool(media) or (d.text is not None and d.text != d.text.strip())
 
 
 def _entry_for(path: str, root: str) -> Entry | None:
@@ -323,9 +337,12 @@ def plan_units(
             if g.rel in captions:
                 captioned[captions[g.rel]].append(g)
         caption = next(iter(captioned), None)  # the row's: its first captioned path's
-        # a variable-rate clip's segments are found by their timestamps (versions before 'vfr' was read found
-        # them through the average rate): a key of its own replaces the rows read that way
-        key = f"{modality}/{sha}" + ("/timed" if first.vfr else "")
+        # Keys name how rows were made where an earlier version made them otherwise, so that its rows are
+        # replaced: a variable-rate clip's segments are found by their timestamps (they were found through the
+        # average rate before 'vfr' was read); a TIFF's rows hold its upright size and the pixels upstream
+        # converts a float TIFF to (read-stage edition 3)
+        made = ("/timed" if first.vfr else "") + ("/tiff" if any(_is_tiff(g.rel) for g in group) else "")
+        key = f"{modality}/{sha}" + made
         if modality == Modality.TEXT.value:
             tasks = []
             for i, (a, b, byte_a, byte_b) in enumerate(first.passages):
@@ -340,10 +357,7 @@ def plan_units(
         units.append(Unit(key, modality, tasks, paths, caption, paths[0]))
         for text, copies in captioned.items() if options.pairs == "composed" else ():  # a pair for each caption
             shard = shard_name({Modality(modality), Modality.TEXT})
-            pair_key, named = (
-                f"{shard}/{sha}/{_sha(text)}" + ("/timed" if first.vfr else ""),
-                tuple(g.rel for g in copies),
-            )
+            pair_key, named = f"{shard}/{sha}/{_sha(text)}" + made, tuple(g.rel for g in copies)
             tasks = _media_tasks(pair_key, shard, copies[0], named, text, options, settings, text=text)
             units.append(Unit(pair_key, shard, tasks, named, text, named[0]))
     for d, media in declared:
@@ -366,6 +380,8 @@ def plan_units(
                     row_cols.update(duration=probe.duration, frames=frames)
                     cost += video_cost(f.width, f.height, frames, settings)
                     row_cols.update(start=0.0, end=probe.duration)
+        if _made_otherwise_before(d, media):
+            parts["row"] = 2  # a key of its own: the rows made before are replaced
         shard = shard_name(modalities)
         content = _sha(json.dumps(parts, sort_keys=True))
         key = f"{shard}/id:{d.id}/{content}"
