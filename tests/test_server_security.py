@@ -4,6 +4,7 @@ rewrites, or answer a page that reached it under another host's name."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from corpora import write_photo
@@ -32,9 +33,10 @@ def dots(tmp_path_factory, encoder):
     return root, root.parent / "index"
 
 
-def test_media_whose_bytes_no_longer_show_a_media_type_is_a_download_never_a_page(encoder, tmp_path):
-    """A row's file swapped after ingest for a link to an .html or .svg file of the corpus was served as
-    text/html or image/svg+xml (its type guessed from the name): a script run on this origin."""
+def test_a_file_swapped_after_ingest_is_never_sent(encoder, tmp_path):
+    """A row's file swapped for a link to an .html or .svg file of the corpus was served (as a download since
+    its type came from its bytes; as text/html or image/svg+xml before that: a script run on this origin).
+    Only the bytes a row was made from are sent."""
     root = tmp_path / "corpus"
     write_photo(root / "pic.jpg", seed=3)
     (root / "page.html").write_text("<script>document.title = 'ran'</script>")
@@ -42,13 +44,43 @@ def test_media_whose_bytes_no_longer_show_a_media_type_is_a_download_never_a_pag
     ingest(root, tmp_path / "index", encoder=encoder)
     with TestClient(create_app(Index.open(tmp_path / "index", encoder=encoder))) as c:
         url = _search(c, text="x", target="image", k=1)["hits"][0]["media_url"]
-        assert c.get(url).headers["content-type"] == "image/jpeg"
+        got = c.get(url)
+        assert got.headers["content-type"] == "image/jpeg" and got.headers["x-content-type-options"] == "nosniff"
+        original = (root / "pic.jpg").read_bytes()
         for target in ("page.html", "drawing.svg"):
             (root / "pic.jpg").unlink()
             (root / "pic.jpg").symlink_to(root / target)
+            assert c.get(url).status_code == 404
+        (root / "pic.jpg").unlink()
+        (root / "pic.jpg").write_bytes(original)  # the same bytes again, a new file: sent
+        assert c.get(url).content == original
+
+
+def test_an_index_edited_to_name_other_files_gets_none_of_them_sent(encoder, tmp_path):
+    """The manifest says where the corpus lies: an index shared with its manifest's corpus set to another folder
+    (the home folder of whoever serves it, say) had the server send that folder's files at the rows' paths."""
+    from unite_search.diskio import write_json
+
+    root, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    write_photo(root / "keys/id.png", seed=4)
+    (root / "keys/notes.txt").write_text("a harmless note")
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    write_photo(elsewhere / "keys/id.png", seed=5)  # another file at each row's path
+    (elsewhere / "keys/notes.txt").write_text("private key material")
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["corpus"] = str(elsewhere)
+    write_json(index / "manifest.json", manifest)
+    with TestClient(create_app(Index.open(index, encoder=encoder))) as c:
+        hits = [*_search(c, text="x", target="image", k=1)["hits"], *_search(c, text="x", target="text", k=1)["hits"]]
+        assert [h["path"] for h in hits] == ["keys/id.png", "keys/notes.txt"]
+        for url in (hits[0]["media_url"], hits[0]["thumb_url"], hits[1]["media_url"]):
             got = c.get(url)
-            assert got.status_code == 200 and got.headers["content-type"] == "application/octet-stream"
-            assert got.headers["x-content-type-options"] == "nosniff"
+            assert got.status_code == 404 and b"private" not in got.content, url
+        shutil.rmtree(elsewhere)
+        shutil.copytree(root, elsewhere)  # the corpus itself, moved there: its files are sent
+        assert c.get(hits[1]["media_url"]).content == b"a harmless note"
+        assert c.get(hits[0]["thumb_url"]).headers["content-type"] == "image/jpeg"
 
 
 def test_rows_whose_id_is_a_dot_segment_get_urls_a_browser_keeps(dots, encoder):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,32 @@ from .http_errors import api_error
 
 THUMB_SIZE = 320  # pixels on the long side
 CHUNK = 256 << 10  # bytes per read when sending a file
+
+
+class Digests:
+    """The sha256 of files the server sends, known by what changes whenever their bytes do (device, inode,
+    size, mtime, ctime): a file is hashed on its first request only."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._known: dict[tuple[int, ...], str] = {}
+        self._lock = threading.Lock()
+
+    def of(self, fd: int, st: os.stat_result) -> str:
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            found = self._known.get(key)
+        if found is None:
+            digest, offset = hashlib.sha256(), 0
+            while chunk := os.pread(fd, CHUNK * 4, offset):
+                digest.update(chunk)
+                offset += len(chunk)
+            found = digest.hexdigest()
+            with self._lock:
+                if len(self._known) >= self.limit:
+                    self._known.pop(next(iter(self._known)))  # the oldest
+                self._known[key] = found
+        return found
 
 
 def _sniffed(head: bytes, path: str) -> str | None:

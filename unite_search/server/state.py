@@ -10,6 +10,7 @@ import hmac
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from ..errors import IndexMismatchError, StaleReadError
 from ..manifest import MANIFEST
 from .batcher import QueryBatcher
 from .bodies import _check_image, _copy_upload
-from .files import _make_thumbnail
+from .files import Digests, _make_thumbnail
 from .http_errors import api_error
 from .metrics import Metrics
 
@@ -60,6 +61,7 @@ class Server:
         self.max_json_bytes = max_json_bytes
         self.max_batch_queries = max_batch_queries
         self.metrics = Metrics()
+        self.digests = Digests()
         self.batcher = QueryBatcher(index, batch_window_ms / 1000.0, max_batch, self.metrics)
         # Query images and videos are decoded and preprocessed by a few threads, not one per request:
         # more would not encode faster (the batcher is the one consumer), only hold more frames at once.
@@ -253,31 +255,42 @@ class Server:
             raise api_error(404, f"no row with id {row_id!r} in this index")
         return row
 
-    def file_of(self, row: dict[str, Any]) -> str:
-        """The row's file, symlinks resolved, when it lies inside the corpus folder; else a 404."""
+    def open_file(self, row: dict[str, Any]) -> tuple[int, os.stat_result, str]:
+        """The row's file, open (its descriptor, stat and real path), when it lies inside the corpus folder and
+        holds the bytes the row was made from (its sha256 is the row's content_hash); else a 404, the same
+        whether the file is absent, outside the corpus or another file. An index's manifest and rows say
+        where its corpus lies and which files it holds; the hash keeps an index edited to name other files
+        (a shared one, say) from having this server send them."""
         rel = row.get("path")
-        missing = api_error(404, f"row {row['id']!r} has no file this server can send")
-        if not rel:
+        missing = api_error(404, f"row {row['id']!r} has no file this server can send (absent, outside the corpus, "
+                                 "or changed since it was indexed)")  # fmt: skip
+        root = self.index.manifest.get("corpus")
+        if not rel or not root or not isinstance(rel, str) or not isinstance(root, str):
             raise missing
         from ..corpus import is_inside
 
-        root = self.index.manifest.get("corpus")
-        if not root:
-            raise missing
         root_real = os.path.realpath(root)
         real = os.path.realpath(os.path.join(root, rel))  # an absolute rel replaces root; checked below
-        if not is_inside(real, root_real) or not os.path.isfile(real):
-            raise missing  # the same answer whether the file is outside or absent
-        return real
-
-    def open_media(self, row_id: str) -> tuple[int, os.stat_result, bytes, str]:
-        row = self.row_or_404(row_id)
-        real = self.file_of(row)
+        if not is_inside(real, root_real):
+            raise missing
         try:
             fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
-            raise api_error(404, f"row {row_id!r} has no file this server can send") from None
-        st = os.fstat(fd)
+            raise missing from None
+        try:
+            st = os.fstat(fd)
+            size = row.get("size")  # (a manifest item's row records none)
+            if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
+                raise missing
+            if self.digests.of(fd, st) != row.get("content_hash"):
+                raise missing
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st, real
+
+    def open_media(self, row_id: str) -> tuple[int, os.stat_result, bytes, str]:
+        fd, st, real = self.open_file(self.row_or_404(row_id))
         return fd, st, os.pread(fd, 64, 0), real
 
     def thumbnail(self, row_id: str) -> bytes:
@@ -285,8 +298,8 @@ class Server:
         parts = set(row["modality"].split("+"))
         if not parts & {"image", "video"}:
             raise api_error(404, f"row {row_id!r} is a text: it has no thumbnail")
-        real = self.file_of(row)
-        st = os.stat(real)
+        fd, st, real = self.open_file(row)
+        os.close(fd)
         tag = hashlib.sha256(row_id.encode()).hexdigest()[:24]
         cached = self.thumbs_dir / f"{tag}-{st.st_size}-{st.st_mtime_ns}.jpg"
         with contextlib.suppress(OSError):
