@@ -455,6 +455,32 @@ def test_a_pickled_adapter_is_refused(tiny_dir, adapter_dir, tmp_path):
         Encoder.load(tiny_dir, adapter=tmp_path, device="cpu")
 
 
+def test_an_adapter_that_is_not_whole_or_not_lora_is_refused_in_one_line(tiny_dir, adapter_dir, tmp_path):
+    """An adapter file missing half its tensors loaded with the rest at peft's random start (other vectors in each
+    process, under one revision); renamed tensors loaded as no adapter at all; a config peft cannot apply raised
+    its own errors (a traceback)."""
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    names = sorted(weights)
+    variants = {
+        "half": ({k: weights[k] for k in names[::2]}, {}, r"\d+ of its \d+ LoRA tensors missing"),
+        "renamed": ({k.replace("layers", "blocks"): v for k, v in weights.items()}, {}, "tensors of no LoRA module"),
+        "rank 0": (weights, {"r": 0}, "rank r must be a positive integer"),
+        "prompt tuning": (weights, {"peft_type": "PROMPT_TUNING"}, "not a LoRA adapter's config"),
+        "other modules": (weights, {"target_modules": ["no_such_proj"]}, "could not apply the adapter"),
+    }
+    for name, (tensors, config_change, said) in variants.items():
+        copy = tmp_path / name.replace(" ", "_")
+        shutil.copytree(adapter_dir, copy)
+        save_file(tensors, copy / "adapter_model.safetensors")
+        config = json.loads((copy / "adapter_config.json").read_text())
+        (copy / "adapter_config.json").write_text(json.dumps({**config, **config_change}))
+        with pytest.raises(ModelLoadError, match=said):
+            Encoder.load(tiny_dir, adapter=copy, device="cpu", workers=1)
+    (copy / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match="not a LoRA adapter's config"):
+        Encoder.load(tiny_dir, adapter=copy, device="cpu", workers=1)
+
+
 def test_a_merged_folder_records_its_lineage(tiny_dir, adapter_dir, encoder, tmp_path):
     from unite_search.train.merge import LINEAGE, merge_adapter
 

@@ -33,6 +33,16 @@ def check_adapter(adapter: str | os.PathLike) -> Path:
     if not (path / "adapter_model.safetensors").is_file():
         # peft would fall back to adapter_model.bin, a pickle: never loaded (and not in the fingerprint)
         raise ModelLoadError(f"{path} has no adapter_model.safetensors; save the adapter with safetensors")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}/adapter_config.json is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        got = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise ModelLoadError(f"{path}/adapter_config.json is not a LoRA adapter's config (peft_type {got!r})")
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ModelLoadError(f"{path}/adapter_config.json: the LoRA rank r must be a positive integer, not {rank!r}")
     return path
 
 
@@ -96,9 +106,28 @@ def resolve_base(model: str | os.PathLike | None, adapter: Path):
 
 def apply_adapter(inner, adapter: str | os.PathLike):
     """``inner`` (a Qwen2VLModel) with the adapter's LoRA weights merged in."""
+    from safetensors import safe_open
+
     peft = _peft()
     adapter = check_adapter(adapter)
-    return peft.PeftModel.from_pretrained(inner, adapter).merge_and_unload()
+    weights = adapter / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            stored = set(fh.keys())
+        model = peft.PeftModel.from_pretrained(inner, adapter)
+    except Exception as exc:  # peft raises many kinds for an adapter it cannot apply (shapes, modules)
+        raise ModelLoadError(f"could not apply the adapter {adapter}: {type(exc).__name__}: {exc}") from exc
+    # peft leaves a LoRA matrix the file lacks at its random start, and ignores tensors of no module it made:
+    # either would give vectors nobody trained (different in each process), named as this adapter's
+    expected = set(peft.get_peft_model_state_dict(model))
+    missing, unknown = sorted(expected - stored), sorted(stored - expected)
+    if missing or unknown:
+        raise ModelLoadError(
+            f"{weights} does not hold the adapter its adapter_config.json describes: {len(missing)} of its "
+            f"{len(expected)} LoRA tensors missing{f' (first {missing[0]})' if missing else ''}, {len(unknown)} "
+            f"tensors of no LoRA module{f' (first {unknown[0]})' if unknown else ''}"
+        )
+    return model.merge_and_unload()
 
 
 def merge_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike, output: str | os.PathLike) -> Path:
