@@ -240,6 +240,29 @@ def test_tokenizer_settings_and_shards_are_part_of_the_identity(tiny_dir, tmp_pa
         fingerprint(copy)
 
 
+def test_a_hub_cache_snapshot_of_a_sharded_model_loads_through_its_links(tiny_dir, encoder, tmp_path):
+    """A hub cache's snapshot folder holds links into its blobs folder: the shards its index names were refused
+    as "not a file of" the folder (their real paths lie outside it), though the model loaded by its hub id."""
+    weights = load_file(tiny_dir / "model.safetensors")
+    snapshot, blobs = tmp_path / "snapshots" / "abc123", tmp_path / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: weights[k] for k in keys}, blobs / f"blob-{shard}")
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (blobs / "blob-index").write_text(json.dumps(index))
+    for f in tiny_dir.iterdir():
+        if f.is_file() and f.name != "model.safetensors":
+            shutil.copy(f, blobs / f"blob-{f.name}")
+    for blob in blobs.iterdir():
+        name = blob.name.removeprefix("blob-").replace("index", "model.safetensors.index.json")
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    loaded = Encoder.load(snapshot, device="cpu", workers=1)
+    np.testing.assert_allclose(loaded.encode(TEXTS), encoder.encode(TEXTS), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "damage",
     ["config not JSON", "config a list", "text_config a string", "tokenizer.json rejected", "weights truncated"],

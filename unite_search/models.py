@@ -164,7 +164,8 @@ def legacy_revision(encoder: dict[str, Any]) -> str | None:
 
 def _shards(folder: Path) -> dict[str, Path]:
     """The index of a sharded checkpoint and the files it names (what transformers loads), by their names
-    in the folder; a name leading out of the folder, or to no file, is refused."""
+    in the folder; a name leading out of the folder, or to no file, is refused. A file of the folder may be
+    a symlink, as every weight file of a hub cache's snapshot folder is (into its ``blobs``)."""
     index = folder / SHARD_INDEX
     if not index.is_file():
         return {}
@@ -172,12 +173,12 @@ def _shards(folder: Path) -> dict[str, Path]:
         names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"{index} is not a readable shard index ({type(exc).__name__}: {exc})") from None
-    root, out = folder.resolve(), {SHARD_INDEX: index}
-    for name in sorted(names):
-        path = (folder / str(name)).resolve()
-        if not isinstance(name, str) or not path.is_relative_to(root) or not path.is_file():
+    out = {SHARD_INDEX: index}
+    for name in sorted(names, key=str):
+        plain = isinstance(name, str) and "\0" not in name and not os.path.isabs(name)
+        if not plain or os.path.normpath(name).split(os.sep)[0] == ".." or not (folder / name).is_file():
             raise ModelLoadError(f"{index} names {name!r}, which is not a file of {folder}")
-        out[Path(name).as_posix()] = path
+        out[Path(name).as_posix()] = folder / name
     return out
 
 
