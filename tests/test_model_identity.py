@@ -288,6 +288,33 @@ def test_a_damaged_model_folder_is_a_model_load_error(tiny_dir, tmp_path, damage
         Encoder.load(copy, device="cpu").encode(["x"])
 
 
+def test_config_values_no_model_can_be_built_with_are_told_before_it_is(tiny_dir, tmp_path):
+    """Zero heads (ZeroDivisionError), an unknown activation or rope type (KeyError) escaped as transformers'
+    own errors, a rope section that does not fit a head failed at the first encode, and 20,000 claimed layers
+    took minutes and gigabytes before the missing tensors were told."""
+    config = json.loads((tiny_dir / "config.json").read_text())
+    rope = config["text_config"]["rope_parameters"]
+    variants = {
+        "num_attention_heads": ({"num_attention_heads": 0}, {}, "attention heads"),
+        "num_key_value_heads": ({"num_key_value_heads": 0}, {}, "attention heads"),
+        "vision num_heads": ({}, {"num_heads": 0}, "attention heads"),
+        "hidden_act": ({"hidden_act": "evil"}, {}, "no activation"),
+        "rope_type": ({"rope_parameters": {**rope, "rope_type": "nope"}}, {}, "no rope"),
+        "mrope_section": ({"rope_parameters": {**rope, "mrope_section": [1, 1, 1]}}, {}, "does not split a head"),
+        "layers": ({"num_hidden_layers": 20_000}, {"depth": 20_000}, "20000 text layers and 20000 vision blocks"),
+    }
+    for name, (text, vision, said) in variants.items():
+        copy = tmp_path / name.replace(" ", "_")
+        shutil.copytree(tiny_dir, copy)
+        changed = {**config, "text_config": {**config["text_config"], **text}}
+        changed["vision_config"] = {**config["vision_config"], **vision}
+        (copy / "config.json").write_text(json.dumps(changed))
+        started = time.perf_counter()
+        with pytest.raises(ModelLoadError, match=said):
+            Encoder.load(copy, device="cpu", workers=1)
+        assert time.perf_counter() - started < 10, name
+
+
 def _stats_since(before: tuple[int, int, int]) -> tuple[int, int, int]:
     """(files, bytes, hits) of :data:`hash_stats` since ``before``; ``(0, 0, 0)`` gives the totals."""
     now = (hash_stats.files, hash_stats.bytes, hash_stats.hits)

@@ -245,10 +245,43 @@ def read_config(folder: Path):
     raw.pop("architectures", None)
     raw.pop("auto_map", None)  # never run remote code
     try:
-        return Qwen2VLConfig.from_dict(raw)
+        config = Qwen2VLConfig.from_dict(raw)
     except Exception as exc:  # noqa: BLE001  transformers' validation raises several kinds
         why = f"{type(exc).__name__}: {exc}"
         raise ModelLoadError(f"{folder}/config.json is not a valid Qwen2-VL config ({why})") from None
+    problems = _shape_problems(config)
+    if problems:
+        raise ModelLoadError(f"{folder}/config.json is not a valid Qwen2-VL config ({'; '.join(problems)})")
+    return config
+
+
+def _shape_problems(config) -> list[str]:
+    """What transformers finds only while building the model (a division by zero, an unknown activation or
+    rope type) or at the first encode (a rope section that does not fit a head)."""
+    from transformers.activations import ACT2FN
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    text, vision = config.text_config, config.vision_config
+    problems = []
+    for part, width, heads, kv in (("text", text.hidden_size, text.num_attention_heads, text.num_key_value_heads),
+                                   ("vision", vision.embed_dim, vision.num_heads, vision.num_heads)):  # fmt: skip
+        whole = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (width, heads, kv))
+        if not whole or width % heads or heads % kv:
+            problems.append(f"{part} width {width!r} in {heads!r} attention heads ({kv!r} for keys and values)")
+    for part, act in (("text", text.hidden_act), ("vision", vision.hidden_act)):
+        if not isinstance(act, str) or act not in ACT2FN:
+            problems.append(f"{part} hidden_act {act!r} is no activation transformers has")
+    rope = getattr(text, "rope_parameters", None) or {}
+    kind = rope.get("rope_type", "default")
+    if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
+        problems.append(f"rope_type {kind!r} is no rope transformers has")
+    section = rope.get("mrope_section")
+    if not problems and section is not None:
+        head = text.hidden_size // text.num_attention_heads
+        fits = isinstance(section, list) and all(isinstance(n, int) and n >= 0 for n in section)
+        if not fits or 2 * sum(section) != head:
+            problems.append(f"mrope_section {section!r} does not split a head of {head} (its halves must add up)")
+    return problems
 
 
 @contextmanager
@@ -290,6 +323,28 @@ def load_tokenizer(folder: Path):
         raise ModelLoadError(f"could not load the tokenizer of {folder}: {type(exc).__name__}: {exc}") from exc
 
 
+def _layers_held(folder: Path) -> tuple[int, int] | None:
+    """(text layers, vision blocks) the folder's weight files hold, from their headers; None when unreadable
+    (the load then says why)."""
+    import re
+
+    from safetensors import SafetensorError, safe_open
+
+    shards = [path for name, path in _shards(folder).items() if name != SHARD_INDEX]
+    files = shards or ([folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else [])
+    text, vision = set(), set()
+    try:
+        for path in files:
+            with safe_open(str(path), "pt") as fh:
+                names = fh.keys()
+                for name in names:
+                    if found := re.search(r"(?:^|\.)(layers|blocks)\.(\d+)\.", name):
+                        (text if found[1] == "layers" else vision).add(int(found[2]))
+    except (OSError, SafetensorError):
+        return None
+    return (len(text), len(vision)) if files else None
+
+
 def load_model(folder: Path, *, dtype, attn: str):
     """Qwen2-VL weights from ``folder`` (safetensors only); every checkpoint tensor must land in the model."""
     from safetensors import SafetensorError
@@ -300,6 +355,13 @@ def load_model(folder: Path, *, dtype, attn: str):
         raise ModelLoadError(
             f"{folder} has its weights as a pickled checkpoint (.bin), which is never loaded (unpickling can run "
             "code); save them as safetensors (model.save_pretrained writes them by default)"
+        )
+    held = _layers_held(folder)
+    claimed = (config.text_config.num_hidden_layers, config.vision_config.depth)
+    if held is not None and (claimed[0] > held[0] or claimed[1] > held[1]):  # told before memory is taken for them
+        raise ModelLoadError(
+            f"{folder}: config.json says {claimed[0]} text layers and {claimed[1]} vision blocks, its weights hold "
+            f"{held[0]} and {held[1]}"
         )
     try:
         with _quiet_transformers():
@@ -312,7 +374,8 @@ def load_model(folder: Path, *, dtype, attn: str):
                 trust_remote_code=False,
                 use_safetensors=True,  # a pickled checkpoint (pytorch_model.bin) is never unpickled
             )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # damaged, truncated, other shapes
+    except (OSError, ValueError, RuntimeError, SafetensorError, ArithmeticError, LookupError) as exc:
+        # damaged, truncated, other shapes; a config value the model cannot be built with
         raise ModelLoadError(f"could not load weights from {folder}: {type(exc).__name__}: {exc}") from exc
     missing = [k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     problems = {
