@@ -351,3 +351,37 @@ def test_many_excluded_ids_of_other_shards_leave_k_hits(tmp_path, delta):
         hits = reader.search(vecs[0], k, allowed=None, excluded=foreign | own)
         assert len(hits) == min(k, n - len(own)), (k, len(hits))
         assert not {key for key, _ in hits} & own
+
+
+def test_a_manifest_edited_out_of_shape_is_damage_in_one_line(tmp_path, tiny_dir):
+    """A manifest whose sections are not of the kinds every version writes raised KeyError, AttributeError or
+    TypeError, and settings no image can be prepared under (a trillion pixels) ran out of memory on a query."""
+    from unite_search import ConfigError, EncoderSettings
+
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    _photos(root, range(2))
+    ingest(root, index, model=str(tiny_dir), device="cpu")
+    good = json.loads((index / "manifest.json").read_text())
+    edits = {
+        "shard entry a list": lambda m: m["shards"].update(image=[1, 2]),
+        "shard entry without faiss": lambda m: m["shards"]["image"].pop("faiss"),
+        "no encoder section": lambda m: m.pop("encoder"),
+        "delta part a string": lambda m: m["shards"]["image"].update(delta="x"),
+    }
+    for name, edit in edits.items():
+        manifest = json.loads(json.dumps(good))
+        edit(manifest)
+        (index / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(IndexDamagedError, match="edited or damaged"):
+            Index.open(index, device="cpu")
+        result = CliRunner().invoke(main, ["info", str(index)])
+        assert result.exit_code == 1 and "edited or damaged" in result.output and "Traceback" not in result.output, name
+    for key, value, said in [("min_pixels", 10**12, "at most"), ("max_pixels", 10**12, "at most"),
+                             ("min_frames", "4", "whole number")]:  # fmt: skip
+        manifest = json.loads(json.dumps(good))
+        manifest["encoder"][key] = value
+        (index / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(IndexDamagedError, match=f"encoder settings are invalid .*{said}"):
+            Index.open(index, device="cpu").query(text="x")
+        with pytest.raises(ConfigError, match=said):
+            EncoderSettings(**{key: value})

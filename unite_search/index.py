@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .corpus import file_sha256
-from .errors import PlanError
+from .errors import ConfigError, IndexDamagedError, PlanError
 from .modality import Item
 from .planner import QueryPlan, merge_results, plan_query
 from .reader import Snapshot
@@ -200,7 +200,11 @@ class Index:
                 from .settings import EncoderSettings
 
                 recorded = self.manifest["encoder"]
-                settings = EncoderSettings.from_record(recorded)
+                try:
+                    settings = EncoderSettings.from_record(recorded)
+                except ConfigError as exc:
+                    why = f"the manifest's encoder settings are invalid ({exc})"
+                    raise IndexDamagedError(f"{self.path}: {why}") from None
                 adapter = self._adapter if self._adapter is not None else recorded.get("adapter")
                 encoder = Encoder.load(
                     self._model or recorded["model_id"],

@@ -60,7 +60,23 @@ def read(folder: Path) -> dict[str, Any] | None:
         raise UniteError(f"{path}: unreadable manifest ({exc})") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
         raise UniteError(f"{path}: not a unite-search manifest")
+    damage = _shape_damage(manifest)
+    if damage:
+        raise IndexDamagedError(f"{path}: {damage}; the manifest was edited or damaged")
     return manifest
+
+
+def _shape_damage(manifest: dict[str, Any]) -> str | None:
+    """What in a manifest's sections is not of the kind every version writes, or None."""
+    if not isinstance(manifest.get("encoder"), dict) or not isinstance(manifest.get("ingest", {}), dict):
+        return "its encoder or ingest section is missing or not an object"
+    for name, entry in manifest["shards"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("faiss"), str):
+            return f"shard {name!r} has no FAISS file named"
+        for part in DELTA_PARTS:
+            if part in entry and (not isinstance(entry[part], dict) or not isinstance(entry[part].get("faiss"), str)):
+                return f"shard {name!r} names its {part} part without a file"
+    return None
 
 
 def require(folder: Path) -> dict[str, Any]:

@@ -16,6 +16,8 @@ PATCH = 14
 MERGE = 2
 FACTOR = PATCH * MERGE  # 28: one merged visual token covers 28x28 pixels
 TEMPORAL_PATCH = 2
+PIXELS_MAX = 4 * 16384 * FACTOR * FACTOR  # a pixel bound's ceiling: four times qwen-vl-utils' own cap (51M)
+FRAMES_MAX = 4096  # a frame count's ceiling
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,18 @@ class EncoderSettings:
     video_max_pixels: int | None = 360 * 420
 
     def __post_init__(self) -> None:
+        counts = {"min_frames": self.min_frames, "max_frames": self.max_frames, "frames": self.frames}
+        counts.update(fetch_min_pixels=self.fetch_min_pixels, fetch_max_pixels=self.fetch_max_pixels)
+        counts.update(min_pixels=self.min_pixels, max_pixels=self.max_pixels, video_min_pixels=self.video_min_pixels)
+        counts.update(video_max_pixels=self.video_max_pixels)
+        for name, value in counts.items():  # (an index's manifest is read into these too)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be a whole number, not {value!r}")
+            ceiling = FRAMES_MAX if name.endswith("frames") else PIXELS_MAX
+            if value is not None and value > ceiling:
+                raise ConfigError(f"{name} may be at most {ceiling:,}, not {value:,}")
+        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)):
+            raise ConfigError(f"fps must be a number, not {self.fps!r}")
         if self.sampler not in ("linspace", "segment-middle"):
             raise ConfigError(f"sampler must be 'linspace' or 'segment-middle', not {self.sampler!r}")
         if self.frames is not None and self.frames < 1:
