@@ -56,6 +56,36 @@ def test_a_file_swapped_after_ingest_is_never_sent(encoder, tmp_path):
         assert c.get(url).content == original
 
 
+def test_an_item_with_an_image_and_a_video_sends_its_image_and_a_planted_thumbnail_link_is_never_followed(
+    encoder, tmp_path
+):
+    """Such an item's row named its image as its path but held its video's hash: never sent once files were
+    checked by their hash. A thumbnail's cache name is predictable from its row: a link planted there (in an
+    index someone shared) was read and sent."""
+    from urllib.parse import quote
+
+    from corpora import write_clip
+
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    write_photo(root / "pic.png", seed=6)
+    write_clip(root / "clip.mp4", 8, fps=4, seed=1)
+    item = {"id": "both", "image": "pic.png", "video": "clip.mp4", "text": "the picture and the clip"}
+    (root / "items.jsonl").write_text(json.dumps(item) + "\n")
+    ingest(root, index, encoder=encoder)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private key material")
+    with TestClient(create_app(Index.open(index, encoder=encoder))) as c:
+        assert c.get("/media/both").content == (root / "pic.png").read_bytes()
+        hit = next(h for h in _search(c, text="x", target="image", k=5)["hits"] if h["path"] == "pic.png")
+        first = c.get(hit["thumb_url"])
+        assert first.headers["content-type"] == "image/jpeg"
+        (cached,) = (index / "thumbs").glob("*.jpg")
+        cached.unlink()
+        cached.symlink_to(secret)
+        again = c.get(f"/thumbs/{quote(hit['id'], safe='')}")
+        assert again.status_code == 200 and b"private" not in again.content and again.content == first.content
+
+
 def test_an_index_edited_to_name_other_files_gets_none_of_them_sent(encoder, tmp_path):
     """The manifest says where the corpus lies: an index shared with its manifest's corpus set to another folder
     (the home folder of whoever serves it, say) had the server send that folder's files at the rows' paths."""
@@ -139,3 +169,45 @@ def test_under_a_path_prefix_the_page_and_healthz_stay_open_with_a_token(dots, e
             assert c.get(prefix + open_path).status_code == 200, open_path
         assert c.get(prefix + "info").status_code == 401
         assert c.get(prefix + "info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_a_file_is_hashed_once_however_many_ask_at_once_and_the_least_used_is_forgotten(tmp_path, monkeypatch):
+    """Four range requests at once (a browser's <video>) hashed a 2 GiB file four times; the cache forgot its oldest
+    file, not its least used one, so a server cycling through more files than it keeps hashed on every request."""
+    import hashlib
+    import os
+    import threading
+
+    from unite_search.server import files
+
+    made, real = [], hashlib.sha256
+
+    def counted(*args, **kwargs):  # (the hashlib module itself is patched: only the Digests' calls take no data)
+        made.extend([] if args else [1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(files.hashlib, "sha256", counted)
+    paths = []
+    for name, size in (("big", 48 << 20), ("a", 10), ("b", 20), ("c", 30)):
+        (tmp_path / name).write_bytes(os.urandom(size))
+        paths.append(tmp_path / name)
+    digests = files.Digests(limit=2)
+
+    def of(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return digests.of(fd, os.fstat(fd))
+        finally:
+            os.close(fd)
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(of(paths[0]))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [real(paths[0].read_bytes()).hexdigest()] * 4 and len(made) == 1
+    made.clear()
+    for path in (paths[1], paths[2], paths[1], paths[3], paths[1]):  # a, b, a, c (b goes, a stays), a
+        of(path)
+    assert len(made) == 3  # a, b and c once each

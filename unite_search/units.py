@@ -390,7 +390,7 @@ def plan_units(
         row = _base_row(key, 1, shard, d.source, d.id, path=media_paths[0] if media_paths else None)
         # a row with media carries its file's hash, as a pair's row does: a composed query excludes the rows
         # of its own reference file by it (the unit's key above tells a changed item)
-        media_hash = next((parts[k] for k in ("video", "image") if k in parts), content)
+        media_hash = next((parts[k] for k in ("image", "video") if k in parts), content)  # the file at path
         text = d.text.strip() if d.text is not None else None  # as the model sees it (the encoder strips it)
         row.update(paths=media_paths, content_hash=media_hash, text=text, metadata=meta, **row_cols)
         item = {"text": d.text, "image": d.image, "video": d.video}

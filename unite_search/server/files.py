@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,32 +16,55 @@ from ..errors import InputError
 from .http_errors import api_error
 
 THUMB_SIZE = 320  # pixels on the long side
+THUMB_BYTES_MAX = 4 << 20  # a cached thumbnail larger than this was not made here
 CHUNK = 256 << 10  # bytes per read when sending a file
 
 
 class Digests:
     """The sha256 of files the server sends, known by what changes whenever their bytes do (device, inode,
-    size, mtime, ctime): a file is hashed on its first request only."""
+    size, mtime, ctime): a file is hashed on its first request only (while the server runs and it is among
+    the ``limit`` used last); requests for a file being hashed wait for that hash instead of making their own."""
 
-    def __init__(self, limit: int = 4096):
+    def __init__(self, limit: int = 1 << 16):
         self.limit = limit
-        self._known: dict[tuple[int, ...], str] = {}
+        self._known: OrderedDict[tuple[int, ...], str] = OrderedDict()
+        self._busy: dict[tuple[int, ...], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def of(self, fd: int, st: os.stat_result) -> str:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self._lock:
             found = self._known.get(key)
-        if found is None:
+            if found is not None:
+                self._known.move_to_end(key)
+                return found
+            gate, mine = self._busy.get(key), False
+            if gate is None:
+                gate, mine = threading.Lock(), True
+                gate.acquire()
+                self._busy[key] = gate
+        if not mine:
+            with gate:  # released once the thread hashing this file is done
+                pass
+            with self._lock:
+                found = self._known.get(key)
+            if found is not None:
+                return found
+        try:
             digest, offset = hashlib.sha256(), 0
             while chunk := os.pread(fd, CHUNK * 4, offset):
                 digest.update(chunk)
                 offset += len(chunk)
             found = digest.hexdigest()
             with self._lock:
-                if len(self._known) >= self.limit:
-                    self._known.pop(next(iter(self._known)))  # the oldest
                 self._known[key] = found
+                while len(self._known) > self.limit:
+                    self._known.popitem(last=False)  # the one used longest ago
+        finally:
+            if mine:
+                with self._lock:
+                    del self._busy[key]
+                gate.release()
         return found
 
 

@@ -26,7 +26,7 @@ from ..errors import IndexMismatchError, StaleReadError
 from ..manifest import MANIFEST
 from .batcher import QueryBatcher
 from .bodies import _check_image, _copy_upload
-from .files import Digests, _make_thumbnail
+from .files import THUMB_BYTES_MAX, Digests, _make_thumbnail
 from .http_errors import api_error
 from .metrics import Metrics
 
@@ -302,8 +302,9 @@ class Server:
         os.close(fd)
         tag = hashlib.sha256(row_id.encode()).hexdigest()[:24]
         cached = self.thumbs_dir / f"{tag}-{st.st_size}-{st.st_mtime_ns}.jpg"
-        with contextlib.suppress(OSError):
-            return cached.read_bytes()
+        data = _cached_thumbnail(cached)
+        if data is not None:
+            return data
         data = _make_thumbnail(real, row, "video" in parts)
         self._store_thumbnail(cached, tag, data)
         return data
@@ -335,3 +336,22 @@ class Server:
         payload["serving_serial"] = self.index.manifest.get("serial", 0)
         payload["refresh_error"] = self.refresh_error
         return payload
+
+
+def _cached_thumbnail(path: Path) -> bytes | None:
+    """A thumbnail this server cached: a JPEG in a plain file, never through a link (its name is predictable
+    from a row: a link planted there by whoever edited the index would send the file it leads to)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(THUMB_BYTES_MAX + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if data.startswith(b"\xff\xd8\xff") and len(data) <= THUMB_BYTES_MAX else None
