@@ -459,3 +459,8 @@ def test_passages_of_scripts_without_spaces_end_at_sentences_and_keep_syllables_
             assert "".join(text[a:b] for a, b in spans) == text
             assert all((b - a) % 3 == 0 for a, b in spans), (max_chars, spans)  # whole syllables only
             assert all(regex.match(r"\X", text[a:]).end() == 3 for a, _ in spans)
+    # a space or a full stop followed by a mark is one character with it: no place to cut
+    for text in ("aaaaaaaaaa \u0301" + "b" * 14, "\u4e2d" * 12 + "\u3002\u20dd" + "\u6587" * 12):
+        spans = split_passages(text, 20)
+        assert "".join(text[a:b] for a, b in spans) == text
+        assert all(b == len(text) or not regex.match(r"\p{GCB=Extend}", text[b]) for _, b in spans), spans

@@ -17,6 +17,12 @@ SEPARATORS = (
     (" ",),
 )
 _GRAPHEME = regex.compile(r"\X")
+# what joins the character before it into one user-perceived character (rules GB9 and GB9a): a separator followed
+# by one of these is no place to cut
+_ATTACHED = regex.compile(
+    r"[\p{Grapheme_Cluster_Break=Extend}\p{Grapheme_Cluster_Break=ZWJ}\p{Grapheme_Cluster_Break=SpacingMark}]"
+)
+LOOKBACK = 256  # characters a hard cut looks back for a boundary: far more than any real cluster spans
 
 
 class PassageSplitter:
@@ -58,11 +64,22 @@ class PassageSplitter:
             if "\r" in window:  # CRLF and CR line ends found as LF ones (the same length: offsets hold)
                 window = window.replace("\r\n", "\x01\n").replace("\r", "\n")
             for seps in SEPARATORS:
-                cut = max(window.rfind(sep) + len(sep) if sep in window else -1 for sep in seps)
+                cut = max(self._last_cut(window, sep, half) for sep in seps)
                 if cut >= 0:
                     return half + cut
             return _grapheme_start(self._buffer, end, half)
         return end
+
+    def _last_cut(self, window: str, sep: str, half: int) -> int:
+        """The end of the last ``sep`` in ``window`` (which starts at ``half`` in the buffer) that is not followed
+        by a mark joining it (a space then a combining accent is one character); -1 for none."""
+        at = len(window)
+        while (found := window.rfind(sep, 0, at)) >= 0:
+            cut = found + len(sep)
+            if not _ATTACHED.match(self._buffer, half + cut):
+                return cut
+            at = cut - 1
+        return -1
 
     def _cut(self, end: int) -> None:
         piece = self._buffer[:end]
@@ -83,12 +100,22 @@ class PassageSplitter:
 def _grapheme_start(text: str, end: int, floor: int) -> int:
     """A cut at ``end`` moved back (not below ``floor``) to the nearest boundary between user-perceived
     characters, so that no accent, emoji sequence, flag, Hangul syllable or Indic conjunct is parted; ``end``
-    itself when none lies above ``floor``. ``text`` starts at a boundary (the previous cut)."""
-    cut = end
-    for match in _GRAPHEME.finditer(text, 0, end + 1):  # a boundary depends on what precedes it and one character
-        if match.start() > floor:
+    itself when none lies above ``floor``. ``text`` starts at a boundary (the previous cut); clusters are
+    found from :data:`LOOKBACK` characters before ``end`` (the first one found there may have begun earlier,
+    and a run of flags is counted in pairs from its start)."""
+    start = max(floor, end - LOOKBACK)
+    while start > 0 and _is_flag_half(text[start]) and _is_flag_half(text[start - 1]):
+        start -= 1
+    cut, trusted = end, start == 0
+    for match in _GRAPHEME.finditer(text, start, end + 1):  # a boundary depends on what precedes it and one character
+        if trusted and match.start() > floor:
             cut = match.start()
+        trusted = True
     return cut
+
+
+def _is_flag_half(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF  # a regional indicator: two make a flag
 
 
 def split_passages(text: str, max_chars: int) -> list[tuple[int, int]]:
