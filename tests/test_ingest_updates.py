@@ -244,7 +244,7 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
     file cache trusted the TIFF's facts and the units' keys were unchanged."""
     import pyarrow.compute as pc
 
-    from unite_search import corpus, ingestion, units
+    from unite_search import corpus, ingestion, passages, units
 
     root, index = tmp_path / "corpus", tmp_path / "index"
     root.mkdir()
@@ -253,6 +253,7 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
     write_photo(root / "photo.png", seed=1)
     (root / "portrait.txt").write_text("a portrait")  # its caption: a composed pair's row too
     (root / "note.txt").write_text("a note about nothing in particular")
+    (root / "chinese.txt").write_text("\u4eca\u5929\u5929\u6c14\u5f88\u597d\u3002" * 60)  # 420 characters, no space
     lines = [{"id": "edit", "image": "photo.png", "text": "the same at night"},
              {"id": "padded", "text": "  a text with spaces around it \n"},
              {"id": "plain", "text": "a plain text"}]  # fmt: skip
@@ -263,7 +264,8 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
         m.setattr(units, "_is_tiff", lambda rel: False, raising=False)
         m.setattr(units, "_made_otherwise_before", lambda d, media: False, raising=False)
         m.setattr(ingestion, "READS", 2)
-        ingest(root, index, encoder=encoder, pairs="composed")
+        m.setattr(passages, "SEPARATORS", (("\n\n", "\n\x01\n"), ("\n",), (". ",), (" ",)), raising=False)
+        ingest(root, index, encoder=encoder, pairs="composed", passage_chars=100)
     sizes = {(r["width"], r["height"]) for r in rows_by_id(index).values() if r["path"] == "portrait.tiff"}
     assert sizes == {(96, 72)}
     tables = IndexStore(index).tables
@@ -274,12 +276,14 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
     read = []
     real_read = units.read_file
     monkeypatch.setattr(units, "read_file", lambda entry, **kw: read.append(entry.rel) or real_read(entry, **kw))
-    report = ingest(root, index, encoder=encoder, pairs="composed")
-    assert read == ["portrait.tiff"]  # the other files' facts are trusted as they were
-    # the TIFF, its composed pair, the item with an image and the padded text: encoded again, their old rows gone
-    assert report.encoded_items == report.removed_items == 4, report.summary()
+    report = ingest(root, index, encoder=encoder, pairs="composed", passage_chars=100)
+    # the other files' facts are trusted as they were; texts are cut again (their passages' ends were other)
+    assert sorted(read) == ["chinese.txt", "note.txt", "portrait.tiff", "portrait.txt"]
+    # the TIFF, its composed pair, the item with an image, the padded text and the Chinese text (now cut at its
+    # sentence ends): encoded again, their old rows gone; the note, cut as before, is kept
+    assert report.encoded_items == report.removed_items == 5, report.summary()
     after = rows_by_id(index)
-    ingest(root, tmp_path / "fresh", encoder=encoder, pairs="composed")
+    ingest(root, tmp_path / "fresh", encoder=encoder, pairs="composed", passage_chars=100)
     fresh = rows_by_id(tmp_path / "fresh")
     assert_same_rows(after, fresh)
     columns = ("unit", "width", "height", "text", "content_hash")
@@ -287,4 +291,4 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
         k: [r[c] for c in columns] for k, r in fresh.items()
     }
     read.clear()
-    assert ingest(root, index, encoder=encoder, pairs="composed").encoded_items == 0 and read == []
+    assert ingest(root, index, encoder=encoder, pairs="composed", passage_chars=100).encoded_items == 0 and read == []

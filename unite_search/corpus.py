@@ -288,7 +288,8 @@ def decode_text(data: bytes, source: str) -> str:
 
 # What the read stage tells of a file, and how, in this version; each file-cache row records the edition
 # that read it. 2: a video's frame-rate check (files.vfr); 3: a TIFF's orientation applied once (its width
-# and height were swapped) and its float pixels converted as upstream converts them.
+# and height were swapped) and its float pixels converted as upstream converts them, and texts cut at the
+# sentence ends of more scripts and never inside a user-perceived character.
 READS = 3
 
 
@@ -313,6 +314,7 @@ class FileFacts:
     vfr: bool | None = None
     passages: tuple[tuple[int, int, int, int], ...] = ()  # (char_start, char_end, byte_start, byte_end)
     reads: int = READS  # the read-stage edition these facts come from (a cache row's, else this version's)
+    recut: bool = False  # a text read again, cut otherwise than its cache row said (not kept: see units._recut)
 
     def to_row(self) -> dict[str, Any]:
         """The file-cache row (no absolute path: the corpus may move)."""

@@ -15,7 +15,7 @@ import numbers
 import os
 from collections import defaultdict
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .batching import bounded_map
@@ -99,6 +99,7 @@ class Unit:
     paths: tuple[str, ...]
     caption: str | None
     label: str  # path or manifest line, for failure reports
+    recut: bool = False  # a text an earlier read-stage edition cut into other passages: its rows are made again
 
 
 def _sha(text: str) -> str:
@@ -139,16 +140,29 @@ def read_files(
             if isinstance(got, Problem):
                 problems.append(got)
             else:
-                facts[entry.rel] = got
+                facts[entry.rel] = _recut(got, cache.get(entry.rel))
             bar.update(1)
     return facts, problems
 
 
+def _recut(facts: FileFacts, row: dict[str, Any] | None) -> FileFacts:
+    """``facts`` marked ``recut`` when they are a text's, read again for the cache's older edition, and cut
+    otherwise than that edition cut the same bytes (same hash, same key: only this tells its rows are stale)."""
+    if row is None or facts.modality != Modality.TEXT.value or row["sha256"] != facts.sha256:
+        return facts
+    if [x for span in facts.passages for x in span] == list(row.get("spans") or []):
+        return facts
+    return replace(facts, recut=True)
+
+
 def _read_again(row: dict[str, Any]) -> bool:
     """Whether a file cached by an earlier read-stage edition is read again: a video before 2 (its frame rate
-    was not checked), a TIFF before 3 (a portrait one's width and height were swapped)."""
+    was not checked), a TIFF before 3 (a portrait one's width and height were swapped), a text before 3 (cut
+    into passages by other rules)."""
     if row["modality"] == Modality.VIDEO.value:
         return row["reads"] < 2
+    if row["modality"] == Modality.TEXT.value:
+        return row["reads"] < 3
     return row["modality"] == Modality.IMAGE.value and row["reads"] < 3 and _is_tiff(row["rel"])
 
 
@@ -354,7 +368,7 @@ def plan_units(
                 tasks.append(Task(key, modality, row, {}, checks, chars=(a, b, byte_a, byte_b)))
         else:
             tasks = _media_tasks(key, modality, first, paths, caption, options, settings)
-        units.append(Unit(key, modality, tasks, paths, caption, paths[0]))
+        units.append(Unit(key, modality, tasks, paths, caption, paths[0], recut=first.recut))
         for text, copies in captioned.items() if options.pairs == "composed" else ():  # a pair for each caption
             shard = shard_name({Modality(modality), Modality.TEXT})
             pair_key, named = f"{shard}/{sha}/{_sha(text)}" + made, tuple(g.rel for g in copies)
@@ -469,6 +483,10 @@ def diff_units(units: list[Unit], tables, shards: Collection[str], unseen: Colle
             elif unit is None:
                 out.unchanged += 1
                 out.kept += 1
+            elif unit.recut:  # cut into other passages by an earlier edition: its rows go, the new ones come
+                out.remove[shard].add(key)
+                out.removed += 1
+                out.todo.append(unit)
             elif state.rows != state.expected or state.expected != len(unit.tasks):
                 out.remove[shard].add(key)  # cut short by a killed run: redo it whole
                 out.redone += 1
