@@ -264,7 +264,7 @@ def test_ctrl_c_keeps_the_rows_encoded_so_far(tmp_path, encoder, monkeypatch):
     kept = IndexStore(tmp_path / "index").tables.open("text").count_rows()
     assert 0 < kept < 24
     monkeypatch.undo()
-    again = ingest(root, tmp_path / "index", encoder=encoder)  # the rerun, without Ray
+    again = ingest(root, tmp_path / "index", encoder=encoder, engine="ray", ray_encoders=1)  # continued on Ray
     assert again.encoded_items == 24 - kept and again.unchanged_items == kept
     assert_same_rows(rows_by_id(tmp_path / "index"), rows_by_id(_local(root, tmp_path / "local", encoder)))
 

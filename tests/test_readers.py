@@ -385,3 +385,5 @@ def test_a_manifest_edited_out_of_shape_is_damage_in_one_line(tmp_path, tiny_dir
             Index.open(index, device="cpu").query(text="x")
         with pytest.raises(ConfigError, match=said):
             EncoderSettings(**{key: value})
+    given = EncoderSettings(frames=np.int64(8), fps=np.float32(0.5), max_pixels=np.int32(200_704))  # numpy's own
+    assert json.loads(json.dumps(given.to_dict()))["frames"] == 8 and given.fps == 0.5

@@ -6,6 +6,7 @@ Indexes record ``EncoderSettings.to_dict()`` and refuse to mix vectors made unde
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -45,22 +46,26 @@ class EncoderSettings:
         counts.update(min_pixels=self.min_pixels, max_pixels=self.max_pixels, video_min_pixels=self.video_min_pixels)
         counts.update(video_max_pixels=self.video_max_pixels)
         for name, value in counts.items():  # (an index's manifest is read into these too)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ConfigError(f"{name} must be a whole number, not {value!r}")
             ceiling = FRAMES_MAX if name.endswith("frames") else PIXELS_MAX
-            if value is not None and value > ceiling:
+            if value > ceiling:
                 raise ConfigError(f"{name} may be at most {ceiling:,}, not {value:,}")
-        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)):
+            object.__setattr__(self, name, int(value))  # a numpy integer as a plain one (settings go to JSON)
+        if isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real):
             raise ConfigError(f"fps must be a number, not {self.fps!r}")
+        object.__setattr__(self, "fps", self.fps if isinstance(self.fps, int) else float(self.fps))
         if self.sampler not in ("linspace", "segment-middle"):
             raise ConfigError(f"sampler must be 'linspace' or 'segment-middle', not {self.sampler!r}")
         if self.frames is not None and self.frames < 1:
             raise ConfigError("frames must be a positive count")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ConfigError("need 1 <= min_frames <= max_frames")
-        numbers = [self.fps, self.fetch_min_pixels, self.fetch_max_pixels, self.min_pixels, self.max_pixels]
-        numbers += [self.video_min_pixels, self.video_max_pixels or 1]
-        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
+        values = [self.fps, self.fetch_min_pixels, self.fetch_max_pixels, self.min_pixels, self.max_pixels]
+        values += [self.video_min_pixels, self.video_max_pixels or 1]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in values):
             raise ConfigError("fps and the pixel bounds must be finite numbers")
         if self.fps <= 0:
             raise ConfigError("fps must be positive")
