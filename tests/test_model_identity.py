@@ -315,6 +315,17 @@ def test_config_values_no_model_can_be_built_with_are_told_before_it_is(tiny_dir
         assert time.perf_counter() - started < 10, name
 
 
+def test_a_tensor_of_another_shape_is_named(tiny_dir, tmp_path):
+    """transformers' own error said only "For details look at the above report!", a report its logging hid."""
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_dir, copy)
+    weights = load_file(copy / "model.safetensors")
+    weights[MIDDLE] = weights[MIDDLE][:, :-1].contiguous()
+    save_file(weights, copy / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=rf"{MIDDLE} is \[\d+, \d+\] in the checkpoint, \[\d+, \d+\] in a model"):
+        Encoder.load(copy, device="cpu", workers=1)
+
+
 def _stats_since(before: tuple[int, int, int]) -> tuple[int, int, int]:
     """(files, bytes, hits) of :data:`hash_stats` since ``before``; ``(0, 0, 0)`` gives the totals."""
     now = (hash_stats.files, hash_stats.bytes, hash_stats.hits)

@@ -371,6 +371,7 @@ def load_model(folder: Path, *, dtype, attn: str):
                 dtype=dtype,
                 attn_implementation=attn,
                 output_loading_info=True,
+                ignore_mismatched_sizes=True,  # then listed in the loading info, and refused below naming them
                 trust_remote_code=False,
                 use_safetensors=True,  # a pickled checkpoint (pytorch_model.bin) is never unpickled
             )
@@ -381,9 +382,17 @@ def load_model(folder: Path, *, dtype, attn: str):
     problems = {
         "missing": sorted(missing),
         "unexpected": sorted(info.get("unexpected_keys", [])),
-        "mismatched": sorted(str(k) for k in info.get("mismatched_keys", [])),
+        "mismatched": sorted(_mismatch(k) for k in info.get("mismatched_keys", [])),
     }
     if any(problems.values()):
         detail = "; ".join(f"{kind}: {v[:5]}{' ...' if len(v) > 5 else ''}" for kind, v in problems.items() if v)
         raise ModelLoadError(f"{folder}: checkpoint does not match Qwen2-VL ({detail})")
     return model
+
+
+def _mismatch(found) -> str:
+    """A tensor whose shape differs, as transformers reports it: (name, checkpoint shape, model shape)."""
+    if isinstance(found, tuple) and len(found) == 3:
+        name, stored, wanted = found
+        return f"{name} is {list(stored)} in the checkpoint, {list(wanted)} in a model of its config"
+    return str(found)
