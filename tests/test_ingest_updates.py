@@ -261,7 +261,6 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
     real_size = corpus._image_size
     with monkeypatch.context() as m:  # what earlier versions did
         m.setattr(corpus, "_image_size", lambda e: real_size(e)[::-1] if e.rel.endswith(".tiff") else real_size(e))
-        m.setattr(units, "_is_tiff", lambda rel: False, raising=False)
         m.setattr(units, "_made_otherwise_before", lambda d, media: False, raising=False)
         m.setattr(ingestion, "READS", 2)
         m.setattr(passages, "SEPARATORS", (("\n\n", "\n\x01\n"), ("\n",), (". ",), (" ",)), raising=False)

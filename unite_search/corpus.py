@@ -314,7 +314,7 @@ class FileFacts:
     vfr: bool | None = None
     passages: tuple[tuple[int, int, int, int], ...] = ()  # (char_start, char_end, byte_start, byte_end)
     reads: int = READS  # the read-stage edition these facts come from (a cache row's, else this version's)
-    recut: bool = False  # a text read again, cut otherwise than its cache row said (not kept: see units._recut)
+    remake: bool = False  # read again, its rows made otherwise by the cache's edition (not kept: see units._remade)
 
     def to_row(self) -> dict[str, Any]:
         """The file-cache row (no absolute path: the corpus may move)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -326,8 +327,6 @@ def load_tokenizer(folder: Path):
 def _layers_held(folder: Path) -> tuple[int, int] | None:
     """(text layers, vision blocks) the folder's weight files hold, from their headers; None when unreadable
     (the load then says why)."""
-    import re
-
     from safetensors import SafetensorError, safe_open
 
     shards = [path for name, path in _shards(folder).items() if name != SHARD_INDEX]

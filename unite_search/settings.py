@@ -19,6 +19,9 @@ FACTOR = PATCH * MERGE  # 28: one merged visual token covers 28x28 pixels
 TEMPORAL_PATCH = 2
 PIXELS_MAX = 4 * 16384 * FACTOR * FACTOR  # a pixel bound's ceiling: four times qwen-vl-utils' own cap (51M)
 FRAMES_MAX = 4096  # a frame count's ceiling
+# whole numbers: a *_frames within FRAMES_MAX, a *_pixels within PIXELS_MAX
+COUNTS = ("min_frames", "max_frames", "frames", "fetch_min_pixels", "fetch_max_pixels", "min_pixels", "max_pixels",
+          "video_min_pixels", "video_max_pixels")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,8 @@ class EncoderSettings:
     video_max_pixels: int | None = 360 * 420
 
     def __post_init__(self) -> None:
-        counts = {"min_frames": self.min_frames, "max_frames": self.max_frames, "frames": self.frames}
-        counts.update(fetch_min_pixels=self.fetch_min_pixels, fetch_max_pixels=self.fetch_max_pixels)
-        counts.update(min_pixels=self.min_pixels, max_pixels=self.max_pixels, video_min_pixels=self.video_min_pixels)
-        counts.update(video_max_pixels=self.video_max_pixels)
-        for name, value in counts.items():  # (an index's manifest is read into these too)
+        for name in COUNTS:  # (an index's manifest is read into these too)
+            value = getattr(self, name)
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -54,8 +54,8 @@ class EncoderSettings:
             if value > ceiling:
                 raise ConfigError(f"{name} may be at most {ceiling:,}, not {value:,}")
             object.__setattr__(self, name, int(value))  # a numpy integer as a plain one (settings go to JSON)
-        if isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real):
-            raise ConfigError(f"fps must be a number, not {self.fps!r}")
+        if isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real) or not math.isfinite(self.fps):
+            raise ConfigError(f"fps must be a finite number, not {self.fps!r}")
         object.__setattr__(self, "fps", self.fps if isinstance(self.fps, int) else float(self.fps))
         if self.sampler not in ("linspace", "segment-middle"):
             raise ConfigError(f"sampler must be 'linspace' or 'segment-middle', not {self.sampler!r}")
@@ -63,10 +63,6 @@ class EncoderSettings:
             raise ConfigError("frames must be a positive count")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ConfigError("need 1 <= min_frames <= max_frames")
-        values = [self.fps, self.fetch_min_pixels, self.fetch_max_pixels, self.min_pixels, self.max_pixels]
-        values += [self.video_min_pixels, self.video_max_pixels or 1]
-        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in values):
-            raise ConfigError("fps and the pixel bounds must be finite numbers")
         if self.fps <= 0:
             raise ConfigError("fps must be positive")
         if not 0 < self.min_pixels <= self.max_pixels:

@@ -99,7 +99,7 @@ class Unit:
     paths: tuple[str, ...]
     caption: str | None
     label: str  # path or manifest line, for failure reports
-    recut: bool = False  # a text an earlier read-stage edition cut into other passages: its rows are made again
+    remake: bool = False  # rows an earlier read-stage edition made otherwise, under the same key: made again
 
 
 def _sha(text: str) -> str:
@@ -140,19 +140,24 @@ def read_files(
             if isinstance(got, Problem):
                 problems.append(got)
             else:
-                facts[entry.rel] = _recut(got, cache.get(entry.rel))
+                facts[entry.rel] = _remade(got, cache.get(entry.rel))
             bar.update(1)
     return facts, problems
 
 
-def _recut(facts: FileFacts, row: dict[str, Any] | None) -> FileFacts:
-    """``facts`` marked ``recut`` when they are a text's, read again for the cache's older edition, and cut
-    otherwise than that edition cut the same bytes (same hash, same key: only this tells its rows are stale)."""
-    if row is None or facts.modality != Modality.TEXT.value or row["sha256"] != facts.sha256:
+def _remade(facts: FileFacts, row: dict[str, Any] | None) -> FileFacts:
+    """``facts`` marked ``remake`` when the same bytes were read again for the cache's older edition and that
+    edition made their rows otherwise (same hash, same key: only this tells the rows are stale): a TIFF's
+    always (its size, its float pixels), a text's when it is now cut into other passages. (A video read again
+    keeps its rows unless its frame rate varies: its key says so.)"""
+    if row is None or row["sha256"] != facts.sha256 or not _read_again(row):
         return facts
-    if [x for span in facts.passages for x in span] == list(row.get("spans") or []):
-        return facts
-    return replace(facts, recut=True)
+    if facts.modality == Modality.IMAGE.value:
+        return replace(facts, remake=True)
+    spans = [x for span in facts.passages for x in span]
+    if facts.modality == Modality.TEXT.value and spans != list(row["spans"] or []):
+        return replace(facts, remake=True)
+    return facts
 
 
 def _read_again(row: dict[str, Any]) -> bool:
@@ -351,12 +356,10 @@ def plan_units(
             if g.rel in captions:
                 captioned[captions[g.rel]].append(g)
         caption = next(iter(captioned), None)  # the row's: its first captioned path's
-        # Keys name how rows were made where an earlier version made them otherwise, so that its rows are
-        # replaced: a variable-rate clip's segments are found by their timestamps (they were found through the
-        # average rate before 'vfr' was read); a TIFF's rows hold its upright size and the pixels upstream
-        # converts a float TIFF to (read-stage edition 3)
-        made = ("/timed" if first.vfr else "") + ("/tiff" if any(_is_tiff(g.rel) for g in group) else "")
-        key = f"{modality}/{sha}" + made
+        # a variable-rate clip's segments are found by their timestamps (versions before 'vfr' was read found
+        # them through the average rate): a key of its own replaces the rows read that way
+        timed = "/timed" if first.vfr else ""
+        key = f"{modality}/{sha}" + timed
         if modality == Modality.TEXT.value:
             tasks = []
             for i, (a, b, byte_a, byte_b) in enumerate(first.passages):
@@ -368,12 +371,12 @@ def plan_units(
                 tasks.append(Task(key, modality, row, {}, checks, chars=(a, b, byte_a, byte_b)))
         else:
             tasks = _media_tasks(key, modality, first, paths, caption, options, settings)
-        units.append(Unit(key, modality, tasks, paths, caption, paths[0], recut=first.recut))
+        units.append(Unit(key, modality, tasks, paths, caption, paths[0], remake=first.remake))
         for text, copies in captioned.items() if options.pairs == "composed" else ():  # a pair for each caption
             shard = shard_name({Modality(modality), Modality.TEXT})
-            pair_key, named = f"{shard}/{sha}/{_sha(text)}" + made, tuple(g.rel for g in copies)
+            pair_key, named = f"{shard}/{sha}/{_sha(text)}" + timed, tuple(g.rel for g in copies)
             tasks = _media_tasks(pair_key, shard, copies[0], named, text, options, settings, text=text)
-            units.append(Unit(pair_key, shard, tasks, named, text, named[0]))
+            units.append(Unit(pair_key, shard, tasks, named, text, named[0], remake=first.remake))
     for d, media in declared:
         modalities = {Modality.TEXT} if d.text is not None else set()
         parts: dict[str, Any] = {"text": d.text, "metadata": d.metadata}
@@ -483,7 +486,7 @@ def diff_units(units: list[Unit], tables, shards: Collection[str], unseen: Colle
             elif unit is None:
                 out.unchanged += 1
                 out.kept += 1
-            elif unit.recut:  # cut into other passages by an earlier edition: its rows go, the new ones come
+            elif unit.remake:  # made otherwise by an earlier read-stage edition: its rows go, the new ones come
                 out.remove[shard].add(key)
                 out.removed += 1
                 out.todo.append(unit)
