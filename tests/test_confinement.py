@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from corpora import write_photo
 
+from unite_search import Index
 from unite_search.corpus import file_sha256
+from unite_search.errors import IndexDamagedError
 from unite_search.ingestion import ingest
 from unite_search.store import IndexStore
 
@@ -83,3 +86,34 @@ def test_allow_outside_opts_in(tmp_path, encoder):
                       "photos/dangling.png": "broken symlink"}  # fmt: skip
     ids = set(IndexStore(index).read_rows("image+text", ["id"])["id"].to_pylist())
     assert ids == {"abs", "up", "via-link", "inside"}
+
+
+def test_an_index_holding_a_link_out_of_its_folder_is_refused(tmp_path, encoder):
+    """A shared index cannot make a reader (or the next ingest) read another folder's files through a symlink:
+    not its tables, not one file of a table, not its manifest. A link that stays inside the index is fine."""
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    write_photo(root / "b.png", seed=2)
+    index = tmp_path / "index"
+    ingest(root, index, encoder=encoder)
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+
+    def link_away(rel: str) -> None:
+        (index / rel).rename(away / rel.replace("/", "_"))
+        os.symlink(away / rel.replace("/", "_"), index / rel)
+
+    def put_back(rel: str) -> None:
+        os.unlink(index / rel)
+        (away / rel.replace("/", "_")).rename(index / rel)
+
+    data = next((index / "tables/image.lance/data").iterdir()).relative_to(index).as_posix()
+    for rel in ("tables", "tables/image.lance", data, "manifest.json", "faiss"):
+        link_away(rel)
+        for attempt in (lambda: Index.open(index, encoder=encoder), lambda: ingest(root, index, encoder=encoder)):
+            with pytest.raises(IndexDamagedError, match=f"{rel} is a symlink leading out of the index folder"):
+                attempt()
+        put_back(rel)
+    (index / "tables").rename(index / "tables.kept")
+    os.symlink("tables.kept", index / "tables")  # stays inside
+    assert len(Index.open(index, encoder=encoder).query(text="a photo", k=5)) == 2

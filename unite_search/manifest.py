@@ -49,8 +49,15 @@ def library_versions() -> dict[str, str]:
 
 
 def read(folder: Path) -> dict[str, Any] | None:
-    """The manifest of the index at ``folder``, or None when there is none."""
+    """The manifest of the index at ``folder``, or None when there is none. An index holding a symlink that
+    leads out of its folder is refused (:func:`link_out`) before anything in it is read."""
     path = folder / MANIFEST
+    link = link_out(folder)
+    if link is not None:
+        raise IndexDamagedError(
+            f"{folder}: {link} is a symlink leading out of the index folder, and nothing outside the folder "
+            "named is read; put the files it leads to in its place"
+        )
     try:
         with open(path) as fh:
             manifest = json.load(fh)
@@ -64,6 +71,41 @@ def read(folder: Path) -> dict[str, Any] | None:
     if damage:
         raise IndexDamagedError(f"{path}: {damage}; the manifest was edited or damaged")
     return manifest
+
+
+LINKABLE = (MANIFEST, "faiss", "runs", "thumbs")  # ... and tables/, with everything under it
+
+
+def link_out(folder: Path) -> str | None:
+    """The first path of an index that is a symlink leading out of its folder (as ``folder``-relative), or None.
+
+    Looked at: ``manifest.json``, the ``faiss/``, ``runs/`` and ``thumbs/`` folders (their files are checked
+    where they are read), and ``tables/`` with every file and folder under it, since Lance reads whichever
+    file a table's version names. One ``scandir`` a folder: only a link costs a ``realpath``.
+    """
+    root = os.path.realpath(folder)
+
+    def leads_out(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == root or os.path.commonpath([root, real]) != root
+
+    for name in (*LINKABLE, "tables"):
+        if os.path.islink(os.path.join(root, name)) and leads_out(os.path.join(root, name)):
+            return name
+    stack = [os.path.join(root, "tables")]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    if leads_out(entry.path):
+                        return os.path.relpath(entry.path, root)
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return None
 
 
 def _shape_damage(manifest: dict[str, Any]) -> str | None:
