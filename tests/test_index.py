@@ -9,7 +9,7 @@ from corpora import write_clip, write_photo
 from unite_search import Index
 from unite_search.ingestion import ingest
 from unite_search.planner import PlanError
-from unite_search.store import IndexMismatchError
+from unite_search.store import IndexMismatchError, IndexStore
 
 OPTS = {"segment_seconds": 4.0, "segment_overlap": 1.0}
 
@@ -392,3 +392,38 @@ def test_leaving_a_few_rows_out_by_a_longer_top_k_gives_the_selectors_answer(tmp
         if flat_max > n:  # exact search: the brute-force answer
             order = [i for i in np.argsort(-(vecs @ vecs[q]), kind="stable") if keys[i] not in excluded][:10]
             assert [k for k, _ in fast] == [keys[i] for i in order]
+
+
+def test_an_index_an_earlier_version_built_is_called_outdated(built, encoder, tmp_path):
+    """An index recording no text/video rules (before 11-27) is refused as outdated, not as "another model":
+    with a rebuild to do, not a model to pass. Its files are intact, and like= (stored vectors only) works."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from unite_search.cli import main
+    from unite_search.verify import verify
+
+    root, index = built
+    old = shutil.copytree(index, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["encoder"]["text_ends"], manifest["encoder"]["video_resize"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    said = r"built by an earlier version of unite-search(.|\n)*no text_ends or video_resize(.|\n)*rm -r"
+    with pytest.raises(IndexMismatchError, match=said) as refused:
+        Index.open(old, encoder=encoder)
+    assert "another model" not in str(refused.value) and "model=" not in str(refused.value)
+    lazy = Index.open(old, device="cpu")
+    photo = IndexStore(old).read_rows("image", ["id", "path"]).to_pylist()[0]
+    hits = lazy.query(like=photo["id"], k=10)
+    assert len(hits) == 3 and photo["path"] not in {h.path for h in hits} and lazy._encoder is None
+    with pytest.raises(IndexMismatchError, match=said):
+        lazy.query(text="a fox")
+    with pytest.raises(IndexMismatchError, match=said):
+        ingest(root, old, encoder=encoder, **OPTS)
+    checked = verify(old)
+    assert not checked.damaged and "earlier version" in checked.outdated
+    shown = CliRunner().invoke(main, ["info", str(old)])
+    assert shown.exit_code == 0 and "OUTDATED built by an earlier version" in shown.output
+    shown = CliRunner().invoke(main, ["info", str(index), "--json"])
+    assert json.loads(shown.output)["outdated"] is None

@@ -151,6 +151,19 @@ def new(encoder: dict[str, Any], ingest: dict[str, Any], corpus: str) -> dict[st
     }
 
 
+def outdated(manifest: dict[str, Any]) -> str | None:
+    """Why no encoder of this version can add to or query an index an earlier version built, or None."""
+    from .settings import RULES
+
+    missing = [key for key in RULES if key not in manifest.get("encoder", {})]
+    if not missing:
+        return None
+    return (
+        "built by an earlier version of unite-search, before texts and video frames were prepared as UNITE "
+        f"prepares them (it records no {' or '.join(missing)}): its vectors and this version's are not comparable"
+    )
+
+
 def check(
     folder: Path,
     manifest: dict[str, Any],
@@ -163,6 +176,9 @@ def check(
     rebuild = hint or f"To rebuild, remove the index (rm -r {folder}) or pass another --index."
     if manifest.get("format") not in READABLE:
         raise IndexMismatchError(f"{folder}: index format {manifest.get('format')}, this version writes {FORMAT}")
+    why = outdated(manifest)
+    if why is not None:  # whatever the model: no encoder of this version makes its vectors
+        raise IndexMismatchError(f"{folder} was {why}. To rebuild it, remove it (rm -r {folder}), then ingest.")
     recorded = manifest.get("corpus")
     if recorded != corpus and (recorded is None or os.path.realpath(recorded) != os.path.realpath(corpus)):
         raise IndexMismatchError(

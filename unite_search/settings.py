@@ -13,6 +13,10 @@ from typing import Any, Literal
 from .errors import ConfigError
 from .prompts import PROMPT_VERSION
 
+# How texts end and video frames are resized, recorded by every index: vectors made before these rules
+# (by versions that recorded neither) differ, and such an index is refused (manifest.outdated).
+RULES = {"text_ends": "stripped", "video_resize": "antialiased-bicubic"}
+
 PATCH = 14
 MERGE = 2
 FACTOR = PATCH * MERGE  # 28: one merged visual token covers 28x28 pixels
@@ -87,6 +91,4 @@ class EncoderSettings:
 
     def to_dict(self) -> dict[str, Any]:
         fixed = {"prompt_version": PROMPT_VERSION, "positions": "1d", "pooling": "last-token"}
-        # how texts and video frames are prepared: vectors made before these rules differ
-        fixed.update(text_ends="stripped", video_resize="antialiased-bicubic")
-        return {**fixed, **asdict(self)}
+        return {**fixed, **RULES, **asdict(self)}

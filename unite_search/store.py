@@ -129,4 +129,5 @@ class IndexStore:
             "last_run": self.last_run(),
             # a run refused or stopped (another model, Ctrl-C) hides no failure of the one before it
             "last_finished_run": self.last_finished_run(),
+            "outdated": manifests.outdated(manifest),  # why this version cannot query or add to it, or None
         }

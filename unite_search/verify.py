@@ -32,13 +32,15 @@ class Verification:
     index: str
     ok: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    outdated: str | None = None  # manifest.outdated: intact, but to be rebuilt rather than repaired
 
     @property
     def damaged(self) -> bool:
         return bool(self.problems)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "damaged": self.damaged, "ok": self.ok, "problems": self.problems}
+        return {"index": self.index, "damaged": self.damaged, "outdated": self.outdated, "ok": self.ok,
+                "problems": self.problems}  # fmt: skip
 
 
 def verify(folder: str | Path) -> Verification:
@@ -50,6 +52,7 @@ def verify(folder: str | Path) -> Verification:
     except UniteError as exc:
         out.problems.append(str(exc))
         return out
+    out.outdated = manifests.outdated(manifest)
     tables = ShardTables(folder / "tables")
     for shard, entry in sorted(manifest["shards"].items()):
         before = len(out.problems)

@@ -249,6 +249,9 @@ def info(index_dir, verify, as_json):
         f"video   fps {enc.get('fps')}, frames {frames}, segments {segments} s; prompt {enc.get('prompt_version')}"
     )
     click.echo(f"size    {payload['disk_bytes'] / 1e6:.1f} MB, updated {payload['updated']}")
+    if payload["outdated"]:
+        click.echo(f"OUTDATED {payload['outdated']}; queries other than like= and ingests are refused: rebuild it "
+                   f"(rm -r {index_dir}, then ingest)")  # fmt: skip
     if not payload["shards"]:
         click.echo("shards  none published yet")
     for name, entry in sorted(payload["shards"].items()):
@@ -331,11 +334,13 @@ def _verify(index_dir: str, as_json: bool) -> None:
             click.echo(f"ok       {line}")
         for line in result.problems:
             click.echo(f"DAMAGED  {line}")
-        if result.damaged:
+        if not result.damaged:
+            click.echo("index verified: every file the manifest names is present and intact")
+        elif not result.outdated:  # an outdated index is rebuilt, not repaired: said below
             click.echo(f"{len(result.problems)} problem(s); `unite-search ingest` on the corpus rebuilds damaged FAISS "
                        "files, a damaged table needs the index rebuilt (rm -r the index, then ingest)")  # fmt: skip
-        else:
-            click.echo("index verified: every file the manifest names is present and intact")
+        if result.outdated:
+            click.echo(f"OUTDATED {result.outdated}; rebuild it (rm -r {index_dir}, then ingest)")
     sys.exit(1 if result.damaged else 0)
 
 
