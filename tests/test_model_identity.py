@@ -326,6 +326,17 @@ def test_a_tensor_of_another_shape_is_named(tiny_dir, tmp_path):
         Encoder.load(copy, device="cpu", workers=1)
 
 
+def test_integer_weights_are_refused_not_cast(tiny_dir, tmp_path):
+    """An int8 tensor was cast to float as it was (its quantization scale lost): an encoder of nonsense."""
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_dir, copy)
+    weights = load_file(copy / "model.safetensors")
+    weights[MIDDLE] = (weights[MIDDLE] * 100).round().clamp(-128, 127).to(torch.int8)
+    save_file(weights, copy / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=rf"1 weight tensor\(s\) are not floating point: {MIDDLE} \(I8\)"):
+        Encoder.load(copy, device="cpu", workers=1)
+
+
 def _stats_since(before: tuple[int, int, int]) -> tuple[int, int, int]:
     """(files, bytes, hits) of :data:`hash_stats` since ``before``; ``(0, 0, 0)`` gives the totals."""
     now = (hash_stats.files, hash_stats.bytes, hash_stats.hits)

@@ -324,24 +324,43 @@ def load_tokenizer(folder: Path):
         raise ModelLoadError(f"could not load the tokenizer of {folder}: {type(exc).__name__}: {exc}") from exc
 
 
-def _layers_held(folder: Path) -> tuple[int, int] | None:
-    """(text layers, vision blocks) the folder's weight files hold, from their headers; None when unreadable
-    (the load then says why)."""
-    from safetensors import SafetensorError, safe_open
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names; anything else would be cast, not dequantized
 
+
+def _held(folder: Path) -> tuple[tuple[int, int], dict[str, str]] | None:
+    """From the folder's weight files' headers: (text layers, vision blocks) they hold, and the tensors stored
+    in a dtype that is not floating point (name -> dtype); None when unreadable (the load then says why)."""
     shards = [path for name, path in _shards(folder).items() if name != SHARD_INDEX]
     files = shards or ([folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else [])
-    text, vision = set(), set()
+    text, vision, not_float = set(), set(), {}
+    for path in files:
+        header = _safetensors_header(path)
+        if header is None:
+            return None
+        for name, tensor in header.items():
+            if found := re.search(r"(?:^|\.)(layers|blocks)\.(\d+)\.", name):
+                (text if found[1] == "layers" else vision).add(int(found[2]))
+            dtype = tensor.get("dtype") if isinstance(tensor, dict) else None
+            if name != "__metadata__" and dtype not in FLOAT_DTYPES:
+                not_float[name] = str(dtype)
+    return ((len(text), len(vision)), not_float) if files else None
+
+
+HEADER_MAX = 100 << 20  # safetensors' own limit on a header's size
+
+
+def _safetensors_header(path: Path) -> dict[str, Any] | None:
+    """A safetensors file's header (8 bytes of little-endian length, then JSON: name -> dtype, shape, offsets),
+    or None when it is not one."""
     try:
-        for path in files:
-            with safe_open(str(path), "pt") as fh:
-                names = fh.keys()
-                for name in names:
-                    if found := re.search(r"(?:^|\.)(layers|blocks)\.(\d+)\.", name):
-                        (text if found[1] == "layers" else vision).add(int(found[2]))
-    except (OSError, SafetensorError):
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= HEADER_MAX:
+                return None
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError):
         return None
-    return (len(text), len(vision)) if files else None
+    return header if isinstance(header, dict) else None
 
 
 def load_model(folder: Path, *, dtype, attn: str):
@@ -355,12 +374,18 @@ def load_model(folder: Path, *, dtype, attn: str):
             f"{folder} has its weights as a pickled checkpoint (.bin), which is never loaded (unpickling can run "
             "code); save them as safetensors (model.save_pretrained writes them by default)"
         )
-    held = _layers_held(folder)
+    held, not_float = _held(folder) or (None, {})
     claimed = (config.text_config.num_hidden_layers, config.vision_config.depth)
     if held is not None and (claimed[0] > held[0] or claimed[1] > held[1]):  # told before memory is taken for them
         raise ModelLoadError(
             f"{folder}: config.json says {claimed[0]} text layers and {claimed[1]} vision blocks, its weights hold "
             f"{held[0]} and {held[1]}"
+        )
+    if not_float:  # an integer tensor would be cast to the model's dtype as it is: numbers, not weights
+        shown = ", ".join(f"{name} ({dtype})" for name, dtype in sorted(not_float.items())[:3])
+        raise ModelLoadError(
+            f"{folder}: {len(not_float)} weight tensor(s) are not floating point: {shown}; quantized or integer "
+            "checkpoints are not read (UNITE's weights are bfloat16)"
         )
     try:
         with _quiet_transformers():
