@@ -108,7 +108,8 @@ def test_an_index_holding_a_link_out_of_its_folder_is_refused(tmp_path, encoder)
         (away / rel.replace("/", "_")).rename(index / rel)
 
     data = next((index / "tables/image.lance/data").iterdir()).relative_to(index).as_posix()
-    for rel in ("tables", "tables/image.lance", data, "manifest.json", "faiss"):
+    run = next((index / "runs").iterdir()).relative_to(index).as_posix()  # info and /info show it
+    for rel in ("tables", "tables/image.lance", data, "manifest.json", "faiss", run):
         link_away(rel)
         for attempt in (lambda: Index.open(index, encoder=encoder), lambda: ingest(root, index, encoder=encoder)):
             with pytest.raises(IndexDamagedError, match=f"{rel} is a symlink leading out of the index folder"):

@@ -73,15 +73,16 @@ def read(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-LINKABLE = (MANIFEST, "faiss", "runs", "thumbs")  # ... and tables/, with everything under it
+LINKABLE = (MANIFEST, "faiss", "thumbs")  # ... and tables/ and runs/, with everything under them
 
 
 def link_out(folder: Path) -> str | None:
     """The first path of an index that is a symlink leading out of its folder (as ``folder``-relative), or None.
 
-    Looked at: ``manifest.json``, the ``faiss/``, ``runs/`` and ``thumbs/`` folders (their files are checked
-    where they are read), and ``tables/`` with every file and folder under it, since Lance reads whichever
-    file a table's version names. One ``scandir`` a folder: only a link costs a ``realpath``.
+    Looked at: ``manifest.json``, the ``faiss/`` and ``thumbs/`` folders (their files are checked where they
+    are read), ``tables/`` with every file and folder under it, since Lance reads whichever file a table's
+    version names, and ``runs/`` with its run logs (``info`` and the server's ``/info`` show the latest).
+    One ``scandir`` a folder: only a link costs a ``realpath``.
     """
     root = os.path.realpath(folder)
 
@@ -89,10 +90,11 @@ def link_out(folder: Path) -> str | None:
         real = os.path.realpath(path)
         return real == root or os.path.commonpath([root, real]) != root
 
-    for name in (*LINKABLE, "tables"):
+    walked = ("tables", "runs")
+    for name in (*LINKABLE, *walked):
         if os.path.islink(os.path.join(root, name)) and leads_out(os.path.join(root, name)):
             return name
-    stack = [os.path.join(root, "tables")]
+    stack = [os.path.join(root, name) for name in walked]
     while stack:
         try:
             entries = os.scandir(stack.pop())
