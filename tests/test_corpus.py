@@ -180,6 +180,21 @@ def test_walk_sorts_excludes_and_counts(tmp_path):
     assert all(os.path.isabs(e.path) and e.size > 0 for e in found.entries if e.kind != "manifest")
 
 
+def test_a_tree_deeper_than_pythons_recursion_limit_is_walked(tmp_path, monkeypatch):
+    """The walk recursed once a folder level: a tree 1,000 deep stopped ingest with a RecursionError."""
+    deep = tmp_path / "corpus"
+    deep.mkdir()
+    monkeypatch.chdir(deep)  # a path this long is made one level at a time (the first working folder comes back)
+    for _ in range(1200):
+        os.mkdir("d")
+        os.chdir("d")
+    with open("leaf.txt", "w") as fh:
+        fh.write("at the bottom")
+    (deep / "top.txt").write_text("at the top")
+    found = walk(deep)
+    assert [e.rel for e in found.entries] == ["d/" * 1200 + "leaf.txt", "top.txt"] and not found.failures
+
+
 def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
     (tmp_path / "sets").mkdir()
     path = tmp_path / "sets/m.jsonl"

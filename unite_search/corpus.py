@@ -16,8 +16,8 @@ import os
 import stat
 import unicodedata
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .diskio import file_sha256
@@ -42,7 +42,7 @@ CHANGED = "file changed during ingest; run ingest again to pick up the new conte
 
 def claimed_kind(path: str | os.PathLike) -> str | None:
     """What a file's extension says it is: a modality value, ``"manifest"``, or None (ignored)."""
-    ext = Path(path).suffix.lower()
+    ext = os.path.splitext(path)[1].lower()
     if ext in IMAGE_EXTENSIONS:
         return Modality.IMAGE.value
     if ext in VIDEO_EXTENSIONS:
@@ -139,78 +139,99 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
     """
     root = os.path.abspath(root)
     root_real = os.path.realpath(root)
-    excluded = {os.path.realpath(p) for p in exclude}
+    excluded = set()  # (device, inode) of the excluded paths: no realpath for every file walked
+    for path in exclude:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            excluded.add((st.st_dev, st.st_ino))
     out = Walk()
     seen_dirs: set[tuple[int, int]] = set()
     linked: list[str] = []  # folders reached through a symlink: visited after every folder by its own path
 
     def rel(path: str) -> str:
-        # a name that is not UTF-8 shows its raw bytes escaped (as \xe9), so that reports can print it
-        return os.fsencode(os.path.relpath(path, root)).decode("utf-8", "backslashreplace").replace(os.sep, "/")
+        return shown(os.path.relpath(path, root))
 
-    def visit(folder: str) -> None:
+    def shown(name: str) -> str:
+        # a name that is not UTF-8 shows its raw bytes escaped (as \xe9), so that reports can print it
+        return os.fsencode(name).decode("utf-8", "backslashreplace").replace(os.sep, "/")
+
+    def visit(folder: str, where: str) -> Iterator[tuple[str, str]]:
+        """Lists ``folder`` (shown as ``where``), yielding each subfolder to walk, in order, before its
+        next sibling: the caller keeps a stack of these, so that no tree is too deep for the walk."""
         try:
             st = os.stat(folder)
         except OSError as exc:
-            out.failures.append(Problem(rel(folder), "discover", f"cannot read folder: {exc.strerror}"))
-            out.unseen.append(rel(folder))
+            out.failures.append(Problem(where, "discover", f"cannot read folder: {exc.strerror}"))
+            out.unseen.append(where)
             return
         if (st.st_dev, st.st_ino) in seen_dirs:
             real = os.path.realpath(folder)
             why = ("symlink loop (folder already visited)" if within(real, os.path.abspath(folder))
                    else f"symlink to a folder indexed at {rel(real) if within(root_real, real) else real}")  # fmt: skip
-            out.skipped.append(Problem(rel(folder), "discover", why))
+            out.skipped.append(Problem(where, "discover", why))
             return
         seen_dirs.add((st.st_dev, st.st_ino))
         try:
             with os.scandir(folder) as it:
                 children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            out.failures.append(Problem(rel(folder), "discover", f"cannot list folder: {exc.strerror}"))
-            out.unseen.append(rel(folder))
+            out.failures.append(Problem(where, "discover", f"cannot list folder: {exc.strerror}"))
+            out.unseen.append(where)
             return
+        prefix = f"{where}/" if where != "." else ""
         for child in children:
-            path = child.path
+            path, name = child.path, prefix + shown(child.name)
             if child.name.startswith("."):
-                out.skipped.append(Problem(rel(path), "discover", "hidden"))
-                continue
-            if os.path.realpath(path) in excluded:
+                out.skipped.append(Problem(name, "discover", "hidden"))
                 continue
             if not allow_outside and child.is_symlink() and not is_inside(path, root_real):
-                out.skipped.append(Problem(rel(path), "discover", f"symlink to a path {OUTSIDE}"))
+                if os.path.realpath(path) not in excluded_real:
+                    out.skipped.append(Problem(name, "discover", f"symlink to a path {OUTSIDE}"))
                 continue
             try:
                 st = os.stat(path)  # follows symlinks
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # links leading to each other: skipped, as a folder loop is
-                    out.skipped.append(Problem(rel(path), "discover", "symlink loop"))
+                    out.skipped.append(Problem(name, "discover", "symlink loop"))
                     continue
                 gone = exc.errno == errno.ENOENT  # a broken symlink, or deleted since the folder was listed
                 reason = "broken symlink" if child.is_symlink() and gone else f"cannot stat: {exc.strerror}"
-                out.failures.append(Problem(rel(path), "discover", reason))
+                out.failures.append(Problem(name, "discover", reason))
                 if not gone:
-                    out.unseen.append(rel(path))
+                    out.unseen.append(name)
+                continue
+            if (st.st_dev, st.st_ino) in excluded:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 kind = None  # a folder: visited below unless its name is not UTF-8
             elif not stat.S_ISREG(st.st_mode):
-                out.skipped.append(Problem(rel(path), "discover", "not a regular file"))
+                out.skipped.append(Problem(name, "discover", "not a regular file"))
                 continue
-            elif (kind := claimed_kind(path)) is None:
+            elif (kind := claimed_kind(child.name)) is None:
                 out.ignored += 1
                 continue
             if not _is_utf8(child.name):  # the index stores paths as UTF-8 text: this one cannot be written
-                out.skipped.append(Problem(rel(path), "discover", NOT_UTF8))
+                out.skipped.append(Problem(name, "discover", NOT_UTF8))
             elif kind is None and child.is_symlink():
                 linked.append(path)
             elif kind is None:
-                visit(path)
+                yield path, name
             else:
-                out.entries.append(Entry(rel(path), path, st.st_size, st.st_mtime_ns, kind))
+                out.entries.append(Entry(name, path, st.st_size, st.st_mtime_ns, kind))
 
-    visit(root)
+    def visit_all(folder: str) -> None:
+        stack = [visit(folder, rel(folder))]
+        while stack:
+            sub = next(stack[-1], None)
+            if sub is None:
+                stack.pop()
+            else:
+                stack.append(visit(*sub))
+
+    excluded_real = {os.path.realpath(p) for p in exclude}
+    visit_all(root)
     while linked:
-        visit(linked.pop(0))
+        visit_all(linked.pop(0))
     return out
 
 
