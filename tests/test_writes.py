@@ -153,3 +153,41 @@ def test_a_read_only_index_can_be_searched_and_refuses_writes_in_one_line(tmp_pa
     assert len(json.loads(out["query"]["out"])["hits"]) == 3
     assert out["verify"]["rc"] == 0
     assert out["leftover"] == []
+
+
+def test_relabel_delete_and_keys_of_many_units_span_filters_and_commits(tmp_path, monkeypatch):
+    """Units are named 50,000 to a filter (500 made a mass move or delete cost the table's size times the
+    changes); here 3 to a filter and 4 rows to a relabelling commit, so that every path crosses its bounds."""
+    import numpy as np
+
+    from unite_search import tables as tables_module
+    from unite_search.tables import ShardTables
+
+    monkeypatch.setattr(tables_module, "RELABEL_ROWS", 4)
+    tables = ShardTables(tmp_path / "tables")
+    rows = [{"id": f"u{u}#{r}", "key": 10 * u + r, "unit": f"u{u}", "unit_rows": 2, "modality": "text",
+             "source": f"a.jsonl:{u}", "path": f"old{u}", "paths": [f"old{u}"], "caption": None}
+            for u in range(10) for r in range(2)]  # fmt: skip
+    vectors = np.arange(20 * 4, dtype=np.float32).reshape(20, 4)
+    tables.add_rows("text", rows, vectors)
+    moved = {f"u{u}": ((f"new{u}", f"also{u}"), f"caption {u}") for u in range(7)}
+    moved["u7"] = ((f"new{7}",), None, "b.jsonl:1")  # a new source too
+    before = tables.open("text").version
+    tables.relabel("text", moved, chunk=3)
+    assert tables.open("text").version - before == 5  # units 0-2, 3-5, 6-7: 6 + 6 + 4 rows, 4 to a commit
+    after = {r["id"]: r for r in tables.open("text").search().limit(None).to_arrow().to_pylist()}
+    for row, vector in zip(rows, vectors, strict=True):
+        got, change = after[row["id"]], moved.get(row["unit"])
+        assert got["vector"] == vector.tolist() and got["key"] == row["key"]
+        if change is None:
+            assert (got["path"], got["paths"], got["caption"], got["source"]) == (row["path"], row["paths"], None,
+                                                                                  row["source"])  # fmt: skip
+        else:
+            assert (got["path"], got["paths"], got["caption"]) == (change[0][0], list(change[0]), change[1])
+            assert got["source"] == (change[2] if len(change) == 3 else row["source"])
+    units = [f"u{u}" for u in (1, 4, 8, 9)] + ["none"]
+    assert sorted(tables.unit_keys("text", units, chunk=3).tolist()) == [10, 11, 40, 41, 80, 81, 90, 91]
+    assert tables.delete_units("text", units, chunk=3) == 8
+    assert sorted(r["unit"] for r in tables.open("text").search().limit(None).to_arrow().to_pylist()) == sorted(
+        2 * [f"u{u}" for u in (0, 2, 3, 5, 6, 7)]
+    )
