@@ -427,3 +427,30 @@ def test_an_index_an_earlier_version_built_is_called_outdated(built, encoder, tm
     assert shown.exit_code == 0 and "OUTDATED built by an earlier version" in shown.output
     shown = CliRunner().invoke(main, ["info", str(index), "--json"])
     assert json.loads(shown.output)["outdated"] is None
+
+
+def test_a_where_filter_is_found_once_per_pinned_state_and_like_keeps_to_it(built, encoder, monkeypatch):
+    """A filtered query scanned the table, sorted the keys and built a FAISS selector every time (191 ms p50
+    at 100k rows); the reader now keeps what a filter matches, least recently used forgotten first."""
+    from unite_search import reader as reader_module
+
+    _, index = built
+    scans = []
+    real = reader_module.ShardReader.keys_where
+    monkeypatch.setattr(reader_module.ShardReader, "keys_where", lambda self, p: scans.append(p) or real(self, p))
+    monkeypatch.setattr(reader_module, "FILTER_CACHE", 2)
+    idx = Index.open(index, encoder=encoder)
+    wide = next(h for h in idx.query(text="x", target="image", k=10) if h.path == "photos/big/wide.png")
+    first = idx.query(text="a photo", target="image", where="width > 100", k=10)
+    assert sorted(h.path for h in first) == ["photos/big/tall.png", "photos/big/wide.png"] and len(scans) == 1
+    assert [(h.id, h.score) for h in idx.query(text="a photo", target="image", where="width > 100", k=10)] == [
+        (h.id, h.score) for h in first
+    ]
+    like = idx.query(like=wide.id, where="width > 100", k=10)  # its own row left out, the filter kept
+    assert [h.path for h in like] == ["photos/big/tall.png"] and len(scans) == 1
+    for where in ("width < 100", "height > 100", "width > 100"):  # two kept: the first is forgotten, found again
+        idx.query(text="a photo", target="image", where=where, k=10)
+    assert scans == ["width > 100", "width < 100", "height > 100", "width > 100"]
+    idx.refresh()  # another pinned state (here the same one, read again): its own filters
+    idx.query(text="a photo", target="image", where="width > 100", k=10)
+    assert len(scans) == 5

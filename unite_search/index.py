@@ -352,7 +352,7 @@ def _execute(snapshot: Snapshot, plan: QueryPlan, vec: np.ndarray, q: Mapping[st
         if plan.where:
             reader.meta()  # a damaged or pruned table is told as such, not as a bad filter
             try:
-                allowed = reader.keys_where(plan.where)
+                allowed = reader.matching(plan.where)  # kept by the reader for the next query with it
             except Exception as exc:  # LanceDB raises its own classes for SQL it cannot bind
                 raise PlanError(f"invalid where filter {plan.where!r}: {exc}") from exc
         found = reader.search(vec, s.k, allowed=allowed, excluded=skip)
