@@ -292,8 +292,11 @@ def test_decoders_print_nothing_and_their_messages_go_to_the_run_log(tiny_dir, t
 
 
 def test_ctrl_c_says_nothing_finished_is_lost_and_the_same_command_continues(tiny_dir, encoder, tmp_path):
+    """Rows encoded and not yet committed (a commit holds up to 1,024 rows) are written as the run stops."""
+    import os
+    import threading
+
     from corpora import write_photo
-    from test_ingest_runs import _committed_versions
 
     from unite_search.ingestion import ingest
     from unite_search.store import IndexStore
@@ -302,16 +305,20 @@ def test_ctrl_c_says_nothing_finished_is_lost_and_the_same_command_continues(tin
     for i in range(24):
         write_photo(root / f"{i:02d}.png", seed=i)
     index = tmp_path / "index"
-    # --memory-mb 1: every item is encoded and written on its own, so an interrupt finds some written
+    # --memory-mb 1: every item is encoded on its own, so an interrupt finds some encoded
     args = ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "--memory-mb", "1"]
     proc = _cli(*args)
+    said: list[bytes] = []
+    listener = threading.Thread(target=lambda: said.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
+    listener.start()
     deadline = time.time() + 120
-    # the shard's first version is its empty table, so four versions hold three items
-    while (not (index / "tables").exists() or _committed_versions(index) < 4) and time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()
+    while not re.search(rb"encode:[^\r\n]*\| *(\d\d|[89])/24", b"".join(said)) and time.time() < deadline:
+        assert proc.poll() is None, b"".join(said)
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    listener.join()
+    out, err = proc.stdout.read(), b"".join(said).decode()
     assert proc.returncode == 130, out + err
     assert "interrupted: every item encoded so far is kept" in err and "Run the same command again" in err
     assert "Aborted!" not in err and "Traceback" not in err and out == ""
