@@ -144,6 +144,7 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
         with contextlib.suppress(OSError):
             st = os.stat(path)
             excluded.add((st.st_dev, st.st_ino))
+    excluded_real = {os.path.realpath(p) for p in exclude}  # ... and where they are, for links leading out
     out = Walk()
     seen_dirs: set[tuple[int, int]] = set()
     linked: list[str] = []  # folders reached through a symlink: visited after every folder by its own path
@@ -228,7 +229,6 @@ def walk(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = (), a
             else:
                 stack.append(visit(*sub))
 
-    excluded_real = {os.path.realpath(p) for p in exclude}
     visit_all(root)
     while linked:
         visit_all(linked.pop(0))
