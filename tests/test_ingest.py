@@ -382,3 +382,27 @@ def test_a_manifest_items_text_is_stored_as_the_model_saw_it(tmp_path, encoder):
     row = rows_by_id(tmp_path / "index")["text:a"]
     assert row["text"] == "fine text"
     np.testing.assert_allclose(row["vector"], encoder.encode([{"text": "fine text"}])[0], atol=1e-5)
+
+
+def test_a_long_avi_is_ingested_in_one_pass(tmp_path, encoder, monkeypatch):
+    """Each segment of an AVI was decoded from frame 0 (it keeps no times to seek by). Ingest tells the reader
+    which segment comes next, so one decoder goes through the clip; the rows are the segments' own encodings."""
+    from conftest import write_index_video
+
+    from unite_search import videopass
+    from unite_search.video import probe
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    clip = write_index_video(root / "long.avi", 200)  # 20 s
+    decoded = []
+    read = videopass.Pass.read
+    monkeypatch.setattr(videopass.Pass, "read", lambda p, *a: (lambda r: decoded.append(r[1]) or r)(read(p, *a)))
+    ingest(root, tmp_path / "index", encoder=encoder, workers=1, segment_seconds=4.0, segment_overlap=1.5)
+    rows = sorted((r for r in rows_by_id(tmp_path / "index").values()), key=lambda r: r["start"])
+    assert len(rows) == 8 and sum(decoded) == 200  # 8 segments; each frame decoded once
+    assert videopass._PASSES == {}  # the run closed the pass it kept for a next segment
+    found = probe(clip)
+    for row in rows:
+        video = encoder.visual("video", str(clip), start=row["start"], end=row["end"], probe=found)
+        np.testing.assert_allclose(row["vector"], encoder.encode([{"video": video}])[0], atol=1e-5)

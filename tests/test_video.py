@@ -371,13 +371,13 @@ def test_segments_of_a_variable_frame_rate_clip_read_the_frames_they_sample(tmp_
         assert [frame_index(f) for f in frames] == list(info.indices)
 
 
-def _write_coded(path: Path, n: int, codec: str, options: dict, first_pts: int = 0) -> Path:
+def _write_coded(path: Path, n: int, codec: str, options: dict, first_pts: int = 0, shown_from: int = 0) -> Path:
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = BITS * BAR, 64, "yuv420p"
         stream.options = options
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(index_pixels(i), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(index_pixels(shown_from + i), format="rgb24")
             frame.pts = first_pts + i  # below 0: the muxer writes an edit list cutting those frames
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -408,6 +408,67 @@ def test_segments_read_the_frames_a_whole_read_numbers_so(tmp_path, codec, optio
     for start in np.arange(0.1, (len(shown) - 25) / 10, 0.3):
         frames, info = read_frames(path, EncoderSettings(frames=8), "av", start, start + 2.0, probe=found)
         assert [frame_index(f) for f in frames] == [shown[i] for i in info.indices], start
+
+
+def _open_handles(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == os.path.realpath(path)) if fds.is_dir() else 0
+
+
+def test_an_avi_read_segment_by_segment_decodes_each_frame_once(tmp_path):
+    """An AVI has no times to seek by, so each segment was decoded from frame 0: the 10 segments of a 4-minute
+    clip decoded 5.9 times its frames. A thread's decoder now goes on from its last segment, keeping the frames
+    of the next one that it passed (they overlap): the same frames, each decoded once, and no file left open."""
+    path = _write_coded(tmp_path / "clip.avi", 200, "libx264", {"crf": "12", "g": "24", "bf": "3"})
+    found = probe(path, "av")
+    spans = segment_spans(found.duration, 4.0, 1.5)  # 8 segments of a 20 s clip
+    settings = EncoderSettings(fps=4.0)  # 16 frames a segment, 6 of them in the next one's range
+    decoded = []
+    for j, (start, end) in enumerate(spans):
+        then = spans[j + 1] if j + 1 < len(spans) else None
+        frames, info = read_frames(path, settings, "av", start, end, probe=found, then=then)
+        assert [frame_index(f) for f in frames] == list(info.indices) and len(info.indices) >= 10, start
+        decoded.append(info.decoded)
+        assert _open_handles(path) == (then is not None)
+    assert len(spans) == 8 and sum(decoded) == 200
+    # read alone (no next range), each segment decodes from frame 0, as before
+    assert read_frames(path, settings, "av", *spans[-1], probe=found)[1].decoded == 200
+
+
+def test_an_avi_pass_starts_over_where_it_cannot_go_on(tmp_path):
+    """A range behind the kept decoder, a segment read out of order or a file replaced between two segments is
+    read by a new pass: the right frames every time."""
+    path = _write_coded(tmp_path / "clip.avi", 120, "mpeg4", {"g": "12", "bf": "2"})
+    found = probe(path, "av")
+    settings = EncoderSettings(frames=8)
+
+    def shown(start, end, then=None):
+        frames, info = read_frames(path, settings, "av", start, end, probe=found, then=then)
+        return [frame_index(f) for f in frames], list(info.indices), info.decoded
+
+    first = shown(4.0, 8.0, then=(6.0, 10.0))
+    assert first[0] == first[1] and first[2] == first[1][-1] + 1
+    behind = shown(1.0, 5.0, then=(9.0, 12.0))  # before what the pass kept: from frame 0 again
+    assert behind[0] == behind[1] and behind[2] == behind[1][-1] + 1
+    ahead = shown(9.0, 12.0, then=(10.0, 12.0))
+    assert ahead[0] == ahead[1] and ahead[2] == ahead[1][-1] - behind[1][-1]
+    # the same path, other frames (shown from 100): the pass kept for the old file is not used
+    new = _write_coded(tmp_path / "new.avi", 120, "mpeg4", {"g": "12", "bf": "2"}, shown_from=100)
+    os.replace(new, path)
+    again = shown(10.0, 12.0)
+    assert again[0] == [100 + i for i in again[1]] and again[2] == again[1][-1] + 1
+    assert _open_handles(path) == 0
+
+
+def test_release_readers_closes_the_kept_avi_passes(tmp_path):
+    from unite_search.video import release_readers
+
+    path = _write_coded(tmp_path / "clip.avi", 60, "mpeg4", {"g": "12"})
+    found = probe(path, "av")
+    read_frames(path, EncoderSettings(frames=4), "av", 0.0, 3.0, probe=found, then=(2.0, 5.0))
+    assert _open_handles(path) == 1
+    release_readers()
+    assert _open_handles(path) == 0
 
 
 @pytest.mark.parametrize("backend", ["av", pytest.param("decord", marks=needs_decord)])

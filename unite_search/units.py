@@ -86,6 +86,7 @@ class Task:
     item: dict[str, Any]  # text / image / video (absolute paths) for the encoder
     checks: tuple[tuple[str, int, int], ...] = ()  # (path, size, mtime_ns) that must not have changed
     span: tuple[float, float] | None = None  # video time range, seconds
+    then: tuple[float, float] | None = None  # the file's next segment (an AVI's decoder goes on to it: videopass.py)
     chars: tuple[int, int, int, int] | None = None  # text passage: characters, then bytes, [start, end)
     probe: Any = None  # a video's read-stage Probe, so a segment read does not count frames again
     cost: int = TEXT_COST  # predicted peak bytes while its inputs are decoded and prepared (memory.py)
@@ -304,7 +305,7 @@ def _media_tasks(
     probe = f.probe()
     spans = [(0.0, probe.duration)] if text is not None else segment_spans(probe.duration, *_seg(options))
     tasks = []
-    for start, end in spans:
+    for j, (start, end) in enumerate(spans):
         whole = len(spans) == 1
         row_id = f.sha256[:16] + suffix + ("" if whole else f"@{start:g}-{end:g}")
         frames = _frames_used(probe, settings, None if whole else start, None if whole else end)
@@ -312,7 +313,9 @@ def _media_tasks(
         row.update(start=start, end=end)
         span = None if whole else (start, end)
         cost = video_cost(f.width, f.height, frames, settings)
-        tasks.append(Task(unit, shard, row, {"video": f.path, **item_text}, checks, span, probe=probe, cost=cost))
+        then = spans[j + 1] if j + 1 < len(spans) else None
+        item = {"video": f.path, **item_text}
+        tasks.append(Task(unit, shard, row, item, checks, span, then, probe=probe, cost=cost))
     return tasks
 
 
@@ -431,7 +434,7 @@ def prepare_task(encoder, task: Task):
         return text, encoder.prepare(Item(text=text))
     if task.probe is not None:  # a corpus video (or segment): sampled by the read stage's frame count
         start, end = task.span if task.span is not None else (None, None)
-        video = encoder.visual("video", task.item["video"], start=start, end=end, probe=task.probe)
+        video = encoder.visual("video", task.item["video"], start=start, end=end, probe=task.probe, then=task.then)
         return task.row.get("text"), encoder.prepare(Item(video=video, text=task.item.get("text")))
     return task.row.get("text"), encoder.prepare(Item(**{k: v for k, v in task.item.items() if v is not None}))
 

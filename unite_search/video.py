@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import decoderlog, frametimes
+from . import decoderlog, frametimes, videopass
 from .containers import ends_early, is_avi
 from .errors import ConfigError, InputError, MissingDependencyError
 from .frames import NO_FRAMES, VideoInfo, frame_list, resize_frames
@@ -262,16 +262,26 @@ def _checked_for_decord(path: str, times: bool = False) -> bool:
     return _with_av(path, with_av)
 
 
-def _with_av(path: str, use):
+def _with_av(path: str, use, container=None, close: bool = True):
     """``use(container)`` on the file opened with PyAV, FFmpeg's messages captured; a decoder's error
-    becomes an :class:`InputError` that says in words what is wrong with the file (see :func:`_failure`)."""
+    becomes an :class:`InputError` that says in words what is wrong with the file (see :func:`_failure`).
+    ``container``: the file's, open already; ``close=False``: left open for ``use`` to keep (closed when it
+    fails; see ``videopass.read_segment``)."""
     av = _pyav()
-    opened = False
+    opened = container is not None
     with _ffmpeg_messages(path) as logs:
         try:
-            with av.open(path) as container:
+            if container is None:
+                container = av.open(path)
                 opened = True
-                return use(container)
+            try:
+                result = use(container)
+            except BaseException:
+                container.close()
+                raise
+            if close:
+                container.close()
+            return result
         except InputError as exc:
             raise exc.located(path) from exc
         except _av_errors() as exc:  # PyAV raises one class per FFmpeg error code
@@ -286,8 +296,9 @@ _READERS: dict[int, tuple[tuple, object]] = {}
 
 
 def release_readers() -> None:
-    """Let go of the decord readers kept for the next segment (their files and decoders)."""
+    """Let go of the decord readers and PyAV passes kept for the next segment (their files and decoders)."""
     _READERS.clear()
+    videopass.release()
 
 
 def _open_decord(path: str, keep: bool = False):
@@ -410,9 +421,12 @@ def _file_key(path: str) -> tuple:
     return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None):
+def _read_av(path: str, settings: EncoderSettings, start=None, end=None, probe: Probe | None = None, then=None):
     key = _file_key(path)
-    got, decoded, idx, probe = _with_av(path, lambda c: _decode_av(c, settings, start, end, probe, key))
+    if probe is not None and (start is not None or end is not None) and is_avi(path):
+        got, decoded, idx = videopass.read_segment(path, key, settings, start, end, probe, then)
+    else:
+        got, decoded, idx, probe = _with_av(path, lambda c: _decode_av(c, settings, start, end, probe, key))
     if not got:
         raise InputError(BAD_FRAMES, source=path, detail="no decodable frame")
     # Containers can over-report their frame count: a missing index reuses the closest earlier frame decoded.
@@ -506,12 +520,15 @@ def read_frames(
     start=None,
     end=None,
     probe: Probe | None = None,
+    then: tuple[float, float] | None = None,
 ):
     """Sampled frames of a video file: ((n, H, W, 3) uint8 upright, VideoInfo).
 
     ``start``/``end`` (seconds) restrict a file to a time range, sampled by the same rule.
     ``probe``, this file's :func:`probe`, saves recounting its frames on every call: without it, PyAV
     decodes a whole mkv/webm to count them, so reading a long clip segment by segment is quadratic.
+    ``then``: the range this thread reads from the file next (ingest's next segment), so that an AVI's decoder
+    is kept to go on from this range (see videopass.py); others seek.
     A video with a display rotation, an AVI and a trimmed clip are read with PyAV whatever ``backend`` says (see
     :func:`_checked_for_decord`). Frames given as a list are not read here: see :func:`frame_list`.
     """
@@ -530,6 +547,8 @@ def read_frames(
         with_av = (bool(probe.rotation) or is_avi(path)) if known else _checked_for_decord(path)
         reader = _read_av if with_av else _read_decord
     try:
+        if reader is _read_av:
+            return _read_av(path, settings, start, end, probe, then)
         return reader(path, settings, start, end, probe)
     except InputError as exc:
         if exc.source is None:
@@ -556,12 +575,13 @@ def preprocess_video(
     start=None,
     end=None,
     probe: Probe | None = None,
+    then: tuple[float, float] | None = None,
 ) -> Visual:
     """Everything from a user's video (a file, :class:`SampledFrames` or a list of frames) to
-    vision-tower input."""
+    vision-tower input (``start`` to ``then``: as for :func:`read_frames`)."""
     if isinstance(source, SampledFrames):
         return patchify(resize_frames(source.frames, settings))
     if isinstance(source, (str, os.PathLike)):
-        frames, _ = read_frames(source, settings, backend, start, end, probe)
+        frames, _ = read_frames(source, settings, backend, start, end, probe, then)
         return patchify(resize_frames(frames, settings))
     return patchify(frame_list(source, settings)[0])
