@@ -15,6 +15,7 @@ from corpora import write_photo
 from PIL import Image
 from test_ingest import assert_same_rows, rows_by_id
 
+from unite_search.errors import ConfigError
 from unite_search.ingestion import ingest
 from unite_search.reader import Snapshot
 from unite_search.store import IndexStore
@@ -227,15 +228,15 @@ def test_the_raise_policy_rolls_back_the_tables_a_run_made_too(tmp_path, nan_dir
 def test_the_index_model_is_known_by_any_of_its_names(tmp_path):
     """A rerun given the index's own model (so that it takes the index's adapter too) may name it by an alias,
     or a folder by another path to it."""
-    from unite_search.ingestion import _same_model
+    from unite_search.rerun import same_model
 
     (tmp_path / "m").mkdir()
     os.symlink(tmp_path / "m", tmp_path / "link")
-    assert _same_model("unite-base-2b", "friedrichor/Unite-Base-Qwen2-VL-2B")
-    assert _same_model("friedrichor/Unite-Base-Qwen2-VL-2B", "friedrichor/Unite-Base-Qwen2-VL-2B")
-    assert _same_model(tmp_path / "link", str(tmp_path / "m"))
-    assert not _same_model("unite-instruct-2b", "friedrichor/Unite-Base-Qwen2-VL-2B")
-    assert not _same_model(tmp_path / "m", "friedrichor/Unite-Base-Qwen2-VL-2B")
+    assert same_model("unite-base-2b", "friedrichor/Unite-Base-Qwen2-VL-2B")
+    assert same_model("friedrichor/Unite-Base-Qwen2-VL-2B", "friedrichor/Unite-Base-Qwen2-VL-2B")
+    assert same_model(tmp_path / "link", str(tmp_path / "m"))
+    assert not same_model("unite-instruct-2b", "friedrichor/Unite-Base-Qwen2-VL-2B")
+    assert not same_model(tmp_path / "m", "friedrichor/Unite-Base-Qwen2-VL-2B")
 
 
 def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, encoder, monkeypatch):
@@ -244,7 +245,7 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
     file cache trusted the TIFF's facts and the units' keys were unchanged."""
     import pyarrow.compute as pc
 
-    from unite_search import corpus, ingestion, passages, units
+    from unite_search import corpus, passages, rerun, units
 
     root, index = tmp_path / "corpus", tmp_path / "index"
     root.mkdir()
@@ -262,7 +263,7 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
     with monkeypatch.context() as m:  # what earlier versions did
         m.setattr(corpus, "_image_size", lambda e: real_size(e)[::-1] if e.rel.endswith(".tiff") else real_size(e))
         m.setattr(units, "_made_otherwise_before", lambda d, media: False, raising=False)
-        m.setattr(ingestion, "READS", 2)
+        m.setattr(rerun, "READS", 2)
         m.setattr(passages, "SEPARATORS", (("\n\n", "\n\x01\n"), ("\n",), (". ",), (" ",)), raising=False)
         ingest(root, index, encoder=encoder, pairs="composed", passage_chars=100)
     sizes = {(r["width"], r["height"]) for r in rows_by_id(index).values() if r["path"] == "portrait.tiff"}
@@ -291,3 +292,36 @@ def test_rows_an_earlier_version_made_otherwise_are_made_again_once(tmp_path, en
     }
     read.clear()
     assert ingest(root, index, encoder=encoder, pairs="composed", passage_chars=100).encoded_items == 0 and read == []
+
+
+def test_a_rerun_keeps_the_index_options_it_was_built_with(tmp_path, encoder):
+    """A rerun given no option built again every changed shard's index with the defaults (exact search, half
+    the RAM), and ran without ``allow_outside``, removing the rows of the files it had let in. They are the
+    index's own now; changing ``flat_max`` or ``index_memory`` chooses every shard's index kind again."""
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    for i in range(6):
+        write_photo(root / f"p{i}.png", seed=i)
+    outside = write_photo(tmp_path / "elsewhere" / "far.png", seed=9)
+    (root / "link.png").symlink_to(outside)
+
+    def kinds():
+        manifest = IndexStore(index).require_manifest()
+        return {s: e["index"]["type"] for s, e in manifest["shards"].items()}, manifest["indexing"]
+
+    ingest(root, index, encoder=encoder, flat_max=3, index_memory=1 << 30, allow_outside=True)
+    assert kinds() == ({"image": "ivf"}, {"flat_max": 3, "index_memory": 1 << 30, "allow_outside": True})
+    write_photo(root / "p6.png", seed=6)
+    report = ingest(root, index, encoder=encoder)
+    assert report.encoded_items == 1 and report.removed_items == 0  # the linked photo stays
+    assert kinds() == ({"image": "ivf"}, {"flat_max": 3, "index_memory": 1 << 30, "allow_outside": True})
+    assert ingest(root, index, encoder=encoder).encoded_items == 0
+    said = []
+    report = ingest(root, index, encoder=encoder, flat_max=1000, log=said.append)  # nothing else changed
+    assert report.encoded_items == 0 and report.published
+    assert kinds() == ({"image": "flat"}, {"flat_max": 1000, "index_memory": 1 << 30, "allow_outside": True})
+    assert any("flat_max 3 -> 1000" in line for line in said)
+    assert ingest(root, index, encoder=encoder).published is False  # recorded: a no-op again
+    report = ingest(root, index, encoder=encoder, allow_outside=False)  # asked for: the link's row goes
+    assert report.removed_items == 1 and kinds()[1]["allow_outside"] is False
+    with pytest.raises(ConfigError, match="flat_max"):
+        ingest(root, index, encoder=encoder, flat_max=0)

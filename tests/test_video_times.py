@@ -122,7 +122,7 @@ def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_r
     rows of a variable-rate clip, read through the average rate, are encoded again by the timestamps."""
     import pyarrow.compute as pc
 
-    from unite_search import frametimes, ingestion, units
+    from unite_search import frametimes, rerun, units
     from unite_search.store import IndexStore
 
     root, index = tmp_path / "corpus", tmp_path / "index"
@@ -136,7 +136,7 @@ def test_an_index_built_before_rereads_only_its_videos_and_replaces_a_variable_r
     opts = {"segment_seconds": 3.0, "segment_overlap": 0.5, "pairs": "composed"}
     with monkeypatch.context() as m:  # what earlier versions did: no clip was told by its timestamps
         m.setattr(frametimes, "variable_length", lambda shown, fps: None)
-        m.setattr(ingestion, "READS", 1)
+        m.setattr(rerun, "READS", 1)
         ingest(root, index, encoder=encoder, **opts)
     before = rows_by_id(index)
     assert {round(r["end"], 3) for r in before.values() if r["path"] == "walk.mkv" and r["start"] > 0} == {5.333}

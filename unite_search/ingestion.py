@@ -11,7 +11,6 @@ decode -> encode -> write stage in ``pipeline.py`` (on Ray: ``distributed.py``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import numbers
 import os
@@ -23,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import ann, decoderlog, filecache
+from . import decoderlog, filecache
 from . import manifest as manifests
-from .corpus import READS, Problem, walk
+from .corpus import Problem, walk
 from .diskio import io_reason, remove_stale_temporaries, write_error, write_json
 from .errors import (
     ConfigError,
@@ -39,6 +38,7 @@ from .manifest import MANIFEST
 from .memory import MEMORY_BYTES
 from .pipeline import encode_all, torch_threads
 from .report import FAILED, INTERRUPTED, OK, WITH_FAILURES, IngestReport
+from .rerun import WRITING, indexing_options, recorded_manifest, same_model, scan_stamp, unchanged
 from .settings import EncoderSettings
 from .store import IndexStore
 from .units import (
@@ -54,7 +54,6 @@ from .units import (
 
 DEFAULT_HOME = "indexes"
 COMMIT_ROWS = 1024
-WRITING = "ingest.writing"  # present from a run's first table write until it published
 
 
 def default_index_dir(corpus: str | os.PathLike) -> Path:
@@ -79,12 +78,12 @@ def ingest(
     passage_chars: int | None = None,
     pairs: str | None = None,
     on_error: str = "skip",
-    flat_max: int = ann.FLAT_MAX,
+    flat_max: int | None = None,
     index_memory: int | None = None,
     gpu: bool | str = "auto",
     commit_rows: int = COMMIT_ROWS,
     memory_bytes: int = MEMORY_BYTES,
-    allow_outside: bool = False,
+    allow_outside: bool | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     engine: str = "local",
@@ -97,8 +96,9 @@ def ingest(
     (default 30) become overlapping segments (``segment_overlap``, default a sixth); text files become
     passages of at most ``passage_chars`` characters (default 2000); ``pairs="composed"`` also indexes
     a captioned image or video as one composed item. Into an existing index, the model, adapter,
-    preprocessing ``settings`` and these four default to the ones it records (an ``encoder`` given
-    brings its own model and settings). Rerunning finishes an interrupted run,
+    preprocessing ``settings``, these four, ``flat_max``, ``index_memory`` and ``allow_outside`` default to
+    the ones it records (an ``encoder`` given brings its own model and settings); ``flat_max`` or
+    ``index_memory`` changed picks each shard's index kind again. Rerunning finishes an interrupted run,
     encodes only new or changed content and removes what left the corpus. ``on_error="skip"``
     records each bad input in the report and goes on; ``"raise"`` stops at the first one and
     publishes nothing. Pass ``encoder`` to reuse a loaded :class:`~unite_search.Encoder`, or ``adapter``
@@ -110,7 +110,7 @@ def ingest(
     decoding is admitted by each input's predicted peak, known from the read stage (image size,
     video frame size and count); one input larger than the budget is decoded alone. Only files
     under ``corpus`` are read (symlinks resolved; a manifest's media paths too) unless
-    ``allow_outside=True``. Each shard's FAISS index is exact up to ``flat_max`` rows, else the
+    ``allow_outside=True``. Each shard's FAISS index is exact up to ``flat_max`` rows (default 100,000), else the
     first IVF kind that fits ``index_memory`` bytes (default: half this machine's RAM): IVF-Flat, then
     SQ8, SQ4 or PQ codes re-ranked exactly from the table (``indexes/README.md``).
 
@@ -148,10 +148,10 @@ def ingest(
     if os.path.realpath(index_dir) == os.path.realpath(root):  # its tables and thumbnails would be indexed
         raise ConfigError(f"the index folder cannot be the corpus folder itself ({root}); pass another --index")
     # what is not given is the index's own: a rerun needs no option repeated (and fetches no other model)
-    recorded = _recorded(index_dir)
+    recorded = recorded_manifest(index_dir)
     own, done = recorded.get("encoder") or {}, recorded.get("ingest") or {}
     if encoder is None and own.get("model_id"):
-        same = model is None or _same_model(model, own["model_id"])
+        same = model is None or same_model(model, own["model_id"])
         model = own["model_id"] if model is None else model
         if adapter is None and same:  # the index's model, so its adapter too
             adapter = own.get("adapter")
@@ -165,6 +165,8 @@ def ingest(
     passage_chars = done.get("passage_chars", 2000) if passage_chars is None else passage_chars
     pairs = done.get("pairs", "none") if pairs is None else pairs
     options = IngestOptions(segment_seconds, segment_overlap, passage_chars, pairs)
+    indexing = indexing_options(recorded, flat_max, index_memory, allow_outside)
+    flat_max, index_memory, allow_outside = indexing["flat_max"], indexing["index_memory"], indexing["allow_outside"]
     say = log or (lambda _msg: None)
     if encoder is not None:
         _check_encoder_arguments(encoder, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings)
@@ -187,7 +189,7 @@ def ingest(
                 t = time.perf_counter()
                 found = walk(root, exclude=(index_dir,), allow_outside=False)
                 report.timings["discover"] = round(time.perf_counter() - t, 3)
-                if _unchanged(report, store, slot.settings, options, root, found):
+                if unchanged(report, store, slot.settings, options, root, found, indexing):
                     report.timings["total"] = round(time.perf_counter() - t_start, 3)
                     _write_run_log(store, report, index_dir, say)
                     return report
@@ -197,8 +199,7 @@ def ingest(
                     on_ray = encoder.dtype if encoder is not None else dtype
                     ray = (ray_address, ray_encoders, on_ray) if engine == "ray" else None
                     _run(report, store, manifest, slot, root, index_dir, options, (workers, torch_threads),
-                         on_error, (flat_max, index_memory), gpu, commit_rows, memory_bytes, allow_outside, progress,
-                         say, found, ray)  # fmt: skip
+                         on_error, indexing, gpu, commit_rows, memory_bytes, progress, say, found, ray)  # fmt: skip
                 finally:
                     report.decoder_messages = list(messages)
                     if "unite_search.video" in sys.modules:  # the decord readers kept for a clip's next segment
@@ -223,17 +224,6 @@ def ingest(
     return report
 
 
-def _same_model(given: str | os.PathLike, recorded: str) -> bool:
-    """Whether ``given`` names the model an index records (a local folder by any path to it, a hub model by
-    its alias)."""
-    from .models import ALIASES
-
-    name = os.fspath(given)
-    if os.path.isdir(name):
-        return os.path.realpath(name) == os.path.realpath(recorded)
-    return ALIASES.get(name.lower(), name) == recorded
-
-
 def index_settings(corpus: str | os.PathLike, index: str | os.PathLike | None = None) -> EncoderSettings | None:
     """The preprocessing settings the index of ``corpus`` (at ``index``, or its default folder) records, or
     None for a new one: what a rerun's options change (the command line builds its settings on them)."""
@@ -241,17 +231,8 @@ def index_settings(corpus: str | os.PathLike, index: str | os.PathLike | None = 
     index_dir = Path(os.path.expanduser(index)) if index is not None else default_index_dir(root)
     if os.path.realpath(index_dir) == os.path.realpath(root):  # its tables and thumbnails would be indexed
         raise ConfigError(f"the index folder cannot be the corpus folder itself ({root}); pass another --index")
-    own = _recorded(index_dir).get("encoder")
+    own = recorded_manifest(index_dir).get("encoder")
     return EncoderSettings.from_record(own) if own else None
-
-
-def _recorded(index_dir: Path) -> dict[str, Any]:
-    """The index's manifest, or {} where there is none or it cannot be read (the run then says why, in its
-    place: a run log is written for it)."""
-    try:
-        return (IndexStore(index_dir).read_manifest() or {}) if (index_dir / MANIFEST).exists() else {}
-    except (UniteError, OSError):
-        return {}
 
 
 def _write_run_log(store: IndexStore, report: IngestReport, index_dir: Path, say) -> Path | None:
@@ -309,36 +290,6 @@ class _EncoderSlot:
     @property
     def load_seconds(self) -> float:
         return self._encoder.load_seconds if self._made else 0.0
-
-
-def _scan_stamp(found) -> str:
-    """A digest of what the walk found: every file's path, size, mtime and kind (what the read stage's
-    cache trusts a file by), and what this version reads of them (an index stamped by an earlier edition
-    is no no-op: its rerun reads again what that edition read otherwise)."""
-    h = hashlib.sha256(f"reads {READS}\n".encode())
-    for e in sorted(found.entries, key=lambda e: e.rel):
-        h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.kind}\n".encode())
-    return h.hexdigest()
-
-
-def _unchanged(report: IngestReport, store: IndexStore, settings, options, root: str, found) -> bool:
-    """Whether the published index already holds exactly this corpus, as the last clean run left it: the
-    same files (by path, size and mtime), options and model, every FAISS file sound. Then the run is done
-    without opening a table or loading the model (fills ``report``)."""
-    manifest = store.read_manifest()
-    if manifest is None or found.failures or (store.path / WRITING).exists():
-        return False  # new, or files the walk could not read, or a run stopped before it published
-    scan = manifest.get("scan") or {}
-    if scan.get("stamp") != _scan_stamp(found):
-        return False
-    store.check(manifest, settings, options.to_dict(), root)  # another model or settings: refused as ever
-    if manifest["encoder"] != settings or store.needs_repair(manifest):
-        return False  # the weights' folder moved (recorded by a publish), or a FAISS file needs rebuilding
-    report.items = report.unchanged_items = int(scan.get("items", 0))
-    report.skipped, report.ignored_files = found.skipped, found.ignored
-    report.shards = {s: e["rows"] for s, e in manifest.get("shards", {}).items()}
-    report.status = OK
-    return True
 
 
 def _not_a_folder(path: str) -> str:
@@ -448,11 +399,12 @@ def _fail_fast(on_error: str, problems: list[Problem]) -> None:
         raise IngestError(f"{p.path} [{p.stage}]: {p.reason} (on_error='raise': nothing was published)", p)
 
 
-def _run(report, store, manifest, slot, root, index_dir, options, asked, on_error, kinds, gpu,
-         commit_rows, memory_bytes, allow_outside, progress, say, found=None, ray=None) -> None:  # fmt: skip
+def _run(report, store, manifest, slot, root, index_dir, options, asked, on_error, indexing, gpu,
+         commit_rows, memory_bytes, progress, say, found=None, ray=None) -> None:  # fmt: skip
     from .encoder import default_workers
 
     timings = report.timings
+    allow_outside = indexing["allow_outside"]
     workers = asked[0] or default_workers()  # the read stage: hashing and probing files
     if found is None:
         t = time.perf_counter()
@@ -557,7 +509,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     t = time.perf_counter()
     # (a file the walk does not see, named by a manifest, could change unseen by the stamp: no quick rerun then)
     quick = not failures and not allow_outside and not named_only
-    scan = {"stamp": _scan_stamp(found), "items": report.items} if quick else None
+    scan = {"stamp": scan_stamp(found), "items": report.items} if quick else None
     if manifest.get("scan") != scan:
         manifest = {**manifest, "scan": scan}
         stamp_changed = True
@@ -575,13 +527,21 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
         say(f"rebuilding the FAISS index of shard {shard}: {why}")
     changed |= set(repair)
     report.repaired = sorted(repair)
+    kinds = ("flat_max", "index_memory")
+    before = indexing_options(manifest)
+    if any(before[k] != indexing[k] for k in kinds) and set(published) - changed:
+        said = ", ".join(f"{k} {before[k]} -> {indexing[k]}" for k in kinds if before[k] != indexing[k])
+        say(f"choosing the index kind of every shard again ({said})")
+        changed |= set(published)
+    recorded = manifest.get("indexing") != indexing
+    manifest = {**manifest, "indexing": indexing}
     if changed:
         say(f"indexing shard(s): {', '.join(sorted(changed))}")
-        flat_max, index_memory = kinds
         how = {"replaced": replaced} if replaced is not None else {"incremental": False}
-        manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, memory=index_memory, gpu=gpu, **how)
+        flat_max, memory = indexing["flat_max"], indexing["index_memory"]
+        manifest = store.publish(manifest, sorted(changed), flat_max=flat_max, memory=memory, gpu=gpu, **how)
         report.published = True
-    elif stamp_changed or manifest["encoder"] != (store.read_manifest() or {}).get("encoder"):
+    elif recorded or stamp_changed or manifest["encoder"] != (store.read_manifest() or {}).get("encoder"):
         manifests.write(index_dir, manifest)  # the same published state: what this run walked, where the weights are
     (index_dir / WRITING).unlink(missing_ok=True)
     timings["index"] = round(time.perf_counter() - t, 3)

@@ -58,17 +58,18 @@ from ._common import _encoder_options, _run, _settings, _usage_mistake, main
     "--flat-max",
     type=click.IntRange(1),
     default=None,
-    help="Shards above this many rows get an IVF index (default 100000).",
+    help="Shards above this many rows get an IVF index (default: the index's own, else 100000).",
 )
 @click.option("--index-memory", type=str, default=None, metavar="SIZE",
-              help="Most memory one shard's ANN index may hold, e.g. 8G or 512M (default: half the RAM); "
-                   "larger shards get compressed codes (SQ8, SQ4, PQ), re-ranked exactly.")  # fmt: skip
+              help="Most memory one shard's ANN index may hold, e.g. 8G or 512M (default: the index's own, else "
+                   "half the RAM); larger shards get compressed codes (SQ8, SQ4, PQ), re-ranked exactly.")  # fmt: skip
 @click.option("--memory-mb", type=click.IntRange(1), default=2048, show_default=True,
               help="Most memory held by inputs decoded and not yet encoded (a larger input runs alone).")  # fmt: skip
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
               help="LoRA adapter folder (from finetune) applied to --model.")  # fmt: skip
-@click.option("--allow-outside", is_flag=True,
-              help="Also read files outside the corpus folder (symlinks, *.jsonl paths); off by default.")  # fmt: skip
+@click.option("--allow-outside/--inside-only", default=None,
+              help="Also read files outside the corpus folder (symlinks, *.jsonl paths), or not (default: the "
+                   "index's own, else inside only).")  # fmt: skip
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[auto|ADDRESS]",
               help="Decode, encode and write on a Ray cluster (pip install -e '.[ray]'): 'auto' (the default "
                    "value) joins this machine's cluster or starts one; else its address.")  # fmt: skip
@@ -87,7 +88,6 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
     every setting not given are the index's own. Exit status: 0 all indexed; 3 finished, some
     inputs failed (listed); 1 failed; 2 bad usage; 130 interrupted.
     """
-    from .. import ann
     from ..ingestion import index_settings
     from ..ingestion import ingest as run_ingest
 
@@ -107,7 +107,7 @@ def ingest(corpus, index_dir, model, device, dtype, fps, max_frames, frames, wor
         return run_ingest(
             corpus, index_dir, model=model, adapter=adapter, device=device, dtype=dtype, settings=settings,
             workers=workers, segment_seconds=segment_seconds, segment_overlap=segment_overlap,
-            passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max or ann.FLAT_MAX,
+            passage_chars=passage_chars, pairs=pairs, on_error=on_error, flat_max=flat_max,
             index_memory=index_bytes, memory_bytes=memory_mb << 20, allow_outside=allow_outside, progress=not quiet,
             log=log, engine="ray" if ray_address or ray_encoders else "local", ray_address=ray_address,
             ray_encoders=ray_encoders,
