@@ -565,3 +565,27 @@ def test_rows_are_committed_by_commit_rows_not_by_encoder_window(tmp_path, tiny_
     counts = [int(v["metadata"]["total_rows"]) for v in sorted(versions, key=lambda v: v["version"])]
     added = [n for before, n in zip([0, *counts], counts, strict=False) if n > before]
     assert added == [26, 52, 60]  # a commit once 25 rows are held (windows of two), the rest at the end
+
+
+def test_the_encode_bar_counts_the_items_a_stop_keeps(tmp_path, encoder, monkeypatch, capsys):
+    """The bar counted an item once decoded, and decoded rows wait in a window for their batch: stopped at
+    "encode 24/24", a run had kept none of them. It counts an item once its rows are encoded (or it failed)."""
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    for i in range(12):
+        write_photo(root / f"{i:02d}.png", seed=i)
+    batches = []
+    real = encoder.encode_prepared
+
+    def one_batch_then_ctrl_c(prepared):
+        if batches:
+            raise KeyboardInterrupt
+        batches.append(len(prepared))
+        return real(prepared)
+
+    monkeypatch.setattr(encoder, "encode_prepared", one_batch_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(root, index, encoder=encoder, commit_rows=4, workers=2, progress=True)  # a window of 4 rows
+    shown = [int(n) for n in re.findall(r"encode:[^\r\n]*?\| *(\d+)/12", capsys.readouterr().err)]
+    assert batches == [4] and shown[-1] == 4
+    monkeypatch.undo()
+    assert ingest(root, index, encoder=encoder).unchanged_items == 4

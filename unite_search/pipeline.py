@@ -155,10 +155,18 @@ def encode_all(
     written = 0
     encode_time = 0.0
     # the bar counts items, as the report does: an item is done when its last row (segment, passage) is
+    # encoded, and so kept should the run stop (a decoded row waits in the window for its batch: counted
+    # then, the bar showed items done that a Ctrl-C lost), or when it fails
     rows_left: dict[str, int] = defaultdict(int)
     for task in tasks:
         rows_left[task.unit] += 1
     bar = tqdm(total=len(rows_left), unit="item", desc="encode", disable=not progress or not tasks)
+
+    def done(unit: str, rows: int = 0) -> None:
+        before = rows_left[unit]
+        rows_left[unit] = 0 if unit in failed else before - rows
+        if before and not rows_left[unit]:
+            bar.update(1)
 
     def flush():
         nonlocal window, tokens, nbytes, held, written, encode_time
@@ -173,6 +181,7 @@ def encode_all(
                 if unit not in failed:
                     failed[unit] = Problem(units_by_key[unit].label, "encode", nonfinite_reason(encoder.dtype))
                     bar.set_postfix(failed=len(failed))
+                    done(unit)
             job: dict[str, tuple[list, list]] = {}
             for (task, text, _), vec in zip(live, vecs, strict=True):
                 if task.unit in failed:
@@ -186,6 +195,8 @@ def encode_all(
             if job:
                 writer.put({s: (rows, np.stack(vs)) for s, (rows, vs) in job.items()})
                 written += sum(len(rows) for rows, _ in job.values())
+            for task, _, _ in live:  # with the writer: kept should the run stop now
+                done(task.unit, 1)
         window, tokens, nbytes = [], 0, 0
         budget.release(held)
         held = 0
@@ -198,14 +209,12 @@ def encode_all(
     loading = False
     try:
         for task, out, size in decoded:
-            rows_left[task.unit] -= 1
-            if not rows_left[task.unit]:
-                bar.update(1)
             if isinstance(out, InputError):
                 if task.unit not in failed:
                     label = units_by_key[task.unit].label
                     failed[task.unit] = Problem(label, "decode", out.reason, out.detail)
                     bar.set_postfix(failed=len(failed))
+                    done(task.unit)
                 if on_error == "raise":
                     break
                 continue
