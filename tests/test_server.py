@@ -174,7 +174,7 @@ def test_search_errors_are_typed_json(client):
         (dict(json={"text": "x", "where": 5}), 400, "bad_query"),
         (dict(json={}), 400, "bad_query"),
         (dict(json={"text": "   "}), 400, "bad_query"),
-        (dict(json={"like": "no-such-row"}), 400, "bad_query"),
+        (dict(json={"like": "no-such-row"}), 404, "not_found"),  # as /items/{id} answers it
         (dict(json={"like": "x", "text": "y"}), 400, "bad_query"),
         (dict(json={"text": "x", "exclude": [1]}), 400, "bad_query"),
         (dict(json={"text": "x", "explain": "yes"}), 400, "bad_query"),
@@ -193,7 +193,7 @@ def test_search_errors_are_typed_json(client):
             400,
             "bad_query",
         ),
-        (dict(content=b'{"like": "\\ud800"}', headers={"Content-Type": "application/json"}), 400, "bad_query"),
+        (dict(content=b'{"like": "\\ud800"}', headers={"Content-Type": "application/json"}), 404, "not_found"),
         (dict(json={"text": "x", "where": " AND ".join(["width > 0"] * 50_000)}), 400, "bad_query"),
         (dict(content=b"text=x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
         (dict(content=b"x" * (2 << 20), headers={"Content-Type": "application/json"}), 413, "too_large"),
@@ -250,6 +250,8 @@ def test_batch_search(client):
     ]
     for body, says in bad:
         _assert_error(client.post("/search/batch", json=body), 400, "bad_query", says)
+    unknown = {"queries": [{"text": "a"}, {"like": "no-such-row"}]}
+    _assert_error(client.post("/search/batch", json=unknown), 404, "not_found", "query 1: no row with id 'no-such-row'")
 
 
 # ------------------------------------------------------------------------------------------- rows

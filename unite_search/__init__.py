@@ -27,6 +27,7 @@ from .errors import (
     StaleReadError,
     TrainingError,
     UniteError,
+    UnknownRowError,
 )
 from .modality import Item, Modality
 from .settings import EncoderSettings
@@ -76,6 +77,7 @@ __all__ = [
     "StaleReadError",
     "TrainingError",
     "UniteError",
+    "UnknownRowError",
     "__version__",
     "ingest",
 ]

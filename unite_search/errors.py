@@ -81,6 +81,10 @@ class PlanError(UniteError, ValueError):
     """The query cannot be planned against this index (no input, unknown or absent target, bad filter...)."""
 
 
+class UnknownRowError(PlanError):
+    """``like=`` names a row id this index does not hold (the server answers 404)."""
+
+
 class ModelLoadError(UniteError, RuntimeError):
     """The encoder weights could not be found or do not match the expected architecture."""
 

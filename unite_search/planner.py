@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PlanError
+from .errors import PlanError, UnknownRowError
 from .modality import Item, Modality
 from .prompts import render
 from .schema import FILTER_COLUMNS, shard_name
@@ -193,7 +193,7 @@ def plan_query(
                 "like= reuses a stored vector: give it alone, without text, an instruction, an image or a video"
             )
         if like_shard is None:
-            raise PlanError(f"no row with id {like!r} in this index")
+            raise UnknownRowError(f"no row with id {like!r} in this index")
         query = like_shard
     elif not modalities:
         raise PlanError("a query needs text, an image, a video (or a combination), or like=<row id>")

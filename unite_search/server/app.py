@@ -27,6 +27,7 @@ from ..errors import (
     PlanError,
     StaleReadError,
     UniteError,
+    UnknownRowError,
 )
 from .bodies import (
     FORM_SLACK,
@@ -166,6 +167,8 @@ def create_app(
 
     @app.exception_handler(UniteError)
     async def unite_error(request: Request, exc: UniteError):
+        if isinstance(exc, UnknownRowError):
+            return _error(404, "not_found", str(exc))
         if isinstance(exc, PlanError | ConfigError):
             return _error(400, "bad_query", str(exc))
         if isinstance(exc, InputError):
@@ -302,6 +305,8 @@ def create_app(
         tasks = [server.run_query(q, explain, prefix(request)) for q, explain in parsed]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for i, result in enumerate(results):
+            if isinstance(result, UnknownRowError):
+                raise api_error(404, f"query {i}: {result}")
             if isinstance(result, (PlanError, ConfigError, InputError)):
                 kind = "bad_input" if isinstance(result, InputError) else "bad_query"
                 raise api_error(400, f"query {i}: {result}", kind)
