@@ -49,12 +49,12 @@ def _settings(fps, max_frames, frames, base=None):
         raise _usage_mistake(str(exc)) from exc
 
 
-def _load(model, device, dtype, fps, max_frames, frames, workers=None):
+def _load(model, device, dtype, fps, max_frames, frames, workers=None, adapter=None):
     """An encoder; a wrong device, dtype or setting is a ConfigError, which ``_run`` tells as a usage mistake."""
     from ..encoder import Encoder
 
     settings = _settings(fps, max_frames, frames)
-    return Encoder.load(model, device=device, dtype=dtype, settings=settings, workers=workers)
+    return Encoder.load(model, device=device, dtype=dtype, settings=settings, workers=workers, adapter=adapter)
 
 
 def _run(fn):

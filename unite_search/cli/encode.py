@@ -17,8 +17,10 @@ from ._common import _encoder_options, _load, _run, main, parse_input
 @click.option("--instruction", default=None, help="Task instruction prepended to the text.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Write the vector to a .npy file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (model, dim, vector).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="LoRA adapter folder (from finetune) applied to --model.")  # fmt: skip
 @_encoder_options
-def embed(text, image, video, instruction, out, as_json, model, device, dtype, fps, max_frames, frames):
+def embed(text, image, video, instruction, out, as_json, adapter, model, device, dtype, fps, max_frames, frames):
     """Embed one input (text, image, video or a combination) and print its vector."""
     if text is None and image is None and video is None:
         raise click.UsageError("give at least one of --text, --image, --video")
@@ -28,7 +30,7 @@ def embed(text, image, video, instruction, out, as_json, model, device, dtype, f
         out += ".npy"  # the name numpy gives the file, and so the one reported
 
     def work():
-        encoder = _load(model, device, dtype, fps, max_frames, frames)
+        encoder = _load(model, device, dtype, fps, max_frames, frames, adapter=adapter)
         vec = encoder.encode([item])[0]
         if out:
             import numpy as np
@@ -56,8 +58,10 @@ def embed(text, image, video, instruction, out, as_json, model, device, dtype, f
 @click.option("--a-text", default=None, help="Text composed with input A (A must be an image or video).")
 @click.option("--b-text", default=None, help="Text composed with input B (B must be an image or video).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="LoRA adapter folder (from finetune) applied to --model.")  # fmt: skip
 @_encoder_options
-def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames, frames):
+def compare(a, b, a_text, b_text, as_json, adapter, model, device, dtype, fps, max_frames, frames):
     """Cosine similarity of two inputs. Each is an image/video path or a text.
 
     \b
@@ -67,7 +71,7 @@ def compare(a, b, a_text, b_text, as_json, model, device, dtype, fps, max_frames
     first, second = parse_input(a, a_text), parse_input(b, b_text)
 
     def work():
-        encoder = _load(model, device, dtype, fps, max_frames, frames)
+        encoder = _load(model, device, dtype, fps, max_frames, frames, adapter=adapter)
         return encoder, encoder.encode([first, second])
 
     encoder, vecs = _run(work)
