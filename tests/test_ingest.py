@@ -298,6 +298,9 @@ def test_every_bad_input_is_reported_and_the_rest_indexed(tmp_path, encoder, mon
     assert "extension says image" in got["text_named.jpg"].reason
     rows = rows_by_id(tmp_path / "index")
     assert sorted(r["path"] for r in rows.values()) == ["good.png", "note.txt"]
+    # every file is an item, failed at any stage: the summary's counts add up ("items 2 ... failed 15" before)
+    assert report.items == report.encoded_items + len(report.failures) == 2 + len(bad)
+    assert f"items {report.items}: encoded 2 " in report.summary()
     # the run report on disk lists them too
     last = IndexStore(tmp_path / "index").last_run()
     assert {p["path"] for p in last["failures"]} == set(bad)

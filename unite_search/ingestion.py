@@ -438,7 +438,8 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     units, problems = without_clashing_ids([u for u in units if u.tasks])
     failures += problems
     _fail_fast(on_error, failures)
-    report.items = len(units)
+    # a file or manifest line that failed before it was planned is an item too: the summary's counts add up
+    report.items = len(units) + sum(p.stage in ("read", "manifest") for p in failures)
     by_key = {u.key: u for u in units}
     start_versions = store.tables.versions()
     shards = {u.shard for u in units} | set(manifest.get("shards", {})) | set(store.tables.shards())
