@@ -298,7 +298,7 @@ def test_every_bad_input_is_reported_and_the_rest_indexed(tmp_path, encoder, mon
     assert "extension says image" in got["text_named.jpg"].reason
     rows = rows_by_id(tmp_path / "index")
     assert sorted(r["path"] for r in rows.values()) == ["good.png", "note.txt"]
-    # every file is an item, failed at any stage: the summary's counts add up ("items 2 ... failed 15" before)
+    # every file is an item, failed at any stage: the summary's counts add up ("items 4 ... failed 13" before)
     assert report.items == report.encoded_items + len(report.failures) == 2 + len(bad)
     assert f"items {report.items}: encoded 2 " in report.summary()
     # the run report on disk lists them too
