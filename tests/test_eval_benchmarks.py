@@ -45,6 +45,13 @@ def test_urban1k_nested_root_and_stray_files(tmp_path, encoder):
     assert result["reference"]["Long-CLIP-L"]["T2I R@1"] == 86.1
 
 
+def test_the_vector_cache_lives_where_the_other_caches_do(tmp_path, encoder, monkeypatch):
+    """It was always ~/.cache/unite-search/embeddings, whatever $XDG_CACHE_HOME said."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    run_benchmark("urban1k", bench_fixtures.urban1k(tmp_path / "data"), encoder=encoder)
+    assert any((tmp_path / "xdg" / "unite-search" / "embeddings").rglob("*.npy"))
+
+
 def test_urban1k_takes_the_first_line_as_a_file_reads_it_and_skips_names_int_cannot_read(tmp_path):
     data = bench_fixtures.urban1k(tmp_path / "data")
     captions = data / "Urban1k" / "Urban1k" / "caption"

@@ -23,6 +23,14 @@ from .errors import IndexWriteError, UniteError
 TMP_MARK = ".tmp-"
 CHUNK = 8 << 20  # temporary files are "<name>.tmp-<pid>" or ".<name>.tmp-<pid>"
 
+
+def cache_home() -> Path:
+    """Where unite-search keeps what it can make again (file hashes, media probes, benchmark vectors):
+    ``$XDG_CACHE_HOME/unite-search``, by default ``~/.cache/unite-search``."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "unite-search"
+
+
 _OS_ERROR = re.compile(r"os error (\d+)")
 _STRERRORS = {os.strerror(code): code for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO,
                                                     errno.EFBIG, errno.EPERM, errno.ENOENT)}  # fmt: skip

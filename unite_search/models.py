@@ -80,8 +80,9 @@ def _stat_key(st: os.stat_result) -> tuple[int, ...]:
 
 def fingerprint_cache_path() -> Path:
     """Where file hashes persist between processes: ``$XDG_CACHE_HOME/unite-search/fingerprints.json``."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "unite-search" / FINGERPRINT_CACHE
+    from .diskio import cache_home
+
+    return cache_home() / FINGERPRINT_CACHE
 
 
 def _read_disk_cache(path: Path) -> dict[str, dict]:

@@ -23,7 +23,7 @@ BENCH_NAMES = ["carebench", "docci", "mmeb", "msrvtt", "sharegpt4v", "urban1k", 
 @click.option("--subset", "subsets", multiple=True, help="MMEB dataset(s) to run (default: all found).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Items per forward batch (cap).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
-              help="Embedding cache (default ~/.cache/unite-search/embeddings).")  # fmt: skip
+              help="Embedding cache (default $XDG_CACHE_HOME/unite-search/embeddings, or ~/.cache/...).")  # fmt: skip
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the result JSON here.")

@@ -24,9 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from ..diskio import file_sha256, write_atomic
+from ..diskio import cache_home, file_sha256, write_atomic
 
-DEFAULT_DIR = Path("~/.cache/unite-search/embeddings")
+
+def default_dir() -> Path:
+    """``$XDG_CACHE_HOME/unite-search/embeddings`` (``~/.cache/...`` by default), where the other caches are."""
+    return cache_home() / "embeddings"
+
+
 CHUNK = 256
 
 

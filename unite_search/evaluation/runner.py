@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .cache import DEFAULT_DIR, EmbeddingCache
+from .cache import EmbeddingCache, default_dir
 from .loaders import LOADERS, Composed, DatasetError, Reranking, Retrieval
 
 # Numbers from the papers and peers (shared/docs/benchmarks.md), shown beside ours; R@1 unless said.
@@ -83,7 +83,7 @@ def run_benchmark(
         settings = dataclasses.replace(encoder.preprocessing, frames=frames or dataset.frames, sampler=dataset.sampler)
         encoder = encoder.with_settings(settings)
     # bf16 and float32 vectors differ by ~1e-2: never one's cached for the other
-    cache = EmbeddingCache(cache_dir or DEFAULT_DIR, {**encoder.settings, **encoder.numerics})
+    cache = EmbeddingCache(cache_dir or default_dir(), {**encoder.settings, **encoder.numerics})
 
     def encode(items):
         return encoder.encode(items, batch_size=batch_size, progress=progress)

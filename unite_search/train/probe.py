@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..diskio import cache_home
 from ..errors import InputError
 
 PROBE_VERSION = 2  # part of the cache key: a stricter check later re-probes everything once
@@ -39,8 +40,7 @@ probe_stats = ProbeStats()
 
 
 def cache_path() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "unite-search" / CACHE_FILE
+    return cache_home() / CACHE_FILE
 
 
 def _one_line(text: str, limit: int = 300) -> str:
