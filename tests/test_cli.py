@@ -93,8 +93,13 @@ def test_compare_like_the_demo(runner, tiny_dir, media, encoder):
 
 
 def test_cli_errors_are_clean(runner, tiny_dir, tmp_path):
+    # a missing file is bad input (1) for every command; compare and query said it as bad usage (2)
     missing = runner.invoke(main, ["compare", "x", str(tmp_path / "nope.jpg"), "--model", str(tiny_dir)])
-    assert missing.exit_code == 2 and "no such file" in missing.output
+    assert missing.exit_code == 1 and "nope.jpg: no such file" in missing.output
+    embed = runner.invoke(main, ["embed", "--image", str(tmp_path / "nope.jpg"), "--model", str(tiny_dir)])
+    assert embed.exit_code == 1 and "not found" in embed.output
+    query = runner.invoke(main, ["query", str(tmp_path), "--video", str(tmp_path / "nope.mp4")])
+    assert query.exit_code == 1 and "--video" in query.output and "no such file" in query.output
     (tmp_path / "bad.png").write_bytes(b"garbage")
     bad = runner.invoke(main, ["embed", "--image", str(tmp_path / "bad.png"), "--model", str(tiny_dir)])
     assert bad.exit_code == 1 and "bad.png" in bad.output and "Traceback" not in bad.output

@@ -77,8 +77,8 @@ def parse_input(arg: str, text: str | None = None) -> Item:
     """A positional input: an image or video path (by extension), else a text."""
     ext = Path(arg).suffix.lower()
     if ext in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-        if not os.path.isfile(arg):
-            raise click.BadParameter(f"{arg}: no such file", param_hint="input")
+        if not os.path.isfile(arg):  # bad input (exit status 1), as embed says a missing file
+            raise click.ClickException(f"{arg}: no such file")
         key = "image" if ext in IMAGE_EXTENSIONS else "video"
         return Item(text=text, **{key: arg})
     if os.path.isfile(arg):

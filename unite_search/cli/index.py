@@ -160,8 +160,8 @@ def _time_range(hit) -> str:
 @main.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
 @click.option("--text", "-t", default=None, help="Query text (alone, or composed with --image/--video).")
-@click.option("--image", "-i", type=click.Path(exists=True, dir_okay=False), default=None, help="Query image.")
-@click.option("--video", "-v", type=click.Path(exists=True, dir_okay=False), default=None, help="Query video.")
+@click.option("--image", "-i", type=click.Path(dir_okay=False), default=None, help="Query image.")
+@click.option("--video", "-v", type=click.Path(dir_okay=False), default=None, help="Query video.")
 @click.option("--instruction", default=None, help="Task instruction prepended to the text.")
 @click.option("--like", default=None, help="Search with a stored row's vector (more like this row id).")
 @click.option("--target", multiple=True, help="Shard(s) to search: text, image, video, image+text..., all.")
@@ -190,6 +190,9 @@ def query(index_dir, text, image, video, instruction, like, target, k, where, ex
     args.update(target=list(target) or None, where=where, exclude=list(exclude) or None)
     if text is None and image is None and video is None and like is None:
         raise click.UsageError("give --text, --image, --video (or a combination), or --like ROW_ID")
+    for flag, path in (("--image", image), ("--video", video)):
+        if path is not None and not os.path.isfile(path):  # bad input (1), as embed says it, before a model loads
+            raise click.ClickException(f"{flag} {path}: no such file")
 
     def work():
         index = Index.open(index_dir, device=device, dtype=dtype, model=model, adapter=adapter)
