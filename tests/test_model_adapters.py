@@ -206,3 +206,17 @@ def test_embed_and_compare_take_an_adapter_as_query_does(tiny_dir, adapter_dir):
     assert out.exit_code == 0, out.output
     want = float(np.dot(*with_adapter.encode(TEXTS[:2])))
     assert json.loads(out.stdout)["cosine"] == pytest.approx(want, abs=1e-5)
+
+
+def test_an_adapter_loads_without_a_warning(tiny_dir, adapter_dir):
+    """peft asked transformers a deprecated question at every load: two lines of FutureWarning on each command
+    that used an adapter, and under ``-W error`` (a test suite's setting) the load failed."""
+    import warnings
+
+    from unite_search.train.trainer import TrainConfig, add_lora
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc = Encoder.load(tiny_dir, adapter=adapter_dir, device="cpu", workers=1)
+        add_lora(Encoder.load(tiny_dir, device="cpu", workers=1), TrainConfig().resolved())
+    assert enc.adapter == str(adapter_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def apply_adapter(inner, adapter: str | os.PathLike):
     try:
         with safe_open(str(weights), "pt") as fh:
             stored = set(fh.keys())
-        model = peft.PeftModel.from_pretrained(inner, adapter)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question at every load: not ours
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = peft.PeftModel.from_pretrained(inner, adapter)
     except Exception as exc:  # peft raises many kinds for an adapter it cannot apply (shapes, modules)
         raise ModelLoadError(f"could not apply the adapter {adapter}: {type(exc).__name__}: {exc}") from exc
     # peft leaves a LoRA matrix the file lacks at its random start, and ignores tensors of no module it made:

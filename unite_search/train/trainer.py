@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
@@ -166,8 +167,9 @@ def add_lora(encoder, config: TrainConfig):
     )
     # LoRA's A matrices start random: draw them from the run's seed, not from whatever the process
     # drew before, so a run is reproducible (and the caller's random stream is left as it was)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(config.seed)
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)  # peft's
         return get_peft_model(encoder._model, cfg)
 
 
