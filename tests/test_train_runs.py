@@ -143,10 +143,19 @@ def test_the_command_line_trains_max_steps_and_reports_the_pairs_left_over(tiny_
     assert "--max-steps N" in help_text and "Train exactly N steps" in help_text
 
 
-def test_fewer_pairs_than_a_batch_is_one_line_not_a_traceback(tiny_dir, tmp_path):
-    out = _finetune(tiny_dir, _text_pairs(tmp_path, 3), tmp_path / "run", "--batch-size", "8")
+def test_fewer_pairs_than_a_batch_is_one_line_told_before_the_model_loads(tiny_dir, tmp_path, monkeypatch):
+    with monkeypatch.context() as patched:  # the 2B weights take minutes to load: the refusal comes first
+        loads = []
+        patched.setattr(Encoder, "load", lambda *args, **kwargs: loads.append(args) or 1 / 0)
+        out = _finetune(tiny_dir, _text_pairs(tmp_path, 3), tmp_path / "run", "--batch-size", "8")
     assert out.exit_code == 2, out.output
     assert "3 pairs are fewer than one batch of 8" in out.output and "Traceback" not in out.output
+    assert loads == []
+    # in Python, a Trainer refused leaves the encoder as it was: no LoRA layers put into its model
+    encoder = Encoder.load(tiny_dir, device="cpu")
+    with pytest.raises(ValueError, match="3 pairs are fewer than one batch of 8"):
+        Trainer(encoder, _pairs(3), TrainConfig(batch_size=8), tmp_path / "py")
+    assert not any("lora_" in name for name, _ in encoder._model.named_parameters())
 
 
 # ------------------------------------------------------------------ 10: pairs command

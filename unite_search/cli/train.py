@@ -96,7 +96,7 @@ def finetune(
     from ..encoder import Encoder
     from ..errors import InputError
     from ..train.data import load_pairs
-    from ..train.trainer import TrainConfig, Trainer
+    from ..train.trainer import TrainConfig, Trainer, check_run
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -127,12 +127,14 @@ def finetune(
     def work():
         pairs = read(data)
         held = read(eval_data) if eval_data else None
-        dtype = "bfloat16" if device != "cpu" and torch.cuda.is_available() else "float32"
-        encoder = Encoder.load(model, device=device, dtype=dtype)
         config = TrainConfig(stage=stage, epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r,
                              lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_grad_norm=max_grad_norm,
                              dual=dual, max_steps=max_steps, seed=seed, eval_every=eval_every,
                              save_every=save_every, grad_cache=not no_grad_cache)  # fmt: skip
+        # what the pairs and settings alone refuse (fewer pairs than one batch...) is told before the weights load
+        check_run(len(pairs), config)
+        dtype = "bfloat16" if device != "cpu" and torch.cuda.is_available() else "float32"
+        encoder = Encoder.load(model, device=device, dtype=dtype)
         trainer = Trainer(encoder, pairs, config, output, eval_pairs=held)
         if resume:
             trainer.resume(resume)

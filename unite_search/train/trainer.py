@@ -103,6 +103,18 @@ CURVE = ("stage", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dr
 UNRECORDED = {"max_grad_norm": None}
 
 
+def check_run(pairs: int, config: TrainConfig, world: int | None = None) -> TrainConfig:
+    """``config`` resolved, once the checks that need no model pass for ``pairs`` pairs on ``world`` processes
+    (default: those of this run); a :class:`ConfigError` otherwise. The command line makes them before the weights
+    load (a 2B model takes minutes), and :class:`Trainer` before it wraps the encoder with LoRA."""
+    config, world = config.resolved(), world or (_dist().get_world_size() if _dist() else 1)
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size {config.batch_size} must divide by the {world} processes")
+    if pairs < config.batch_size:
+        raise ConfigError(f"{pairs} pairs are fewer than one batch of {config.batch_size}")
+    return config
+
+
 def _dist():
     import torch.distributed as dist
 
@@ -184,14 +196,12 @@ class Trainer:
         # prompt-prefix cache, which only the first could use, stays off
         self.encoder = encoder.with_settings(speed=replace(encoder.speed, prefix_cache=False))
         self.pairs = pairs
-        self.config = config.resolved()
         self.output = Path(output)
         self.eval_pairs = eval_pairs or []
         self.dist = _dist()
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
-        if self.config.batch_size % self.world:
-            raise ConfigError(f"batch_size {self.config.batch_size} must divide by the {self.world} processes")
+        self.config = check_run(len(pairs), config, self.world)  # refused before LoRA touches the encoder
         self.peft = add_lora(encoder, self.config)
         # the weights now change under the encoder's identity: say so in it, step by step, so that nothing
         # keyed by it (the benchmarks' vector cache, an index's check) takes them for the base model's
@@ -206,8 +216,6 @@ class Trainer:
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         per_epoch = len(pairs) // self.config.batch_size
-        if per_epoch == 0:
-            raise ConfigError(f"{len(pairs)} pairs are fewer than one batch of {self.config.batch_size}")
         self.total = self.config.max_steps or per_epoch * self.config.epochs
         self.per_epoch = per_epoch
         self.leftover = len(pairs) % self.config.batch_size  # pairs not used in each epoch
