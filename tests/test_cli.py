@@ -1,5 +1,7 @@
+import importlib.util
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +109,32 @@ def test_cli_errors_are_clean(runner, tiny_dir, tmp_path):
     assert nothing.exit_code == 2 and "at least one" in nothing.output
     unknown = runner.invoke(main, ["embed", "--text", "x", "--model", "no-such-model"])
     assert unknown.exit_code == 1 and "unknown model" in unknown.output
+
+
+def test_a_file_of_the_other_kind_is_called_what_it_is_not_damaged(runner, tiny_dir, media, encoder, tmp_path):
+    """A photo given as a video (or a clip as an image, a text as either) is intact: the reason says what it
+    holds, as ingest and the server say it, whichever decoder read it; the decoder's words stay in ``detail``."""
+    from unite_search import InputError
+    from unite_search.settings import EncoderSettings
+    from unite_search.video import read_frames
+
+    shutil.copy(media["image2"], tmp_path / "photo.mp4")  # a JPEG, named as a video too
+    (tmp_path / "note.jpg").write_text("a note, not a photo\n")
+    cases = [("--video", media["image2"], "not a video: its content is an image"),
+             ("--video", tmp_path / "photo.mp4", "not a video: its content is an image"),
+             ("--image", media["video2"], "not an image: its content is a video"),
+             ("--image", tmp_path / "note.jpg", "not an image: its content is text"),
+             ("--video", tmp_path / "note.jpg", "not a video: its content is text")]  # fmt: skip
+    for option, path, said in cases:
+        out = runner.invoke(main, ["embed", option, str(path), "--model", str(tiny_dir), "--device", "cpu"])
+        assert out.exit_code == 1 and out.output.strip() == f"Error: item 0 {path}: {said}", out.output
+        with pytest.raises(InputError) as raised:
+            encoder.encode([{option[2:]: path}])
+        assert raised.value.reason == said and raised.value.detail
+    decord = importlib.util.find_spec("decord") is not None
+    for backend in ("av", "decord") if decord else ("av",):  # PyAV finds no frame in a JPEG, decord no length
+        with pytest.raises(InputError, match="not a video: its content is an image"):
+            read_frames(media["image2"], EncoderSettings(), backend)
 
 
 def _corpus(root, bad=False):

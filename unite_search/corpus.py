@@ -278,6 +278,24 @@ def sniff(head: bytes, size: int | None = None) -> str | None:
     return None
 
 
+_KIND_WORDS = {"image": "an image", "video": "a video", "text": "text"}
+
+
+def other_kind(path: str | os.PathLike, wanted: str) -> str | None:
+    """Why a file given as ``wanted`` (``"image"`` or ``"video"``) is plainly something else, told by its first
+    bytes as ingest and the server tell it: ``"not a video: its content is an image"``. None where it may be
+    one (or cannot be read). For a decoder's failure: a photo given as a video is not a damaged video."""
+    try:
+        with open(path, "rb") as fh:
+            head, size = fh.read(64), os.fstat(fh.fileno()).st_size
+    except OSError:
+        return None
+    found = sniff(head, size) or ("text" if _looks_like_text(head) else None)
+    if found is None or found == wanted:
+        return None
+    return f"not {_KIND_WORDS[wanted]}: its content is {_KIND_WORDS[found]}"
+
+
 _WIDE_BOMS = (
     (codecs.BOM_UTF32_LE, "UTF-32"),
     (codecs.BOM_UTF32_BE, "UTF-32"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from .corpus import other_kind
 from .errors import InputError
 from .settings import FACTOR, MERGE, PATCH, TEMPORAL_PATCH, EncoderSettings
 
@@ -112,7 +113,9 @@ def load_image(source) -> Image.Image:
         except Image.DecompressionBombError as exc:
             raise InputError(f"image too large to decode safely ({exc})", source=path) from exc
         except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"cannot read image: {image_reason(exc)}", source=path, detail=str(exc)) from exc
+            # a clip (or a text) given as an image is not a damaged image: say what it is
+            reason = other_kind(path, "image") or f"cannot read image: {image_reason(exc)}"
+            raise InputError(reason, source=path, detail=str(exc)) from exc
     else:
         raise InputError(f"an image is a path, a PIL image or a uint8 array, not {type(source).__name__}")
     try:

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import decoderlog, frametimes, videopass
 from .containers import ends_early, is_avi
+from .corpus import other_kind
 from .errors import ConfigError, InputError, MissingDependencyError
 from .frames import NO_FRAMES, VideoInfo, frame_list, resize_frames
 from .image import Visual, patchify
@@ -540,17 +541,20 @@ def read_frames(
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise InputError("video file is empty or not a regular file", source=path)
     reader = _read_av
-    if _backend(backend) == "decord":
-        # a file not probed yet is opened by PyAV first: one decord cannot open never reaches it
-        known = probe is not None and probe.rotation is not None
-        # with a probe, a trimmed clip is told by its count (see _read_decord), the others here
-        with_av = (bool(probe.rotation) or is_avi(path)) if known else _checked_for_decord(path)
-        reader = _read_av if with_av else _read_decord
     try:
+        if _backend(backend) == "decord":
+            # a file not probed yet is opened by PyAV first: one decord cannot open never reaches it
+            known = probe is not None and probe.rotation is not None
+            # with a probe, a trimmed clip is told by its count (see _read_decord), the others here
+            with_av = (bool(probe.rotation) or is_avi(path)) if known else _checked_for_decord(path)
+            reader = _read_av if with_av else _read_decord
         if reader is _read_av:
             return _read_av(path, settings, start, end, probe, then)
         return reader(path, settings, start, end, probe)
     except InputError as exc:
+        # a photo (or a text) given as a video is not a damaged video: say what it is
+        if (other := other_kind(path, "video")) is not None:
+            raise InputError(other, source=path, detail=exc.detail or exc.reason) from exc
         if exc.source is None:
             raise exc.located(path) from exc
         raise
