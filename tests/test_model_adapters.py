@@ -220,3 +220,64 @@ def test_an_adapter_loads_without_a_warning(tiny_dir, adapter_dir):
         enc = Encoder.load(tiny_dir, adapter=adapter_dir, device="cpu", workers=1)
         add_lora(Encoder.load(tiny_dir, device="cpu", workers=1), TrainConfig().resolved())
     assert enc.adapter == str(adapter_dir)
+
+
+def test_a_moved_model_or_adapter_folder_is_named_as_the_index_and_like_queries_still_serve(
+    tiny_dir, adapter_dir, tmp_path, monkeypatch
+):
+    """The index's recorded model or adapter folder moved: every command says it is the index's folder and which
+    option points at its new place (a missing adapter is not called one without adapter_config.json), and serve
+    answers like= queries, which need no model, with 503 for the others until the folder is back."""
+    import gc
+
+    import uvicorn
+    from click.testing import CliRunner
+    from corpora import write_photo
+    from fastapi.testclient import TestClient
+
+    from unite_search import Index
+    from unite_search.cli import main
+    from unite_search.ingestion import ingest
+    from unite_search.store import IndexStore
+
+    model, adapter = shutil.copytree(tiny_dir, tmp_path / "model"), shutil.copytree(adapter_dir, tmp_path / "adapter")
+    root, index = tmp_path / "corpus", tmp_path / "index"
+    for i in range(3):
+        write_photo(root / f"p{i}.png", seed=i)
+    ingest(root, index, encoder=Encoder.load(model, device="cpu", workers=1, adapter=adapter))
+    like = IndexStore(index).read_rows("image", ["id"]).to_pylist()[0]["id"]
+    served = []  # the app serve hands uvicorn, kept instead of run (through uvicorn.run or a Server's run)
+
+    def keep(server, sockets=()):
+        server.started = True
+        served.append(server.config.app)
+        for sock in sockets:
+            sock.close()
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
+    monkeypatch.setattr(uvicorn.Server, "run", keep)
+    for moved, option in ((adapter, "--adapter"), (model, "--model")):
+        shutil.move(moved, tmp_path / "elsewhere")
+        what = "model folder" if option == "--model" else "LoRA adapter folder"
+        said = (f"{index} was built with the {what} {moved}, which is not there now (moved or deleted?): pass its "
+                f"new place with {option} ({option[2:]}= in Python)")  # fmt: skip
+        with pytest.raises(ModelLoadError) as raised:
+            Index.open(index, device="cpu").query(text="a photo")
+        assert str(raised.value) == said
+        for args in (["query", str(index), "--text", "a photo"], ["ingest", str(root), "--index", str(index), "-q"]):
+            out = CliRunner().invoke(main, args)
+            assert out.exit_code == 1 and out.output == f"Error: {said}\n", out.output
+        served.clear()
+        try:
+            out = CliRunner().invoke(main, ["serve", str(index), "--device", "cpu", "--port", "0"])
+        finally:
+            gc.unfreeze()
+        assert out.exit_code == 0 and f"warning: {said}; meanwhile only like= queries" in out.stderr, out.output
+        with TestClient(served[0], base_url="http://localhost") as client:  # serve answers localhost only
+            assert client.post("/search", json={"like": like, "k": 2}).status_code == 200
+            refused = client.post("/search", json={"text": "a photo"})
+            assert refused.status_code == 503 and refused.json() == {"error": "unavailable", "detail": said}
+            shutil.move(tmp_path / "elsewhere", moved)  # back: the next query loads it
+            assert client.post("/search", json={"text": "a photo", "k": 1}).status_code == 200
+    with pytest.raises(ModelLoadError, match=f"LoRA adapter folder {tmp_path / 'gone'} does not exist"):
+        Encoder.load(model, adapter=tmp_path / "gone")

@@ -197,6 +197,7 @@ class Index:
         with self._lock:
             if self._encoder is None:
                 from .encoder import Encoder
+                from .models import moved_folder
                 from .settings import EncoderSettings
 
                 recorded = self.manifest["encoder"]
@@ -205,6 +206,9 @@ class Index:
                 except ConfigError as exc:
                     why = f"the manifest's encoder settings are invalid ({exc})"
                     raise IndexDamagedError(f"{self.path}: {why}") from None
+                gone = moved_folder(self.path, recorded, model=self._model is None, adapter=self._adapter is None)
+                if gone is not None:  # the recorded model or adapter folder moved: say so, and how to point at it
+                    raise gone
                 adapter = self._adapter if self._adapter is not None else recorded.get("adapter")
                 encoder = Encoder.load(
                     self._model or recorded["model_id"],

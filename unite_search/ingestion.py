@@ -36,6 +36,7 @@ from .errors import (
 )
 from .manifest import MANIFEST
 from .memory import MEMORY_BYTES
+from .models import moved_folder
 from .pipeline import encode_all, torch_threads
 from .report import FAILED, INTERRUPTED, OK, WITH_FAILURES, IngestReport
 from .rerun import WRITING, indexing_options, recorded_manifest, same_model, scan_stamp, unchanged
@@ -152,6 +153,8 @@ def ingest(
     own, done = recorded.get("encoder") or {}, recorded.get("ingest") or {}
     if encoder is None and own.get("model_id"):
         same = model is None or same_model(model, own["model_id"])
+        if (gone := moved_folder(index_dir, own, model=model is None, adapter=adapter is None and same)) is not None:
+            raise gone  # the index's own model or adapter folder moved: say so, and how to point at it
         model = own["model_id"] if model is None else model
         if adapter is None and same:  # the index's model, so its adapter too
             adapter = own.get("adapter")

@@ -213,6 +213,20 @@ def resolve(model: str | os.PathLike | None = None) -> ResolvedModel:
     return ResolvedModel(folder, hub_id, folder.name)
 
 
+def moved_folder(index: str | os.PathLike, record: dict[str, Any], *, model: bool, adapter: bool):
+    """The :class:`ModelLoadError` to raise where an index's recorded model folder (``model``: the one used) or
+    LoRA adapter folder (``adapter``: likewise) is not where the index recorded it (moved or deleted), else None.
+    Loading it would say only that a folder does not exist: neither that it is the index's, nor how to point at
+    its new place."""
+    for used, key, what, name in ((model, "model_id", "model folder", "model"),
+                                  (adapter, "adapter", "LoRA adapter folder", "adapter")):  # fmt: skip
+        folder = record.get(key)
+        if used and isinstance(folder, str) and os.path.isabs(folder) and not os.path.isdir(folder):
+            return ModelLoadError(f"{index} was built with the {what} {folder}, which is not there now (moved or "
+                                  f"deleted?): pass its new place with --{name} ({name}= in Python)")  # fmt: skip
+    return None
+
+
 def _raw_config(folder: Path) -> dict[str, Any]:
     try:
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -380,9 +380,17 @@ def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_win
 
     def work():
         from ..index import Index
+        from ..models import moved_folder
+        from ..runtime import resolve_options
 
         index = Index.open(index_dir, device=device, dtype=dtype, model=model, adapter=adapter, gpu_search=gpu_search)
-        index.encoder  # noqa: B018  load now: a wrong model or device fails here, not on the first query
+        gone = moved_folder(index.path, index.manifest["encoder"], model=model is None, adapter=adapter is None)
+        if gone is None:
+            index.encoder  # noqa: B018  load now: a wrong model or device fails here, not on the first query
+        else:  # like= queries need no model: serve them, and let the others say which folder to point at
+            resolve_options(device, dtype)  # a device this machine lacks is still told now
+            click.echo(f"warning: {gone}; meanwhile only like= queries are answered (the others: 503, until "
+                       "the folder is back)", err=True)  # fmt: skip
         if gpu_search:  # the GPU copies now too, and where each shard is searched
             for shard, state in index.gpu_states(load=True).items():
                 click.echo(f"shard {shard}: {state}", err=True)

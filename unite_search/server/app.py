@@ -24,6 +24,7 @@ from ..errors import (
     IndexDamagedError,
     IndexMismatchError,
     InputError,
+    ModelLoadError,
     PlanError,
     StaleReadError,
     UniteError,
@@ -173,7 +174,8 @@ def create_app(
             return _error(400, "bad_query", str(exc))
         if isinstance(exc, InputError):
             return _error(400, "bad_input", str(exc))
-        if isinstance(exc, StaleReadError | IndexMismatchError):  # pruned under us; rebuilt for another model
+        # pruned under us; rebuilt for another model; the model cannot load (its folder moved: like= still works)
+        if isinstance(exc, StaleReadError | IndexMismatchError | ModelLoadError):
             return _error(503, "unavailable", str(exc))
         kind = "index_damaged" if isinstance(exc, IndexDamagedError) else "internal"
         log.error("request failed: %s", exc)

@@ -29,6 +29,8 @@ def _peft():
 def check_adapter(adapter: str | os.PathLike) -> Path:
     """The absolute path of a LoRA adapter folder, after checking it holds a config and safetensors weights."""
     path = Path(os.path.abspath(adapter))
+    if not path.is_dir():  # a folder moved or deleted lacks more than its config
+        raise ModelLoadError(f"LoRA adapter folder {path} does not exist (or is not a folder)")
     if not (path / "adapter_config.json").is_file():
         raise ModelLoadError(f"{path} is not a LoRA adapter folder (no adapter_config.json)")
     if not (path / "adapter_model.safetensors").is_file():
