@@ -223,6 +223,22 @@ def test_cli_serve_runs_uvicorn(built, tmp_path):
     assert all(f"shard {name}: {said}" in stderr for name in shards), stderr  # where each shard is searched
 
 
+def test_cli_serve_on_a_port_in_use_says_so_in_one_line_before_the_model_loads(built, monkeypatch):
+    """Not a URL printed as if serving, then uvicorn's error and exit status 3 (ingest's "some inputs failed")."""
+    from unite_search import Encoder
+
+    loads = []
+    monkeypatch.setattr(Encoder, "load", lambda *args, **kwargs: loads.append(args) or 1 / 0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = CliRunner().invoke(main, ["serve", str(built[1]), "--port", str(port), "--device", "cpu"])
+    assert out.exit_code == 2 and loads == [], out.output
+    said = rf"Error: cannot listen on 127\.0\.0\.1:{port}: .+ \(another server holds it\? pass another --port\)\n"
+    assert re.fullmatch(said, out.output), out.output
+
+
 def test_cli_serve_warns_without_a_token_off_loopback(tmp_path):
     runner = CliRunner()
     not_an_index = tmp_path / "empty"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -384,6 +386,7 @@ def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_win
         from ..runtime import resolve_options
 
         index = Index.open(index_dir, device=device, dtype=dtype, model=model, adapter=adapter, gpu_search=gpu_search)
+        sockets.extend(_listen(host, port))  # before the model loads: a port in use is told now, not after a URL
         gone = moved_folder(index.path, index.manifest["encoder"], model=model is None, adapter=adapter is None)
         if gone is None:
             index.encoder  # noqa: B018  load now: a wrong model or device fails here, not on the first query
@@ -397,7 +400,13 @@ def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_win
         loopback_only = not token and is_loopback(host)  # no token: only pages of this machine's own names
         return create_app(index, token=token, batch_window_ms=batch_window_ms, loopback_only=loopback_only)
 
-    app = _run(work)
+    sockets = []  # where uvicorn will listen
+    try:
+        app = _run(work)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     import gc
 
     import uvicorn
@@ -408,5 +417,36 @@ def serve(index_dir, host, port, model, adapter, device, dtype, token, batch_win
     gc.collect()
     gc.freeze()
 
-    click.echo(f"serving {os.path.abspath(index_dir)} at http://{host}:{port} (API docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    port = sockets[0].getsockname()[1]  # --port 0: the one the system chose
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {os.path.abspath(index_dir)} at http://{shown}:{port} (API docs at /docs)", err=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shuts down, then raises it again (as uvicorn.run)
+        server.run(sockets=sockets)
+    if not server.started:
+        raise click.ClickException("the server did not start (the lines above say why)")
+
+
+def _listen(host: str, port: int) -> list:
+    """Sockets bound to every address ``host`` names, as uvicorn would bind them, for uvicorn to serve on. Bound
+    here, a port in use (or an address not of this machine) is a usage mistake on one line, exit status 2, said
+    before the model loads; left to uvicorn, it came after the URL was printed, with exit status 3."""
+    import socket
+
+    sockets = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                  flags=socket.AI_PASSIVE):  # fmt: skip
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is free
+            if family == socket.AF_INET6:  # as asyncio: the IPv4 addresses get sockets of their own
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        in_use = exc.errno == errno.EADDRINUSE
+        hint = "another server holds it? pass another --port" if in_use else "check --host and --port"
+        raise _usage_mistake(f"cannot listen on {host}:{port}: {exc.strerror or exc} ({hint})") from None
+    return sockets
