@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -221,6 +222,32 @@ def test_pairs_command_round_trips_an_index(encoder, media, tmp_path):
     assert "wrote 3 pairs" in out.stdout and "(from the index" in out.stdout and out.stderr == ""
     read, problems = load_pairs(folder / "pairs.jsonl")
     assert problems == [] and _strip_lines(read) == built
+
+
+def test_copies_captioned_otherwise_give_the_folder_pairs_from_a_composed_index(encoder, media, tmp_path):
+    """Identical files share one row, which holds one caption; a composed index keeps a row per caption, naming
+    the copies that carry it, so its pairs are the folder's. Without one, the copies give one pair, with a word."""
+    from unite_search.ingestion import ingest
+
+    folder = _captioned(tmp_path / "corpus", media)  # sub/a.png, clip.mp4 and b.jpg, each captioned
+    shutil.copy(folder / "sub" / "a.png", folder / "sub" / "a2.png")  # a copy captioned otherwise
+    (folder / "sub" / "a2.txt").write_text("a gradient, once more")
+    shutil.copy(folder / "sub" / "a.png", folder / "sub" / "a3.png")  # a copy without a caption
+    shutil.copy(folder / "b.jpg", folder / "b2.jpg")
+    (folder / "b2.txt").write_text("the gradient, mirrored again")
+    (folder / "items.jsonl").write_text('{"id": "m1", "image": "b.jpg", "text": "a text of its own, no caption"}\n')
+
+    def seen(pairs):
+        return sorted((p.query.text, os.path.relpath(p.candidate.image or p.candidate.video, folder)) for p in pairs)
+
+    from_folder = seen(pairs_from_folder(folder))
+    assert len(from_folder) == 5 and ("a gradient, once more", "sub/a2.png") in from_folder
+    ingest(folder, tmp_path / "composed", encoder=encoder, pairs="composed")
+    assert seen(pairs_from_index(tmp_path / "composed")) == from_folder
+    ingest(folder, tmp_path / "plain", encoder=encoder)
+    with pytest.warns(UserWarning, match=r"2 captioned file\(s\) of the index have identical copies .* composed"):
+        plain = seen(pairs_from_index(tmp_path / "plain"))
+    assert len(plain) == 3 and set(plain) < set(from_folder)
 
 
 # ----------------------------------------------------------- 11: bad media on the command line

@@ -176,8 +176,10 @@ def pairs_command(source, output, allow_outside):
     """Caption -> media training pairs from captioned media, written as finetune --data reads them.
 
     DIR_OR_INDEX is a folder (x.txt beside x.jpg / x.mp4) or an index built from one (a folder
-    holding manifest.json): each image or video with a caption gives one pair. Paths are written
-    relative to the output file, or absolute where they lie outside its folder.
+    holding manifest.json): each image or video with a caption gives one pair. An index built without
+    --pairs composed keeps one caption for identical files, so their copies give one pair (a warning
+    says how many). Paths are written relative to the output file, or absolute where they lie outside
+    its folder.
 
     \b
     unite-search pairs ~/products -o ~/products-pairs.jsonl

@@ -315,34 +315,56 @@ def pairs_from_folder(folder: str | os.PathLike, *, allow_outside: bool = False)
 
 
 def pairs_from_index(index: str | os.PathLike, *, allow_outside: bool = False) -> list[Pair]:
-    """Caption -> media pairs from a built index: every image or video row with a sidecar caption.
+    """Caption -> media pairs from a built index: one per captioned image or video, as :func:`pairs_from_folder`
+    makes them from the folder the index was built from.
 
-    Row paths are joined to the index's corpus folder; one leading outside it (``..``, an absolute path, a
-    symlink) is skipped with a warning unless ``allow_outside=True``.
+    Identical files at several paths share one row. An index built with ``pairs="composed"`` keeps every caption
+    (a composed row per content and caption, naming the copies that carry it): its pairs are the folder's. One
+    built without keeps one caption for such copies, so they give one pair, and a warning says how many rows
+    have copies (``pairs_from_folder`` reads each caption). Row paths are joined to the index's corpus folder;
+    one leading outside it (``..``, an absolute path, a symlink) is skipped with a warning unless
+    ``allow_outside=True``.
     """
+    from ..schema import shard_name
     from ..store import IndexStore
 
     store = IndexStore(index)
     manifest = store.require_manifest()
     corpus = Path(manifest["corpus"])
+    composed = manifest.get("ingest", {}).get("pairs") == "composed"
     confined = None if allow_outside else Confined.of(corpus)
     pairs: list[Pair] = []
     skipped: list[str] = []
     seen: set[tuple[str, str]] = set()
-    for shard in ("image", "video"):
+    copied: set[str] = set()  # without composed rows: captioned rows whose content is at several paths
+    for kind in ("image", "video"):
+        shard = shard_name([kind, "text"]) if composed else kind
         if shard not in manifest["shards"]:
             continue
-        for row in store.read_rows(shard, ["path", "caption"]).to_pylist():
-            if not row["caption"] or (row["path"], row["caption"]) in seen:
-                continue  # segments of one video share a caption: one pair for the clip
-            seen.add((row["path"], row["caption"]))
-            if confined is not None and not confined.holds(row["path"]):
-                skipped.append(row["path"])
-                continue
-            media = corpus / row["path"]
-            if media.is_file():
-                code = modality_code(shard)
-                pairs.append(Pair(Item(text=row["caption"]), Item(**{shard: str(media)}), code, code, 0))
+        for row in store.read_rows(shard, ["path", "paths", "caption", "source"]).to_pylist():
+            if not row["caption"] or (composed and row["source"] != "pair"):
+                continue  # a composed shard's manifest items hold texts of their own, not captions
+            if not composed and len(row["paths"] or ()) > 1:
+                copied.add(row["path"])
+            for path in (row["paths"] or [row["path"]]) if composed else [row["path"]]:
+                if (path, row["caption"]) in seen:
+                    continue  # segments of one video share a caption: one pair for the clip
+                seen.add((path, row["caption"]))
+                if confined is not None and not confined.holds(path):
+                    skipped.append(path)
+                    continue
+                media = corpus / path
+                if media.is_file():
+                    code = modality_code(kind)
+                    pairs.append(Pair(Item(text=row["caption"]), Item(**{kind: str(media)}), code, code, 0))
     if confined is not None:
         _warn_skipped(skipped, confined)
+    if copied:
+        warnings.warn(
+            f"{len(copied)} captioned file(s) of the index have identical copies at other paths (e.g. {min(copied)}): "
+            "an index built without --pairs composed keeps one caption for a file and its copies, so they give one "
+            "pair here; `pairs` on the corpus folder gives one per captioned copy",
+            UserWarning,
+            stacklevel=2,
+        )
     return pairs
