@@ -184,6 +184,7 @@ def test_pairs_command_round_trips_a_folder_and_finetune_reads_it(tiny_dir, medi
     out = CliRunner().invoke(main, ["pairs", str(folder), "-o", str(folder / "pairs.jsonl")])
     assert out.exit_code == 0, out.output
     assert f"wrote 3 pairs to {folder / 'pairs.jsonl'} (from the folder" in out.stdout
+    assert "lies inside the media folder" in out.stderr  # an ingest of the folder would fail on it, line by line
     lines = [json.loads(x) for x in (folder / "pairs.jsonl").read_text().splitlines()]
     assert {"query": {"text": "a gradient"}, "candidate": {"image": "sub/a.png"}, "target_modal": "image"} in lines
     read, problems = load_pairs(folder / "pairs.jsonl")
@@ -194,6 +195,7 @@ def test_pairs_command_round_trips_a_folder_and_finetune_reads_it(tiny_dir, medi
     out = CliRunner().invoke(main, ["pairs", str(folder), "-o", str(elsewhere)])
     assert out.exit_code == 0, out.output
     assert "3 media path(s) lie outside" in out.stderr and "--allow-outside" in out.stderr
+    assert "lies inside" not in out.stderr
     assert all(Path(json.loads(x)["candidate"].popitem()[1]).is_absolute() for x in elsewhere.read_text().splitlines())
     read, problems = load_pairs(elsewhere, allow_outside=True)
     assert problems == [] and _strip_lines(read) == built
@@ -219,7 +221,8 @@ def test_pairs_command_round_trips_an_index(encoder, media, tmp_path):
     assert sorted(p.query.text for p in built) == sorted(p.query.text for p in pairs_from_folder(folder))
     out = CliRunner().invoke(main, ["pairs", str(tmp_path / "index"), "-o", str(folder / "pairs.jsonl")])
     assert out.exit_code == 0, out.output
-    assert "wrote 3 pairs" in out.stdout and "(from the index" in out.stdout and out.stderr == ""
+    assert "wrote 3 pairs" in out.stdout and "(from the index" in out.stdout
+    assert "lies inside the media folder" in out.stderr  # the index's corpus folder
     read, problems = load_pairs(folder / "pairs.jsonl")
     assert problems == [] and _strip_lines(read) == built
 

@@ -187,11 +187,17 @@ def pairs_command(source, output, allow_outside):
     """
     import warnings
 
+    from ..corpus import is_inside
     from ..errors import InputError
     from ..manifest import MANIFEST
+    from ..store import IndexStore
     from ..train.data import pairs_from_folder, pairs_from_index, write_pairs
 
     is_index = os.path.isfile(os.path.join(source, MANIFEST))
+    corpus = _run(lambda: IndexStore(source).require_manifest()["corpus"]) if is_index else source
+    if is_inside(os.path.abspath(output), os.path.realpath(corpus)):  # an ingest of it would fail on every line
+        click.echo(f"note: {output} lies inside the media folder {corpus}; ingest reads every *.jsonl there as items "
+                   "(a pair line is not one), so keep it beside the folder if you index it", err=True)  # fmt: skip
 
     def work():
         with warnings.catch_warnings(record=True) as caught:
