@@ -1,7 +1,10 @@
-"""Batching and bounded work: token-budget batches, and decoding admitted by a byte budget."""
+"""Batching and bounded work: token-budget batches, decoding admitted by a byte budget, and no cycle collection
+in the stages that make objects for every file of a corpus."""
 
 from __future__ import annotations
 
+import functools
+import gc
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -172,3 +175,22 @@ def admitted_map(
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True)
+
+
+def gc_paused(fn):
+    """``fn`` with Python's cycle collector paused: ingest's plan and diff stages make a few objects a unit of the
+    corpus, in no cycle, and each collection of the oldest generation walks every live one (on a rerun of 100k
+    files, 1.8 s of the 3.8 the read, plan and diff stages took). Not the read stage: its decoders (PyAV, PIL)
+    run there, on threads, and their garbage is left to the collector."""
+
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused

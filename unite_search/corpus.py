@@ -70,7 +70,7 @@ class Problem:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one a file of the corpus, held for the whole run: no __dict__ each
 class Entry:
     """A regular file found by the walk."""
 
@@ -332,7 +332,7 @@ def decode_text(data: bytes, source: str) -> str:
 READS = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one a file of the corpus, held for the whole run: no __dict__ each
 class FileFacts:
     """One file after the read stage: its content hash and what a header read tells."""
 
@@ -354,6 +354,7 @@ class FileFacts:
     passages: tuple[tuple[int, int, int, int], ...] = ()  # (char_start, char_end, byte_start, byte_end)
     reads: int = READS  # the read-stage edition these facts come from (a cache row's, else this version's)
     remake: bool = False  # read again, its rows made otherwise by the cache's edition (not kept: see units._remade)
+    cached: int = field(default=-1, compare=False)  # its file-cache row (filecache.FileCache); -1: read by this run
 
     def to_row(self) -> dict[str, Any]:
         """The file-cache row (no absolute path: the corpus may move)."""

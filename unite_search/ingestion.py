@@ -11,6 +11,7 @@ decode -> encode -> write stage in ``pipeline.py`` (on Ray: ``distributed.py``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import numbers
 import os
@@ -428,7 +429,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     failures += problems
     captions, sidecars, problems = find_captions(media, facts)
     failures += problems
-    walked = set(facts)
+    walked = len(facts)  # facts of the walked files; a manifest's media come after them (only as its lines say)
     declared, problems = declared_items([e for e in found.entries if e.kind == "manifest"], facts, cache, root,
                                          options, workers, allow_outside)  # fmt: skip
     failures += problems
@@ -436,14 +437,13 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     _fail_fast(on_error, failures)
 
     # plan: units by content, diffed against what the index holds
-    named_only = set(facts) - walked  # media only a manifest names (hidden, say): items only as its lines say
+    named_only = set(itertools.islice(facts, walked, None))  # media only a manifest names (hidden, say)
     units = plan_units(facts, captions, sidecars, declared, options, slot.preprocessing, named_only)
-    units, problems = without_clashing_ids([u for u in units if u.tasks])
+    units, problems = without_clashing_ids([u for u in units if u.rows])
     failures += problems
     _fail_fast(on_error, failures)
     # a file or manifest line that failed before it was planned is an item too: the summary's counts add up
     report.items = len(units) + sum(p.stage in ("read", "manifest") for p in failures)
-    by_key = {u.key: u for u in units}
     start_versions = store.tables.versions()
     shards = {u.shard for u in units} | set(manifest.get("shards", {})) | set(store.tables.shards())
     diff = diff_units(units, store.tables, shards, found.unseen)
@@ -451,8 +451,11 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     report.unchanged_items, report.removed_items, report.redone_items = diff.unchanged, diff.removed, diff.redone
     report.items += diff.kept
     report.relabeled_items = sum(len(v) for v in relabel.values())
-    rows = sum(len(u.tasks) for u in todo)
+    rows = sum(u.rows for u in todo)
     say(f"{len(units)} items: {len(todo)} to encode ({rows} rows), {report.removed_items} to remove")
+    del units  # only those to encode are kept (by_key): the others' memory goes before the model's comes
+    by_key = {u.key: u for u in todo}
+    facts = cache.let_go(facts, {path for u in todo for task in u.tasks for path, _, _ in task.checks})
 
     # write: removals first, then new rows as they are encoded. Until this run has published, the tables
     # may hold rows no manifest names: the marker says so, and the next run then does a full pass.
@@ -522,7 +525,7 @@ def _run(report, store, manifest, slot, root, index_dir, options, asked, on_erro
     # files of items that failed to decode are read again next time: the failure may be a change the
     # read stage's size and mtime did not show, and cached facts would be trusted on every later run
     unread = {path for key in failed for task in by_key[key].tasks for path, _, _ in task.checks}
-    filecache.save(store.tables, [f.to_row() for f in facts.values() if f.path not in unread], cache)
+    filecache.save(store.tables, cache, (f for f in facts.values() if f.path not in unread))
     # every write (rows added, deleted or relabelled, here or by a killed run) moves a table's version
     published = manifest.get("shards", {})
     changed = {s for s, v in store.tables.versions().items() if published.get(s, {}).get("version") != v}

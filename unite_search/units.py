@@ -9,18 +9,22 @@ makes, so a unit cut short by a crash can be found and redone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import numbers
 import os
 from collections import defaultdict
-from collections.abc import Collection
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .batching import bounded_map
+import numpy as np
+
+from .batching import bounded_map, gc_paused
 from .corpus import (
     OUTSIDE,
+    READS,
     SIDECAR_EXTENSION,
     Entry,
     FileFacts,
@@ -33,10 +37,12 @@ from .corpus import (
 from .declared import Declared, parse_manifest
 from .diskio import io_reason
 from .errors import ConfigError, InputError
+from .filecache import FileCache
 from .memory import TEXT_COST, image_cost, video_cost
 from .modality import Item, Modality
 from .schema import row_key, shard_name
 
+TEXT = Modality.TEXT.value
 CAPTION_BYTES = 64 << 10  # a sidecar caption at most: it is read whole and stored with every row it labels
 
 
@@ -92,15 +98,29 @@ class Task:
     cost: int = TEXT_COST  # predicted peak bytes while its inputs are decoded and prepared (memory.py)
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Unit:
+    """Its tasks are made when first asked for: a rerun plans every unit of the corpus and encodes few, and
+    what ``diff_units`` compares (rows, source, paths, caption) is known without them (a task and its row's
+    dict took ~1.5 KB a unit the index already holds)."""
+
     key: str
     shard: str
-    tasks: list[Task]
+    rows: int  # tasks it makes (rows of its shard)
+    source: str | None  # its rows' source: "file", "pair" or a manifest line
     paths: tuple[str, ...]
     caption: str | None
     label: str  # path or manifest line, for failure reports
     remake: bool = False  # rows an earlier read-stage edition made otherwise, under the same key: made again
+    content: str | None = None  # a file's or pair's: the file's sha256, which its rows' ids start with
+    make: Callable[[], list[Task]] | None = field(default=None, repr=False)
+    made: list[Task] | None = field(default=None, repr=False)
+
+    @property
+    def tasks(self) -> list[Task]:
+        if self.made is None:
+            self.made, self.make = self.make(), None
+        return self.made
 
 
 def _sha(text: str) -> str:
@@ -109,39 +129,41 @@ def _sha(text: str) -> str:
 
 # ---------------------------------------------------------------------------------------- read
 def read_files(
-    entries: list[Entry], cache: dict[str, dict], options: IngestOptions, workers: int, progress: bool
+    entries: list[Entry], cache: FileCache | None, options: IngestOptions, workers: int, progress: bool
 ) -> tuple[dict[str, FileFacts], list[Problem]]:
     """The read stage: cached facts for unchanged files, a fresh hash and probe for the rest."""
     from tqdm.auto import tqdm
 
-    facts: dict[str, FileFacts] = {}
-    todo: list[Entry] = []
-    for entry in entries:
-        row = cache.get(entry.rel)
-        known = row is not None and not _read_again(row)
-        if known and row["size"] == entry.size and row["mtime_ns"] == entry.mtime_ns:
-            facts[entry.rel] = FileFacts.from_row(row, entry.path)
-        else:
-            todo.append(entry)
+    if not isinstance(cache, FileCache):  # none (a caller without an index): every file is read
+        cache = FileCache()
+    at = cache.find(entries)
+    known = cache.same_stat(entries, at)
+    # rows an earlier read-stage edition wrote (only those are read again), judged one by one
+    for i in np.flatnonzero(known)[cache.reads(at[known]) < READS]:
+        known[i] = not _read_again(cache.row(at[i]))
+    hits = np.flatnonzero(known)
+    facts = {f.rel: f for f in cache.facts(at[hits], [entries[i] for i in hits])}
+    todo = np.flatnonzero(~known).tolist()
 
-    def one(entry: Entry):
+    def one(i: int):
         # A file's own fault (bad content, a decoder's complaint, an I/O error) fails that file; anything
         # else (a bug, MemoryError) stops the run, its traceback kept in the run log.
+        entry = entries[i]
         try:
-            return entry, read_file(entry, passage_chars=options.passage_chars)
+            return i, read_file(entry, passage_chars=options.passage_chars)
         except InputError as exc:
-            return entry, Problem(entry.rel, "read", exc.reason, exc.detail)
+            return i, Problem(entry.rel, "read", exc.reason, exc.detail)
         except OSError as exc:
             detail = f"{type(exc).__name__}: {exc}"
-            return entry, Problem(entry.rel, "read", f"cannot read file: {io_reason(exc)}", detail)
+            return i, Problem(entry.rel, "read", f"cannot read file: {io_reason(exc)}", detail)
 
     problems = []
     with tqdm(total=len(todo), unit="file", desc="read", disable=not progress or not todo) as bar:
-        for entry, got in bounded_map(one, todo, workers, lookahead=4 * workers):
+        for i, got in bounded_map(one, todo, workers, lookahead=4 * workers):
             if isinstance(got, Problem):
                 problems.append(got)
             else:
-                facts[entry.rel] = _remade(got, cache.get(entry.rel))
+                facts[entries[i].rel] = _remade(got, cache.row(at[i]))
             bar.update(1)
     return facts, problems
 
@@ -238,6 +260,8 @@ def declared_items(manifests: list[Entry], facts, cache, root: str, options, wor
     Media outside the corpus folder (symlinks resolved) are refused unless ``allow_outside``; the
     refusal is decided on the path alone, so it does not tell whether such a file exists.
     """
+    if not manifests:  # nothing declared (and no dict of every file's facts by path)
+        return [], []
     failures: list[Problem] = []
     items: list[Declared] = []
     seen: dict[str, str] = {}
@@ -319,6 +343,25 @@ def _media_tasks(
     return tasks
 
 
+def _media_rows(f: FileFacts, options: IngestOptions) -> int:
+    """The rows ``_media_tasks`` makes of a file (not a pair's: one)."""
+    if f.modality == Modality.IMAGE.value:
+        return 1
+    return len(segment_spans(f.probe().duration, *_seg(options)))
+
+
+def _text_tasks(key: str, f: FileFacts, paths: tuple[str, ...], caption) -> list[Task]:
+    tasks = []
+    for i, (a, b, byte_a, byte_b) in enumerate(f.passages):
+        row_id = f.sha256[:16] if len(f.passages) == 1 else f"{f.sha256[:16]}#{i}"
+        common = {"path": paths[0], "paths": list(paths), "content_hash": f.sha256, "size": f.size}
+        common.update(mtime=f.mtime_ns / 1e9, char_start=a, char_end=b, caption=caption)
+        row = _base_row(key, len(f.passages), f.modality, "file", row_id, **common)
+        checks = ((f.path, f.size, f.mtime_ns),)
+        tasks.append(Task(key, f.modality, row, {}, checks, chars=(a, b, byte_a, byte_b)))
+    return tasks
+
+
 def _seg(options: IngestOptions) -> tuple[float, float]:
     return options.segment_seconds, options.segment_overlap
 
@@ -332,6 +375,7 @@ def _frames_used(probe, settings, start, end) -> int:
         return 0
 
 
+@gc_paused
 def plan_units(
     facts: dict[str, FileFacts],
     captions: dict[str, str],
@@ -343,43 +387,40 @@ def plan_units(
 ) -> list[Unit]:
     """Work units for the corpus: file content grouped by hash, pairs, declared items. ``named_only``:
     files the walk did not take (hidden ones), there only because a manifest names them."""
-    by_content: dict[tuple[str, str], list[FileFacts]] = defaultdict(list)
+    # by "modality/sha256", which sorts as (modality, sha256) does (no modality is another's prefix) and faster
+    by_content: dict[str, list[FileFacts]] = defaultdict(list)
     for f in facts.values():
         if f.rel in sidecars:  # captions are not items of their own
             continue
         if os.path.isabs(f.rel) or f.rel in named_only:  # items only as the manifest's lines
             continue
-        by_content[(f.modality, f.sha256)].append(f)
+        by_content[f"{f.modality}/{f.sha256}"].append(f)
     units: list[Unit] = []
-    for (modality, sha), group in sorted(by_content.items()):
-        group.sort(key=lambda g: g.rel)
+    for content, group in sorted(by_content.items()):
+        if len(group) > 1:
+            group.sort(key=lambda g: g.rel)
         first, paths = group[0], tuple(g.rel for g in group)
-        captioned: dict[str, list[FileFacts]] = defaultdict(list)  # copies of one file may carry different captions
-        for g in group:
+        modality, sha = first.modality, first.sha256
+        captioned: dict[str, list[FileFacts]] = {}  # copies of one file may carry different captions
+        for g in group if captions else ():
             if g.rel in captions:
-                captioned[captions[g.rel]].append(g)
+                captioned.setdefault(captions[g.rel], []).append(g)
         caption = next(iter(captioned), None)  # the row's: its first captioned path's
         # a variable-rate clip's segments are found by their timestamps (versions before 'vfr' was read found
         # them through the average rate): a key of its own replaces the rows read that way
         timed = "/timed" if first.vfr else ""
-        key = f"{modality}/{sha}" + timed
-        if modality == Modality.TEXT.value:
-            tasks = []
-            for i, (a, b, byte_a, byte_b) in enumerate(first.passages):
-                row_id = sha[:16] if len(first.passages) == 1 else f"{sha[:16]}#{i}"
-                common = {"path": paths[0], "paths": list(paths), "content_hash": sha, "size": first.size}
-                common.update(mtime=first.mtime_ns / 1e9, char_start=a, char_end=b, caption=caption)
-                row = _base_row(key, len(first.passages), modality, "file", row_id, **common)
-                checks = ((first.path, first.size, first.mtime_ns),)
-                tasks.append(Task(key, modality, row, {}, checks, chars=(a, b, byte_a, byte_b)))
+        key = content + timed
+        if modality == TEXT:
+            rows, make = len(first.passages), functools.partial(_text_tasks, key, first, paths, caption)
         else:
-            tasks = _media_tasks(key, modality, first, paths, caption, options, settings)
-        units.append(Unit(key, modality, tasks, paths, caption, paths[0], remake=first.remake))
+            rows = _media_rows(first, options)
+            make = functools.partial(_media_tasks, key, modality, first, paths, caption, options, settings)
+        units.append(Unit(key, modality, rows, "file", paths, caption, paths[0], first.remake, sha, make))
         for text, copies in captioned.items() if options.pairs == "composed" else ():  # a pair for each caption
             shard = shard_name({Modality(modality), Modality.TEXT})
             pair_key, named = f"{shard}/{sha}/{_sha(text)}" + timed, tuple(g.rel for g in copies)
-            tasks = _media_tasks(pair_key, shard, copies[0], named, text, options, settings, text=text)
-            units.append(Unit(pair_key, shard, tasks, named, text, named[0], remake=first.remake))
+            make = functools.partial(_media_tasks, pair_key, shard, copies[0], named, text, options, settings, text)
+            units.append(Unit(pair_key, shard, 1, "pair", named, text, named[0], first.remake, sha, make))
     for d, media in declared:
         modalities = {Modality.TEXT} if d.text is not None else set()
         parts: dict[str, Any] = {"text": d.text, "metadata": d.metadata}
@@ -414,8 +455,8 @@ def plan_units(
         text = d.text.strip() if d.text is not None else None  # as the model sees it (the encoder strips it)
         row.update(paths=media_paths, content_hash=media_hash, text=text, metadata=meta, **row_cols)
         item = {"text": d.text, "image": d.image, "video": d.video}
-        task = Task(key, shard, row, item, tuple(checks), cost=cost)
-        units.append(Unit(key, shard, [task], tuple(media_paths), None, d.source))
+        task = Task(key, shard, row, item, tuple(checks), cost=cost)  # made now: without_clashing_ids reads its id
+        units.append(Unit(key, shard, 1, d.source, tuple(media_paths), None, d.source, made=[task]))
     return units
 
 
@@ -442,11 +483,17 @@ def prepare_task(encoder, task: Task):
 def without_clashing_ids(units: list[Unit]) -> tuple[list[Unit], list[Problem]]:
     """A declared item whose id is the id of a file's row (``231aa9e1aec99274``, as hits show it) would give two
     rows one id, and the lookups by id one of them: the item is refused, as a line of its manifest."""
-    owners = {t.row["id"]: t.row.get("path") for u in units for t in u.tasks if t.row["source"] in ("file", "pair")}
+    declared = [u for u in units if u.source not in (None, "file", "pair")]  # a manifest's items
+    if not declared:
+        return units, []
+    # a file's rows' ids begin with 16 characters of its sha256: only the files whose hash begins as a declared id
+    # does have their rows made here
+    heads = {u.tasks[0].row["id"][:16] for u in declared}
+    owners = {t.row["id"]: t.row.get("path") for u in units if u.source in ("file", "pair") and u.content[:16] in heads
+              for t in u.tasks}  # fmt: skip
     kept, problems = [], []
     for unit in units:
-        row = unit.tasks[0].row if unit.tasks else {}
-        if row.get("source") not in (None, "file", "pair") and row["id"] in owners:
+        if unit.source not in (None, "file", "pair") and (row := unit.tasks[0].row)["id"] in owners:
             why = f"id {row['id']!r} is the id of the row of {owners[row['id']]}; give the item another id"
             problems.append(Problem(row["source"], "manifest", why))
         else:
@@ -473,6 +520,7 @@ def _unseen(state, unseen: Collection[str]) -> bool:
     return any(f == u or f.startswith(u + "/") for f in files for u in unseen)
 
 
+@gc_paused
 def diff_units(units: list[Unit], tables, shards: Collection[str], unseen: Collection[str] = ()) -> Diff:
     """The planned ``units`` against what ``tables`` hold in each of ``shards``. A held unit no longer planned is
     removed, unless it lies where the walk could not look (``unseen``: a folder that could not be listed is not
@@ -480,9 +528,11 @@ def diff_units(units: list[Unit], tables, shards: Collection[str], unseen: Colle
     by_key = {u.key: u for u in units}
     out = Diff([], defaultdict(set), defaultdict(dict))
     for shard in sorted(shards):
-        states = tables.unit_states(shard)
-        for key, state in states.items():
+        held: set[str] = set()  # planned keys the shard holds
+        for key, state in tables.held_units(shard):  # streamed: no dict of the shard's units
             unit = by_key.get(key)
+            if unit is not None:
+                held.add(unit.key)
             if unit is None and not _unseen(state, unseen):
                 out.remove[shard].add(key)
                 out.removed += 1
@@ -493,16 +543,16 @@ def diff_units(units: list[Unit], tables, shards: Collection[str], unseen: Colle
                 out.remove[shard].add(key)
                 out.removed += 1
                 out.todo.append(unit)
-            elif state.rows != state.expected or state.expected != len(unit.tasks):
+            elif state.rows != state.expected or state.expected != unit.rows:
                 out.remove[shard].add(key)  # cut short by a killed run: redo it whole
                 out.redone += 1
                 out.todo.append(unit)
             else:
                 out.unchanged += 1
-                now = (unit.paths, unit.caption, unit.tasks[0].row["source"])  # a manifest line may have moved
+                now = (unit.paths, unit.caption, unit.source)  # a manifest line may have moved
                 if (state.paths, state.caption, state.source) != now:
                     out.relabel[shard][key] = now
-        out.todo += [u for u in units if u.shard == shard and u.key not in states]
+        out.todo += [u for u in units if u.shard == shard and u.key not in held]
     return out
 
 
