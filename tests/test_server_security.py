@@ -143,9 +143,19 @@ def test_serve_without_a_token_answers_only_requests_to_this_machines_names(dots
 
     _, index = dots
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+
+    def keep(server, sockets=()):  # serve hands uvicorn its app and the sockets it bound: kept, not run
+        server.started = True
+        served.update(app=server.config.app)
+        for sock in sockets:
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", keep)
     monkeypatch.delenv("UNITE_SEARCH_TOKEN", raising=False)
-    for args, guarded in ((["--device", "cpu"], True), (["--device", "cpu", "--token", "t"], False)):
+    for args, guarded in (
+        (["--device", "cpu", "--port", "0"], True),
+        (["--device", "cpu", "--port", "0", "--token", "t"], False),
+    ):
         result = CliRunner().invoke(main, ["serve", str(index), *args])
         assert result.exit_code == 0, result.output
         headers = {"Authorization": "Bearer t"} if not guarded else {}
