@@ -409,3 +409,19 @@ def test_a_long_avi_is_ingested_in_one_pass(tmp_path, encoder, monkeypatch):
     for row in rows:
         video = encoder.visual("video", str(clip), start=row["start"], end=row["end"], probe=found)
         np.testing.assert_allclose(row["vector"], encoder.encode([{"video": video}])[0], atol=1e-5)
+
+
+def test_the_python_api_prints_no_lancedb_notice(tmp_path, tiny_dir):
+    """A first ingest from Python printed LanceDB's "No existing dataset at .../files.lance, it will be created"
+    (a WARN line on the terminal); the command line hid it by its log setting."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "corpus"
+    write_photo(root / "a.png", seed=1)
+    code = "import sys; from unite_search import ingest; ingest(*sys.argv[1:3], model=sys.argv[3], device='cpu')"
+    env = {k: v for k, v in os.environ.items() if k != "LANCEDB_LOG"}
+    done = subprocess.run([sys.executable, "-c", code, str(root), str(tmp_path / "index"), str(tiny_dir)],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "WARN" not in done.stderr and "it will be created" not in done.stderr, done.stderr

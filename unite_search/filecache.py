@@ -147,7 +147,9 @@ def save(tables: ShardTables, cache: FileCache, facts: Iterable[FileFacts]) -> b
     schema = files_schema()
     rows = cache.table.take(np.sort(np.concatenate([cache.kept, np.asarray(kept, np.int64)])))
     data = pa.concat_tables([rows, pa.Table.from_pylist(fresh, schema=schema)])
-    table = tables.db.create_table(FILES_TABLE, data=data, mode="overwrite")
+    # "overwrite" of a table not there yet makes LanceDB print a warning on the terminal that it will be created
+    mode = "overwrite" if FILES_TABLE in tables.names() else "create"
+    table = tables.db.create_table(FILES_TABLE, data=data, mode=mode)
     with warnings.catch_warnings():  # LanceDB warns that other readers of old versions would fail: there are none
         warnings.simplefilter("ignore")
         table.optimize(cleanup_older_than=dt.timedelta(0))
