@@ -353,7 +353,8 @@ def test_ctrl_c_says_nothing_finished_is_lost_and_the_same_command_continues(tin
     listener = threading.Thread(target=lambda: said.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
     listener.start()
     deadline = time.time() + 120
-    while not re.search(rb"encode:[^\r\n]*\| *(\d\d|[89])/24", b"".join(said)) and time.time() < deadline:
+    # the bar counts items encoded: stopped after a few, the rest of the run is still ahead (under load too)
+    while not re.search(rb"encode:[^\r\n]*\| *([2-9]|\d\d)/24", b"".join(said)) and time.time() < deadline:
         assert proc.poll() is None, b"".join(said)
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
@@ -367,7 +368,7 @@ def test_ctrl_c_says_nothing_finished_is_lost_and_the_same_command_continues(tin
     assert IndexStore(index).last_run()["status"] == "interrupted"
     report = ingest(root, index, encoder=encoder)  # the same run again (the CLI's settings are the defaults)
     assert report.status == "ok" and report.items == 24
-    assert report.unchanged_items >= shown >= 8 and report.encoded_items == 24 - report.unchanged_items
+    assert report.unchanged_items >= shown >= 2 and report.encoded_items == 24 - report.unchanged_items
 
 
 def test_device_mistakes_are_one_line_usage_errors(runner, tiny_dir, tmp_path):
