@@ -387,3 +387,135 @@ def test_a_manifest_edited_out_of_shape_is_damage_in_one_line(tmp_path, tiny_dir
             EncoderSettings(**{key: value})
     given = EncoderSettings(frames=np.int64(8), fps=np.float32(0.5), max_pixels=np.int32(200_704))  # numpy's own
     assert json.loads(json.dumps(given.to_dict()))["frames"] == 8 and given.fps == 0.5
+
+
+def _held_shard(tmp_path, shard, n, fill, batch, monkeypatch):
+    """A published shard of ``n`` rows, ``fill(i)`` giving row i's text, caption, metadata or other columns;
+    readers read it in batches of ``batch`` rows. Returns (store, manifest, stored rows in table order)."""
+    import unite_search.reader as readers
+
+    monkeypatch.setattr(readers, "READ_BATCH", batch)
+    store = IndexStore(tmp_path / "index")
+    manifest = store.init({"dim": 16, "model_id": "m", "revision": "r"}, {}, "/corpus")
+    rows = []
+    for i in range(n):
+        path = f"photos/trip-{i % 7}/IMG_{i:05d}.jpg"
+        rows.append({"id": f"r{i}", "key": row_key(f"r{i}"), "unit": f"u{i // 2}", "unit_rows": 2, "modality": shard,
+                     "source": "file", "path": path, "paths": [path] + [f"copy/{i}.jpg"] * (i % 3 == 0),
+                     "content_hash": f"{i // 2:064x}", "size": 1000 + i, "mtime": 1.5e9 + i / 3,
+                     "width": 640 + i % 5, "height": None if i % 4 else 480, **fill(i)})  # fmt: skip
+    store.tables.add_rows(shard, rows, clustered(n, dim=16))
+    manifest = store.publish(manifest, [shard], flat_max=100_000)
+    stored = store.tables.read(shard, manifest["shards"][shard]["version"])
+    assert stored.column("id").to_pylist() == [r["id"] for r in rows]  # the table keeps the written order
+    return store, manifest, [{c: r[c] for c in stored.column_names if c != "vector"} for r in stored.to_pylist()]
+
+
+def test_a_held_reader_keeps_lancedbs_batches_and_returns_rows_as_stored(tmp_path, monkeypatch):
+    """A reader of a small shard holds its columns as the batches LanceDB read, not merged into one table:
+    the merge copied them into pyarrow's pool, so a load peaked at twice the held size. Rows spread over
+    many batches come back as stored, in the order asked, large columns fetched only where a row has one."""
+    import pyarrow as pa
+
+    def fill(i):  # content hashes: some null, some short, all others sharing their first 8 bytes
+        odd = {7: None, 9: "ab", 11: "ab", 13: "0000000"}.get(i % 50, f"{i // 2:064x}")
+        return {"caption": f"caption {i}" if i % 37 == 0 else None, "content_hash": odd,
+                "metadata": json.dumps({"n": i}) if i % 101 == 0 else None}  # fmt: skip
+
+    store, _, stored = _held_shard(tmp_path, "image", 1200, fill, 100, monkeypatch)
+    by_key = {r["key"]: r for r in stored}
+    reader = Snapshot.open(store.path).readers["image"]
+    pool = pa.total_allocated_bytes()
+    meta = reader.meta()
+    assert pa.total_allocated_bytes() - pool < meta.table.nbytes / 4  # no copy of the rows into pyarrow's pool
+    assert len(meta.table.batches) > 5 and meta.table.nbytes > 100_000
+    assert meta.fetch == ("caption", "metadata")  # text is null throughout: never fetched
+    large = {r["key"] for r in stored if r["caption"] is not None or r["metadata"] is not None}
+    assert set(np.flatnonzero(meta.large).tolist()) == set(reader.offsets(sorted(large)).tolist())
+    fetched = []
+    take = reader._take
+    monkeypatch.setattr(reader, "_take", lambda offsets, columns: fetched.append(offsets) or take(offsets, columns))
+    rng = np.random.default_rng(5)
+    asks = [[stored[i]["key"] for i in rng.choice(len(stored), 10, replace=False)] for _ in range(30)]
+    asks += [[stored[5]["key"], stored[1100]["key"], stored[5]["key"]], [stored[3]["key"]], [stored[0]["key"]]]
+    for asked in asks:
+        got = reader.rows_of(asked)
+        assert list(got) == list(dict.fromkeys(asked)) and got == {k: by_key[k] for k in asked}
+        assert all(list(row) == list(stored[0]) for row in got.values())  # in table column order
+    assert fetched and all(stored[o]["key"] in large for offsets in fetched for o in offsets)  # offset = table order
+    monkeypatch.delattr(pa, "concat_batches", raising=False)  # pyarrow before 19 joins the rows another way
+    assert all(reader.rows_of(asked) == {k: by_key[k] for k in asked} for asked in asks)
+    for value in [stored[i]["content_hash"] for i in (0, 1, 599, 1199, 9, 13)]:
+        want = {r["key"] for r in stored if r["content_hash"] == value}
+        assert reader.keys_with_hash(value) == want and len(want) >= 2
+    assert reader.keys_with_hash("f" * 64) == reader.keys_with_hash("a") == reader.keys_with_hash("") == set()
+    assert reader.keys_with_hash("0" * 8) == set() and reader.keys_with_hash("ab\0") == set()
+
+
+def test_loading_a_text_shard_reads_no_text(tmp_path, monkeypatch):
+    """Which hits have text to fetch was found with ``text IS NOT NULL`` over every row, which read all of
+    a text shard's text (1-2 s and ~170 MB at 1M rows). A column a sample shows most rows fill is now
+    fetched for every hit instead; the load reads no more of it than the sample."""
+    import re
+
+    store, _, stored = _held_shard(tmp_path, "text", 600, lambda i: {"text": f"passage {i} " * 40}, 100, monkeypatch)
+    reader = Snapshot.open(store.path).readers["text"]
+    table = reader.table()
+    asked = []
+
+    class Query:
+        def __init__(self, query):
+            self.query = query
+
+        def __getattr__(self, name):
+            if name not in ("select", "where"):
+                return getattr(self.query, name)
+            return lambda arg, *a, **k: asked.append(arg) or Query(getattr(self.query, name)(arg, *a, **k))
+
+    class Table:
+        def __getattr__(self, name):
+            return getattr(table, name)
+
+        def search(self, *a, **k):
+            return Query(table.search(*a, **k))
+
+    reader.table = Table
+    meta = reader.meta()
+    assert not [a for a in asked if re.search(r"\btext\b", str(a))], asked
+    assert len(asked) >= 3  # the small columns; a filter on caption, one on metadata (both null throughout)
+    assert meta.fetch == ("text",) and meta.large.all()
+    keys = [r["key"] for r in stored[::50]]
+    assert reader.rows_of(keys) == {r["key"]: r for r in stored[::50]}
+
+
+@pytest.mark.parametrize("where", ["sampled rows", "rows between them"])
+def test_a_sample_that_misjudges_a_column_changes_no_row(tmp_path, monkeypatch, where):
+    """A column filled only in the sampled rows looks dense, so every hit fetches it; one filled only
+    between them is found by a filter. Either way each row is returned as stored."""
+    import unite_search.held as held
+
+    monkeypatch.setattr(held, "SAMPLE", 3)  # rows 0, 149 and 299 of 300
+    filled = {0, 149, 299} if where == "sampled rows" else set(range(10, 20))
+    fill = lambda i: {"caption": f"caption {i}" if i in filled else None}  # noqa: E731
+    store, _, stored = _held_shard(tmp_path, "image", 300, fill, 64, monkeypatch)
+    reader = Snapshot.open(store.path).readers["image"]
+    meta = reader.meta()
+    assert meta.fetch == ("caption",)
+    assert np.flatnonzero(meta.large).tolist() == (list(range(300)) if where == "sampled rows" else sorted(filled))
+    for start in range(0, 300, 25):
+        part = stored[start : start + 25]
+        assert reader.rows_of([r["key"] for r in part]) == {r["key"]: r for r in part}
+
+
+def test_the_first_bytes_of_each_value_are_read_right_up_to_the_buffers_end():
+    """keys_with_hash compares each row's first 8 bytes before the whole value: read in place from
+    pyarrow's buffer, zero-padded, near its end too, in a sliced array as in a whole one."""
+    import pyarrow as pa
+
+    from unite_search.held import _first_bytes
+
+    values = ["0123456789abcdef", None, "", "ab", "é€ü", "12345678", "x" * 9, "ab\0", None, "z", "q"]
+    for array in (pa.array(values, pa.string()), pa.array(["pad", *values], pa.string()).slice(1)):
+        want = [0 if v is None else int.from_bytes(v.encode()[:8].ljust(8, b"\0"), "little") for v in values]
+        assert _first_bytes(array).tolist() == want
+    assert _first_bytes(pa.array([None, ""], pa.string())).tolist() == [0, 0]

@@ -6,12 +6,13 @@ against the recorded size and sha256 before use) and the rows of that version. I
 the readers of every shard of one manifest; :meth:`unite_search.Index.refresh` swaps snapshots whole.
 
 A reader of a shard up to :data:`MEMORY_ROWS` rows holds its small columns in memory after the first
-search (about 250 bytes a row) and fetches the columns of unbounded size (``text``, ``caption``,
-``metadata``) for the hits only. Of a larger shard it holds only a key -> row offset map (12 bytes a
-row) and a bounded cache of recent hits (:data:`ROW_CACHE` rows), and fetches its hits' rows from the
-pinned table by row offset through the Lance dataset, without the columns that hold one value in every
-row (10 rows at 10M rows: 2.9-3.3 ms p50, 3.9-4.6 ms p95): its memory is the ANN index plus the map and
-the cache.
+search, as the record batches LanceDB read (:mod:`unite_search.held`: about 350 bytes a row; a load adds
+450-510 MB of RSS at 1M rows), and fetches the columns of unbounded size (``text``, ``caption``,
+``metadata``) for the hits that may have them. Of a larger shard it holds only a key -> row offset map
+(12 bytes a row) and a bounded cache of recent hits (:data:`ROW_CACHE` rows), and fetches its hits' rows
+from the pinned table by row offset through the Lance dataset, without the columns that hold one value
+in every row (10 rows at 10M rows: 2.9-3.3 ms p50, 3.9-4.6 ms p95): its memory is the ANN index plus the
+map and the cache.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from . import manifest as manifests
 from .diskio import brief
 from .errors import IndexDamagedError, StaleReadError
+from .held import HeldRows, large_rows
 from .schema import LARGE_COLUMNS, ROW_COLUMNS, SMALL_COLUMNS
 from .tables import READ_BATCH, ShardTables
 
@@ -40,7 +42,7 @@ MMAP_MIN_BYTES = 8 << 30  # IVF files this large are mapped by readers rather th
 ROW_CACHE = 4096  # rows a shard reader keeps after fetching them for hits (least recently used go first)
 FILTER_CACHE = 8  # where filters whose matching keys and selectors a shard reader keeps (least recently used go)
 FILTER_CACHE_KEYS = 4_000_000  # ... holding this many keys at most, all together (a broad filter's ~100 MB)
-MEMORY_ROWS = 1_000_000  # shards up to this many rows hold their small columns in memory (~250 bytes a row)
+MEMORY_ROWS = 1_000_000  # shards up to this many rows hold their small columns in memory (~350 bytes a row)
 # Columns a larger shard's reader checks for one value throughout (modality always; source, unit_rows, a
 # video's frames, an image shard's nulls often): those are not fetched. Lance reads a point of a
 # constant column ~8x slower than of a varied one (4.5 ms against 0.5 ms for 10 rows of a 1M-row page).
@@ -67,8 +69,9 @@ MAYBE_SAME = (
 class _Meta:
     sorted_keys: np.ndarray  # (n,) int64
     order: np.ndarray  # (n,) int32 or int64: the row offset of each sorted key
-    table: Any = None  # pyarrow Table of SMALL_COLUMNS in row order, for a shard of at most MEMORY_ROWS rows
-    large: np.ndarray | None = None  # (n,) bool with ``table``: the row has text, caption or metadata to fetch
+    table: HeldRows | None = None  # SMALL_COLUMNS of every row, for a shard of at most MEMORY_ROWS rows
+    large: np.ndarray | None = None  # (n,) bool with ``table``: fetch the row's ``fetch`` columns
+    fetch: tuple[str, ...] = ()  # with ``table``: the large columns some row fills (the rest are null throughout)
     same: dict[str, Any] | None = None  # without ``table``: columns of one value in every row, and that value
 
 
@@ -209,42 +212,40 @@ class ShardReader:
             return self._meta
 
     def _load_meta(self) -> _Meta:
-        import pyarrow as pa
-
         held = self.rows <= MEMORY_ROWS
-        columns = {c: c for c in SMALL_COLUMNS}
-        if held:
-            columns["large"] = " OR ".join(f"{c} IS NOT NULL" for c in LARGE_COLUMNS)
+        columns = list(SMALL_COLUMNS)
         same: dict[str, Any] = {}
         try:
             if not held:  # the columns of one value in a first batch; then only they are checked in all rows
                 first = self.table().search().select(list(MAYBE_SAME)).limit(READ_BATCH).to_arrow()
                 same = _one_value(first, {c: None for c in MAYBE_SAME}, first=True)
-                columns = {c: c for c in ("key", *same)}
+                columns = ["key", *same]
             batches = []
             for batch in self.table().search().select(columns).limit(None).to_batches(READ_BATCH):
                 if not held:  # keep the keys, and which columns hold one value throughout
                     same = _one_value(batch, same, first=False)
                     batch = batch.select(["key"])
                 batches.append(batch)
+            table = HeldRows(batches)  # the batches as they came: a merge into one table copied them all
+            fetch, filled = large_rows(self.table(), table.num_rows) if held else ((), None)
         except (StaleReadError, IndexDamagedError):
             raise
         except Exception as exc:  # noqa: BLE001  missing or truncated data files of the pinned version
             raise self._missing(f"the rows of table version {self.entry['version']}", exc) from None
-        table = pa.Table.from_batches(batches).combine_chunks() if batches else None
-        got = 0 if table is None else table.num_rows
-        if got != self.rows:
+        if table.num_rows != self.rows:
             raise IndexDamagedError(
-                f"{self.folder}: shard {self.name!r} table version {self.entry['version']} holds {got} rows, "
-                f"the manifest says {self.rows}; {REPAIR}"
+                f"{self.folder}: shard {self.name!r} table version {self.entry['version']} holds {table.num_rows} "
+                f"rows, the manifest says {self.rows}; {REPAIR}"
             )
-        keys = table.column("key").to_numpy() if table is not None else np.empty(0, np.int64)
+        keys = table.keys()
         order = np.argsort(keys, kind="stable").astype(np.int32 if len(keys) < 2**31 else np.int64)
         sorted_keys = np.ascontiguousarray(keys[order], dtype=np.int64)
-        if not held or table is None:
+        if not held or not table.num_rows:
             return _Meta(sorted_keys, order, same=same)
-        large = table.column("large").to_numpy(zero_copy_only=False)
-        return _Meta(sorted_keys, order, table.drop_columns(["large"]), large)
+        large = np.full(self.rows, filled is None)  # a hit in a row marked here fetches the ``fetch`` columns
+        if filled is not None and len(filled):
+            large[order[np.minimum(np.searchsorted(sorted_keys, filled), len(order) - 1)]] = True
+        return _Meta(sorted_keys, order, table, large, fetch=fetch)
 
     # ----------------------------------------------------------------- lookups
     def offsets(self, keys) -> np.ndarray:
@@ -298,15 +299,13 @@ class ShardReader:
         return {k: dict(out[k]) for k in keys}
 
     def _held_rows(self, meta: _Meta, offsets: np.ndarray) -> dict[int, dict[str, Any]]:
-        import pyarrow as pa
-
-        rows = meta.table.take(pa.array(offsets)).to_pylist()
+        rows = meta.table.rows(offsets)
         for row in rows:
             for column in LARGE_COLUMNS:
                 row[column] = None
         fetch = [int(o) for o in offsets if meta.large[o]]
         if fetch:
-            by_key = {r.pop("key"): r for r in self._take(fetch, ["key", *LARGE_COLUMNS])}
+            by_key = {r.pop("key"): r for r in self._take(fetch, ["key", *meta.fetch])}
             for row in rows:
                 row.update(by_key.get(row["key"], {}))
         return {row["key"]: row for row in rows}
@@ -396,11 +395,9 @@ class ShardReader:
 
     def keys_with_hash(self, content_hash: str) -> set[int]:
         """Keys of the rows made from these bytes (a query file that is itself in the index)."""
-        import pyarrow.compute as pc
-
         table = self.meta().table
         if table is not None:
-            return set(table.filter(pc.equal(table.column("content_hash"), content_hash)).column("key").to_pylist())
+            return table.keys_with("content_hash", content_hash)
         if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
             raise ValueError(f"not a sha256 hex digest: {content_hash!r}")
         return set(self.keys_where(f"content_hash = '{content_hash}'").tolist())
