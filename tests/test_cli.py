@@ -348,7 +348,8 @@ def test_ctrl_c_says_nothing_finished_is_lost_and_the_same_command_continues(tin
     index = tmp_path / "index"
     # --memory-mb 1: every item is encoded on its own, so an interrupt finds some encoded
     args = ["ingest", str(root), "--index", str(index), "--model", str(tiny_dir), "--device", "cpu", "--memory-mb", "1"]
-    proc = _cli(*args)
+    # as from a terminal: Ctrl-C's default disposition, whatever the test runner's worker left for its children
+    proc = _cli(*args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     said: list[bytes] = []
     listener = threading.Thread(target=lambda: said.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
     listener.start()
