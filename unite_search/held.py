@@ -128,14 +128,15 @@ def large_rows(table, rows: int) -> tuple[tuple[str, ...], np.ndarray | None]:
         return (), np.empty(0, np.int64)
     at = np.unique(np.linspace(0, rows - 1, min(rows, SAMPLE)).astype(np.int64))
     seen = table.take_offsets(at.tolist()).select(list(LARGE_COLUMNS)).to_arrow()
-    fetch, keys, every = [], [], False
+    dense = {c for c in LARGE_COLUMNS if len(at) - seen.column(c).null_count >= DENSE * len(at)}
+    fetch, keys = [], []
     for column in LARGE_COLUMNS:
-        if len(at) - seen.column(column).null_count >= DENSE * len(at):
+        if column in dense:
             fetch.append(column)
-            every = True
             continue
-        found = table.search().where(f"{column} IS NOT NULL").select(["key"]).limit(None).to_arrow()
+        # every hit fetches already where a column is dense: then a sparse one's first filled row is enough
+        found = table.search().where(f"{column} IS NOT NULL").select(["key"]).limit(1 if dense else None).to_arrow()
         if found.num_rows:
             fetch.append(column)
             keys.append(found.column("key").to_numpy())
-    return tuple(fetch), None if every else np.concatenate([np.empty(0, np.int64), *keys])
+    return tuple(fetch), None if dense else np.concatenate([np.empty(0, np.int64), *keys])
